@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` (the rollback drill) and `make test` (the suite).
+# Both set everything up first; every step is idempotent and cached outside the repo.
+SHELL := /bin/bash
+UV_VERSION := 0.13.8
+TOOLS := $(HOME)/.cache/lockstep/tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: setup test demo bench lock services-up services-down clean
+
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+setup: $(UV)
+	$(UV) sync --frozen
+	$(VENV)/bin/lockstep services install
+
+lock: $(UV)
+	$(UV) lock
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	eval "$$($(VENV)/bin/lockstep services up)" && $(VENV)/bin/lockstep drill
+
+bench: setup
+	eval "$$($(VENV)/bin/lockstep services up)" && $(VENV)/bin/python -m bench
+
+services-up: setup
+	$(VENV)/bin/lockstep services up
+
+services-down:
+	$(VENV)/bin/lockstep services down
+
+clean: services-down
+	rm -rf $(VENV)

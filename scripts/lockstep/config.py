@@ -1,0 +1,404 @@
+"""Typed, validated configuration: the catalog of model versions and one stack's settings.
+
+The same pydantic models validate the stack YAML files (for the CLI) and the values the Pulumi
+program reads with `pulumi.Config("lockstep")`, so both report the same errors in the same words.
+Keys are camelCase on the wire (Pulumi convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from ruamel.yaml import YAML, YAMLError
+
+from lockstep.errors import ConfigError
+
+PROJECT = "lockstep"
+STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
+CATALOG_FILE = "catalog.yaml"
+
+# k-NN limits and spaces per engine (OpenSearch 2.19 k-NN docs: "Methods and engines").
+ENGINE_MAX_DIMENSION = {"lucene": 16_000, "faiss": 16_000, "nmslib": 16_000}
+ENGINE_SPACES = {
+    "lucene": {"l2", "cosinesimil", "innerproduct"},
+    "faiss": {"l2", "innerproduct", "cosinesimil"},
+    "nmslib": {"l2", "cosinesimil", "innerproduct", "l1", "linf"},
+}
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+FLOATING_TAGS = {"latest", "stable", "current", "live", "head", "main"}
+# OpenSearch index names: lowercase, no \ / * ? " < > | space , #, not starting with - _ +.
+INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+# --------------------------------------------------------------------------------------- catalog
+
+
+class CatalogEntry(Model):
+    """One model version: what its artifact is and what its index must look like."""
+
+    version: str
+    model: str
+    artifact_sha256: str
+    dimension: int
+    space_type: Literal["l2", "cosinesimil", "innerproduct", "l1", "linf"]
+    description: str = ""
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not VERSION.match(value):
+            raise ValueError("must be letters, digits, '.', '_' or '-' (e.g. v3)")
+        if value.lower() in FLOATING_TAGS:
+            raise ValueError("is a floating tag; pin an immutable version such as v3")
+        return value
+
+    @field_validator("artifact_sha256")
+    @classmethod
+    def _sha(cls, value: str) -> str:
+        if not SHA256.match(value):
+            raise ValueError("must be 64 lowercase hex characters (the artifact's sha256)")
+        return value
+
+    @field_validator("dimension")
+    @classmethod
+    def _dimension(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @property
+    def artifact_key(self) -> str:
+        """Content-addressed, so SageMaker's ModelDataUrl (which cannot pin a versionId) is immutable."""
+        return f"models/{self.model}/{self.version}/{self.artifact_sha256}/model.tar.gz"
+
+
+class Catalog(Model):
+    model: str
+    versions: tuple[CatalogEntry, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline_versions(cls, data: Any) -> Any:
+        """Accept `versions: {v1: {...}}` (the file form) as well as a list."""
+        if isinstance(data, dict) and isinstance(data.get("versions"), dict):
+            model = data.get("model")
+            data = dict(data)
+            data["versions"] = [
+                {"version": name, "model": model, **(fields or {})}
+                for name, fields in data["versions"].items()
+            ]
+        return data
+
+    @model_validator(mode="after")
+    def _unique(self) -> Catalog:
+        seen: set[str] = set()
+        for entry in self.versions:
+            if entry.version in seen:
+                raise ValueError(f"version {entry.version!r} is listed twice; keep one entry")
+            seen.add(entry.version)
+        return self
+
+    def __contains__(self, version: str) -> bool:
+        return any(e.version == version for e in self.versions)
+
+    def get(self, version: str) -> CatalogEntry:
+        for entry in self.versions:
+            if entry.version == version:
+                return entry
+        raise ConfigError(
+            f"version {version!r} is not in the catalog; use one of {', '.join(self.names)}"
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [e.version for e in self.versions]
+
+
+# ------------------------------------------------------------------------------------ stack parts
+
+
+class Slots(Model):
+    blue: str
+    green: str
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Slots:
+        if self.blue == self.green:
+            raise ValueError(
+                f"blue and green both name {self.blue!r}; the standby slot needs another version"
+            )
+        return self
+
+    def slot_of(self, version: str) -> str | None:
+        return "blue" if self.blue == version else "green" if self.green == version else None
+
+    def as_dict(self) -> dict[str, str]:
+        return {"blue": self.blue, "green": self.green}
+
+
+class OpenSearchSettings(Model):
+    # None: take OPENSEARCH_URL from the environment (the embedded default sets it).
+    url: str | None = None
+    engine: Literal["lucene", "faiss", "nmslib"] = "lucene"
+    index_prefix: str = "docs"
+    alias: str | None = None
+    auth: Literal["none", "basic", "sigv4"] = "none"
+    username: str | None = None
+    region: str | None = None
+    # Amazon OpenSearch Service domain (AWS stacks): the Pulumi program looks it up by name.
+    domain_name: str | None = None
+    shards: int = Field(default=1, ge=1)
+    replicas: int = Field(default=0, ge=0)
+    hnsw_m: int = Field(default=16, ge=2, le=100)
+    ef_construction: int = Field(default=128, ge=2)
+
+    @field_validator("index_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not INDEX_NAME.match(value) or value in {".", ".."}:
+            raise ValueError(
+                "is not a valid OpenSearch index name: use lowercase letters, digits, '-', '_' "
+                "or '.', not starting with '-', '_' or '+'"
+            )
+        return value
+
+    @property
+    def alias_name(self) -> str:
+        return self.alias or self.index_prefix
+
+    def index_name(self, version: str) -> str:
+        return f"{self.index_prefix}-{version.lower()}"
+
+
+class ArtifactSettings(Model):
+    bucket: str
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value):
+            raise ValueError("is not a valid S3 bucket name (3-63 lowercase letters, digits, '-', '.')")
+        return value
+
+
+class CorpusSettings(Model):
+    bucket: str
+    key: str = "corpus/docs.jsonl"
+    golden_key: str = "corpus/golden.jsonl"
+    # How many documents the embedded default generates (stdlib docstrings).
+    size: int = Field(default=2000, ge=1)
+
+
+class DeploymentSettings(Model):
+    """SageMaker endpoint deployment_config: blue/green traffic routing and auto-rollback."""
+
+    traffic_routing: Literal["ALL_AT_ONCE", "CANARY", "LINEAR"] = "ALL_AT_ONCE"
+    canary_percent: int = Field(default=10, ge=1, le=100)
+    wait_seconds: int = Field(default=300, ge=0)
+    termination_wait_seconds: int = Field(default=300, ge=0)
+    rollback_alarms: tuple[str, ...] = ()
+
+
+class EndpointSettings(Model):
+    backend: Literal["local", "sagemaker"] = "local"
+    image_uri: str | None = None
+    instance_type: str = "ml.m5.large"
+    instance_count: int = Field(default=1, ge=1)
+    max_batch: int = Field(default=256, ge=1)
+    deployment: DeploymentSettings = DeploymentSettings()
+
+    @model_validator(mode="after")
+    def _image(self) -> EndpointSettings:
+        if self.backend == "sagemaker" and not self.image_uri:
+            raise ValueError("imageUri is required when backend is 'sagemaker' (the serving image in ECR)")
+        return self
+
+
+class CheckSettings(Model):
+    recall_floor: float = Field(default=0.8, ge=0, le=1)
+    k: int = Field(default=10, ge=1, le=100)
+    probe_sample: int = Field(default=64, ge=1)
+    probe_min_cosine: float = Field(default=0.999, ge=-1, le=1)
+    stale_sample: int = Field(default=200, ge=0)
+
+
+class BackfillSettings(Model):
+    engine: Literal["local", "ray"] = "local"
+    address: str | None = None
+    workers: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+
+
+class StackSettings(Model):
+    """What one stack wants: the live pin, the two slots, what to retain, and where things live."""
+
+    stack: str
+    pin: str
+    slots: Slots
+    retain: tuple[str, ...] = ()
+    promoted_from: str | None = None
+    region: str = "us-east-1"
+    artifacts: ArtifactSettings
+    opensearch: OpenSearchSettings = OpenSearchSettings()
+    corpus: CorpusSettings
+    endpoints: EndpointSettings = EndpointSettings()
+    check: CheckSettings = CheckSettings()
+    backfill: BackfillSettings = BackfillSettings()
+    pointer_parameter: str | None = None
+
+    @model_validator(mode="after")
+    def _cross_fields(self, info: ValidationInfo) -> StackSettings:
+        if self.slots.slot_of(self.pin) is None:
+            raise ValueError(
+                f"pin: {self.pin!r} is in neither slot (blue={self.slots.blue!r}, "
+                f"green={self.slots.green!r}); run `lockstep pin` or put it in a slot"
+            )
+        catalog: Catalog | None = (info.context or {}).get("catalog")
+        if catalog is None:
+            return self
+        for field, versions in (
+            ("pin", [self.pin]),
+            ("slots", [self.slots.blue, self.slots.green]),
+            ("retain", list(self.retain)),
+        ):
+            for version in versions:
+                if version not in catalog:
+                    raise ValueError(
+                        f"{field}: version {version!r} is not in the catalog; "
+                        f"use one of {', '.join(catalog.names)}"
+                    )
+        spaces = ENGINE_SPACES[self.opensearch.engine]
+        limit = ENGINE_MAX_DIMENSION[self.opensearch.engine]
+        for version in self.versions:
+            entry = catalog.get(version)
+            if entry.space_type not in spaces:
+                raise ValueError(
+                    f"opensearch.engine: {self.opensearch.engine!r} does not support space "
+                    f"{entry.space_type!r} of {version}; use one of {', '.join(sorted(spaces))}"
+                )
+            if entry.dimension > limit:
+                raise ValueError(
+                    f"dimension: {entry.dimension} of {version} exceeds the {self.opensearch.engine} "
+                    f"engine's limit of {limit}"
+                )
+        return self
+
+    @property
+    def versions(self) -> list[str]:
+        """pin ∪ slots ∪ retain, in that order, without repeats: the versions whose state is kept."""
+        ordered = [self.pin, self.slots.blue, self.slots.green, *self.retain]
+        return list(dict.fromkeys(ordered))
+
+    @property
+    def live_slot(self) -> str:
+        return self.slots.slot_of(self.pin) or ""
+
+    @property
+    def standby_slot(self) -> str:
+        return "green" if self.live_slot == "blue" else "blue"
+
+    @property
+    def standby(self) -> str:
+        return getattr(self.slots, self.standby_slot)
+
+    @property
+    def pointer_name(self) -> str:
+        return self.pointer_parameter or f"/lockstep/{self.stack}/live"
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """The first problem as `field: message (got value)`, one line."""
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if p != "__root__")
+    message = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+    if first["type"] == "missing":
+        message = "is required"
+    elif first["type"] == "extra_forbidden":
+        message = "is not a known setting; check its spelling"
+    return f"{loc}: {message}{shown}" if loc else f"{message}{shown}"
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found; create it or pass another --stack")
+    try:
+        return YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+
+
+def load_catalog(stacks_dir: Path = STACKS_DIR) -> Catalog:
+    path = stacks_dir / CATALOG_FILE
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with `model` and `versions`")
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        if len(loc) >= 2 and loc[0] == "versions" and isinstance(loc[1], int):
+            names = data.get("versions")
+            if isinstance(names, dict) and loc[1] < len(names):
+                version = list(names)[loc[1]]
+                rest = ".".join(str(p) for p in loc[2:])
+                detail = describe_validation_error(exc).split(": ", 1)[-1]
+                raise ConfigError(f"{path}: versions.{version}.{rest}: {detail}") from None
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+
+
+def stack_path(stack: str, stacks_dir: Path = STACKS_DIR) -> Path:
+    return stacks_dir / f"Pulumi.{stack}.yaml"
+
+
+def settings_from_config(stack: str, values: dict[str, Any], catalog: Catalog) -> StackSettings:
+    """Validate `lockstep:*` values (already without the prefix) plus `aws:region`."""
+    data = {"stack": stack, **values}
+    return StackSettings.model_validate(data, context={"catalog": catalog})
+
+
+def load_stack(stack: str, stacks_dir: Path = STACKS_DIR, catalog: Catalog | None = None) -> StackSettings:
+    catalog = catalog or load_catalog(stacks_dir)
+    path = stack_path(stack, stacks_dir)
+    data = read_yaml(path)
+    config = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a top-level `config:` mapping of `lockstep:<key>` settings")
+    values: dict[str, Any] = {}
+    for key, value in config.items():
+        namespace, _, name = str(key).partition(":")
+        if namespace == PROJECT and not (isinstance(value, dict) and "secure" in value):
+            values[name] = value
+        elif key == "aws:region":
+            values.setdefault("region", value)
+    try:
+        return settings_from_config(stack, values, catalog)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: lockstep:{describe_validation_error(exc)}") from None
