@@ -48,3 +48,39 @@ def ssm(servers):
     from lockstep.ops import clients
 
     return clients.aws("ssm")
+
+
+@pytest.fixture(scope="session")
+def catalog():
+    from lockstep import config
+
+    return config.load_catalog()
+
+
+@pytest.fixture
+def make_settings(catalog, unique):
+    """A validated StackSettings isolated by name: its own index prefix, buckets and pointer.
+
+    `make_settings(pin="v2", retain=["v1"], corpus={"size": 50})` overrides any field (camelCase
+    or snake_case, as in a stack file). Each call in one test shares the same names.
+    """
+    from lockstep import config
+
+    def build(**overrides):
+        values = {
+            "pin": "v1",
+            "slots": {"blue": "v1", "green": "v2"},
+            "artifacts": {"bucket": f"{unique}-artifacts"},
+            "corpus": {"bucket": f"{unique}-corpus", "size": 200},
+            "opensearch": {"indexPrefix": unique},
+            "endpoints": {"backend": "local"},
+            "pointerParameter": f"/{unique}/live",
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict):
+                values[key] = {**values[key], **value}
+            else:
+                values[key] = value
+        return config.settings_from_config(overrides.pop("stack", unique), values, catalog)
+
+    return build
