@@ -1,0 +1,197 @@
+"""Re-embedding: build (provision) or catch up (reattach) a version's index from the corpus.
+
+Small composable generators in the style of opensearch-py's helpers: `delta` decides what to do,
+`index_actions` / `delete_actions` turn documents into bulk actions, `write` streams them through
+`streaming_bulk` (429s are retried with backoff there). Document ids are the corpus ids, so a
+re-run after a crash continues where it stopped and never duplicates. Nothing here touches the
+live alias: an interrupted provision leaves the live system as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+from opensearchpy import OpenSearch
+from opensearchpy.helpers import streaming_bulk
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from lockstep.config import CatalogEntry, StackSettings
+from lockstep.errors import GuardRefused
+from lockstep.ops import artifacts, clients, index
+from lockstep.ops.corpus import Document
+from lockstep.ops.model import Embedder
+
+BULK_RETRIES = 8
+
+
+@dataclass
+class Delta:
+    """What separates an index from the corpus, by document id."""
+
+    missing: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def to_embed(self) -> int:
+        return len(self.missing) + len(self.changed)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"missing": len(self.missing), "changed": len(self.changed), "deleted": len(self.deleted)}
+
+
+@dataclass
+class BackfillResult:
+    version: str
+    index: str
+    created: bool
+    embedded: int
+    deleted: int
+    seconds: float
+    corpus_size: int
+
+    @property
+    def rate(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+def delta(documents: Sequence[Document], indexed: dict[str, str]) -> Delta:
+    """Compare by content hash: a changed text is a changed document, whatever its timestamp."""
+    result = Delta()
+    corpus_ids = set()
+    for doc in documents:
+        corpus_ids.add(doc.id)
+        stored = indexed.get(doc.id)
+        if stored is None:
+            result.missing.append(doc.id)
+        elif stored != doc.content_sha256:
+            result.changed.append(doc.id)
+    result.deleted = sorted(set(indexed) - corpus_ids)
+    return result
+
+
+def guard(client: OpenSearch, index_name: str, embedder: Embedder) -> None:
+    """The write guard: vectors of one model version never enter another version's index."""
+    meta = index.read_meta(client, index_name) or {}
+    problems = []
+    if meta.get("version") != embedder.version:
+        problems.append(f"index version {meta.get('version')!r} ≠ embedder version {embedder.version!r}")
+    if embedder.artifact_sha256 and meta.get("artifact_sha256") not in (None, embedder.artifact_sha256):
+        problems.append("artifact sha256 differs")
+    if meta.get("dimension") not in (None, embedder.dimension):
+        problems.append(f"dimension {meta.get('dimension')} ≠ {embedder.dimension}")
+    if problems:
+        raise GuardRefused(
+            f"write guard refused vectors for {index_name}: {'; '.join(problems)} — embed with the index's own version"
+        )
+
+
+def batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def index_actions(documents: Sequence[Document], embedder: Embedder, index_name: str, batch_size: int) -> Iterator[dict]:
+    """Bulk `index` actions, each document stamped with its version and content hash."""
+    for batch in batched(documents, batch_size):
+        vectors = embedder.encode([doc.text for doc in batch])
+        for doc, vector in zip(batch, vectors):
+            yield {
+                "_op_type": "index",
+                "_index": index_name,
+                "_id": doc.id,
+                "_source": {
+                    "doc_id": doc.id,
+                    "text": doc.text,
+                    "model_version": embedder.version,
+                    "content_sha256": doc.content_sha256,
+                    "embedding": vector.tolist(),
+                },
+            }
+
+
+def delete_actions(ids: Iterable[str], index_name: str) -> Iterator[dict]:
+    for doc_id in ids:
+        yield {"_op_type": "delete", "_index": index_name, "_id": doc_id}
+
+
+def write(client: OpenSearch, actions: Iterable[dict], chunk_size: int = 500, on_done=None) -> int:
+    """Stream actions; retry 429 rejections with exponential backoff; return the count written."""
+    done = 0
+    for ok, item in streaming_bulk(
+        client, actions, chunk_size=chunk_size, max_retries=BULK_RETRIES,
+        initial_backoff=0.5, max_backoff=30, raise_on_error=False, raise_on_exception=True,
+    ):
+        if not ok:
+            (op, detail), = item.items()
+            if op == "delete" and detail.get("status") == 404:
+                pass  # already gone: a re-run after a crash
+            else:
+                raise GuardRefused(f"bulk {op} of {detail.get('_id')} into {detail.get('_index')} failed: {detail.get('error')}")
+        done += 1
+        if on_done:
+            on_done(1)
+    return done
+
+
+def progress_bar(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=False,
+    )
+
+
+def sync_documents(
+    client: OpenSearch, settings: StackSettings, entry: CatalogEntry, embedder: Embedder,
+    documents: Sequence[Document], progress: bool = True,
+) -> BackfillResult:
+    """Bring the version's index in line with `documents` (create it if needed)."""
+    started = time.monotonic()
+    name = settings.opensearch.index_name(entry.version)
+    created = index.ensure_index(client, settings, entry)
+    guard(client, name, embedder)
+    plan = delta(documents, {} if created else index.doc_hashes(client, name))
+    by_id = {doc.id: doc for doc in documents}
+    todo = [by_id[i] for i in plan.missing + plan.changed]
+    full_load = created or len(todo) > len(documents) // 2
+    if full_load and todo:
+        index.set_bulk_mode(client, settings, name, on=True)
+    try:
+        with progress_bar(progress and bool(todo)) as bar:
+            task = bar.add_task(f"embed {entry.version} → {name}", total=len(todo), rate="") if bar else None
+
+            def advance(n: int) -> None:
+                if bar:
+                    elapsed = max(time.monotonic() - started, 1e-6)
+                    bar.update(task, advance=n, rate=f"{bar.tasks[0].completed / elapsed:,.0f} docs/s")
+
+            embedded = write(client, index_actions(todo, embedder, name, settings.backfill.batch_size), on_done=advance)
+        deleted = write(client, delete_actions(plan.deleted, name))
+    finally:
+        if full_load and todo:
+            index.set_bulk_mode(client, settings, name, on=False)
+    client.indices.refresh(index=name)
+    return BackfillResult(entry.version, name, created, embedded, deleted, time.monotonic() - started, len(documents))
+
+
+def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = True) -> BackfillResult:
+    """Provision or catch up one version's index from the corpus in S3, with its own artifact."""
+    s3 = clients.aws("s3", settings.region)
+    client = clients.opensearch(settings.opensearch)
+    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
+        embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
+        documents = artifacts.read_corpus(s3, settings)
+        return sync_documents(client, settings, entry, embedder, documents, progress)
+
+
+def write_documents(client: OpenSearch, index_name: str, embedder: Embedder, documents: Sequence[Document]) -> int:
+    """Guarded write of new documents (dual write during validation uses it once per version)."""
+    guard(client, index_name, embedder)
+    return write(client, index_actions(documents, embedder, index_name, 256))

@@ -1,0 +1,62 @@
+"""`lockstep pin` edits only the pin/slot lines, keeps comments, and refuses bad pins untouched."""
+
+import difflib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from lockstep import config, stackfile
+from lockstep.errors import ConfigError
+
+
+@pytest.fixture
+def stacks(tmp_path):
+    target = tmp_path / "stacks"
+    shutil.copytree(config.STACKS_DIR, target)
+    return target
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    return [l for l in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+            if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+
+
+def test_pin_to_the_standby_is_a_flip_that_changes_one_line(stacks):
+    path = stacks / "Pulumi.dev.yaml"
+    before = path.read_text()
+    change = stackfile.set_pin("dev", "v1", stacks)
+    assert change.kind == "flip" and change.slot == "blue" and change.evicted is None
+    assert changed_lines(before, path.read_text()) == ["-  lockstep:pin: v2", "+  lockstep:pin: v1"]
+    assert "# Versions whose indices stay warm" in path.read_text()
+
+
+def test_pin_to_a_version_in_neither_slot_takes_the_non_live_slot(stacks):
+    path = stacks / "Pulumi.dev.yaml"  # pin v2 (green), blue v1
+    before = path.read_text()
+    change = stackfile.set_pin("dev", "v3", stacks)
+    assert (change.kind, change.slot, change.evicted) == ("deploy", "blue", "v1")
+    assert sorted(changed_lines(before, path.read_text())) == sorted(
+        ["-  lockstep:pin: v2", "+  lockstep:pin: v3", "-    blue: v1", "+    blue: v3"])
+    settings = config.load_stack("dev", stacks)
+    assert (settings.pin, settings.slots.blue, settings.slots.green) == ("v3", "v3", "v2")
+
+
+def test_pin_to_the_current_pin_writes_nothing(stacks):
+    path = stacks / "Pulumi.dev.yaml"
+    mtime = path.stat().st_mtime_ns
+    assert stackfile.set_pin("dev", "v2", stacks).kind == "none"
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_unknown_version_is_refused_and_nothing_changes(stacks):
+    before = {p.name: p.read_bytes() for p in stacks.iterdir()}
+    with pytest.raises(ConfigError, match="'v9' is not in the catalog"):
+        stackfile.set_pin("dev", "v9", stacks)
+    env = {**os.environ, "LOCKSTEP_STACKS_DIR": str(stacks)}
+    result = subprocess.run([sys.executable, "-m", "lockstep.cli", "pin", "--stack", "dev", "v9"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "v9" in result.stderr
+    assert {p.name: p.read_bytes() for p in stacks.iterdir()} == before
