@@ -1,0 +1,278 @@
+"""Model artifacts and the corpus in S3: private, versioned, encrypted buckets; sha256-verified bytes.
+
+An artifact lives under its content-addressed key (`CatalogEntry.artifact_key`), so the key never
+changes meaning. Every read verifies the catalog's sha256: bytes that differ are refused, never
+served. `ensure_bucket` is the embedded-default twin of the bucket the Pulumi component declares.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+from botocore.exceptions import ClientError
+
+from lockstep import services
+from lockstep.config import CatalogEntry, StackSettings
+from lockstep.errors import IntegrityError, UsageError
+from lockstep.ops import corpus, model
+from lockstep.ops.clients import reaching
+from lockstep.ops.corpus import Document
+
+PUBLIC_ACCESS_BLOCK = {
+    "BlockPublicAcls": True,
+    "IgnorePublicAcls": True,
+    "BlockPublicPolicy": True,
+    "RestrictPublicBuckets": True,
+}
+# models/<model>/<version>/<sha256>/model.tar.gz, as written by CatalogEntry.artifact_key.
+ARTIFACT_KEY = re.compile(r"models/(?P<model>[^/]+)/(?P<version>[^/]+)/(?P<sha256>[0-9a-f]{64})/model\.tar\.gz$")
+MISSING = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+
+
+def _where(s3) -> str:
+    return s3.meta.endpoint_url
+
+
+def _missing(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code", "") in MISSING
+
+
+def deny_insecure_transport_policy(bucket: str) -> dict:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }],
+    }
+
+
+def ensure_bucket(s3, bucket: str, require_tls: bool | None = None) -> None:
+    """Create `bucket` if missing and (re)apply its posture: private, versioned, encrypted, TLS only.
+
+    `require_tls` (default: whether this client speaks https) adds the DenyInsecureTransport
+    policy. The embedded moto server is plain http on loopback and ignores policy conditions, so
+    there the policy would deny every object request: it is left out unless asked for.
+    """
+    if require_tls is None:
+        require_tls = _where(s3).startswith("https://")
+    with reaching("S3", _where(s3)):
+        try:
+            s3.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if not _missing(exc):
+                raise
+            region = s3.meta.region_name
+            location = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+            s3.create_bucket(Bucket=bucket, ObjectOwnership="BucketOwnerEnforced", **location)
+        s3.put_bucket_ownership_controls(
+            Bucket=bucket, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+        )
+        s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        s3.put_bucket_encryption(
+            Bucket=bucket,
+            ServerSideEncryptionConfiguration={"Rules": [{
+                "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+                "BucketKeyEnabled": True,
+            }]},
+        )
+        if require_tls:
+            s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(deny_insecure_transport_policy(bucket)))
+
+
+# ------------------------------------------------------------------------------------ artifacts
+
+
+def artifact_uri(bucket: str, entry: CatalogEntry) -> str:
+    return f"s3://{bucket}/{entry.artifact_key}"
+
+
+def parse_artifact_url(url: str) -> dict:
+    """`s3://bucket/models/<model>/<version>/<sha>/model.tar.gz` -> {model, version, sha256}."""
+    match = ARTIFACT_KEY.search(url)
+    if not match:
+        raise IntegrityError(
+            f"{url} is not a content-addressed lockstep artifact (models/<model>/<version>/<sha256>/model.tar.gz); "
+            "deploy the model from its catalog key"
+        )
+    return match.groupdict()
+
+
+def _b64_sha256(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+def _stored_version(s3, bucket: str, entry: CatalogEntry) -> str | None:
+    """VersionId of the object at the entry's key if its bytes have the catalog's sha256, else None."""
+    try:
+        head = s3.head_object(Bucket=bucket, Key=entry.artifact_key, ChecksumMode="ENABLED")
+    except ClientError as exc:
+        if _missing(exc):
+            return None
+        raise
+    if head.get("Metadata", {}).get("sha256") != entry.artifact_sha256:
+        return None
+    checksum = head.get("ChecksumSHA256")
+    if checksum is not None:
+        same = checksum == _b64_sha256(entry.artifact_sha256)
+    else:  # uploaded without a checksum (not by us): only the bytes can tell
+        body = s3.get_object(Bucket=bucket, Key=entry.artifact_key)["Body"].read()
+        same = model.sha256_of(body) == entry.artifact_sha256
+    return head.get("VersionId", "null") if same else None
+
+
+def publish_artifact(s3, settings: StackSettings, entry: CatalogEntry) -> str:
+    """Build the entry's model.tar.gz, verify it against the catalog, upload it; return the VersionId.
+
+    Idempotent: an object already holding these bytes is left alone. The bucket must exist
+    (`ensure_bucket`, or the Pulumi component in AWS stacks).
+    """
+    spec = model.SPECS.get(entry.version)
+    if spec is None:
+        raise UsageError(
+            f"version {entry.version!r} has no {model.FAMILY} build spec (known: {', '.join(model.SPECS)}); "
+            "upload its artifact to the catalog key yourself or add a spec"
+        )
+    data = model.build_artifact(spec)
+    actual = model.sha256_of(data)
+    if actual != entry.artifact_sha256:
+        raise IntegrityError(
+            f"built artifact for {entry.version} has sha256 {actual[:12]}…, the catalog says "
+            f"{entry.artifact_sha256[:12]}…; fix artifactSha256 in the catalog (nothing was uploaded)"
+        )
+    bucket = settings.artifacts.bucket
+    with reaching("S3", _where(s3)):
+        existing = _stored_version(s3, bucket, entry)
+        if existing is not None:
+            return existing
+        response = s3.put_object(
+            Bucket=bucket, Key=entry.artifact_key, Body=data, ContentType="application/gzip",
+            Metadata={"sha256": actual, "model-version": entry.version}, ChecksumAlgorithm="SHA256",
+        )
+    return response.get("VersionId", "null")
+
+
+def fetch_artifact(s3, bucket: str, entry: CatalogEntry) -> bytes:
+    """The artifact's bytes, refused unless their sha256 is the catalog's."""
+    uri = artifact_uri(bucket, entry)
+    with reaching("S3", _where(s3)):
+        try:
+            data = s3.get_object(Bucket=bucket, Key=entry.artifact_key)["Body"].read()
+        except ClientError as exc:
+            if _missing(exc):
+                raise UsageError(f"artifact {uri} not found; run `lockstep apply` to publish it") from None
+            raise
+    actual = model.sha256_of(data)
+    if actual != entry.artifact_sha256:
+        raise IntegrityError(
+            f"artifact {uri} has sha256 {actual[:12]}…, the catalog says {entry.artifact_sha256[:12]}…; "
+            "the object was overwritten — run `lockstep apply` to re-publish it (or restore the previous S3 version)"
+        )
+    return data
+
+
+def load_embedder(s3, bucket: str, entry: CatalogEntry) -> model.Embedder:
+    return model.load_artifact(fetch_artifact(s3, bucket, entry), entry.artifact_sha256)
+
+
+def artifact_status(s3, bucket: str, entry: CatalogEntry) -> dict:
+    """For the consistency check: does the object exist, and do its bytes hash to the catalog's sha256?"""
+    status = {"uri": artifact_uri(bucket, entry), "exists": False, "sha256_ok": False, "sha256": None, "version_id": None}
+    with reaching("S3", _where(s3)):
+        try:
+            response = s3.get_object(Bucket=bucket, Key=entry.artifact_key)
+        except ClientError as exc:
+            if _missing(exc):
+                return status
+            raise
+        actual = model.sha256_of(response["Body"].read())
+    status.update(exists=True, sha256=actual, sha256_ok=actual == entry.artifact_sha256,
+                  version_id=response.get("VersionId"))
+    return status
+
+
+# --------------------------------------------------------------------------------------- corpus
+
+
+def corpus_uri(settings: StackSettings) -> str:
+    return f"s3://{settings.corpus.bucket}/{settings.corpus.key}"
+
+
+def golden_uri(settings: StackSettings) -> str:
+    return f"s3://{settings.corpus.bucket}/{settings.corpus.golden_key}"
+
+
+def _exists(s3, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if _missing(exc):
+            return False
+        raise
+
+
+def _default_documents(size: int) -> list[Document]:
+    """The stdlib corpus of `size` documents, cached on disk: generating it takes seconds."""
+    cache = services.home() / f"corpus-{size}.jsonl"
+    if cache.exists():
+        return corpus.parse_documents(cache.read_bytes(), str(cache))
+    documents = corpus.stdlib_documents(size)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial")
+    partial.write_bytes(corpus.documents_jsonl(documents))
+    partial.replace(cache)
+    return documents
+
+
+def ensure_corpus(s3, settings: StackSettings, documents: list[Document] | None = None) -> list[str]:
+    """Ensure the corpus bucket and upload the corpus and golden JSONL when missing; return what was uploaded."""
+    bucket = settings.corpus.bucket
+    ensure_bucket(s3, bucket)
+    uploaded = []
+    with reaching("S3", _where(s3)):
+        if not _exists(s3, bucket, settings.corpus.key):
+            documents = documents if documents is not None else _default_documents(settings.corpus.size)
+            write_corpus(s3, settings, documents)
+            uploaded.append(corpus_uri(settings))
+        if not _exists(s3, bucket, settings.corpus.golden_key):
+            documents = documents if documents is not None else read_corpus(s3, settings)
+            s3.put_object(Bucket=bucket, Key=settings.corpus.golden_key,
+                          Body=corpus.to_jsonl(corpus.golden_queries(documents)), ContentType="application/x-ndjson")
+            uploaded.append(golden_uri(settings))
+    return uploaded
+
+
+def _read(s3, bucket: str, key: str, uri: str) -> bytes:
+    with reaching("S3", _where(s3)):
+        try:
+            return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if _missing(exc):
+                raise UsageError(f"corpus {uri} not found; run `lockstep apply` (seeds the embedded corpus) or upload it") from None
+            raise
+
+
+def read_corpus(s3, settings: StackSettings) -> list[Document]:
+    uri = corpus_uri(settings)
+    return corpus.parse_documents(_read(s3, settings.corpus.bucket, settings.corpus.key, uri), uri)
+
+
+def read_golden(s3, settings: StackSettings) -> list[dict]:
+    uri = golden_uri(settings)
+    return corpus.parse_golden(_read(s3, settings.corpus.bucket, settings.corpus.golden_key, uri), uri)
+
+
+def write_corpus(s3, settings: StackSettings, documents: list[Document]) -> str:
+    """Replace the corpus JSONL (the golden set is left as is); return the new object's VersionId."""
+    with reaching("S3", _where(s3)):
+        response = s3.put_object(Bucket=settings.corpus.bucket, Key=settings.corpus.key,
+                                 Body=corpus.documents_jsonl(documents), ContentType="application/x-ndjson")
+    return response.get("VersionId", "null")

@@ -1,0 +1,155 @@
+"""Artifacts and corpus in S3 (real moto server): bucket posture, idempotent publish, sha256 refusal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from botocore.exceptions import ClientError
+
+from lockstep.errors import IntegrityError, UsageError
+from lockstep.ops import artifacts, corpus, model
+
+
+def object_versions(s3, bucket, key):
+    listing = s3.list_object_versions(Bucket=bucket, Prefix=key)
+    return [v["VersionId"] for v in listing.get("Versions", []) if v["Key"] == key]
+
+
+def test_bucket_posture_is_private_versioned_encrypted_tls_only(s3, unique):
+    bucket = f"{unique}-posture"
+    artifacts.ensure_bucket(s3, bucket, require_tls=True)
+    artifacts.ensure_bucket(s3, bucket, require_tls=True)  # idempotent: no failure, same posture
+
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"}
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert block == artifacts.PUBLIC_ACCESS_BLOCK and all(block.values())
+    ownership = s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
+    assert ownership == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    [deny] = [s for s in policy["Statement"] if s["Sid"] == "DenyInsecureTransport"]
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert f"arn:aws:s3:::{bucket}/*" in deny["Resource"]
+
+
+def test_plain_http_endpoint_gets_the_posture_without_the_tls_policy(s3, unique):
+    """moto over http ignores policy conditions: the TLS deny would lock every object call out."""
+    bucket = f"{unique}-plain"
+    artifacts.ensure_bucket(s3, bucket)
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    with pytest.raises(ClientError, match="NoSuchBucketPolicy"):
+        s3.get_bucket_policy(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+    assert s3.get_object(Bucket=bucket, Key="probe")["Body"].read() == b"ok"
+
+
+def test_publish_is_idempotent_and_fetch_returns_the_catalog_bytes(s3, make_settings, catalog):
+    settings = make_settings()
+    entry = catalog.get("v1")
+    artifacts.ensure_bucket(s3, settings.artifacts.bucket)
+
+    first = artifacts.publish_artifact(s3, settings, entry)
+    second = artifacts.publish_artifact(s3, settings, entry)
+
+    assert first == second
+    assert object_versions(s3, settings.artifacts.bucket, entry.artifact_key) == [first]
+    head = s3.head_object(Bucket=settings.artifacts.bucket, Key=entry.artifact_key)
+    assert head["Metadata"]["sha256"] == entry.artifact_sha256
+    data = artifacts.fetch_artifact(s3, settings.artifacts.bucket, entry)
+    assert model.sha256_of(data) == entry.artifact_sha256
+    embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
+    assert (embedder.version, embedder.dimension, embedder.artifact_sha256) == ("v1", 192, entry.artifact_sha256)
+    assert artifacts.artifact_status(s3, settings.artifacts.bucket, entry) == {
+        "uri": f"s3://{settings.artifacts.bucket}/{entry.artifact_key}",
+        "exists": True, "sha256_ok": True, "sha256": entry.artifact_sha256, "version_id": first,
+    }
+
+
+def test_sha_mismatch_is_refused_before_anything_is_uploaded(s3, make_settings, catalog):
+    settings = make_settings()
+    artifacts.ensure_bucket(s3, settings.artifacts.bucket)
+    wrong = catalog.get("v2").model_copy(update={"artifact_sha256": "0" * 64})
+
+    with pytest.raises(IntegrityError, match="nothing was uploaded"):
+        artifacts.publish_artifact(s3, settings, wrong)
+
+    assert s3.list_objects_v2(Bucket=settings.artifacts.bucket).get("KeyCount", 0) == 0
+
+
+def test_version_without_a_build_spec_is_a_usage_error(s3, make_settings, catalog):
+    settings = make_settings()
+    unknown = catalog.get("v1").model_copy(update={"version": "v9"})
+    with pytest.raises(UsageError, match="no hashgram build spec"):
+        artifacts.publish_artifact(s3, settings, unknown)
+
+
+def test_tampered_object_is_refused_and_republish_repairs_it(s3, make_settings, catalog):
+    settings = make_settings()
+    bucket, entry = settings.artifacts.bucket, catalog.get("v1")
+    artifacts.ensure_bucket(s3, bucket)
+    original = artifacts.publish_artifact(s3, settings, entry)
+    # Overwrite the bytes but keep the claimed sha256 in the metadata: only hashing the bytes tells.
+    s3.put_object(Bucket=bucket, Key=entry.artifact_key, Body=model.build_artifact(model.SPECS["v2"]),
+                  Metadata={"sha256": entry.artifact_sha256})
+
+    with pytest.raises(IntegrityError, match="overwritten") as raised:
+        artifacts.fetch_artifact(s3, bucket, entry)
+    assert "\n" not in str(raised.value)
+    status = artifacts.artifact_status(s3, bucket, entry)
+    assert status["exists"] and not status["sha256_ok"]
+    assert status["sha256"] == model.sha256_of(model.build_artifact(model.SPECS["v2"]))
+
+    repaired = artifacts.publish_artifact(s3, settings, entry)
+    assert repaired not in {original, status["version_id"]}
+    assert artifacts.artifact_status(s3, bucket, entry)["sha256_ok"]
+
+
+def test_missing_artifact_reads_as_not_existing(s3, make_settings, catalog):
+    settings = make_settings()
+    artifacts.ensure_bucket(s3, settings.artifacts.bucket)
+    entry = catalog.get("v3")
+    assert artifacts.artifact_status(s3, settings.artifacts.bucket, entry)["exists"] is False
+    with pytest.raises(UsageError, match="not found; run `lockstep apply`"):
+        artifacts.fetch_artifact(s3, settings.artifacts.bucket, entry)
+
+
+def test_parse_artifact_url_reads_version_and_sha_from_the_key(catalog):
+    entry = catalog.get("v3")
+    parsed = artifacts.parse_artifact_url(artifacts.artifact_uri("bucket", entry))
+    assert parsed == {"model": "hashgram", "version": "v3", "sha256": entry.artifact_sha256}
+    with pytest.raises(IntegrityError):
+        artifacts.parse_artifact_url("s3://bucket/latest/model.tar.gz")
+
+
+def test_corpus_is_seeded_once_and_can_be_edited(s3, make_settings):
+    settings = make_settings(corpus={"size": 30})
+    documents = corpus.stdlib_documents(30)
+
+    uploaded = artifacts.ensure_corpus(s3, settings, documents)
+    assert uploaded == [artifacts.corpus_uri(settings), artifacts.golden_uri(settings)]
+    assert artifacts.ensure_corpus(s3, settings) == []
+    assert s3.get_bucket_versioning(Bucket=settings.corpus.bucket)["Status"] == "Enabled"
+    assert artifacts.read_corpus(s3, settings) == documents
+    golden = artifacts.read_golden(s3, settings)
+    assert golden == corpus.golden_queries(documents)
+
+    edited = [corpus.Document(documents[0].id, documents[0].text + " (edited)"), *documents[2:]]
+    artifacts.write_corpus(s3, settings, edited)
+    assert artifacts.read_corpus(s3, settings) == edited
+
+
+def test_default_corpus_is_generated_and_cached(s3, make_settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCKSTEP_HOME", str(tmp_path))
+    settings = make_settings(corpus={"size": 12})
+    artifacts.ensure_corpus(s3, settings)
+    assert (tmp_path / "corpus-12.jsonl").exists()
+    assert artifacts.read_corpus(s3, settings) == corpus.stdlib_documents(12)
+
+
+def test_missing_corpus_is_a_usage_error_naming_the_object(s3, make_settings):
+    settings = make_settings()
+    with pytest.raises(UsageError, match=f"corpus s3://{settings.corpus.bucket}/corpus/docs.jsonl not found"):
+        artifacts.read_corpus(s3, settings)
