@@ -1,0 +1,398 @@
+"""One k-NN index per model version, the live alias, the live pointer, and the cutover between them.
+
+The cutover is the one place where the live state changes: the alias moves in ONE `_aliases`
+request (never remove-then-add in two calls), then the SSM pointer names the same version. If the
+pointer cannot be written the alias goes back, so alias and pointer never stay apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from botocore.exceptions import BotoCoreError, ClientError
+from opensearchpy import OpenSearch, helpers
+from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
+
+from lockstep.config import Catalog, CatalogEntry, StackSettings
+from lockstep.errors import GuardRefused, IntegrityError, LockstepError, Unreachable, UsageError
+
+# `_meta` keys that describe a build, not the version: left out of every comparison.
+VOLATILE_META = {"built_at"}
+# Bucket name for documents without a `model_version` in the per-version counts.
+NO_VERSION = "(none)"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+# ------------------------------------------------------------------------------- index and _meta
+
+
+def index_meta(settings: StackSettings, entry: CatalogEntry, built_at: str | None = None) -> dict:
+    return {
+        "model": entry.model,
+        "version": entry.version,
+        "artifact_sha256": entry.artifact_sha256,
+        "dimension": entry.dimension,
+        "space_type": entry.space_type,
+        "engine": settings.opensearch.engine,
+        "corpus": f"s3://{settings.corpus.bucket}/{settings.corpus.key}",
+        "built_at": built_at or now(),
+    }
+
+
+def index_body(settings: StackSettings, entry: CatalogEntry) -> dict:
+    search = settings.opensearch
+    return {
+        "settings": {
+            "index": {
+                "knn": True,
+                "number_of_shards": search.shards,
+                "number_of_replicas": search.replicas,
+            }
+        },
+        "mappings": {
+            "dynamic": "strict",
+            "_meta": index_meta(settings, entry),
+            "properties": {
+                "doc_id": {"type": "keyword"},
+                "text": {"type": "text"},
+                "model_version": {"type": "keyword"},
+                "content_sha256": {"type": "keyword"},
+                "embedding": {
+                    "type": "knn_vector",
+                    "dimension": entry.dimension,
+                    "method": {
+                        "name": "hnsw",
+                        "engine": search.engine,
+                        "space_type": entry.space_type,
+                        "parameters": {"m": search.hnsw_m, "ef_construction": search.ef_construction},
+                    },
+                },
+            },
+        },
+    }
+
+
+def read_meta(client: OpenSearch, index: str) -> dict | None:
+    """The mapping `_meta` of `index` ({} when it has none), or None when the index does not exist."""
+    try:
+        response = client.indices.get_mapping(index=index)
+    except NotFoundError:
+        return None
+    mappings = next(iter(response.values()), {}).get("mappings", {})
+    return mappings.get("_meta", {})
+
+
+def meta_differences(observed: dict, expected: dict) -> dict[str, tuple]:
+    """{key: (observed, expected)} for every key that differs, ignoring build timestamps."""
+    keys = (set(observed) | set(expected)) - VOLATILE_META
+    return {
+        key: (observed.get(key), expected.get(key))
+        for key in sorted(keys)
+        if observed.get(key) != expected.get(key)
+    }
+
+
+def _describe(differences: dict[str, tuple]) -> str:
+    return "; ".join(f"{key} is {seen!r}, expected {want!r}" for key, (seen, want) in differences.items())
+
+
+def verify_meta(client: OpenSearch, settings: StackSettings, entry: CatalogEntry) -> None:
+    """Refuse an index that was not built for exactly this catalog entry."""
+    index = settings.opensearch.index_name(entry.version)
+    observed = read_meta(client, index)
+    if observed is None:
+        raise IntegrityError(f"index {index} of {entry.version} does not exist; provision it (`lockstep apply`) first")
+    differences = meta_differences(observed, index_meta(settings, entry))
+    if differences:
+        raise IntegrityError(
+            f"index {index} was not built for {entry.version} as the catalog describes it: "
+            f"{_describe(differences)}; drop the index if it is not live, or fix the catalog"
+        )
+
+
+def ensure_index(client: OpenSearch, settings: StackSettings, entry: CatalogEntry) -> bool:
+    """Create the version's index; True if created, False if the right one already exists."""
+    index = settings.opensearch.index_name(entry.version)
+    if read_meta(client, index) is None:
+        try:
+            client.indices.create(index=index, body=index_body(settings, entry))
+            return True
+        except RequestError as exc:
+            if exc.error != "resource_already_exists_exception":  # a racing creator is checked below
+                raise UsageError(f"index {_short(index)}: OpenSearch rejected it ({_reason(exc, index)}); "
+                                 "fix opensearch.indexPrefix or the catalog entry") from None
+    verify_meta(client, settings, entry)
+    return False
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 80 else f"{name[:40]}...{name[-20:]} ({len(name)} characters)"
+
+
+def _reason(exc: TransportError, index: str = "") -> str:
+    """OpenSearch's error type and reason, one line, without echoing a (possibly huge) index name."""
+    info = exc.info if isinstance(exc.info, dict) else {}
+    error = info.get("error", {})
+    reason = error.get("reason", "") if isinstance(error, dict) else error
+    if index:
+        reason = str(reason).replace(index, "<index>")
+    text = one_line(f"{exc.error}: {reason}" if reason else exc.error)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# ------------------------------------------------------------------------------ alias and pointer
+
+
+def _alias_map(client: OpenSearch, alias: str) -> dict[str, bool]:
+    """{index: is_write_index} for every index holding `alias`."""
+    try:
+        response = client.indices.get_alias(name=alias)
+    except NotFoundError:
+        return {}
+    return {
+        index: bool(body.get("aliases", {}).get(alias, {}).get("is_write_index", False))
+        for index, body in response.items()
+    }
+
+
+def alias_targets(client: OpenSearch, alias: str) -> list[str]:
+    return sorted(_alias_map(client, alias))
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """What is live, named together: the query embedder (endpoint) and the index it belongs to."""
+
+    version: str
+    endpoint: str
+    index: str
+    artifact_sha256: str
+    switched_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Pointer:
+        try:
+            data = json.loads(text)
+            return cls(**{key: str(data[key]) for key in ("version", "endpoint", "index", "artifact_sha256")},
+                       switched_at=str(data.get("switched_at", "")))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise IntegrityError(
+                f"live pointer is not lockstep's JSON ({type(exc).__name__}: {one_line(exc)}); "
+                "run `lockstep apply` to rewrite it"
+            ) from None
+
+
+def read_pointer(ssm, name: str) -> Pointer | None:
+    try:
+        value = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
+            return None
+        raise
+    return Pointer.from_json(value)
+
+
+def write_pointer(ssm, name: str, pointer: Pointer) -> None:
+    ssm.put_parameter(Name=name, Value=pointer.to_json(), Type="String", Overwrite=True)
+
+
+def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntry, endpoint: str) -> Pointer:
+    """Move the live alias and the live pointer to `entry`'s version together.
+
+    Idempotent: when the alias is already on the target only a stale pointer is rewritten.
+    """
+    alias = settings.opensearch.alias_name
+    index = settings.opensearch.index_name(entry.version)
+    verify_meta(client, settings, entry)
+    target = Pointer(entry.version, endpoint, index, entry.artifact_sha256, now())
+    before = _alias_map(client, alias)
+    if before == {index: True}:
+        current = read_pointer(ssm, settings.pointer_name)
+        if current is not None and asdict(current) | {"switched_at": ""} == asdict(target) | {"switched_at": ""}:
+            return current
+        write_pointer(ssm, settings.pointer_name, target)
+        return target
+
+    actions = [{"remove": {"index": name, "alias": alias}} for name in before if name != index]
+    actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
+    _update_aliases(client, alias, actions)
+    try:
+        write_pointer(ssm, settings.pointer_name, target)
+    except (ClientError, BotoCoreError) as exc:
+        _restore_alias(client, alias, index, before, settings.pointer_name, exc)
+    return target
+
+
+def _update_aliases(client: OpenSearch, alias: str, actions: list[dict]) -> None:
+    try:
+        client.indices.update_aliases(body={"actions": actions})
+    except RequestError as exc:
+        raise UsageError(f"alias {alias}: OpenSearch refused the swap ({_reason(exc)}); "
+                         "an index may carry the alias' name: set opensearch.alias") from None
+
+
+def _restore_alias(client: OpenSearch, alias: str, index: str, before: dict[str, bool],
+                   pointer_name: str, cause: Exception) -> None:
+    """Put the alias back where it was (one request) and raise, saying so."""
+    actions = [] if index in before else [{"remove": {"index": index, "alias": alias}}]
+    actions += [{"add": {"index": name, "alias": alias, "is_write_index": write}} for name, write in before.items()]
+    was = ", ".join(sorted(before)) or "no index"
+    why = one_line(cause)
+    try:
+        client.indices.update_aliases(body={"actions": actions})
+    except TransportError as exc:
+        raise LockstepError(
+            f"live pointer {pointer_name} could not be written ({why}) and restoring alias {alias} "
+            f"to {was} failed too ({_reason(exc)}); alias and pointer disagree: rerun `lockstep apply`"
+        ) from None
+    message = (f"live pointer {pointer_name} could not be written ({why}); alias {alias} was restored "
+               f"to {was}, nothing changed; fix SSM access and rerun")
+    raise (Unreachable if isinstance(cause, BotoCoreError) else UsageError)(message) from None
+
+
+# ------------------------------------------------------------------------------------- inventory
+
+
+@dataclass(frozen=True)
+class IndexState:
+    version: str
+    index: str
+    meta: dict | None
+    doc_count: int
+    count_by_model_version: dict[str, int]
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    indices: dict[str, IndexState] = field(default_factory=dict)
+    alias_targets: list[str] = field(default_factory=list)
+    pointer: Pointer | None = None
+
+
+def _stack_indices(client: OpenSearch, settings: StackSettings, catalog: Catalog) -> Iterator[tuple[str, str, dict]]:
+    """(version, index, meta) of the stack's indices: `{prefix}-<version>` by `_meta` or by catalog name.
+
+    The prefix pattern can match another stack's indices (`docs-*` matches `docs-staging-v1`);
+    an index counts only when its name is exactly the one its version would get.
+    """
+    search = settings.opensearch
+    response = client.indices.get_mapping(index=f"{search.index_prefix}-*", params={"expand_wildcards": "open"})
+    by_name = {search.index_name(version): version for version in catalog.names}
+    for index, body in sorted(response.items()):
+        meta = body.get("mappings", {}).get("_meta") or {}
+        version = meta.get("version")
+        if not (isinstance(version, str) and search.index_name(version) == index):
+            version = by_name.get(index)
+        if version is not None:
+            yield version, index, meta
+
+
+def count_by_model_version(client: OpenSearch, index: str) -> tuple[int, dict[str, int]]:
+    """(total docs, {model_version: docs}) from one terms aggregation: no scan."""
+    response = client.search(index=index, body={
+        "size": 0,
+        "track_total_hits": True,
+        "aggs": {"versions": {"terms": {"field": "model_version", "size": 1000, "missing": NO_VERSION}}},
+    })
+    buckets = response["aggregations"]["versions"]["buckets"]
+    return response["hits"]["total"]["value"], {b["key"]: b["doc_count"] for b in buckets}
+
+
+def inventory(client: OpenSearch, ssm, settings: StackSettings, catalog: Catalog) -> Inventory:
+    aliases = client.indices.get_alias(index=f"{settings.opensearch.index_prefix}-*")
+    indices = {}
+    for version, index, meta in _stack_indices(client, settings, catalog):
+        total, counts = count_by_model_version(client, index)
+        names = tuple(sorted(aliases.get(index, {}).get("aliases", {})))
+        indices[version] = IndexState(version, index, meta, total, counts, names)
+    return Inventory(indices, alias_targets(client, settings.opensearch.alias_name),
+                     read_pointer(ssm, settings.pointer_name))
+
+
+# ------------------------------------------------------------------------------------- retention
+
+
+def _protection(settings: StackSettings, version: str, index: str, aliases: list[str],
+                pointer: Pointer | None) -> str | None:
+    """Why `version`'s index must stay, or None when it may go."""
+    if version == settings.pin:
+        return "it is the live pin"
+    if settings.slots.slot_of(version):
+        return f"it serves the {settings.slots.slot_of(version)} slot"
+    if version in settings.retain:
+        return "it is retained for instant rollback"
+    if aliases:
+        return f"alias {', '.join(aliases)} points to it"
+    if pointer is not None and pointer.index == index:
+        return f"the live pointer names it ({pointer.version})"
+    return None
+
+
+def droppable(settings: StackSettings, inventory: Inventory) -> list[str]:
+    """Versions whose index left the config (pin ∪ slots ∪ retain) and that no alias points to."""
+    live_alias = settings.opensearch.alias_name
+    return sorted(
+        version for version, state in inventory.indices.items()
+        if _protection(settings, version, state.index,
+                       sorted({*state.aliases, *([live_alias] if state.index in inventory.alias_targets else [])}),
+                       inventory.pointer) is None
+    )
+
+
+def drop_index(client: OpenSearch, settings: StackSettings, version: str, inventory: Inventory) -> bool:
+    """Delete `version`'s index; True if deleted. Aliases are re-read from the cluster, not trusted."""
+    state = inventory.indices.get(version)
+    index = state.index if state else settings.opensearch.index_name(version)
+    try:
+        aliases = sorted(next(iter(client.indices.get_alias(index=index).values()), {}).get("aliases", {}))
+    except NotFoundError:
+        return False
+    reason = _protection(settings, version, index, aliases, inventory.pointer)
+    if reason:
+        raise GuardRefused(f"refusing to delete index {index}: {reason}; remove {version} from the stack "
+                           "config (and move the alias) first")
+    try:
+        client.indices.delete(index=index)
+    except NotFoundError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- re-embedding helpers
+
+
+def doc_hashes(client: OpenSearch, index: str) -> dict[str, str]:
+    """{document id: content_sha256} of every stored document, scrolled without vectors."""
+    hits = helpers.scan(client, index=index, size=2000,
+                        query={"_source": ["content_sha256"], "query": {"match_all": {}}})
+    return {hit["_id"]: hit.get("_source", {}).get("content_sha256", "") for hit in hits}
+
+
+def set_bulk_mode(client: OpenSearch, index: str, on: bool, settings: StackSettings | None = None) -> None:
+    """While loading: no refresh, no replicas. After: replicas from the stack config, default refresh.
+
+    `settings` is needed to switch bulk mode off (the replica count lives in the config).
+    """
+    if on:
+        body = {"index": {"refresh_interval": "-1", "number_of_replicas": 0}}
+    elif settings is None:
+        raise UsageError(f"set_bulk_mode({index}, on=False) needs the stack settings to restore the replica count")
+    else:
+        body = {"index": {"refresh_interval": None, "number_of_replicas": settings.opensearch.replicas}}
+    client.indices.put_settings(index=index, body=body)
+    if not on:
+        client.indices.refresh(index=index)
