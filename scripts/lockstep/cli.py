@@ -5,14 +5,17 @@ Every error a person can fix is one line on stderr and exit 2 (see lockstep.erro
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from lockstep import config, services
-from lockstep.errors import LockstepError
+from lockstep import config, drill, orchestrator, report, services, stackfile
+from lockstep.errors import LockstepError, Unreachable, UsageError
+from lockstep.ops import check, index, reembed
+from lockstep.plan import release_plan
 
 
 class Group(click.Group):
@@ -41,6 +44,122 @@ def validate(ctx: click.Context, stacks: tuple[str, ...]) -> None:
     for name in names:
         settings = config.load_stack(name, stacks_dir(), catalog)
         click.echo(f"{name}: ok (pin {settings.pin}, slots blue={settings.slots.blue} green={settings.slots.green})")
+
+
+def stack_settings(stack: str) -> tuple[config.StackSettings, config.Catalog]:
+    catalog = config.load_catalog(stacks_dir())
+    return config.load_stack(stack, stacks_dir(), catalog), catalog
+
+
+@cli.command("pin")
+@click.option("--stack", required=True, help="Stack whose file to edit (stacks/Pulumi.<stack>.yaml).")
+@click.argument("version")
+def pin(stack: str, version: str) -> None:
+    """Set the pin, placing VERSION in the standby slot when it is in neither (keeps comments)."""
+    change = stackfile.set_pin(stack, version, stacks_dir())
+    click.echo(change.summary())
+
+
+@cli.command("apply")
+@click.option("--stack", required=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def apply_command(stack: str, quiet: bool) -> None:
+    """Drive the embedded environment to the stack's config; exit 1 if the final check fails."""
+    settings, catalog = stack_settings(stack)
+    click.echo(f"apply {stack}: pin {settings.pin} (blue={settings.slots.blue}, green={settings.slots.green})")
+    result = orchestrator.apply(settings, catalog, progress=not quiet, say=click.echo)
+    if result.record:
+        report.print_check(result.record)
+    if result.record is None or not result.record.passed:
+        sys.exit(1)
+
+
+@cli.command("check")
+@click.option("--stack", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")
+def check_command(stack: str, as_json: bool) -> None:
+    """Exit 0 consistent, 1 inconsistent, 2 could not check."""
+    settings, catalog = stack_settings(stack)
+    record = check.run(settings, catalog)
+    check.store(record, settings)
+    if as_json:
+        click.echo(json.dumps(record.to_dict(), indent=2))
+    else:
+        report.print_check(record)
+    sys.exit(0 if record.passed else 1)
+
+
+@cli.command("backfill")
+@click.option("--stack", required=True)
+@click.option("--version", "version", required=True, help="Catalog version whose index to build or catch up.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def backfill(stack: str, version: str, quiet: bool) -> None:
+    """Provision or catch up VERSION's index from the corpus (never moves the live alias)."""
+    settings, catalog = stack_settings(stack)
+    entry = catalog.get(version)
+    if version not in settings.versions:
+        raise UsageError(f"{version} is not in stack {stack}'s pin, slots or retain; add it there first so its index is kept")
+    result = reembed.sync_index(settings, entry, progress=not quiet)
+    click.echo(f"{result.index}: {'created, ' if result.created else ''}{result.embedded} embedded, "
+               f"{result.deleted} deleted in {result.seconds:.1f}s ({result.rate:,.0f} docs/s)")
+
+
+@cli.command("plan")
+@click.option("--stack", required=True)
+@click.option("--to", "to_version", help="Plan a change of the pin to this version (default: the stack file as it is).")
+@click.option("--base", help="Git ref whose stack file is the 'before' (e.g. origin/main in a PR).")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md")
+def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str) -> None:
+    """What a change does to the data: reattach or provision, documents to embed, endpoints, undo."""
+    settings, catalog = stack_settings(stack)
+    before = settings
+    if base:
+        before = config.settings_from_yaml_text(stack, git_show(base, config.stack_path(stack, stacks_dir())), catalog, f"{base}:{stack}")
+    target = settings
+    if to_version:
+        catalog.get(to_version)
+        target = settings.with_pin(to_version)
+    counts = None
+    try:
+        env, planned, _ = orchestrator.plan_for(target, catalog)
+        known = True
+        live = index.alias_targets(env.opensearch, settings.opensearch.alias_name)
+        counts = index.count_by_model_version(env.opensearch, live[0])[1] if len(live) == 1 else None
+    except Unreachable:
+        planned = release_plan(catalog, target, orchestrator.assumed_observed(before))
+        known = False
+    if fmt == "json":
+        click.echo(json.dumps({
+            "stack": stack, "from": planned.from_version, "to": planned.to_version,
+            "index_action": planned.index_action, "docs_to_embed": planned.docs_to_embed,
+            "endpoint_action": planned.endpoint_action, "reversible": planned.reversible,
+            "pointer_moves": planned.pointer_moves, "data_state": "observed" if known else "unknown",
+            "records_by_model_version": counts, "steps": planned.to_dict()["steps"],
+        }, indent=2))
+    else:
+        click.echo(report.plan_markdown(planned, known=known, rate=orchestrator.measured_rate(settings),
+                                        counts=counts, base_pin=before.pin))
+
+
+def git_show(ref: str, path: Path) -> str:
+    import subprocess
+
+    rel = path.resolve().relative_to(Path.cwd().resolve()) if path.resolve().is_relative_to(Path.cwd().resolve()) else path
+    result = subprocess.run(["git", "show", f"{ref}:{rel}"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UsageError(f"--base {ref}: git cannot show {rel} ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'unknown error'}); pass a ref that has the stack file")
+    return result.stdout
+
+
+@cli.command("drill")
+@click.option("--docs", default=2000, show_default=True, help="Corpus size (stdlib docstrings).")
+@click.option("--keep", is_flag=True, help="Leave the environment up for exploring.")
+@click.option("--out", default="reports", show_default=True, type=click.Path(path_type=Path), help="Where the report goes.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def drill_command(docs: int, keep: bool, out: Path, quiet: bool) -> None:
+    """The whole rollback story on the embedded default (the main job)."""
+    result = drill.run(docs, out, keep, progress=not quiet)
+    sys.exit(0 if result.expected_outcomes else 1)
 
 
 @cli.group("services")

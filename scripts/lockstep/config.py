@@ -137,11 +137,15 @@ class Catalog(Model):
 
 
 class Slots(Model):
-    blue: str
-    green: str
+    """The two endpoint slots. A first deploy may fill one; the other is then empty (no standby)."""
+
+    blue: str | None = None
+    green: str | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> Slots:
+        if self.blue is None and self.green is None:
+            raise ValueError("name a version in at least one slot (blue or green)")
         if self.blue == self.green:
             raise ValueError(
                 f"blue and green both name {self.blue!r}; the standby slot needs another version"
@@ -151,8 +155,12 @@ class Slots(Model):
     def slot_of(self, version: str) -> str | None:
         return "blue" if self.blue == version else "green" if self.green == version else None
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, str | None]:
         return {"blue": self.blue, "green": self.green}
+
+    @property
+    def filled(self) -> dict[str, str]:
+        return {slot: version for slot, version in self.as_dict().items() if version}
 
 
 class OpenSearchSettings(Model):
@@ -277,7 +285,7 @@ class StackSettings(Model):
             return self
         for field, versions in (
             ("pin", [self.pin]),
-            ("slots", [self.slots.blue, self.slots.green]),
+            ("slots", list(self.slots.filled.values())),
             ("retain", list(self.retain)),
         ):
             for version in versions:
@@ -305,7 +313,7 @@ class StackSettings(Model):
     @property
     def versions(self) -> list[str]:
         """pin ∪ slots ∪ retain, in that order, without repeats: the versions whose state is kept."""
-        ordered = [self.pin, self.slots.blue, self.slots.green, *self.retain]
+        ordered = [self.pin, *self.slots.filled.values(), *self.retain]
         return list(dict.fromkeys(ordered))
 
     @property
@@ -317,8 +325,17 @@ class StackSettings(Model):
         return "green" if self.live_slot == "blue" else "blue"
 
     @property
-    def standby(self) -> str:
+    def standby(self) -> str | None:
+        """The warm standby version (None when only the live slot is filled)."""
         return getattr(self.slots, self.standby_slot)
+
+    def with_pin(self, version: str) -> StackSettings:
+        """The settings `lockstep pin VERSION` would write: VERSION live, placed in the non-live
+        slot when it is in neither (what was there leaves the slots)."""
+        slots = self.slots.as_dict()
+        if self.slots.slot_of(version) is None:
+            slots[self.standby_slot] = version
+        return self.model_copy(update={"pin": version, "slots": Slots(**slots)})
 
     @property
     def pointer_name(self) -> str:
@@ -387,7 +404,19 @@ def settings_from_config(stack: str, values: dict[str, Any], catalog: Catalog) -
 def load_stack(stack: str, stacks_dir: Path = STACKS_DIR, catalog: Catalog | None = None) -> StackSettings:
     catalog = catalog or load_catalog(stacks_dir)
     path = stack_path(stack, stacks_dir)
-    data = read_yaml(path)
+    return settings_from_document(stack, read_yaml(path), catalog, str(path))
+
+
+def settings_from_yaml_text(stack: str, text: str, catalog: Catalog, source: str) -> StackSettings:
+    """A stack file's content from elsewhere (e.g. `git show base:stacks/…`)."""
+    try:
+        data = YAML(typ="safe").load(text)
+    except YAMLError:
+        raise ConfigError(f"{source}: not valid YAML; fix the syntax") from None
+    return settings_from_document(stack, data, catalog, source)
+
+
+def settings_from_document(stack: str, data: Any, catalog: Catalog, path: str) -> StackSettings:
     config = data.get("config") if isinstance(data, dict) else None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a top-level `config:` mapping of `lockstep:<key>` settings")

@@ -25,14 +25,15 @@ class PinChange:
     previous_pin: str
     pin: str
     slot: str
-    evicted: str | None  # the version that left the standby slot to make room, if any
+    placed: bool  # VERSION was in neither slot and now fills the standby slot
+    evicted: str | None  # the version that left that slot to make room, if any
     path: Path
 
     @property
     def kind(self) -> str:
         if self.previous_pin == self.pin:
             return "none"
-        return "deploy" if self.evicted else "flip"
+        return "deploy" if self.placed else "flip"
 
     def summary(self) -> str:
         if self.kind == "none":
@@ -61,14 +62,14 @@ def set_pin(stack: str, version: str, stacks_dir: Path = config.STACKS_DIR) -> P
     yaml = _yaml()
     document = yaml.load(path.read_text(encoding="utf-8"))
     values = document["config"]
-    slot = current.slots.slot_of(version)
-    evicted = None
-    if slot is None:
-        slot = current.standby_slot
-        evicted = getattr(current.slots, slot)
-        values[f"{config.PROJECT}:slots"][slot] = version
+    target = current.with_pin(version)
+    slot = target.live_slot
+    placed = current.slots.slot_of(version) is None
+    evicted = getattr(current.slots, slot) if placed else None
+    if placed:
+        values.setdefault(f"{config.PROJECT}:slots", {})[slot] = version
     values[f"{config.PROJECT}:pin"] = version
-    change = PinChange(stack, current.pin, version, slot, evicted, path)
+    change = PinChange(stack, current.pin, version, slot, placed, evicted, path)
     if change.kind != "none":
         write_validated(path, document, stack, stacks_dir, catalog)
     return change

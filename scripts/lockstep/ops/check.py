@@ -89,20 +89,22 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
         targets = index.alias_targets(client, alias)
         add(Check("alias", targets == [live_index], ", ".join(targets) or "(no index)", live_index,
                   f"run `lockstep apply --stack {settings.stack}` to cut the alias over to {live_index}"))
-        exists = client.indices.exists(index=live_index)
+        # Checks 2-4 look at the index the alias really serves: that is what users query.
+        served = targets[0] if len(targets) == 1 else live_index
+        exists = client.indices.exists(index=served)
 
         # 2. _meta and mapping dimension match the catalog
-        meta = index.read_meta(client, live_index) or {}
+        meta = index.read_meta(client, served) or {}
         expected_meta = {"version": entry.version, "artifact_sha256": entry.artifact_sha256, "dimension": entry.dimension}
         differs = {k: meta.get(k) for k, v in expected_meta.items() if meta.get(k) != v}
-        mapped_dimension = _mapped_dimension(client, live_index) if exists else None
+        mapped_dimension = _mapped_dimension(client, served) if exists else None
         if mapped_dimension != entry.dimension:
             differs["mapping.embedding.dimension"] = mapped_dimension
         add(Check("index-meta", exists and not differs, json.dumps(differs) if differs else "matches",
-                  json.dumps(expected_meta), f"rebuild {live_index}: it was not built by {entry.version}'s artifact"))
+                  f"{entry.version} / {entry.artifact_sha256[:12]}… / dim {entry.dimension}", f"{served} was not built by {entry.version}'s artifact: rebuild it or cut over to {live_index}"))
 
         # 3. no documents of another version (one aggregation)
-        by_version = index.count_by_model_version(client, live_index) if exists else {}
+        by_version = index.count_by_model_version(client, served)[1] if exists else {}
         foreign = {v: n for v, n in by_version.items() if v != settings.pin}
         add(Check("foreign-versions", exists and not foreign, json.dumps(foreign) if foreign else "0", "0",
                   f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to re-embed them"))
@@ -110,8 +112,8 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
         # 4. document count parity (+ a sample of content hashes)
         documents = artifacts.read_corpus(s3, settings)
         corpus_sha = {d.id: d.content_sha256 for d in documents}
-        count = client.count(index=live_index)["count"] if exists else 0
-        stale = _stale_sample(client, live_index, corpus_sha, settings.check.stale_sample, rng) if exists else 0
+        count = client.count(index=served)["count"] if exists else 0
+        stale = _stale_sample(client, served, corpus_sha, settings.check.stale_sample, rng) if exists else 0
         add(Check("doc-count", count == len(documents) and stale == 0,
                   f"{count} docs, {stale} stale in sample", f"{len(documents)} docs, 0 stale",
                   f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to catch up"))
@@ -129,7 +131,7 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
         status = artifacts.artifact_status(s3, settings.artifacts.bucket, entry)
         add(Check("artifact", bool(status.get("exists") and status.get("sha256_ok")),
                   "missing" if not status.get("exists") else ("sha256 ok" if status.get("sha256_ok") else "sha256 MISMATCH"),
-                  f"s3://{settings.artifacts.bucket}/{entry.artifact_key} with sha256 {entry.artifact_sha256[:12]}…",
+                  f"sha256 {entry.artifact_sha256[:12]}…",
                   "restore the artifact object (the bucket is versioned) or publish it again"))
 
     # 6. live endpoint serves the pin's artifact
@@ -160,17 +162,18 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
 
         # 9. recall probe through the alias
         golden = artifacts.read_golden(s3, settings)
-        recall = _recall(client, alias, live, golden, settings.check.k) if golden and described else 0.0
+        recall = recall_at_k(client, alias, live, golden, settings.check.k) if golden and described else 0.0
         add(Check("recall", recall >= settings.check.recall_floor, f"recall@{settings.check.k} {recall:.2f}",
                   f"≥ {settings.check.recall_floor:.2f}",
                   "the live endpoint and the index disagree: check the re-embed probe, then rebuild or roll back"))
 
     # 10. standby slot serves what the config says (warning only)
-    standby_entry = catalog.get(settings.standby)
-    standby = _describe(endpoints.endpoint_for(settings, settings.standby_slot))
-    add(Check("standby", standby.get("artifact_sha256") == standby_entry.artifact_sha256,
-              f"{standby.get('version')}" if standby else "not running", settings.standby,
-              f"deploy {settings.standby} to the {settings.standby_slot} slot (`lockstep apply`)", severity="warn"))
+    if settings.standby:
+        standby_entry = catalog.get(settings.standby)
+        standby = _describe(endpoints.endpoint_for(settings, settings.standby_slot))
+        add(Check("standby", standby.get("artifact_sha256") == standby_entry.artifact_sha256,
+                  f"{standby.get('version')}" if standby else "not running", settings.standby,
+                  f"deploy {settings.standby} to the {settings.standby_slot} slot (`lockstep apply`)", severity="warn"))
 
     record.finished_at = now()
     return record
@@ -207,14 +210,20 @@ def _stale_sample(client, index_name: str, corpus_sha: dict[str, str], size: int
     return sum(1 for h in hits if corpus_sha.get(h["_id"]) != h["_source"].get("content_sha256"))
 
 
-def _recall(client, alias: str, live, golden: list[dict], k: int) -> float:
+def nearest(client, target: str, vector: np.ndarray, k: int) -> list[str]:
+    """Ids of the k nearest documents to `vector` in `target` (an index or the alias)."""
+    body = {"size": k, "_source": False, "query": {"knn": {"embedding": {"vector": vector.tolist(), "k": k}}}}
+    return [h["_id"] for h in client.search(index=target, body=body)["hits"]["hits"]]
+
+
+def recall_at_k(client, alias: str, live, golden: list[dict], k: int) -> float:
+    """Mean share of each golden query's expected documents found in its top k through `alias`."""
     vectors = live.embed([g["query"] for g in golden])
-    hits_total = 0
+    found = 0.0
     for query, vector in zip(golden, vectors):
-        body = {"size": k, "_source": False, "query": {"knn": {"embedding": {"vector": vector.tolist(), "k": k}}}}
-        found = {h["_id"] for h in client.search(index=alias, body=body)["hits"]["hits"]}
-        hits_total += len(found & set(query["expected"])) / max(len(query["expected"]), 1)
-    return hits_total / len(golden)
+        expected = set(query["expected"])
+        found += len(set(nearest(client, alias, vector, k)) & expected) / max(len(expected), 1)
+    return found / len(golden)
 
 
 # ---------------------------------------------------------------------------------- records

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from opensearchpy import OpenSearch
-from opensearchpy.helpers import streaming_bulk
+from opensearchpy.helpers import scan, streaming_bulk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -90,6 +90,12 @@ def guard(client: OpenSearch, index_name: str, embedder: Embedder) -> None:
         )
 
 
+def foreign_ids(client: OpenSearch, index_name: str, version: str) -> list[str]:
+    """Ids of documents in `index_name` whose `model_version` is not `version`."""
+    query = {"query": {"bool": {"must_not": {"term": {"model_version": version}}}}, "_source": False}
+    return [hit["_id"] for hit in scan(client, index=index_name, query=query, size=1000)]
+
+
 def batched(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -157,12 +163,15 @@ def sync_documents(
     name = settings.opensearch.index_name(entry.version)
     created = index.ensure_index(client, settings, entry)
     guard(client, name, embedder)
-    plan = delta(documents, {} if created else index.doc_hashes(client, name))
+    indexed = {} if created else index.doc_hashes(client, name)
+    for doc_id in ([] if created else foreign_ids(client, name, entry.version)):
+        indexed[doc_id] = ""  # embedded by another version (a naive writer): re-embed it
+    plan = delta(documents, indexed)
     by_id = {doc.id: doc for doc in documents}
     todo = [by_id[i] for i in plan.missing + plan.changed]
     full_load = created or len(todo) > len(documents) // 2
     if full_load and todo:
-        index.set_bulk_mode(client, settings, name, on=True)
+        index.set_bulk_mode(client, name, True, settings)
     try:
         with progress_bar(progress and bool(todo)) as bar:
             task = bar.add_task(f"embed {entry.version} → {name}", total=len(todo), rate="") if bar else None
@@ -176,7 +185,7 @@ def sync_documents(
         deleted = write(client, delete_actions(plan.deleted, name))
     finally:
         if full_load and todo:
-            index.set_bulk_mode(client, settings, name, on=False)
+            index.set_bulk_mode(client, name, False, settings)
     client.indices.refresh(index=name)
     return BackfillResult(entry.version, name, created, embedded, deleted, time.monotonic() - started, len(documents))
 

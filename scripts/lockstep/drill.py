@@ -1,0 +1,330 @@
+"""`lockstep drill`: the whole rollback story on the embedded default, with real servers.
+
+Acts: deploy v1; upgrade to v2 with dual writes; the naive rollback (endpoint back to v1, index
+left on v2, documents still arriving) that the check catches; the lockstep rollback (plan, pin,
+apply); rollback to a version whose index was dropped. Each act runs the same commands a person
+would (`pin`, `plan`, `apply`, `check`) on a scratch stack, and the drill ends with a table and an
+HTML timeline of recall across the acts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from ruamel.yaml import YAML
+
+from lockstep import config, orchestrator, report, services, stackfile
+from lockstep.ops import artifacts, check, clients, endpoints, model
+from lockstep.ops.corpus import Document, stdlib_documents
+
+STACK = "drill"
+ARRIVALS = 20  # documents that arrive during each of acts 2 and 3
+
+
+@dataclass
+class Act:
+    number: str
+    title: str
+    action: str
+    seconds: float = 0.0
+    embedded: int = 0
+    check_passed: bool | None = None
+    failures: list[str] = field(default_factory=list)
+    recall: float | None = None
+    probe: dict = field(default_factory=dict)
+    started_at: float = 0.0
+
+
+@dataclass
+class DrillReport:
+    stack_dir: str
+    docs: int
+    acts: list[Act] = field(default_factory=list)
+    html: str = ""
+
+    @property
+    def expected_outcomes(self) -> bool:
+        """Every act's check passed, except the naive rollback's, which must fail."""
+        return all((act.check_passed is False) if act.action == "naive rollback" else bool(act.check_passed)
+                   for act in self.acts)
+
+
+class Drill:
+    def __init__(self, docs: int, out_dir: Path, console: Console, progress: bool = True):
+        self.console = console
+        self.progress = progress
+        self.run_id = uuid.uuid4().hex[:8]
+        self.root = out_dir / f"drill-{datetime.now(UTC):%Y%m%d-%H%M%S}-{self.run_id}"
+        self.stacks = self.root / "stacks"
+        self.docs = docs
+        self.report = DrillReport(str(self.stacks), docs)
+        self.began = time.monotonic()
+        self.probe_query: dict | None = None
+        extra = stdlib_documents(docs + 2 * ARRIVALS)
+        self.arrivals = [extra[docs:docs + ARRIVALS], extra[docs + ARRIVALS:]]
+
+    # ------------------------------------------------------------------ the scratch stack
+
+    def write_stack(self) -> None:
+        self.stacks.mkdir(parents=True, exist_ok=True)
+        shutil.copy(config.STACKS_DIR / config.CATALOG_FILE, self.stacks / config.CATALOG_FILE)
+        name = f"drill-{self.run_id}"
+        body = {"config": {
+            "aws:region": services.REGION,
+            "lockstep:pin": "v1",
+            "lockstep:slots": {"blue": "v1"},
+            "lockstep:retain": [],
+            "lockstep:artifacts": {"bucket": f"lockstep-{name}-artifacts"},
+            "lockstep:opensearch": {"engine": "lucene", "indexPrefix": name},
+            "lockstep:corpus": {"bucket": f"lockstep-{name}-corpus", "size": self.docs},
+            "lockstep:endpoints": {"backend": "local"},
+            "lockstep:check": {"recallFloor": 0.7, "k": 10},
+            "lockstep:pointerParameter": f"/lockstep/{name}/live",
+        }}
+        yaml = YAML()
+        with (self.stacks / f"Pulumi.{STACK}.yaml").open("w") as handle:
+            handle.write("# Scratch stack written by `lockstep drill`.\n")
+            yaml.dump(body, handle)
+
+    def settings(self) -> config.StackSettings:
+        return config.load_stack(STACK, self.stacks)
+
+    @property
+    def catalog(self) -> config.Catalog:
+        return config.load_catalog(self.stacks)
+
+    # ------------------------------------------------------------------ helpers
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def begin(self, number: str, title: str, action: str) -> Act:
+        act = Act(number, title, action, started_at=time.monotonic() - self.began)
+        self.console.rule(f"[bold]Act {number}: {title}")
+        self.report.acts.append(act)
+        return act
+
+    def pin(self, version: str) -> None:
+        change = stackfile.set_pin(STACK, version, self.stacks)
+        self.say(f"$ lockstep pin --stack {STACK} {version}\n  {change.summary()}")
+
+    def apply(self, act: Act, before_cutover=None) -> None:
+        settings = self.settings()
+        self.say(f"$ lockstep apply --stack {STACK}")
+        result = orchestrator.apply(settings, self.catalog, progress=self.progress, say=self.say,
+                                    before_cutover=before_cutover)
+        act.embedded += result.embedded
+        self.record_check(act, result.record)
+
+    def check(self, act: Act) -> None:
+        self.say(f"$ lockstep check --stack {STACK}")
+        record = check.run(self.settings(), self.catalog)
+        check.store(record, self.settings())
+        self.record_check(act, record)
+
+    def record_check(self, act: Act, record: check.CheckRecord | None) -> None:
+        if record is None:
+            act.check_passed = False
+            return
+        report.print_check(record, self.console)
+        act.check_passed = record.passed
+        act.failures = [c.name for c in record.failures]
+
+    def arrive(self, documents: list[Document]) -> None:
+        """New documents land in the corpus (the source of truth) first."""
+        settings = self.settings()
+        s3 = clients.aws("s3", settings.region)
+        current = artifacts.read_corpus(s3, settings)
+        artifacts.write_corpus(s3, settings, current + documents)
+
+    def measure(self, act: Act) -> None:
+        """Recall of the golden queries through the alias, embedded by the live endpoint, and
+        the answer to one probe query that a person can read."""
+        settings = self.settings()
+        s3 = clients.aws("s3", settings.region)
+        client = clients.opensearch(settings.opensearch)
+        golden = artifacts.read_golden(s3, settings)
+        live = endpoints.endpoint_for(settings, self.serving_slot(settings))
+        act.recall = check.recall_at_k(client, settings.opensearch.alias_name, live, golden, settings.check.k)
+        if self.probe_query is None:
+            self.probe_query = self.pick_probe(s3, settings, golden)
+        query = self.probe_query
+        top = check.nearest(client, settings.opensearch.alias_name, live.embed([query["query"]])[0], 3)
+        act.probe = {"query": query["query"], "expected": query["expected"][0], "top3": top,
+                     "right": top[:1] == query["expected"][:1]}
+        verdict = "[green]right[/]" if act.probe["right"] else "[red]WRONG[/]"
+        self.say(f"probe query “{query['query'][:70]}” → {', '.join(top)}  {verdict} (expected {query['expected'][0]} first)"
+                 f"\nrecall@{settings.check.k} over {len(golden)} golden queries: {act.recall:.2f}")
+
+    def pick_probe(self, s3, settings: config.StackSettings, golden: list[dict]) -> dict:
+        """A golden query every catalog version answers right on its own index, so a wrong
+        answer in the drill can only come from a mismatch of endpoint and index."""
+        documents = artifacts.read_corpus(s3, settings)
+        ids = [d.id for d in documents]
+        ranked = []
+        for entry in self.catalog.versions:
+            embedder = model.load_artifact(model.build_artifact(model.SPECS[entry.version]))
+            vectors = embedder.encode([d.text for d in documents])
+            queries = embedder.encode([g["query"] for g in golden])
+            ranked.append((queries @ vectors.T).argmax(axis=1))
+        for position, query in enumerate(golden):
+            if all(ids[best[position]] == query["expected"][0] for best in ranked):
+                return query
+        return golden[0]
+
+    def serving_slot(self, settings: config.StackSettings) -> str:
+        """The slot users' queries are embedded by: what the live pointer names."""
+        ssm = clients.aws("ssm", settings.region)
+        pointer = orchestrator.index.read_pointer(ssm, settings.pointer_name)
+        if pointer and pointer.endpoint.endswith(("-blue", "-green")):
+            return pointer.endpoint.rsplit("-", 1)[1]
+        return settings.live_slot
+
+    def finish(self, act: Act) -> None:
+        act.seconds = time.monotonic() - self.began - act.started_at
+
+    # ------------------------------------------------------------------ the acts
+
+    def run(self) -> DrillReport:
+        self.write_stack()
+        self.say(f"scratch stack: {self.stacks / f'Pulumi.{STACK}.yaml'}  ({self.docs} documents of stdlib docstrings)")
+
+        act = self.begin("1", "deploy v1", "provision")
+        self.apply(act)
+        self.measure(act)
+        self.finish(act)
+
+        act = self.begin("2", "upgrade to v2, dual write", "provision")
+        self.pin("v2")
+        arrivals = self.arrivals[0]
+
+        def dual_write(settings: config.StackSettings) -> None:
+            self.arrive(arrivals)
+            written = orchestrator.dual_write(settings, self.catalog, arrivals)
+            self.say(f"  dual write: {len(arrivals)} new documents → {', '.join(f'{k} ({v})' for k, v in written.items())}")
+
+        self.apply(act, before_cutover=dual_write)
+        self.measure(act)
+        self.finish(act)
+
+        act = self.begin("3", "naive rollback: endpoint v1, index v2", "naive rollback")
+        settings = self.settings()
+        v1 = self.catalog.get("v1")
+        self.say(f"redeploy the live {settings.live_slot} endpoint with v1's artifact; the alias stays on "
+                 f"{settings.opensearch.index_name('v2')}; new documents keep arriving through the endpoint")
+        endpoints.deploy_local_slot(settings, settings.live_slot, v1)
+        self.arrive(self.arrivals[1])
+        orchestrator.naive_write(settings, self.arrivals[1])
+        self.check(act)
+        self.measure(act)
+        self.finish(act)
+
+        act = self.begin("4", "lockstep rollback to v1", "reattach")
+        target = self.settings().with_pin("v1")
+        self.say(f"$ lockstep plan --stack {STACK} --to v1")
+        _, planned, _ = orchestrator.plan_for(target, self.catalog)
+        self.console.print(report.plan_markdown(planned), markup=False, highlight=False)
+        act.probe["plan"] = {"index_action": planned.index_action, "docs_to_embed": planned.docs_to_embed,
+                             "endpoint_action": planned.endpoint_action, "reversible": planned.reversible}
+        self.pin("v1")
+        self.apply(act)
+        self.measure(act)
+        self.finish(act)
+
+        act = self.begin("5a", "move on to v3 (v2 index dropped)", "provision")
+        self.pin("v3")
+        self.apply(act)
+        self.measure(act)
+        self.finish(act)
+
+        act = self.begin("5b", "roll back to v2 (index was dropped)", "provision")
+        self.pin("v2")
+        self.apply(act)
+        self.measure(act)
+        self.finish(act)
+        return self.report
+
+
+def summary_table(result: DrillReport) -> Table:
+    table = Table(title="lockstep drill", title_justify="left")
+    for column in ("act", "what", "action", "time", "re-embedded", "check", "recall@k", "probe"):
+        table.add_column(column)
+    for act in result.acts:
+        verdict = "—" if act.check_passed is None else ("[green]✓[/]" if act.check_passed else "[red]✗[/] " + ", ".join(act.failures))
+        probe = "" if not act.probe else ("[green]right[/]" if act.probe.get("right") else "[red]wrong[/]")
+        table.add_row(act.number, act.title, act.action, f"{act.seconds:.1f}s", str(act.embedded), verdict,
+                      "" if act.recall is None else f"{act.recall:.2f}", probe)
+    return table
+
+
+def write_html(result: DrillReport, path: Path) -> None:
+    """A self-contained page: the act table and an SVG timeline of recall across the acts."""
+    width, height, pad = 760, 260, 50
+    total = max(sum(a.seconds for a in result.acts), 1e-6)
+    x, points, bars = pad, [], []
+    for act in result.acts:
+        w = max((width - 2 * pad) * act.seconds / total, 4)
+        colour = "#2e7d32" if act.check_passed else "#c62828"
+        bars.append(f'<rect x="{x:.1f}" y="{height - pad + 8}" width="{w:.1f}" height="14" fill="{colour}"><title>Act {act.number}: {act.seconds:.1f}s</title></rect>'
+                    f'<text x="{x + w / 2:.1f}" y="{height - pad + 38}" font-size="11" text-anchor="middle">{act.number}</text>')
+        if act.recall is not None:
+            y = height - pad - act.recall * (height - 2 * pad)
+            points.append((x + w, y, act))
+        x += w
+    line = " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in points)
+    dots = "".join(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="5" fill="{"#2e7d32" if a.check_passed else "#c62828"}"><title>Act {a.number}: recall {a.recall:.2f}</title></circle>'
+                   f'<text x="{px:.1f}" y="{py - 10:.1f}" font-size="11" text-anchor="middle">{a.recall:.2f}</text>' for px, py, a in points)
+    floor_y = height - pad - 0.7 * (height - 2 * pad)
+    svg = (f'<svg width="{width}" height="{height + 20}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">'
+           f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
+           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>'
+           f'<text x="8" y="{pad + 4}" font-size="11">1.0</text><text x="8" y="{height - pad + 4}" font-size="11">0.0</text>'
+           f'<line x1="{pad}" y1="{floor_y:.1f}" x2="{width - pad}" y2="{floor_y:.1f}" stroke="#f9a825" stroke-dasharray="4"/>'
+           f'<text x="{width - pad + 4}" y="{floor_y + 4:.1f}" font-size="10">floor</text>'
+           f'<polyline points="{line}" fill="none" stroke="#1565c0" stroke-width="2"/>{dots}{"".join(bars)}'
+           f'<text x="{width / 2}" y="{height + 14}" font-size="11" text-anchor="middle">acts on a time axis (bar width = duration; green = check passed)</text></svg>')
+    rows = "".join(
+        f"<tr><td>{a.number}</td><td>{a.title}</td><td>{a.action}</td><td>{a.seconds:.1f}s</td><td>{a.embedded}</td>"
+        f"<td class={'ok' if a.check_passed else 'bad'}>{'✓' if a.check_passed else '✗ ' + ', '.join(a.failures)}</td>"
+        f"<td>{'' if a.recall is None else f'{a.recall:.2f}'}</td>"
+        f"<td>{'' if not a.probe else ('right' if a.probe.get('right') else 'wrong: ' + ', '.join(a.probe.get('top3', [])))}</td></tr>"
+        for a in result.acts)
+    page = f"""<!doctype html><meta charset="utf-8"><title>lockstep drill</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}}
+.ok{{color:#2e7d32}}.bad{{color:#c62828}}</style>
+<h1>lockstep drill</h1><p>{result.docs} documents · stack files in <code>{result.stack_dir}</code></p>
+<h2>Recall of the golden queries across the acts</h2>{svg}
+<h2>Acts</h2><table><tr><th>act</th><th>what</th><th>action</th><th>time</th><th>re-embedded</th><th>check</th><th>recall@k</th><th>probe query</th></tr>{rows}</table>"""
+    path.write_text(page, encoding="utf-8")
+
+
+def run(docs: int, out_dir: Path, keep: bool, progress: bool = True, console: Console | None = None) -> DrillReport:
+    console = console or Console()
+    states = services.up()
+    started = [s.name for s in states if s.source == "started"]
+    if started:
+        console.print(f"started {', '.join(started)} for the drill")
+    drill = Drill(docs, out_dir, console, progress)
+    try:
+        result = drill.run()
+    finally:
+        if not keep:
+            endpoints.stop_local_slots(drill.settings())
+            if started:
+                services.down(started)
+    console.print(summary_table(result))
+    html = drill.root / "report.html"
+    write_html(result, html)
+    (drill.root / "report.json").write_text(json.dumps([asdict(a) for a in result.acts], indent=2))
+    result.html = str(html)
+    console.print(Panel(f"report: {html}\nrecord: {drill.root / 'report.json'}" + ("\nenvironment left up (--keep): `lockstep services status`" if keep else "")))
+    return result

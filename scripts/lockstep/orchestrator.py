@@ -1,0 +1,231 @@
+"""The embedded orchestrator: observe the servers, plan, and execute the plan (`lockstep apply`).
+
+It executes the same release plan the Pulumi program declares; Pulumi is the engine for AWS
+stacks, this is the engine for the embedded default (endpoint backend `local`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lockstep import plan as release
+from lockstep import services
+from lockstep.config import Catalog, StackSettings
+from lockstep.errors import UsageError
+from lockstep.ops import artifacts, check, clients, endpoints, index, reembed
+from lockstep.ops.corpus import Document
+
+
+@dataclass
+class StepResult:
+    step: release.Step
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class ApplyResult:
+    plan: release.ReleasePlan
+    steps: list[StepResult] = field(default_factory=list)
+    record: check.CheckRecord | None = None
+    embedded: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+
+class Environment:
+    """The clients of one stack, built once per command."""
+
+    def __init__(self, settings: StackSettings):
+        self.settings = settings
+        self.s3 = clients.aws("s3", settings.region)
+        self.ssm = clients.aws("ssm", settings.region)
+        self.opensearch = clients.opensearch(settings.opensearch)
+        self.opensearch_url = clients.opensearch_url(settings.opensearch)
+
+    def reach_opensearch(self):
+        return clients.reaching("OpenSearch", self.opensearch_url)
+
+    def reach_aws(self):
+        return clients.reaching("AWS", clients.aws_endpoint() or "AWS")
+
+
+def _rates_file() -> Path:
+    return services.home() / "rates.json"
+
+
+def record_rate(settings: StackSettings, rate: float) -> None:
+    """Remember the last measured re-embedding rate, for `lockstep plan`'s estimates."""
+    path = _rates_file()
+    rates = json.loads(path.read_text()) if path.exists() else {}
+    rates[settings.stack] = round(rate, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rates))
+
+
+def measured_rate(settings: StackSettings) -> float | None:
+    path = _rates_file()
+    return json.loads(path.read_text()).get(settings.stack) if path.exists() else None
+
+
+def assumed_observed(base: StackSettings) -> release.Observed:
+    """Observed state as the base config says it should be: for a plan without servers."""
+    return release.Observed(
+        indices={v: release.ObservedIndex(doc_count=0, delta=release.Delta()) for v in base.versions},
+        alias_targets=(base.opensearch.index_name(base.pin),),
+        pointer_version=base.pin,
+        slots_deployed=base.slots.as_dict(),
+        artifacts=frozenset(base.versions),
+    )
+
+
+def require_local(settings: StackSettings) -> None:
+    if settings.endpoints.backend != "local":
+        raise UsageError(
+            f"stack {settings.stack} deploys to SageMaker: run `pulumi up --stack {settings.stack}` "
+            "(lockstep apply drives only stacks whose endpoints.backend is local)"
+        )
+
+
+def observe(env: Environment, catalog: Catalog, documents: list[Document] | None) -> release.Observed:
+    """What exists now: indices with their delta against the corpus, alias, pointer, slots."""
+    settings = env.settings
+    with env.reach_opensearch():
+        inventory = index.inventory(env.opensearch, env.ssm, settings, catalog)
+        observed_indices = {}
+        for version, state in inventory.indices.items():
+            delta = None
+            if documents is not None:
+                d = reembed.delta(documents, index.doc_hashes(env.opensearch, state.index))
+                delta = release.Delta(missing=len(d.missing), changed=len(d.changed), deleted=len(d.deleted))
+            observed_indices[version] = release.ObservedIndex(doc_count=state.doc_count, delta=delta)
+    slots_deployed = {}
+    for slot in ("blue", "green"):
+        described = endpoints.local_slot(settings, slot) if settings.endpoints.backend == "local" else None
+        slots_deployed[slot] = described.describe().get("version") if described else None
+    return release.Observed(
+        indices=observed_indices,
+        alias_targets=tuple(inventory.alias_targets),
+        pointer_version=inventory.pointer.version if inventory.pointer else None,
+        slots_deployed=slots_deployed,
+        corpus_size=len(documents) if documents is not None else 0,
+    )
+
+
+def read_documents(env: Environment) -> list[Document] | None:
+    with env.reach_aws():
+        try:
+            return artifacts.read_corpus(env.s3, env.settings)
+        except UsageError:
+            return None
+
+
+def plan_for(settings: StackSettings, catalog: Catalog) -> tuple[Environment, release.ReleasePlan, list[Document] | None]:
+    env = Environment(settings)
+    documents = read_documents(env)
+    return env, release.release_plan(catalog, settings, observe(env, catalog, documents)), documents
+
+
+def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
+          say: Callable[[str], None] = print,
+          before_cutover: Callable[[StackSettings], None] | None = None) -> ApplyResult:
+    """Drive the embedded environment to the stack's config; the check is the last step.
+
+    `before_cutover` runs once the new version is provisioned and deployed but not yet live:
+    the validation window (the drill dual-writes arriving documents there)."""
+    require_local(settings)
+    env = Environment(settings)
+    with env.reach_aws():
+        artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
+        artifacts.ensure_corpus(env.s3, settings)
+        documents = artifacts.read_corpus(env.s3, settings)
+    planned = release.release_plan(catalog, settings, observe(env, catalog, documents))
+    result = ApplyResult(planned)
+    embedders: dict[str, object] = {}
+    for step in planned.steps:
+        started = time.monotonic()
+        entry = catalog.get(step.version) if step.version else None
+        detail = ""
+        if step.kind == "ensure_artifact":
+            with env.reach_aws():
+                artifacts.publish_artifact(env.s3, settings, entry)
+        elif step.kind in ("provision", "catch_up"):
+            with env.reach_aws():
+                embedder = embedders.setdefault(entry.version, artifacts.load_embedder(env.s3, settings.artifacts.bucket, entry))
+            with env.reach_opensearch():
+                done = reembed.sync_documents(env.opensearch, settings, entry, embedder, documents, progress=progress)
+            result.embedded += done.embedded
+            if done.embedded >= 100:
+                record_rate(settings, done.rate)
+            detail = f"{done.embedded} embedded, {done.deleted} deleted"
+        elif step.kind == "deploy_slot":
+            slot = endpoints.deploy_local_slot(settings, step.slot, entry)
+            detail = f"{step.slot} → {slot.url}"
+        elif step.kind == "cutover":
+            if before_cutover:
+                before_cutover(settings)
+            with env.reach_opensearch(), env.reach_aws():
+                pointer = index.cutover(env.opensearch, env.ssm, settings, entry, endpoints.endpoint_name(settings, settings.live_slot))
+            detail = f"alias {settings.opensearch.alias_name} → {pointer.index}, pointer → {pointer.version}"
+        elif step.kind == "drop":
+            with env.reach_opensearch(), env.reach_aws():
+                index.drop_index(env.opensearch, settings, step.version, index.inventory(env.opensearch, env.ssm, settings, catalog))
+            detail = f"dropped {settings.opensearch.index_name(step.version)}"
+        elif step.kind == "check":
+            result.record = check.run(settings, catalog)
+            check.store(result.record, settings)
+            detail = "consistent" if result.record.passed else "INCONSISTENT: " + ", ".join(c.name for c in result.record.failures)
+        result.steps.append(StepResult(step, time.monotonic() - started, detail))
+        say(f"  {step.kind:<15} {step.version or '':<4} {time.monotonic() - started:6.2f}s  {detail}")
+    return result
+
+
+class EndpointEmbedder:
+    """A deployed endpoint seen as an embedder, so its writes pass through the write guard."""
+
+    def __init__(self, endpoint: endpoints.EndpointClient, dimension: int):
+        described = endpoint.describe()
+        self.endpoint = endpoint
+        self.version = described["version"]
+        self.artifact_sha256 = described["artifact_sha256"]
+        self.dimension = dimension
+
+    def encode(self, texts: list[str]):
+        return self.endpoint.embed(texts)
+
+
+def dual_write(settings: StackSettings, catalog: Catalog, documents: list[Document]) -> dict[str, int]:
+    """Index new documents into every slot version's index, each embedded by its own endpoint."""
+    env = Environment(settings)
+    written = {}
+    for slot, version in settings.slots.filled.items():
+        embedder = EndpointEmbedder(endpoints.endpoint_for(settings, slot), catalog.get(version).dimension)
+        name = settings.opensearch.index_name(version)
+        with env.reach_opensearch():
+            written[name] = reembed.write_documents(env.opensearch, name, embedder, documents)
+            env.opensearch.indices.refresh(index=name)
+    return written
+
+
+def naive_write(settings: StackSettings, documents: list[Document]) -> int:
+    """What a pipeline without lockstep does: embed with whatever endpoint is live and write
+    through the alias, stamped with the endpoint's version — no guard. The drill uses it to
+    show the failure lockstep exists to prevent; nothing else should."""
+    env = Environment(settings)
+    live = endpoints.endpoint_for(settings, settings.live_slot)
+    version = live.describe()["version"]
+    vectors = live.embed([d.text for d in documents])
+    actions = ({"_op_type": "index", "_index": settings.opensearch.alias_name, "_id": d.id,
+                "_source": {"doc_id": d.id, "text": d.text, "model_version": version,
+                            "content_sha256": d.content_sha256, "embedding": v.tolist()}}
+               for d, v in zip(documents, vectors))
+    with env.reach_opensearch():
+        count = reembed.write(env.opensearch, actions)
+        env.opensearch.indices.refresh(index=settings.opensearch.alias_name)
+    return count

@@ -1,0 +1,64 @@
+"""What a person reads on the terminal: the check table (red/green where the terminal has colour)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from lockstep.ops.check import CheckRecord
+
+
+def check_table(record: CheckRecord) -> Table:
+    verdict = "[green]consistent[/]" if record.passed else "[red]INCONSISTENT[/]"
+    table = Table(title=f"lockstep check — stack {record.stack}, pin {record.pin}: {verdict}", title_justify="left")
+    for column in ("", "check", "observed", "expected", "what to do"):
+        table.add_column(column, overflow="fold")
+    for item in record.checks:
+        if item.passed:
+            mark = "[green]✓[/]"
+        else:
+            mark = "[yellow]![/]" if item.severity == "warn" else "[red]✗[/]"
+        table.add_row(mark, item.name, item.observed, item.expected, "" if item.passed else item.fix)
+    return table
+
+
+def print_check(record: CheckRecord, console: Console | None = None) -> None:
+    (console or Console()).print(check_table(record))
+
+
+STEP_WORDS = {
+    "ensure_artifact": "publish artifact", "provision": "provision index", "catch_up": "catch up index",
+    "deploy_slot": "deploy slot", "cutover": "cut over", "check": "consistency check", "drop": "drop index",
+}
+CHECK_NAMES = ["alias", "index-meta", "foreign-versions", "doc-count", "pointer", "endpoint-artifact",
+               "artifact", "reembed-probe", "recall", "standby (warning)"]
+
+
+def plan_markdown(plan, *, known: bool = True, rate: float | None = None, counts: dict[str, int] | None = None,
+                  base_pin: str | None = None) -> str:
+    """The PR comment: what the change does to the data, before anyone merges it."""
+    source = plan.from_version or base_pin or "nothing"
+    lines = [f"### lockstep plan — stack `{plan.stack}`: `{source}` → `{plan.to_version}`", ""]
+    if not known:
+        lines += ["> **Data state unknown**: the environment could not be reached, so this is the config-level "
+                  "diff only (no document counts, no index state).", ""]
+    eta = f"~{plan.docs_to_embed / rate:.0f}s at {rate:,.0f} docs/s (measured)" if rate and plan.docs_to_embed else ("none" if not plan.docs_to_embed else "unknown (no measured rate yet)")
+    lines += [
+        "| part | action | detail |", "|---|---|---|",
+        f"| index | **{plan.index_action}** | {plan.docs_to_embed} documents to embed · ETA {eta} |",
+        f"| endpoints | **{plan.endpoint_action}** | " + (", ".join(f"{s.slot}: {s.version}" for s in plan.steps if s.kind == "deploy_slot") or "no endpoint changes") + " |",
+        f"| pointer | {'moves' if plan.pointer_moves else 'stays'} | → `{plan.to_version}` |",
+        f"| reversible | {'yes — instant flip back' if plan.reversible else 'no'} | " +
+        (f"undo: `lockstep pin --stack {plan.stack} {plan.from_version}` then `lockstep apply --stack {plan.stack}`" if plan.from_version else "") + " |",
+        "", "**Steps**", "",
+    ]
+    lines += [f"{n}. {STEP_WORDS.get(s.kind, s.kind)} `{s.version}`" + (f" ({s.slot})" if s.slot else "") +
+              (f" — {s.docs} docs" if s.docs else "") + (f" — {s.detail}" if s.detail else "")
+              for n, s in enumerate(plan.steps, 1)]
+    lines += ["", "**Checks that will run**: " + ", ".join(CHECK_NAMES)]
+    if counts:
+        others = {v: n for v, n in counts.items() if v != plan.to_version}
+        if others:
+            lines += ["", "**Records a rolled-back model wrote** (documents in the live index by `model_version`, "
+                      "to review): " + ", ".join(f"`{v}`: {n}" for v, n in sorted(others.items()))]
+    return "\n".join(lines)
