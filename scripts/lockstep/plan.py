@@ -1,0 +1,159 @@
+"""The release plan: desired stack config + observed state -> ordered steps. Pure: no I/O, no clients.
+
+`lockstep apply` executes the plan, `lockstep plan` renders it for a PR, and the Pulumi program
+declares the same steps; all three read this one function so they can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from lockstep.config import Catalog, StackSettings
+
+StepKind = Literal["ensure_artifact", "provision", "catch_up", "deploy_slot", "cutover", "check", "drop"]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Corpus vs index: documents to embed (missing, changed) and to delete (gone from the corpus)."""
+
+    missing: int = 0
+    changed: int = 0
+    deleted: int = 0
+
+
+@dataclass(frozen=True)
+class ObservedIndex:
+    doc_count: int
+    # None: not computed (the plan then estimates missing documents from the counts).
+    delta: Delta | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    indices: dict[str, ObservedIndex] = field(default_factory=dict)
+    alias_targets: tuple[str, ...] = ()
+    pointer_version: str | None = None
+    slots_deployed: dict[str, str | None] = field(default_factory=lambda: {"blue": None, "green": None})
+    corpus_size: int = 0
+    # Versions whose artifact is in the bucket with the catalog's sha256; None: not observed,
+    # so every kept version gets an (idempotent) ensure_artifact step.
+    artifacts: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    version: str
+    slot: str | None = None
+    docs: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    stack: str
+    from_version: str | None
+    to_version: str
+    steps: tuple[Step, ...]
+    index_action: Literal["provision", "reattach", "none"]
+    endpoint_action: Literal["deploy", "flip", "none"]
+    docs_to_embed: int
+    pointer_moves: bool
+    reversible: bool
+
+    def kinds(self) -> list[tuple[str, str]]:
+        """(kind, version) of each step: the plan's shape at a glance."""
+        return [(step.kind, step.version) for step in self.steps]
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"steps": [asdict(step) for step in self.steps]}
+
+
+def _index_step(version: str, observed: Observed) -> Step | None:
+    """Provision a missing index, catch up one that lags the corpus, or nothing."""
+    state = observed.indices.get(version)
+    if state is None:
+        return Step("provision", version, docs=observed.corpus_size,
+                    detail=f"create the index and embed the corpus ({observed.corpus_size} documents)")
+    delta = state.delta
+    if delta is None:
+        missing = max(observed.corpus_size - state.doc_count, 0)
+        deleted = max(state.doc_count - observed.corpus_size, 0)
+        delta, how = Delta(missing=missing, deleted=deleted), " (estimated from document counts)"
+    else:
+        how = ""
+    docs = delta.missing + delta.changed
+    if docs == 0 and delta.deleted == 0:
+        return None
+    return Step("catch_up", version, docs=docs,
+                detail=f"embed {delta.missing} missing and {delta.changed} changed, "
+                       f"delete {delta.deleted} gone{how}")
+
+
+def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) -> ReleasePlan:
+    pin = settings.pin
+    search = settings.opensearch
+    pin_index = search.index_name(pin)
+    kept = settings.versions
+    for version in kept:
+        catalog.get(version)  # a version outside the catalog is a config error, reported by name
+
+    steps: list[Step] = [
+        Step("ensure_artifact", version, detail=f"s3://{settings.artifacts.bucket}/{catalog.get(version).artifact_key}")
+        for version in kept
+        if observed.artifacts is None or version not in observed.artifacts
+    ]
+    deploys = 0
+    for version in kept:
+        slot = settings.slots.slot_of(version)
+        index_step = _index_step(version, observed)
+        # A retained index catches up when it is reattached; until then only its existence is kept.
+        if index_step is not None and (slot or index_step.kind == "provision"):
+            steps.append(index_step)
+        if slot and observed.slots_deployed.get(slot) != version:
+            was = observed.slots_deployed.get(slot) or "nothing"
+            steps.append(Step("deploy_slot", version, slot=slot, detail=f"{slot} serves {was} now"))
+            deploys += 1
+
+    moves = observed.pointer_version != pin or list(observed.alias_targets) != [pin_index]
+    if moves:
+        was = ", ".join(observed.alias_targets) or "no index"
+        steps.append(Step("cutover", pin, slot=settings.live_slot,
+                          detail=f"alias {search.alias_name}: {was} -> {pin_index}; pointer -> {pin}"))
+    steps.append(Step("check", pin))
+    for version in sorted(set(observed.indices) - set(kept)):
+        index = search.index_name(version)
+        if index not in observed.alias_targets:
+            steps.append(Step("drop", version, detail=f"delete index {index}: not in pin, slots or retain"))
+
+    if pin not in observed.indices:
+        index_action = "provision"
+    elif moves:
+        index_action = "reattach"
+    else:
+        index_action = "none"
+    endpoint_action = "deploy" if deploys else "flip" if moves else "none"
+    return ReleasePlan(
+        stack=settings.stack,
+        from_version=observed.pointer_version,
+        to_version=pin,
+        steps=tuple(steps),
+        index_action=index_action,
+        endpoint_action=endpoint_action,
+        docs_to_embed=sum(step.docs for step in steps if step.kind in ("provision", "catch_up")),
+        pointer_moves=moves,
+        reversible=_reversible(settings, observed, [s.version for s in steps if s.kind == "drop"]),
+    )
+
+
+def _reversible(settings: StackSettings, observed: Observed, dropped: list[str]) -> bool:
+    """Can the version being left come back by a flip alone (its index and its slot both stay)?"""
+    left = observed.pointer_version
+    if left is None:
+        return False
+    if left == settings.pin:
+        return True
+    keeps_index = left in observed.indices and left not in dropped
+    return keeps_index and settings.slots.slot_of(left) is not None
