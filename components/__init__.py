@@ -1,0 +1,14 @@
+"""Pulumi components of lockstep: the release unit and its parts (no data logic: they call lockstep.ops)."""
+
+from components.artifact_store import ArtifactStore, ArtifactStoreArgs
+from components.endpoints import EndpointSlot, EndpointSlotArgs
+from components.model_release import ModelRelease, ModelReleaseArgs
+
+__all__ = [
+    "ArtifactStore",
+    "ArtifactStoreArgs",
+    "EndpointSlot",
+    "EndpointSlotArgs",
+    "ModelRelease",
+    "ModelReleaseArgs",
+]

@@ -1,0 +1,75 @@
+"""The Pulumi program's body: stack config -> validated settings -> one ModelRelease (or nothing)."""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Union, get_args, get_origin
+
+import pulumi
+from pydantic import ValidationError
+
+from components.model_release import ModelRelease, ModelReleaseArgs
+from lockstep.config import StackSettings, describe_validation_error, load_catalog, settings_from_config
+from lockstep.errors import LockstepError
+
+NAMESPACE = "lockstep"
+PASSWORD_KEY = "opensearchPassword"
+
+
+def _is_text(annotation: Any) -> bool:
+    """str or str | None: stored as a plain config string, not JSON."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return all(arg in (str, type(None)) for arg in get_args(annotation))
+    return annotation is str
+
+
+def read_values(config: pulumi.Config) -> dict[str, Any]:
+    """Every `lockstep:<key>` StackSettings knows, by its camelCase name; `aws:region` as the region fallback."""
+    values: dict[str, Any] = {}
+    for name, field in StackSettings.model_fields.items():
+        if name == "stack":
+            continue
+        key = field.alias or name
+        try:
+            value = config.get(key) if _is_text(field.annotation) else config.get_object(key)
+        except pulumi.ConfigTypeError:
+            raise pulumi.RunError(f"{NAMESPACE}:{key}: is not valid YAML/JSON structure; write it as a mapping or list") from None
+        if value is not None:
+            values[key] = value
+    if "region" not in values and (region := pulumi.Config("aws").get("region")):
+        values["region"] = region
+    return values
+
+
+def load_settings(stack: str, config: pulumi.Config) -> StackSettings:
+    """Validated settings, or a RunError whose one line names the bad key."""
+    try:
+        return settings_from_config(stack, read_values(config), load_catalog())
+    except ValidationError as exc:
+        raise pulumi.RunError(f"{NAMESPACE}:{describe_validation_error(exc)}") from None
+    except LockstepError as exc:
+        raise pulumi.RunError(str(exc)) from None
+
+
+def main() -> ModelRelease | None:
+    stack = pulumi.get_stack()
+    config = pulumi.Config(NAMESPACE)
+    settings = load_settings(stack, config)
+    if settings.endpoints.backend == "local":
+        pulumi.log.info(
+            f"stack {stack} uses the embedded backend (endpoints.backend: local): it is driven by "
+            f"`lockstep apply --stack {stack}`; this program declares nothing for it"
+        )
+        return None
+    password = config.require_secret(PASSWORD_KEY) if settings.opensearch.auth == "basic" else None
+    try:
+        release = ModelRelease(NAMESPACE, ModelReleaseArgs(settings, load_catalog(), opensearch_password=password))
+    except LockstepError as exc:
+        raise pulumi.RunError(str(exc)) from None
+    pulumi.export("pin", release.pin)
+    pulumi.export("liveEndpoint", release.live_endpoint)
+    pulumi.export("liveIndex", release.live_index)
+    pulumi.export("slots", release.slots)
+    pulumi.export("retainedIndices", release.retained_indices)
+    pulumi.export("checkRecord", release.check_record)
+    return release

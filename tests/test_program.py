@@ -1,0 +1,317 @@
+"""The Pulumi program under the SDK's mock runtime: the resource graph per scenario.
+
+No Pulumi CLI or engine runs here. Each scenario sets fresh mocks and config, then evaluates
+__main__.py anew (runpy) and captures every registered resource's inputs, so two scenarios can be
+compared input by input the way the engine would diff them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import runpy
+from pathlib import Path
+
+import pulumi
+import pytest
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = ROOT / "__main__.py"
+ACCOUNT = "123456789012"
+DYNAMIC_INDEX = "pulumi-python:dynamic/opensearch:Index"
+DYNAMIC_CUTOVER = "pulumi-python:dynamic/opensearch:Cutover"
+CHECK = "command:local:Command"
+CHECK_STDOUT = '{"consistent": true, "checks": []}'
+
+
+class CaptureMocks(pulumi.runtime.Mocks):
+    """Records every resource's type and inputs; answers like a provider that accepted them."""
+
+    def __init__(self):
+        self.resources: dict[str, dict] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.resources[args.name] = {"type": args.typ, "inputs": normalize(args.inputs), "custom": args.custom}
+        state = dict(args.inputs)
+        state.setdefault("name", args.name)  # what auto-naming would give, deterministically
+        if args.typ == "aws:iam/role:Role":
+            state["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{args.name}"
+        if args.typ == "aws:s3/bucket:Bucket":
+            state["arn"] = f"arn:aws:s3:::{args.inputs['bucket']}"
+        if args.typ == CHECK:
+            state["stdout"] = CHECK_STDOUT
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci", "userId": "ci", "id": ACCOUNT}
+        return {}
+
+
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # the wire signature of a secret value
+
+
+def normalize(value):
+    """Plain, comparable data: assets become (kind, path), secrets ("secret", value)."""
+    if isinstance(value, pulumi.FileAsset):
+        return ("FileAsset", value.path)
+    if isinstance(value, dict) and SECRET_SIG in value.values():
+        return ("secret", normalize(value["value"]))
+    if isinstance(value, dict):
+        return {key: normalize(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [normalize(item) for item in value]
+    return value
+
+
+class Run:
+    def __init__(self, mocks: CaptureMocks, outputs: dict | None):
+        self.resources = mocks.resources
+        self.outputs = outputs
+
+    def of_type(self, typ: str) -> dict[str, dict]:
+        return {name: r["inputs"] for name, r in self.resources.items() if r["type"] == typ}
+
+    def inputs(self, name: str) -> dict:
+        return self.resources[name]["inputs"]
+
+
+def dev_values() -> dict:
+    """The dev stack file's `lockstep:*` values (SageMaker backend, sigv4 OpenSearch) plus aws:region."""
+    data = YAML(typ="safe").load((ROOT / "stacks" / "Pulumi.dev.yaml").read_text())["config"]
+    return copy.deepcopy(dict(data))
+
+
+def with_values(**changes) -> dict:
+    values = dev_values()
+    for key, value in changes.items():
+        values[f"lockstep:{key}"] = value
+    return values
+
+
+def evaluate(values: dict, *, stack: str = "dev", preview: bool = False, secrets: dict | None = None) -> Run:
+    """Evaluate __main__.py once under fresh mocks with `values` as the stack's config."""
+    mocks = CaptureMocks()
+    pulumi.runtime.reset_options()
+    pulumi.runtime.set_mocks(mocks, project="lockstep", stack=stack, preview=preview)
+    config = {
+        key: value if isinstance(value, str) else json.dumps(value)
+        for key, value in {**values, **(secrets or {})}.items()
+    }
+    pulumi.runtime.set_all_config(config, secret_keys=list(secrets or {}))
+    outputs: dict = {}
+
+    @pulumi.runtime.test
+    def program():
+        release = runpy.run_path(str(MAIN), run_name="__main__")["release"]
+        if release is None:
+            return None
+        return pulumi.Output.all(
+            pin=release.pin, live_endpoint=release.live_endpoint, live_index=release.live_index,
+            slots=release.slots, retained_indices=release.retained_indices, check_record=release.check_record,
+        ).apply(outputs.update)
+
+    program()
+    return Run(mocks, outputs or None)
+
+
+def changed_resources(before: Run, after: Run) -> set[str]:
+    """Names whose inputs differ, plus those added or removed."""
+    names = set(before.resources) | set(after.resources)
+    return {
+        name for name in names
+        if before.resources.get(name, {}).get("inputs") != after.resources.get(name, {}).get("inputs")
+    }
+
+
+# ------------------------------------------------------------------------------------ scenarios
+
+
+def test_first_deploy_declares_the_whole_unit():
+    run = evaluate(dev_values())  # pin v2 in green, v1 in blue, v1 retained
+
+    assert run.resources["lockstep"]["type"] == "lockstep:index:ModelRelease"
+    assert set(run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")) == {"lockstep-artifacts-v1", "lockstep-artifacts-v2"}
+    v2_object = run.inputs("lockstep-artifacts-v2")
+    assert v2_object["key"].startswith("models/hashgram/v2/65878d63")
+    assert v2_object["checksumAlgorithm"] == "SHA256"
+    assert v2_object["source"][0] == "FileAsset" and Path(v2_object["source"][1]).is_file()
+
+    indices = run.of_type(DYNAMIC_INDEX)
+    assert set(indices) == {"lockstep-index-v1", "lockstep-index-v2"}
+    assert indices["lockstep-index-v2"]["index"] == "docs-v2"
+    assert indices["lockstep-index-v2"]["dimension"] == 192
+
+    endpoints = run.of_type("aws:sagemaker/endpoint:Endpoint")
+    assert {e["name"] for e in endpoints.values()} == {"lockstep-dev-blue", "lockstep-dev-green"}
+    models = run.of_type("aws:sagemaker/model:Model")
+    assert models["lockstep-green-model"]["primaryContainer"]["modelDataUrl"] == (
+        "s3://acme-lockstep-dev-artifacts/models/hashgram/v2/"
+        "65878d63f7a56f0f3f43bb489eaa0cae2949e93961ecbaa4e5b8ca6fb7ad4d8a/model.tar.gz"
+    )
+    assert "/v1/" in models["lockstep-blue-model"]["primaryContainer"]["modelDataUrl"]
+
+    deployment = endpoints["lockstep-green-endpoint"]["deploymentConfig"]
+    routing = deployment["blueGreenUpdatePolicy"]["trafficRoutingConfiguration"]
+    assert routing == {"type": "CANARY", "waitIntervalInSeconds": 600,
+                       "canarySize": {"type": "CAPACITY_PERCENT", "value": 10}}
+    assert [a["alarmName"] for a in deployment["autoRollbackConfiguration"]["alarms"]] == [
+        "acme-dev-embed-5xx", "acme-dev-embed-latency"]
+
+    cutover = run.inputs("lockstep-cutover")
+    assert run.resources["lockstep-cutover"]["type"] == DYNAMIC_CUTOVER
+    assert (cutover["version"], cutover["index"], cutover["endpoint"]) == ("v2", "docs-v2", "lockstep-dev-green")
+    assert cutover["pointer"] == "/lockstep/dev/live"
+
+    check = run.inputs("lockstep-check")
+    assert check["create"] == check["update"] == "lockstep check --stack dev --json"
+    assert check["triggers"][0] == "v2" and "docs-v2" in check["triggers"]
+
+    assert run.outputs == {
+        "pin": "v2", "live_endpoint": "lockstep-dev-green", "live_index": "docs-v2",
+        "slots": {"blue": "v1", "green": "v2"}, "retained_indices": ["docs-v1"], "check_record": CHECK_STDOUT,
+    }
+
+
+def test_upgrade_to_a_new_version_rebuilds_only_the_standby_slot():
+    before = evaluate(with_values(pin="v1", slots={"blue": "v1", "green": "v3"}, retain=[]))
+    after = evaluate(with_values(pin="v2", slots={"blue": "v1", "green": "v2"}, retain=[]))
+
+    assert "lockstep-index-v2" in after.resources and "lockstep-index-v2" not in before.resources
+    assert "lockstep-index-v3" in before.resources and "lockstep-index-v3" not in after.resources
+    changed = changed_resources(before, after)
+    assert {"lockstep-green-model", "lockstep-green-config", "lockstep-green-policy"} <= changed
+    assert not {name for name in changed if name.startswith("lockstep-blue-")}
+    assert "lockstep-index-v1" not in changed
+    assert after.inputs("lockstep-cutover")["endpoint"] == "lockstep-dev-green"
+    assert after.inputs("lockstep-cutover")["version"] == "v2"
+    assert after.outputs["live_index"] == "docs-v2"
+
+
+def test_rollback_to_the_standby_is_a_flip():
+    before = evaluate(dev_values())  # pin v2 (green), standby v1 (blue)
+    after = evaluate(with_values(pin="v1"))
+
+    assert changed_resources(before, after) == {"lockstep-cutover", "lockstep-check"}
+    cut = after.inputs("lockstep-cutover")
+    assert (cut["version"], cut["index"], cut["endpoint"]) == ("v1", "docs-v1", "lockstep-dev-blue")
+    for kind in ("aws:sagemaker/endpoint:Endpoint", "aws:sagemaker/model:Model",
+                 "aws:sagemaker/endpointConfiguration:EndpointConfiguration", DYNAMIC_INDEX):
+        assert before.of_type(kind) == after.of_type(kind), kind
+
+
+def test_rollback_to_a_version_in_neither_slot_replaces_only_the_standby():
+    before = evaluate(with_values(pin="v3", slots={"blue": "v2", "green": "v3"}, retain=[]))
+    # `lockstep pin v1` places v1 in the standby slot (blue) and pins it.
+    after = evaluate(with_values(pin="v1", slots={"blue": "v1", "green": "v3"}, retain=[]))
+
+    changed = changed_resources(before, after)
+    assert {"lockstep-blue-model", "lockstep-blue-config", "lockstep-blue-endpoint"} <= changed
+    assert not {name for name in changed if name.startswith("lockstep-green-")}
+    assert "/v1/" in after.inputs("lockstep-blue-model")["primaryContainer"]["modelDataUrl"]
+    assert after.inputs("lockstep-cutover")["endpoint"] == "lockstep-dev-blue"
+
+
+@pytest.mark.parametrize("retain, kept", [([], False), (["v3"], True)])
+def test_a_dropped_version_leaves_the_graph_only_when_not_retained(retain, kept):
+    evaluate(with_values(pin="v2", slots={"blue": "v3", "green": "v2"}, retain=[]))
+    after = evaluate(with_values(pin="v2", slots={"blue": "v1", "green": "v2"}, retain=retain))
+
+    assert ("lockstep-index-v3" in after.resources) is kept
+    assert ("lockstep-artifacts-v3" in after.resources) is kept
+    assert after.outputs["retained_indices"] == (["docs-v3"] if kept else [])
+
+
+def test_check_triggers_follow_the_pin_and_nothing_else():
+    v2 = evaluate(dev_values()).inputs("lockstep-check")["triggers"]
+    v2_again = evaluate(dev_values()).inputs("lockstep-check")["triggers"]
+    v1 = evaluate(with_values(pin="v1")).inputs("lockstep-check")["triggers"]
+
+    assert v2 == v2_again
+    assert v1 != v2
+    assert v1[0] == "v1" and "docs-v1" in v1 and "lockstep-blue-config" in v1
+
+
+def test_preview_declares_the_same_graph():
+    applied = evaluate(dev_values())
+    previewed = evaluate(dev_values(), preview=True)
+    assert {n: r["type"] for n, r in previewed.resources.items()} == {n: r["type"] for n, r in applied.resources.items()}
+    assert previewed.inputs("lockstep-cutover")["version"] == "v2"
+
+
+# ------------------------------------------------------------------------------ posture, secrets
+
+
+def test_artifact_bucket_is_private_versioned_encrypted_and_tls_only():
+    run = evaluate(dev_values())
+    bucket = run.inputs("lockstep-artifacts-bucket")
+    assert bucket["bucket"] == "acme-lockstep-dev-artifacts"
+    assert run.inputs("lockstep-artifacts-versioning")["versioningConfiguration"]["status"] == "Enabled"
+    rule = run.inputs("lockstep-artifacts-encryption")["rules"][0]
+    assert rule["applyServerSideEncryptionByDefault"]["sseAlgorithm"] in {"AES256", "aws:kms"}
+    block = run.inputs("lockstep-artifacts-public-access")
+    assert all(block[key] is True for key in (
+        "blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+    assert run.inputs("lockstep-artifacts-ownership")["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+    policy = json.loads(run.inputs("lockstep-artifacts-tls-only")["policy"])
+    (statement,) = policy["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert "arn:aws:s3:::acme-lockstep-dev-artifacts/*" in statement["Resource"]
+
+
+def test_execution_role_reads_only_its_versions_artifacts():
+    run = evaluate(dev_values())
+    trust = json.loads(run.inputs("lockstep-green-role")["assumeRolePolicy"])
+    assert trust["Statement"][0]["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+
+    statements = {s["Sid"]: s for s in json.loads(run.inputs("lockstep-green-policy")["policy"])["Statement"]}
+    s3_read = statements["ReadThisVersionsArtifact"]
+    assert s3_read["Action"] == "s3:GetObject"
+    assert s3_read["Resource"] == "arn:aws:s3:::acme-lockstep-dev-artifacts/models/hashgram/v2/*"
+    assert all("s3:" not in json.dumps(s["Action"]) for sid, s in statements.items() if sid != "ReadThisVersionsArtifact")
+    assert statements["PullServingImage"]["Resource"] == "arn:aws:ecr:eu-west-1:123456789012:repository/lockstep-serve"
+    assert statements["EcrLogin"]["Action"] == "ecr:GetAuthorizationToken"
+    assert statements["WriteEndpointLogs"]["Resource"] == (
+        f"arn:aws:logs:eu-west-1:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/lockstep-dev-green*")
+    blue = json.loads(run.inputs("lockstep-blue-policy")["policy"])["Statement"][0]
+    assert blue["Resource"].endswith("/models/hashgram/v1/*")
+
+
+def test_basic_auth_password_reaches_only_the_check_environment():
+    password = "s3cr3t-Pa55"
+    opensearch = {**dev_values()["lockstep:opensearch"], "auth": "basic", "username": "lockstep"}
+    run = evaluate(with_values(opensearch=opensearch), secrets={"lockstep:opensearchPassword": password})
+
+    assert run.inputs("lockstep-check")["environment"] == ("secret", {"LOCKSTEP_OPENSEARCH_PASSWORD": password})
+    holders = [name for name, r in run.resources.items() if password in json.dumps(r["inputs"], default=str)]
+    assert holders == ["lockstep-check"]
+
+
+# ---------------------------------------------------------------------------------- bad config
+
+
+def test_local_backend_declares_nothing(caplog):
+    caplog.set_level("INFO")
+    values = {f"lockstep:{k}": v for k, v in {
+        "pin": "v1", "slots": {"blue": "v1", "green": "v2"}, "artifacts": {"bucket": "lockstep-local-artifacts"},
+        "corpus": {"bucket": "lockstep-local-corpus"}, "endpoints": {"backend": "local"},
+    }.items()}
+    run = evaluate(values, stack="local")
+    assert run.resources == {} and run.outputs is None
+    assert any("lockstep apply --stack local" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"pin": "v3"}, "lockstep:pin: 'v3' is in neither slot"),
+    ({"slots": {"blue": "v9", "green": "v2"}}, "lockstep:slots: version 'v9' is not in the catalog"),
+    ({"retain": ["latest"]}, "lockstep:retain: version 'latest' is not in the catalog"),
+    ({"endpoints": {"backend": "sagemaker"}}, "lockstep:endpoints: imageUri is required"),
+    ({"opensearch": {"engine": "lucene", "indexPrefix": "docs"}}, "lockstep:opensearch.url: is required"),
+])
+def test_bad_config_fails_evaluation_with_one_line_naming_the_key(changes, message):
+    with pytest.raises(pulumi.RunError) as failure:
+        evaluate(with_values(**changes))
+    text = str(failure.value)
+    assert text.startswith(message), text
+    assert "\n" not in text
