@@ -27,7 +27,7 @@ PUBLIC_ACCESS_BLOCK = {
     "RestrictPublicBuckets": True,
 }
 # models/<model>/<version>/<sha256>/model.tar.gz, as written by CatalogEntry.artifact_key.
-ARTIFACT_KEY = re.compile(r"models/(?P<model>[^/]+)/(?P<version>[^/]+)/(?P<sha256>[0-9a-f]{64})/model\.tar\.gz$")
+ARTIFACT_KEY = re.compile(r"(?:^|/)models/(?P<model>[^/]+)/(?P<version>[^/]+)/(?P<sha256>[0-9a-f]{64})/model\.tar\.gz$")
 MISSING = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 
 
