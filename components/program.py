@@ -9,7 +9,7 @@ import pulumi
 from pydantic import ValidationError
 
 from components.model_release import ModelRelease, ModelReleaseArgs
-from lockstep.config import StackSettings, describe_validation_error, load_catalog, settings_from_config
+from lockstep.config import Catalog, StackSettings, describe_validation_error, load_catalog, settings_from_config
 from lockstep.errors import LockstepError
 
 NAMESPACE = "lockstep"
@@ -41,10 +41,11 @@ def read_values(config: pulumi.Config) -> dict[str, Any]:
     return values
 
 
-def load_settings(stack: str, config: pulumi.Config) -> StackSettings:
-    """Validated settings, or a RunError whose one line names the bad key."""
+def load_settings(stack: str, config: pulumi.Config) -> tuple[StackSettings, Catalog]:
+    """Validated settings and the catalog, or a RunError whose one line names the bad key."""
     try:
-        return settings_from_config(stack, read_values(config), load_catalog())
+        catalog = load_catalog()
+        return settings_from_config(stack, read_values(config), catalog), catalog
     except ValidationError as exc:
         raise pulumi.RunError(f"{NAMESPACE}:{describe_validation_error(exc)}") from None
     except LockstepError as exc:
@@ -54,7 +55,7 @@ def load_settings(stack: str, config: pulumi.Config) -> StackSettings:
 def main() -> ModelRelease | None:
     stack = pulumi.get_stack()
     config = pulumi.Config(NAMESPACE)
-    settings = load_settings(stack, config)
+    settings, catalog = load_settings(stack, config)
     if settings.endpoints.backend == "local":
         pulumi.log.info(
             f"stack {stack} uses the embedded backend (endpoints.backend: local): it is driven by "
@@ -63,7 +64,7 @@ def main() -> ModelRelease | None:
         return None
     password = config.require_secret(PASSWORD_KEY) if settings.opensearch.auth == "basic" else None
     try:
-        release = ModelRelease(NAMESPACE, ModelReleaseArgs(settings, load_catalog(), opensearch_password=password))
+        release = ModelRelease(NAMESPACE, ModelReleaseArgs(settings, catalog, opensearch_password=password))
     except LockstepError as exc:
         raise pulumi.RunError(str(exc)) from None
     pulumi.export("pin", release.pin)
