@@ -67,20 +67,42 @@ def make_settings(catalog, unique):
     from lockstep import config
 
     def build(**overrides):
-        values = {
-            "pin": "v1",
-            "slots": {"blue": "v1", "green": "v2"},
-            "artifacts": {"bucket": f"{unique}-artifacts"},
-            "corpus": {"bucket": f"{unique}-corpus", "size": 200},
-            "opensearch": {"indexPrefix": unique},
-            "endpoints": {"backend": "local"},
-            "pointerParameter": f"/{unique}/live",
-        }
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(values.get(key), dict):
-                values[key] = {**values[key], **value}
-            else:
-                values[key] = value
+        values = stack_values(unique, **overrides)
         return config.settings_from_config(overrides.pop("stack", unique), values, catalog)
 
     return build
+
+
+def stack_values(unique: str, **overrides) -> dict:
+    """`lockstep:` values of an isolated embedded stack (camelCase, as in a stack file)."""
+    values = {
+        "pin": "v1",
+        "slots": {"blue": "v1", "green": "v2"},
+        "artifacts": {"bucket": f"{unique}-artifacts"},
+        "corpus": {"bucket": f"{unique}-corpus", "size": 200},
+        "opensearch": {"indexPrefix": unique},
+        "endpoints": {"backend": "local"},
+        "pointerParameter": f"/{unique}/live",
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return values
+
+
+@pytest.fixture
+def scratch_stack(tmp_path, unique, monkeypatch):
+    """Write stacks/Pulumi.<unique>.yaml in a scratch stacks dir (LOCKSTEP_STACKS_DIR points at it)
+    and return (stacks_dir, stack). Call again with overrides to rewrite it."""
+    from lockstep import stackfile
+
+    stacks = tmp_path / "stacks"
+    monkeypatch.setenv("LOCKSTEP_STACKS_DIR", str(stacks))
+
+    def write(**overrides):
+        stackfile.write_stack(stacks, unique, stack_values(unique, **overrides))
+        return stacks, unique
+
+    return write

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from lockstep import config, drill, orchestrator, report, services, stackfile
+from lockstep import config, drill, orchestrator, promote, report, services, stackfile
 from lockstep.errors import LockstepError, Unreachable, UsageError
 from lockstep.ops import check, index, reembed
 from lockstep.plan import release_plan
@@ -149,6 +149,22 @@ def git_show(ref: str, path: Path) -> str:
     if result.returncode != 0:
         raise UsageError(f"--base {ref}: git cannot show {rel} ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'unknown error'}); pass a ref that has the stack file")
     return result.stdout
+
+
+@cli.command("promote")
+@click.option("--from", "source", required=True, help="Stack whose verified pin to promote.")
+@click.option("--to", "target", required=True, help="Stack whose file to edit.")
+@click.option("--version", help="Version to promote (default: the source's pin).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="text: PR title on the first line, body after; json: {title, body, ...}.")
+def promote_command(source: str, target: str, version: str | None, fmt: str) -> None:
+    """Pin TARGET to a version SOURCE verified (its latest check passed since its last cutover)."""
+    done = promote.promote(source, target, version, stacks_dir())
+    if fmt == "json":
+        click.echo(json.dumps({"title": done.title, "body": done.body, "version": done.version,
+                               "from": source, "to": target, "file": str(done.change.path)}, indent=2))
+    else:
+        click.echo(f"{done.title}\n\n{done.body}")
 
 
 @cli.command("drill")

@@ -10,7 +10,6 @@ HTML timeline of recall across the acts.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
-from ruamel.yaml import YAML
 
 from lockstep import config, orchestrator, report, services, stackfile
 from lockstep.ops import artifacts, check, clients, endpoints, model
@@ -75,25 +73,19 @@ class Drill:
     # ------------------------------------------------------------------ the scratch stack
 
     def write_stack(self) -> None:
-        self.stacks.mkdir(parents=True, exist_ok=True)
-        shutil.copy(config.STACKS_DIR / config.CATALOG_FILE, self.stacks / config.CATALOG_FILE)
         name = f"drill-{self.run_id}"
-        body = {"config": {
+        stackfile.write_stack(self.stacks, STACK, {
             "aws:region": services.REGION,
-            "lockstep:pin": "v1",
-            "lockstep:slots": {"blue": "v1"},
-            "lockstep:retain": [],
-            "lockstep:artifacts": {"bucket": f"lockstep-{name}-artifacts"},
-            "lockstep:opensearch": {"engine": "lucene", "indexPrefix": name},
-            "lockstep:corpus": {"bucket": f"lockstep-{name}-corpus", "size": self.docs},
-            "lockstep:endpoints": {"backend": "local"},
-            "lockstep:check": {"recallFloor": 0.7, "k": 10},
-            "lockstep:pointerParameter": f"/lockstep/{name}/live",
-        }}
-        yaml = YAML()
-        with (self.stacks / f"Pulumi.{STACK}.yaml").open("w") as handle:
-            handle.write("# Scratch stack written by `lockstep drill`.\n")
-            yaml.dump(body, handle)
+            "pin": "v1",
+            "slots": {"blue": "v1"},
+            "retain": [],
+            "artifacts": {"bucket": f"lockstep-{name}-artifacts"},
+            "opensearch": {"engine": "lucene", "indexPrefix": name},
+            "corpus": {"bucket": f"lockstep-{name}-corpus", "size": self.docs},
+            "endpoints": {"backend": "local"},
+            "check": {"recallFloor": 0.7, "k": 10},
+            "pointerParameter": f"/lockstep/{name}/live",
+        }, comment="Scratch stack written by `lockstep drill`.")
 
     def settings(self) -> config.StackSettings:
         return config.load_stack(STACK, self.stacks)

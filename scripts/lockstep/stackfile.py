@@ -92,3 +92,18 @@ def write_validated(path: Path, document, stack: str, stacks_dir: Path, catalog:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+def write_stack(stacks_dir: Path, stack: str, values: dict, comment: str = "") -> Path:
+    """Write a new Pulumi.<stack>.yaml (with the catalog beside it) from `lockstep:` values."""
+    stacks_dir.mkdir(parents=True, exist_ok=True)
+    catalog = stacks_dir / config.CATALOG_FILE
+    if not catalog.exists():
+        catalog.write_text((config.STACKS_DIR / config.CATALOG_FILE).read_text())
+    body = {"config": {(k if ":" in k else f"{config.PROJECT}:{k}"): v for k, v in values.items()}}
+    path = config.stack_path(stack, stacks_dir)
+    with path.open("w", encoding="utf-8") as handle:
+        if comment:
+            handle.write(f"# {comment}\n")
+        _yaml().dump(body, handle)
+    return path

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 
 import numpy as np
@@ -62,10 +61,6 @@ class CheckRecord:
         return cls(**data)
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
@@ -74,7 +69,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> CheckRecord:
     entry = catalog.get(settings.pin)
-    record = CheckRecord(settings.stack, settings.pin, entry.artifact_sha256, now(), tool_version=package_version("lockstep"))
+    record = CheckRecord(settings.stack, settings.pin, entry.artifact_sha256, index.now(), tool_version=package_version("lockstep"))
     client = clients.opensearch(settings.opensearch)
     s3 = clients.aws("s3", settings.region)
     ssm = clients.aws("ssm", settings.region)
@@ -175,7 +170,7 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
                   f"{standby.get('version')}" if standby else "not running", settings.standby,
                   f"deploy {settings.standby} to the {settings.standby_slot} slot (`lockstep apply`)", severity="warn"))
 
-    record.finished_at = now()
+    record.finished_at = index.now()
     return record
 
 

@@ -1,0 +1,75 @@
+"""Promotion of a verified pin from one stack to the next (dev → staging → prod).
+
+The evidence is the source stack's latest check record: it must be for the version, it must
+have passed, and it must be newer than the source's last cutover (a record from before the
+pointer last moved proves nothing about what is live now).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lockstep import config, stackfile
+from lockstep.errors import LockstepError, UsageError
+from lockstep.ops import check, clients, index
+
+
+class PromotionRefused(LockstepError):
+    """The evidence does not allow the promotion (exit 1: nothing was changed)."""
+
+
+@dataclass
+class Promotion:
+    source: str
+    target: str
+    version: str
+    record: check.CheckRecord
+    change: stackfile.PinChange
+
+    @property
+    def title(self) -> str:
+        return f"Promote {self.version} from {self.source} to {self.target}"
+
+    @property
+    def body(self) -> str:
+        r = self.record
+        rows = "\n".join(f"| {'✓' if c.passed else ('!' if c.severity == 'warn' else '✗')} | {c.name} | {c.observed} |" for c in r.checks)
+        return (
+            f"{self.change.summary()}\n\n"
+            f"Evidence: the latest check of **{self.source}** passed for `{r.pin}` "
+            f"(artifact `{r.artifact_sha256[:12]}…`, finished {r.finished_at}, lockstep {r.tool_version}).\n\n"
+            f"| | check | observed |\n|---|---|---|\n{rows}\n\n"
+            f"Before merging, review `lockstep plan --stack {self.target}` (posted by the preview workflow)."
+        )
+
+
+def promote(source: str, target: str, version: str | None = None, stacks_dir: Path = config.STACKS_DIR) -> Promotion:
+    catalog = config.load_catalog(stacks_dir)
+    origin = config.load_stack(source, stacks_dir, catalog)
+    destination = config.load_stack(target, stacks_dir, catalog)
+    version = version or origin.pin
+    catalog.get(version)
+    if destination.promoted_from and destination.promoted_from != source:
+        raise UsageError(f"{target} is promoted from {destination.promoted_from} (lockstep:promotedFrom), not {source}; use --from {destination.promoted_from}")
+    record = check.latest(origin)
+    if record is None:
+        raise PromotionRefused(f"{source} has no check record; run `lockstep check --stack {source}` after deploying {version}")
+    if record.pin != version:
+        raise PromotionRefused(f"{source}'s latest check is for {record.pin}, not {version}; deploy and check {version} in {source} first")
+    if not record.passed:
+        failed = ", ".join(c.name for c in record.failures)
+        raise PromotionRefused(f"{source}'s latest check of {version} failed ({failed}); fix {source} and re-run `lockstep check --stack {source}`")
+    ssm = clients.aws("ssm", origin.region)
+    with clients.reaching("AWS (SSM)", clients.aws_endpoint() or "AWS"):
+        pointer = index.read_pointer(ssm, origin.pointer_name)
+    if pointer is None or pointer.version != version:
+        live = pointer.version if pointer else "nothing"
+        raise PromotionRefused(f"{source} serves {live}, not {version}; the evidence must be about what is live")
+    if record.finished_at < pointer.switched_at:
+        raise PromotionRefused(
+            f"{source}'s check record ({record.finished_at}) is older than its last cutover ({pointer.switched_at}); "
+            f"run `lockstep check --stack {source}` again"
+        )
+    change = stackfile.set_pin(target, version, stacks_dir)
+    return Promotion(source, target, version, record, change)
