@@ -223,6 +223,12 @@ def test_a_dropped_version_leaves_the_graph_only_when_not_retained(retain, kept)
     assert after.outputs["retained_indices"] == (["docs-v3"] if kept else [])
 
 
+def test_text_settings_are_read_as_plain_strings():
+    run = evaluate(with_values(pointerParameter="/acme/dev/live-pointer", promotedFrom="staging"))
+    assert run.inputs("lockstep-cutover")["pointer"] == "/acme/dev/live-pointer"
+    assert run.inputs("lockstep-cutover")["settings"]["promotedFrom"] == "staging"
+
+
 def test_check_triggers_follow_the_pin_and_nothing_else():
     v2 = evaluate(dev_values()).inputs("lockstep-check")["triggers"]
     v2_again = evaluate(dev_values()).inputs("lockstep-check")["triggers"]

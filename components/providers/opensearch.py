@@ -25,6 +25,7 @@ from pulumi.dynamic import (
 from pydantic import ValidationError
 
 from lockstep.config import CatalogEntry, StackSettings, describe_validation_error
+from lockstep.errors import Unreachable
 from lockstep.ops import clients, index, reembed
 
 PROVIDER_KEY = "__provider"
@@ -82,7 +83,7 @@ def _validation_failures(props: dict, *builders) -> list[CheckFailure]:
 def _opensearch_where(settings: StackSettings) -> str:
     try:
         return clients.opensearch_url(settings.opensearch)
-    except Exception:  # noqa: BLE001 - only used for the message; the client raises the real error
+    except Unreachable:  # only used in messages; building the client raises the real error
         return "(unconfigured)"
 
 
