@@ -115,6 +115,9 @@ def test_cutover_repairs_a_stale_pointer_without_touching_the_alias(opensearch, 
     ix.write_pointer(ssm, settings.pointer_name, ix.Pointer("v1", "x", "y", "z"))
     pointer = ix.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
     assert ix.read_pointer(ssm, settings.pointer_name) == pointer and pointer.version == "v2"
+    ssm.put_parameter(Name=settings.pointer_name, Value="not json", Type="String", Overwrite=True)
+    assert ix.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2")).version == "v2"
+    assert ix.read_pointer(ssm, settings.pointer_name).version == "v2"
 
 
 def test_cutover_refuses_an_index_built_by_another_artifact(opensearch, ssm, make_settings, catalog, cleanup):

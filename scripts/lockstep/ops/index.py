@@ -220,7 +220,10 @@ def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntr
     target = Pointer(entry.version, endpoint, index, entry.artifact_sha256, now())
     before = _alias_map(client, alias)
     if before == {index: True}:
-        current = read_pointer(ssm, settings.pointer_name)
+        try:
+            current = read_pointer(ssm, settings.pointer_name)
+        except IntegrityError:  # malformed: rewriting it is the repair
+            current = None
         if current is not None and asdict(current) | {"switched_at": ""} == asdict(target) | {"switched_at": ""}:
             return current
         write_pointer(ssm, settings.pointer_name, target)
