@@ -105,6 +105,9 @@ def observe(env: Environment, catalog: Catalog, documents: list[Document] | None
                 d = reembed.delta(documents, index.doc_hashes(env.opensearch, state.index))
                 delta = release.Delta(missing=len(d.missing), changed=len(d.changed), deleted=len(d.deleted))
             observed_indices[version] = release.ObservedIndex(doc_count=state.doc_count, delta=delta)
+    with env.reach_aws():
+        published = frozenset(v for v in settings.versions
+                              if artifacts.published_version(env.s3, settings.artifacts.bucket, catalog.get(v)))
     slots_deployed = {}
     for slot in ("blue", "green"):
         described = endpoints.local_slot(settings, slot) if settings.endpoints.backend == "local" else None
@@ -115,6 +118,7 @@ def observe(env: Environment, catalog: Catalog, documents: list[Document] | None
         pointer_version=inventory.pointer.version if inventory.pointer else None,
         slots_deployed=slots_deployed,
         corpus_size=len(documents) if documents is not None else 0,
+        artifacts=published,
     )
 
 

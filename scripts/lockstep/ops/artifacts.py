@@ -109,7 +109,7 @@ def _b64_sha256(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
-def _stored_version(s3, bucket: str, entry: CatalogEntry) -> str | None:
+def published_version(s3, bucket: str, entry: CatalogEntry) -> str | None:
     """VersionId of the object at the entry's key if its bytes have the catalog's sha256, else None."""
     try:
         head = s3.head_object(Bucket=bucket, Key=entry.artifact_key, ChecksumMode="ENABLED")
@@ -149,7 +149,7 @@ def publish_artifact(s3, settings: StackSettings, entry: CatalogEntry) -> str:
         )
     bucket = settings.artifacts.bucket
     with reaching("S3", _where(s3)):
-        existing = _stored_version(s3, bucket, entry)
+        existing = published_version(s3, bucket, entry)
         if existing is not None:
             return existing
         response = s3.put_object(

@@ -1,0 +1,121 @@
+"""`lockstep plan` (the PR preview's data facts) and `lockstep promote` (evidence-gated) on real servers."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lockstep import config, orchestrator, stackfile
+from lockstep.ops import clients, endpoints, index
+from tests.conftest import stack_values
+
+SIZE = 120
+
+
+def lockstep(*args):
+    return subprocess.run([sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=300)
+
+
+@pytest.fixture
+def deployed(servers, scratch_stack, catalog):
+    """A stack live on v1 with v2 warm in the green slot."""
+    stacks, stack = scratch_stack(corpus={"size": SIZE})
+    result = orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=lambda _: None)
+    assert result.record.passed
+    yield stacks, stack
+    endpoints.stop_local_slots(config.load_stack(stack, stacks))
+
+
+def test_plan_rollback_to_the_standby_is_a_reversible_reattach(deployed, opensearch):
+    stacks, stack = deployed
+    result = lockstep("plan", "--stack", stack, "--to", "v2", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert (plan["from"], plan["to"]) == ("v1", "v2")
+    assert (plan["index_action"], plan["docs_to_embed"], plan["endpoint_action"], plan["reversible"]) == ("reattach", 0, "flip", True)
+    assert plan["data_state"] == "observed"
+    assert [s["kind"] for s in plan["steps"]] == ["cutover", "check"]
+
+    markdown = lockstep("plan", "--stack", stack, "--to", "v2").stdout
+    assert "**reattach**" in markdown and "0 documents to embed" in markdown and "**flip**" in markdown and "instant flip back" in markdown
+
+    # The standby's index is gone (dropped by hand): the same rollback must rebuild it.
+    settings = config.load_stack(stack, stacks)
+    opensearch.indices.delete(index=settings.opensearch.index_name("v2"))
+    plan = json.loads(lockstep("plan", "--stack", stack, "--to", "v2", "--format", "json").stdout)
+    assert (plan["index_action"], plan["docs_to_embed"]) == ("provision", SIZE)
+    markdown = lockstep("plan", "--stack", stack, "--to", "v2").stdout
+    assert "**provision**" in markdown and f"{SIZE} documents to embed" in markdown
+
+
+def test_plan_without_servers_renders_the_config_diff_and_says_so(scratch_stack):
+    stacks, stack = scratch_stack()
+    env = {**os.environ, "OPENSEARCH_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-m", "lockstep.cli", "plan", "--stack", stack, "--to", "v2", "--format", "json"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["data_state"] == "unknown" and plan["endpoint_action"] == "flip" and plan["to"] == "v2"
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    return sorted(l for l in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+                  if l[:1] in "+-" and not l.startswith(("+++", "---")))
+
+
+def target_stack(stacks, source: str) -> str:
+    """A downstream stack (pin v2 in green, v1 standby) that is promoted from `source`."""
+    name = f"{source}-next"
+    stackfile.write_stack(stacks, name, stack_values(name, pin="v2", promotedFrom=source), comment="downstream")
+    return name
+
+
+def test_promote_refuses_without_a_record(servers, scratch_stack):
+    stacks, stack = scratch_stack()
+    target = target_stack(stacks, stack)
+    before = (stacks / f"Pulumi.{target}.yaml").read_text()
+    result = lockstep("promote", "--from", stack, "--to", target)
+    assert result.returncode == 1 and "no check record" in result.stderr
+    assert (stacks / f"Pulumi.{target}.yaml").read_text() == before
+
+
+def test_promote_refuses_a_failed_record(deployed, catalog):
+    stacks, stack = deployed
+    settings = config.load_stack(stack, stacks)
+    ssm = clients.aws("ssm")
+    pointer = index.read_pointer(ssm, settings.pointer_name)
+    index.write_pointer(ssm, settings.pointer_name, index.Pointer("v1", "somewhere-else", pointer.index, pointer.artifact_sha256, pointer.switched_at))
+    assert lockstep("check", "--stack", stack).returncode == 1
+    target = target_stack(stacks, stack)
+    result = lockstep("promote", "--from", stack, "--to", target)
+    assert result.returncode == 1 and "failed (pointer)" in result.stderr
+
+
+def test_promote_refuses_a_record_older_than_the_last_cutover(deployed):
+    stacks, stack = deployed
+    settings = config.load_stack(stack, stacks)
+    ssm = clients.aws("ssm")
+    pointer = index.read_pointer(ssm, settings.pointer_name)
+    later = index.Pointer(pointer.version, pointer.endpoint, pointer.index, pointer.artifact_sha256, "2999-01-01T00:00:00Z")
+    index.write_pointer(ssm, settings.pointer_name, later)
+    target = target_stack(stacks, stack)
+    result = lockstep("promote", "--from", stack, "--to", target)
+    assert result.returncode == 1 and "older than its last cutover" in result.stderr
+
+
+def test_promote_with_fresh_evidence_edits_only_pin_and_slot_lines(deployed):
+    stacks, stack = deployed
+    target = target_stack(stacks, stack)
+    path = stacks / f"Pulumi.{target}.yaml"
+    before = path.read_text()
+    result = lockstep("promote", "--from", stack, "--to", target, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    pr = json.loads(result.stdout)
+    assert pr["title"] == f"Promote v1 from {stack} to {target}" and "reembed-probe" in pr["body"]
+    assert changed_lines(before, path.read_text()) == ["+  lockstep:pin: v1", "-  lockstep:pin: v2"]
