@@ -1,0 +1,7 @@
+"""The `lockstep` CrossGuard pack: `pulumi preview|up --policy-pack policy` (rules in lockstep_policy.py)."""
+
+from pulumi_policy import EnforcementLevel, PolicyPack
+
+from lockstep_policy import POLICIES
+
+PolicyPack("lockstep", policies=POLICIES, enforcement_level=EnforcementLevel.MANDATORY)
