@@ -1,0 +1,373 @@
+"""Issue #6 acceptance: the consistency check catches each failure, created for real on the servers.
+
+One healthy deployment (pin v1 live in blue, v2 warm in green, 200 documents) is built once for the
+module by `orchestrator.apply` from a real stack file, so the CLI reads the same stack. Each test
+breaks one thing on the real OpenSearch / moto / endpoint processes, asserts which checks fail
+(and the CLI's exit code for several), and puts the thing back; the `stack` fixture then proves the
+deployment is healthy again, so no test can leak its damage into the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from lockstep import config, orchestrator, services
+from lockstep.config import Catalog, StackSettings
+from lockstep.ops import artifacts, check, clients, endpoints, index, reembed
+from lockstep.ops.corpus import Document
+
+EVERY_CHECK = {"alias", "index-meta", "foreign-versions", "doc-count", "pointer", "artifact",
+               "endpoint-artifact", "reembed-probe", "recall", "standby"}
+
+
+@dataclass
+class Deployment:
+    settings: StackSettings
+    catalog: Catalog
+    stacks_dir: Path
+
+    @property
+    def live_index(self) -> str:
+        return self.settings.opensearch.index_name(self.settings.pin)
+
+    @property
+    def alias(self) -> str:
+        return self.settings.opensearch.alias_name
+
+    def embedder(self, version: str):
+        entry = self.catalog.get(version)
+        return artifacts.load_embedder(clients.aws("s3", self.settings.region), self.settings.artifacts.bucket, entry)
+
+    def documents(self) -> list[Document]:
+        return artifacts.read_corpus(clients.aws("s3", self.settings.region), self.settings)
+
+    def golden_ids(self) -> set[str]:
+        golden = artifacts.read_golden(clients.aws("s3", self.settings.region), self.settings)
+        return {doc_id for query in golden for doc_id in query["expected"]}
+
+
+def write_stack_file(stacks_dir: Path, stack: str) -> None:
+    """A stack file in the format `lockstep drill` writes, isolated by the stack's unique name."""
+    body = {"config": {
+        "aws:region": services.REGION,
+        "lockstep:pin": "v1",
+        "lockstep:slots": {"blue": "v1", "green": "v2"},
+        "lockstep:artifacts": {"bucket": f"{stack}-artifacts"},
+        "lockstep:opensearch": {"engine": "lucene", "indexPrefix": stack},
+        "lockstep:corpus": {"bucket": f"{stack}-corpus", "size": 200},
+        "lockstep:endpoints": {"backend": "local"},
+        "lockstep:pointerParameter": f"/{stack}/live",
+    }}
+    YAML().dump(body, stacks_dir / f"Pulumi.{stack}.yaml")
+
+
+@pytest.fixture(scope="module")
+def deployment(servers, opensearch, catalog, tmp_path_factory):
+    stack = f"t{uuid.uuid4().hex[:10]}"
+    stacks_dir = tmp_path_factory.mktemp("stacks")
+    shutil.copy(config.STACKS_DIR / config.CATALOG_FILE, stacks_dir / config.CATALOG_FILE)
+    write_stack_file(stacks_dir, stack)
+    settings = config.load_stack(stack, stacks_dir, catalog)
+    result = orchestrator.apply(settings, catalog, progress=False, say=lambda _: None)
+    assert result.record is not None and result.record.passed, [c.name for c in result.record.failures]
+    yield Deployment(settings, catalog, stacks_dir)
+    endpoints.stop_local_slots(settings)
+    opensearch.indices.delete(index=f"{stack}-*", params={"expand_wildcards": "all", "ignore_unavailable": "true"})
+
+
+@pytest.fixture
+def stack(deployment):
+    """The shared deployment; after the test it must be healthy again (the test restored its damage)."""
+    yield deployment
+    after = check.run(deployment.settings, deployment.catalog)
+    assert after.passed, f"the test left the shared stack broken: {failing(after)}"
+
+
+def failing(record: check.CheckRecord) -> set[str]:
+    return {c.name for c in record.failures}
+
+
+def by_name(record: check.CheckRecord) -> dict[str, check.Check]:
+    return {c.name: c for c in record.checks}
+
+
+def run_check(deployment: Deployment) -> check.CheckRecord:
+    return check.run(deployment.settings, deployment.catalog, seed=6)
+
+
+def cli_check(deployment: Deployment, **environment: str) -> subprocess.CompletedProcess:
+    """`lockstep check --stack S --json` in a fresh process reading the stack file from disk."""
+    env = {**os.environ, "LOCKSTEP_STACKS_DIR": str(deployment.stacks_dir), **environment}
+    return subprocess.run([sys.executable, "-m", "lockstep.cli", "check", "--stack", deployment.settings.stack, "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def cli_failures(completed: subprocess.CompletedProcess) -> set[str]:
+    assert "Traceback" not in completed.stderr, completed.stderr
+    record = json.loads(completed.stdout)
+    return {c["name"] for c in record["checks"] if not c["passed"] and c["severity"] == "fail"}
+
+
+def rewrite(deployment: Deployment, documents: list[Document], version: str) -> None:
+    """Write `documents` into the live index embedded (and stamped) by `version`: no write guard."""
+    reembed.write(clients.opensearch(), reembed.index_actions(documents, deployment.embedder(version), deployment.live_index, 256))
+    clients.opensearch().indices.refresh(index=deployment.live_index)
+
+
+def not_golden(deployment: Deployment, count: int) -> list[Document]:
+    """Documents no golden query expects: breaking them leaves recall alone."""
+    golden = deployment.golden_ids()
+    return [d for d in deployment.documents() if d.id not in golden][:count]
+
+
+# ------------------------------------------------------------------------------------ healthy
+
+
+def test_healthy_stack_passes_every_check_in_process_and_through_the_cli(stack):
+    record = run_check(stack)
+    assert {c.name for c in record.checks} == EVERY_CHECK
+    assert [c.name for c in record.checks if not c.passed] == []
+    assert by_name(record)["doc-count"].observed.startswith("200 docs")
+
+    completed = cli_check(stack)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["passed"] is True
+
+
+# ------------------------------------------------------------------------ one failure at a time
+
+
+def test_alias_on_the_wrong_index_fails_alias(stack, opensearch):
+    wrong = stack.settings.opensearch.index_name("v2")
+    opensearch.indices.update_aliases(body={"actions": [
+        {"remove": {"index": stack.live_index, "alias": stack.alias}},
+        {"add": {"index": wrong, "alias": stack.alias, "is_write_index": True}}]})
+    try:
+        completed = cli_check(stack)
+        assert completed.returncode == 1, completed.stderr
+        failures = cli_failures(completed)
+        assert "alias" in failures
+        # The served index is v2's: its _meta and its documents' version give it away as well.
+        assert {"index-meta", "foreign-versions"} <= failures
+    finally:
+        opensearch.indices.update_aliases(body={"actions": [
+            {"remove": {"index": wrong, "alias": stack.alias}},
+            {"add": {"index": stack.live_index, "alias": stack.alias, "is_write_index": True}}]})
+
+
+def test_alias_pointing_nowhere_fails_instead_of_crashing(stack, opensearch):
+    opensearch.indices.delete_alias(index=stack.live_index, name=stack.alias)
+    try:
+        completed = cli_check(stack)
+        assert completed.returncode == 1, completed.stderr
+        assert {"alias", "reembed-probe", "recall"} <= cli_failures(completed)
+    finally:
+        opensearch.indices.put_alias(index=stack.live_index, name=stack.alias, body={"is_write_index": True})
+
+
+def test_meta_sha_mismatch_fails_index_meta(stack, opensearch, catalog):
+    original = index.read_meta(opensearch, stack.live_index)
+    opensearch.indices.put_mapping(index=stack.live_index,
+                                   body={"_meta": {**original, "artifact_sha256": catalog.get("v2").artifact_sha256}})
+    try:
+        record = run_check(stack)
+        assert failing(record) == {"index-meta"}
+        assert "artifact_sha256" in by_name(record)["index-meta"].observed
+    finally:
+        opensearch.indices.put_mapping(index=stack.live_index, body={"_meta": original})
+
+
+def test_documents_of_another_version_mixed_in_fail_foreign_versions(stack):
+    mixed = stack.documents()[:12]
+    rewrite(stack, mixed, "v2")
+    try:
+        record = run_check(stack)
+        assert "foreign-versions" in failing(record)
+        assert json.loads(by_name(record)["foreign-versions"].observed) == {"v2": 12}
+        assert by_name(record)["doc-count"].passed
+    finally:
+        rewrite(stack, mixed, "v1")
+
+
+def test_missing_documents_fail_doc_count(stack, opensearch):
+    gone = not_golden(stack, 10)
+    for document in gone:
+        opensearch.delete(index=stack.live_index, id=document.id)
+    opensearch.indices.refresh(index=stack.live_index)
+    try:
+        record = run_check(stack)
+        assert failing(record) == {"doc-count"}
+        assert by_name(record)["doc-count"].observed.startswith("190 docs")
+    finally:
+        rewrite(stack, gone, "v1")
+
+
+def test_stale_document_text_fails_doc_count(stack, opensearch):
+    """Same count, but a document's content hash is not the corpus's: the stale sample sees it."""
+    [stale] = not_golden(stack, 1)
+    opensearch.update(index=stack.live_index, id=stale.id, body={"doc": {"content_sha256": "0" * 64}}, refresh=True)
+    try:
+        record = run_check(stack)
+        assert failing(record) == {"doc-count"}
+        assert by_name(record)["doc-count"].observed == "200 docs, 1 stale in sample"
+    finally:
+        rewrite(stack, [stale], "v1")
+
+
+def test_pointer_on_another_version_fails_pointer(stack, ssm, catalog):
+    original = index.read_pointer(ssm, stack.settings.pointer_name)
+    v2 = catalog.get("v2")
+    index.write_pointer(ssm, stack.settings.pointer_name, index.Pointer(
+        "v2", endpoints.endpoint_name(stack.settings, "green"), stack.settings.opensearch.index_name("v2"), v2.artifact_sha256))
+    try:
+        completed = cli_check(stack)
+        assert completed.returncode == 1, completed.stderr
+        assert cli_failures(completed) == {"pointer"}
+    finally:
+        index.write_pointer(ssm, stack.settings.pointer_name, original)
+
+
+def test_pointer_that_is_not_lockstep_json_fails_pointer(stack, ssm):
+    original = index.read_pointer(ssm, stack.settings.pointer_name)
+    ssm.put_parameter(Name=stack.settings.pointer_name, Value="v1", Type="String", Overwrite=True)
+    try:
+        record = run_check(stack)
+        assert failing(record) == {"pointer"}
+    finally:
+        index.write_pointer(ssm, stack.settings.pointer_name, original)
+
+
+def test_live_endpoint_stopped_fails_never_passes(stack, catalog):
+    live_slot = stack.settings.live_slot
+    services.Managed.load(endpoints.process_name(stack.settings, live_slot)).stop()
+    try:
+        completed = cli_check(stack)
+        assert completed.returncode == 1, completed.stderr
+        assert {"endpoint-artifact", "reembed-probe", "recall"} <= cli_failures(completed)
+    finally:
+        endpoints.deploy_local_slot(stack.settings, live_slot, catalog.get(stack.settings.pin))
+
+
+def test_endpoint_serving_another_artifact_fails_endpoint_artifact(stack, catalog):
+    live_slot = stack.settings.live_slot
+    endpoints.deploy_local_slot(stack.settings, live_slot, catalog.get("v2"))
+    try:
+        record = run_check(stack)
+        # The index is v1's, the endpoint embeds with v2: probe and recall see it as well.
+        assert failing(record) == {"endpoint-artifact", "reembed-probe", "recall"}
+        assert by_name(record)["endpoint-artifact"].observed.startswith("v2 ")
+    finally:
+        endpoints.deploy_local_slot(stack.settings, live_slot, catalog.get("v1"))
+
+
+def test_artifact_bytes_changed_in_s3_fail_artifact(stack, s3, catalog):
+    entry = catalog.get(stack.settings.pin)
+    s3.put_object(Bucket=stack.settings.artifacts.bucket, Key=entry.artifact_key, Body=b"not the model that was deployed")
+    try:
+        completed = cli_check(stack)
+        assert completed.returncode == 1, completed.stderr
+        assert cli_failures(completed) == {"artifact"}
+    finally:
+        artifacts.publish_artifact(s3, stack.settings, entry)
+
+
+def test_a_fifth_of_vectors_from_the_same_dimension_model_fail_only_probe_and_recall(stack, opensearch):
+    """The silent case: v2 vectors (same dimension) under `model_version: v1`. Nothing counts them
+    as foreign; only re-embedding through the live endpoint and the golden recall can tell."""
+    documents = stack.documents()
+    swapped = random.Random(20).sample(documents, len(documents) // 5)
+    vectors = stack.embedder("v2").encode([d.text for d in swapped])
+    reembed.write(opensearch, ({"_op_type": "update", "_index": stack.live_index, "_id": d.id,
+                                "doc": {"embedding": vector.tolist()}} for d, vector in zip(swapped, vectors)))
+    opensearch.indices.refresh(index=stack.live_index)
+    try:
+        _, versions = index.count_by_model_version(opensearch, stack.live_index)
+        assert versions == {"v1": len(documents)}  # the stored fields still claim the pin
+
+        completed = cli_check(stack)
+        assert completed.returncode == 1, completed.stderr
+        assert cli_failures(completed) == {"reembed-probe", "recall"}
+        record = json.loads(completed.stdout)
+        passed = {c["name"] for c in record["checks"] if c["passed"]}
+        assert {"foreign-versions", "doc-count", "index-meta", "endpoint-artifact"} <= passed
+    finally:
+        rewrite(stack, swapped, "v1")
+
+
+def test_corrupted_golden_set_fails_recall(stack, s3):
+    bucket, key = stack.settings.corpus.bucket, stack.settings.corpus.golden_key
+    original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    golden = [json.loads(line) for line in original.decode().splitlines()]
+    # Each query now expects the next query's document: the index answers right, the set says wrong.
+    shifted = [{**query, "expected": golden[(n + 1) % len(golden)]["expected"]} for n, query in enumerate(golden)]
+    s3.put_object(Bucket=bucket, Key=key, Body="".join(json.dumps(q) + "\n" for q in shifted).encode())
+    try:
+        record = run_check(stack)
+        assert failing(record) == {"recall"}
+        assert float(by_name(record)["recall"].observed.split()[-1]) < 0.2
+    finally:
+        s3.put_object(Bucket=bucket, Key=key, Body=original)
+
+
+def test_recall_below_a_raised_floor_fails_recall(stack):
+    healthy = float(by_name(run_check(stack))["recall"].observed.split()[-1])
+    raised = stack.settings.model_copy(update={"check": stack.settings.check.model_copy(update={"recall_floor": min(1.0, healthy + 0.05)})})
+    record = check.run(raised, stack.catalog, seed=6)
+    assert failing(record) == {"recall"}
+
+
+# ------------------------------------------------------------------------ could not check
+
+
+def closed_url() -> str:
+    return f"http://127.0.0.1:{services.free_port()}"
+
+
+def test_opensearch_down_exits_2_naming_opensearch_and_where(stack):
+    url = closed_url()
+    completed = cli_check(stack, OPENSEARCH_URL=url)
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    [line] = completed.stderr.strip().splitlines()
+    assert "OpenSearch" in line and url in line
+    assert completed.stdout == ""
+
+
+def test_moto_down_exits_2_naming_s3_and_where(stack):
+    url = closed_url()
+    completed = cli_check(stack, AWS_ENDPOINT_URL=url)
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    [line] = completed.stderr.strip().splitlines()
+    assert "S3" in line and url in line
+    assert completed.stdout == ""
+
+
+# ------------------------------------------------------------------------------- the record
+
+
+def test_record_is_stored_under_checks_stack_and_latest_returns_it(stack, s3):
+    record = run_check(stack)
+    key = check.store(record, stack.settings)
+    prefix = f"checks/{stack.settings.stack}/"
+    assert key.startswith(prefix)
+    listed = {o["Key"] for o in s3.list_objects_v2(Bucket=stack.settings.artifacts.bucket, Prefix=prefix)["Contents"]}
+    assert {key, f"{prefix}latest.json"} <= listed
+
+    stored = json.loads(s3.get_object(Bucket=stack.settings.artifacts.bucket, Key=key)["Body"].read())
+    assert stored["passed"] is True and stored["pin"] == "v1" and stored["stack"] == stack.settings.stack
+    latest = check.latest(stack.settings)
+    assert latest is not None and latest.to_dict() == record.to_dict()
+
+
+def test_latest_is_none_before_any_check(stack, unique):
+    assert check.latest(stack.settings.model_copy(update={"stack": unique})) is None
