@@ -8,6 +8,8 @@ small heap. Each process we start has a pid file; `down` stops exactly those. Wh
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +58,15 @@ def opensearch_home() -> Path:
     """Where OpenSearch is installed. As root it runs as `nobody`, which cannot enter /root."""
     base = Path("/var/cache/lockstep") if os.geteuid() == 0 else home()
     return base / f"opensearch-{OPENSEARCH_VERSION}"
+
+
+def opensearch_state() -> Path:
+    """Data and logs of this home's OpenSearch. As root they live beside the install (which
+    `nobody` can reach), in a folder of their own per LOCKSTEP_HOME so two homes never share."""
+    if os.geteuid() != 0:
+        return run_dir() / "opensearch"
+    tag = hashlib.sha256(str(run_dir().resolve()).encode()).hexdigest()[:10]
+    return opensearch_home().parent / f"state-{tag}"
 
 
 def free_port() -> int:
@@ -221,8 +233,7 @@ def java_home() -> str:
 def start_opensearch() -> Managed:
     install = install_opensearch()
     port, transport = free_port(), free_port()
-    state = opensearch_home().parent / "run" if os.geteuid() == 0 else run_dir()
-    data, logs = state / "opensearch-data", state / "opensearch-logs"
+    data, logs = opensearch_state() / "data", opensearch_state() / "logs"
     shutil.rmtree(data, ignore_errors=True)
     for path in (data, logs):
         path.mkdir(parents=True, exist_ok=True)
@@ -289,8 +300,24 @@ class ServiceState:
     log: str | None = None
 
 
+@contextmanager
+def _exclusive():
+    """One `up` at a time per home: two test sessions must not both start a server."""
+    with open(run_dir() / "up.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def up() -> list[ServiceState]:
     """Start what is not running; reuse what is. Idempotent."""
+    with _exclusive():
+        return _up()
+
+
+def _up() -> list[ServiceState]:
     states = []
     for name, (variable, start, healthy) in SERVICES.items():
         external = os.environ.get(variable)
