@@ -39,6 +39,7 @@ class Act:
     failures: list[str] = field(default_factory=list)
     recall: float | None = None
     probe: dict = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)
     started_at: float = 0.0
 
 
@@ -225,7 +226,7 @@ class Drill:
         self.say(f"$ lockstep plan --stack {STACK} --to v1")
         _, planned, _ = orchestrator.plan_for(target, self.catalog)
         self.console.print(report.plan_markdown(planned), markup=False, highlight=False)
-        act.probe["plan"] = {"index_action": planned.index_action, "docs_to_embed": planned.docs_to_embed,
+        act.plan = {"index_action": planned.index_action, "docs_to_embed": planned.docs_to_embed,
                              "endpoint_action": planned.endpoint_action, "reversible": planned.reversible}
         self.pin("v1")
         self.apply(act)
