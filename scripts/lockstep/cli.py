@@ -92,14 +92,15 @@ def check_command(stack: str, as_json: bool) -> None:
 @cli.command("backfill")
 @click.option("--stack", required=True)
 @click.option("--version", "version", required=True, help="Catalog version whose index to build or catch up.")
+@click.option("--full", is_flag=True, help="Re-embed every document, not only the missing or changed ones.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def backfill(stack: str, version: str, quiet: bool) -> None:
+def backfill(stack: str, version: str, full: bool, quiet: bool) -> None:
     """Provision or catch up VERSION's index from the corpus (never moves the live alias)."""
     settings, catalog = stack_settings(stack)
     entry = catalog.get(version)
     if version not in settings.versions:
         raise UsageError(f"{version} is not in stack {stack}'s pin, slots or retain; add it there first so its index is kept")
-    result = reembed.sync_index(settings, entry, progress=not quiet)
+    result = reembed.sync_index(settings, entry, progress=not quiet, full=full)
     click.echo(f"{result.index}: {'created, ' if result.created else ''}{result.embedded} embedded, "
                f"{result.deleted} deleted in {result.seconds:.1f}s ({result.rate:,.0f} docs/s)")
 
@@ -121,7 +122,7 @@ def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str)
         target = settings.with_pin(to_version)
     counts = None
     try:
-        env, planned, _ = orchestrator.plan_for(target, catalog)
+        env, planned = orchestrator.plan_for(target, catalog)
         known = True
         live = index.alias_targets(env.opensearch, settings.opensearch.alias_name)
         counts = index.count_by_model_version(env.opensearch, live[0])[1] if len(live) == 1 else None

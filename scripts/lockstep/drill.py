@@ -224,7 +224,7 @@ class Drill:
         act = self.begin("4", "lockstep rollback to v1", "reattach")
         target = self.settings().with_pin("v1")
         self.say(f"$ lockstep plan --stack {STACK} --to v1")
-        _, planned, _ = orchestrator.plan_for(target, self.catalog)
+        _, planned = orchestrator.plan_for(target, self.catalog)
         self.console.print(report.plan_markdown(planned), markup=False, highlight=False)
         act.plan = {"index_action": planned.index_action, "docs_to_embed": planned.docs_to_embed,
                              "endpoint_action": planned.endpoint_action, "reversible": planned.reversible}

@@ -93,7 +93,37 @@ def require_local(settings: StackSettings) -> None:
         )
 
 
-def observe(env: Environment, catalog: Catalog, documents: list[Document] | None) -> release.Observed:
+class Corpus:
+    """The stack's corpus: identified by one HEAD request, read from S3 only if needed."""
+
+    def __init__(self, env: Environment):
+        self.env = env
+        with env.reach_aws():
+            self.ref = artifacts.corpus_ref(env.s3, env.settings)
+        self._documents: list[Document] | None = None
+
+    @property
+    def documents(self) -> list[Document] | None:
+        if self._documents is None and self.ref is not None:
+            with self.env.reach_aws():
+                self._documents = artifacts.read_corpus(self.env.s3, self.env.settings)
+        return self._documents
+
+    @property
+    def size(self) -> int:
+        if self.ref is not None and self.ref.documents is not None:
+            return self.ref.documents
+        return len(self.documents or [])
+
+    def matches(self, state: index.IndexState) -> bool:
+        """The index was synced with exactly this corpus and holds only its own version's
+        documents, as many as it had then: nothing to catch up, no need to scan."""
+        synced = (state.meta or {}).get("synced") or {}
+        return (self.ref is not None and synced.get("corpus_etag") == self.ref.etag
+                and state.count_by_model_version == {state.version: synced.get("documents")})
+
+
+def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Observed:
     """What exists now: indices with their delta against the corpus, alias, pointer, slots."""
     settings = env.settings
     with env.reach_opensearch():
@@ -101,8 +131,10 @@ def observe(env: Environment, catalog: Catalog, documents: list[Document] | None
         observed_indices = {}
         for version, state in inventory.indices.items():
             delta = None
-            if documents is not None:
-                d = reembed.delta(documents, index.doc_hashes(env.opensearch, state.index))
+            if corpus.matches(state):
+                delta = release.Delta()
+            elif corpus.documents is not None:
+                d = reembed.index_delta(env.opensearch, state.index, version, corpus.documents)
                 delta = release.Delta(missing=len(d.missing), changed=len(d.changed), deleted=len(d.deleted))
             observed_indices[version] = release.ObservedIndex(doc_count=state.doc_count, delta=delta)
     with env.reach_aws():
@@ -117,23 +149,14 @@ def observe(env: Environment, catalog: Catalog, documents: list[Document] | None
         alias_targets=tuple(inventory.alias_targets),
         pointer_version=inventory.pointer.version if inventory.pointer else None,
         slots_deployed=slots_deployed,
-        corpus_size=len(documents) if documents is not None else 0,
+        corpus_size=corpus.size,
         artifacts=published,
     )
 
 
-def read_documents(env: Environment) -> list[Document] | None:
-    with env.reach_aws():
-        try:
-            return artifacts.read_corpus(env.s3, env.settings)
-        except UsageError:
-            return None
-
-
-def plan_for(settings: StackSettings, catalog: Catalog) -> tuple[Environment, release.ReleasePlan, list[Document] | None]:
+def plan_for(settings: StackSettings, catalog: Catalog) -> tuple[Environment, release.ReleasePlan]:
     env = Environment(settings)
-    documents = read_documents(env)
-    return env, release.release_plan(catalog, settings, observe(env, catalog, documents)), documents
+    return env, release.release_plan(catalog, settings, observe(env, catalog, Corpus(env)))
 
 
 def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
@@ -148,8 +171,8 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
     with env.reach_aws():
         artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
         artifacts.ensure_corpus(env.s3, settings)
-        documents = artifacts.read_corpus(env.s3, settings)
-    planned = release.release_plan(catalog, settings, observe(env, catalog, documents))
+    corpus = Corpus(env)
+    planned = release.release_plan(catalog, settings, observe(env, catalog, corpus))
     result = ApplyResult(planned)
     embedders: dict[str, object] = {}
     for step in planned.steps:
@@ -163,7 +186,8 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
             with env.reach_aws():
                 embedder = embedders.setdefault(entry.version, artifacts.load_embedder(env.s3, settings.artifacts.bucket, entry))
             with env.reach_opensearch():
-                done = reembed.sync_documents(env.opensearch, settings, entry, embedder, documents, progress=progress)
+                done = reembed.sync_documents(env.opensearch, settings, entry, embedder, corpus.documents,
+                                              progress=progress, corpus_etag=corpus.ref.etag)
             result.embedded += done.embedded
             if done.embedded >= 100:
                 record_rate(settings, done.rate)

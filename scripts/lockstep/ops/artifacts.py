@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
@@ -271,8 +272,31 @@ def read_golden(s3, settings: StackSettings) -> list[dict]:
 
 
 def write_corpus(s3, settings: StackSettings, documents: list[Document]) -> str:
-    """Replace the corpus JSONL (the golden set is left as is); return the new object's VersionId."""
+    """Replace the corpus JSONL (the golden set is left as is); return the new object's VersionId.
+    The document count rides along as object metadata, so a plan can size work without reading."""
     with reaching("S3", _where(s3)):
         response = s3.put_object(Bucket=settings.corpus.bucket, Key=settings.corpus.key,
-                                 Body=corpus.documents_jsonl(documents), ContentType="application/x-ndjson")
+                                 Body=corpus.documents_jsonl(documents), ContentType="application/x-ndjson",
+                                 Metadata={"documents": str(len(documents))})
     return response.get("VersionId", "null")
+
+
+@dataclass(frozen=True)
+class CorpusRef:
+    """Which corpus this is (ETag: changes with the bytes) and how many documents it holds."""
+
+    etag: str
+    documents: int | None
+
+
+def corpus_ref(s3, settings: StackSettings) -> CorpusRef | None:
+    """The corpus object's identity from one HEAD request (None when there is no corpus)."""
+    with reaching("S3", _where(s3)):
+        try:
+            head = s3.head_object(Bucket=settings.corpus.bucket, Key=settings.corpus.key)
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
+    count = head.get("Metadata", {}).get("documents")
+    return CorpusRef(head["ETag"].strip('"'), int(count) if count and count.isdigit() else None)

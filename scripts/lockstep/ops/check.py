@@ -158,7 +158,7 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
             low, observed = 1, ("endpoint unreachable" if not described else
                                 "no documents to sample" if targets else f"alias {alias} points to no index")
         add(Check("reembed-probe", low == 0, observed, f"0/{settings.check.probe_sample} below {settings.check.probe_min_cosine}",
-                  f"vectors from another model are in {live_index}: rebuild it (`lockstep backfill --stack {settings.stack} --version {settings.pin}`) "
+                  f"vectors from another model are in {live_index}: rebuild it (`lockstep backfill --stack {settings.stack} --version {settings.pin} --full`) "
                   "or roll the endpoint back to the index's version"))
 
         # 9. recall probe through the alias

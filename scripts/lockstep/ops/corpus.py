@@ -50,7 +50,10 @@ def _docstrings(path: Path, module: str) -> Iterator[tuple[str, str]]:
 
 
 def stdlib_documents(size: int) -> list[Document]:
-    """`size` distinct docstrings of the standard library, in a stable order."""
+    """`size` distinct docstrings of the standard library, in a stable order.
+
+    Past the ~2,800 docstrings there are, documents are numbered variants of them (for
+    benchmarks at 10k-100k documents): distinct ids and texts, the same kind of language."""
     root = Path(sysconfig.get_paths()["stdlib"])
     seen: set[str] = set()
     documents: list[Document] = []
@@ -67,8 +70,11 @@ def stdlib_documents(size: int) -> list[Document]:
             documents.append(Document(id=re.sub(r"[^A-Za-z0-9._:-]", "_", name), text=text[:4000]))
             if len(documents) >= size:
                 return documents
-    if len(documents) < size:
-        raise UsageError(f"corpus size {size} is more than the {len(documents)} docstrings available; lower corpus.size")
+    distinct = list(documents)
+    for n in range(size - len(distinct)):
+        base = distinct[n % len(distinct)]
+        round_ = n // len(distinct) + 1
+        documents.append(Document(id=f"{base.id}#{round_}", text=f"{base.text}\n\n(revision {round_} of this entry)"))
     return documents
 
 

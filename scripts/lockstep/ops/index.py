@@ -20,7 +20,7 @@ from lockstep.config import Catalog, CatalogEntry, StackSettings
 from lockstep.errors import GuardRefused, IntegrityError, LockstepError, Unreachable, UsageError
 
 # `_meta` keys that describe a build, not the version: left out of every comparison.
-VOLATILE_META = {"built_at"}
+VOLATILE_META = {"built_at", "synced"}
 # Bucket name for documents without a `model_version` in the per-version counts.
 NO_VERSION = "(none)"
 
@@ -376,6 +376,15 @@ def drop_index(client: OpenSearch, settings: StackSettings, version: str, invent
 
 
 # --------------------------------------------------------------------------- re-embedding helpers
+
+
+def mark_synced(client: OpenSearch, index: str, corpus_etag: str, documents: int) -> None:
+    """Record in `_meta` which corpus the index was last brought in line with. A later plan that
+    sees the same corpus and the same per-version count skips the scan: that keeps a rollback
+    to a retained index constant-time, whatever the corpus size."""
+    meta = read_meta(client, index) or {}
+    meta["synced"] = {"corpus_etag": corpus_etag, "documents": documents, "at": now()}
+    client.indices.put_mapping(index=index, body={"_meta": meta})
 
 
 def doc_hashes(client: OpenSearch, index: str) -> dict[str, str]:

@@ -154,19 +154,29 @@ def progress_bar(enabled: bool):
     )
 
 
+def index_delta(client: OpenSearch, index_name: str, version: str, documents: Sequence[Document]) -> Delta:
+    """The delta of an existing index: by content hash, plus documents another version wrote."""
+    indexed = index.doc_hashes(client, index_name)
+    for doc_id in foreign_ids(client, index_name, version):
+        indexed[doc_id] = ""  # embedded by another version (a naive writer): re-embed it
+    return delta(documents, indexed)
+
+
 def sync_documents(
     client: OpenSearch, settings: StackSettings, entry: CatalogEntry, embedder: Embedder,
-    documents: Sequence[Document], progress: bool = True,
+    documents: Sequence[Document], progress: bool = True, corpus_etag: str | None = None, full: bool = False,
 ) -> BackfillResult:
-    """Bring the version's index in line with `documents` (create it if needed)."""
+    """Bring the version's index in line with `documents` (create it if needed). With
+    `corpus_etag`, the index records which corpus it now matches (see index.mark_synced).
+    `full` re-embeds every document: the repair for vectors that are wrong although their
+    stamps are right (what the check's re-embed probe finds)."""
     started = time.monotonic()
     name = settings.opensearch.index_name(entry.version)
     created = index.ensure_index(client, settings, entry)
     guard(client, name, embedder)
-    indexed = {} if created else index.doc_hashes(client, name)
-    for doc_id in ([] if created else foreign_ids(client, name, entry.version)):
-        indexed[doc_id] = ""  # embedded by another version (a naive writer): re-embed it
-    plan = delta(documents, indexed)
+    plan = delta(documents, {}) if created else index_delta(client, name, entry.version, documents)
+    if full:
+        plan = Delta(missing=[d.id for d in documents], deleted=plan.deleted)
     by_id = {doc.id: doc for doc in documents}
     todo = [by_id[i] for i in plan.missing + plan.changed]
     full_load = created or len(todo) > len(documents) // 2
@@ -187,17 +197,20 @@ def sync_documents(
         if full_load and todo:
             index.set_bulk_mode(client, name, False, settings)
     client.indices.refresh(index=name)
+    if corpus_etag:
+        index.mark_synced(client, name, corpus_etag, len(documents))
     return BackfillResult(entry.version, name, created, embedded, deleted, time.monotonic() - started, len(documents))
 
 
-def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = True) -> BackfillResult:
+def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = True, full: bool = False) -> BackfillResult:
     """Provision or catch up one version's index from the corpus in S3, with its own artifact."""
     s3 = clients.aws("s3", settings.region)
     client = clients.opensearch(settings.opensearch)
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
         embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
+        ref = artifacts.corpus_ref(s3, settings)
         documents = artifacts.read_corpus(s3, settings)
-        return sync_documents(client, settings, entry, embedder, documents, progress)
+        return sync_documents(client, settings, entry, embedder, documents, progress, ref.etag if ref else None, full)
 
 
 def write_documents(client: OpenSearch, index_name: str, embedder: Embedder, documents: Sequence[Document]) -> int:
