@@ -18,7 +18,7 @@ import numpy as np
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import IntegrityError, LockstepError
 from lockstep.ops import artifacts, clients, endpoints, index
-from lockstep.ops.corpus import content_sha256
+from lockstep.ops.corpus import Document
 
 RECORD_PREFIX = "checks"
 
@@ -106,9 +106,8 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
 
         # 4. document count parity (+ a sample of content hashes)
         documents = artifacts.read_corpus(s3, settings)
-        corpus_sha = {d.id: d.content_sha256 for d in documents}
         count = client.count(index=served)["count"] if exists else 0
-        stale = _stale_sample(client, served, corpus_sha, settings.check.stale_sample, rng) if exists else 0
+        stale = _stale_sample(client, served, {d.id: d for d in documents}, settings.check.stale_sample, rng) if exists else 0
         add(Check("doc-count", count == len(documents) and stale == 0,
                   f"{count} docs, {stale} stale in sample", f"{len(documents)} docs, 0 stale",
                   f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to catch up"))
@@ -202,13 +201,15 @@ def _random_docs(client, target: str, size: int, rng: random.Random) -> list[dic
     return [{"id": h["_id"], **h["_source"]} for h in hits]
 
 
-def _stale_sample(client, index_name: str, corpus_sha: dict[str, str], size: int, rng: random.Random) -> int:
+def _stale_sample(client, index_name: str, corpus: dict[str, Document], size: int, rng: random.Random) -> int:
+    """Sampled stored documents whose content hash is not the corpus's (only the sample is hashed)."""
     if size == 0:
         return 0
     body = {"size": size, "_source": ["content_sha256"],
             "query": {"function_score": {"query": {"match_all": {}}, "random_score": {"seed": rng.randint(0, 2**31), "field": "_seq_no"}}}}
     hits = client.search(index=index_name, body=body)["hits"]["hits"]
-    return sum(1 for h in hits if corpus_sha.get(h["_id"]) != h["_source"].get("content_sha256"))
+    return sum(1 for h in hits
+               if h["_id"] not in corpus or corpus[h["_id"]].content_sha256 != h["_source"].get("content_sha256"))
 
 
 def nearest(client, target: str, vector: np.ndarray, k: int) -> list[str]:
