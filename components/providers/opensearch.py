@@ -135,7 +135,7 @@ class IndexProvider(ResourceProvider):
     def delete(self, id_: str, props: dict) -> None:
         settings = _detached_settings(props)
         client = clients.opensearch(settings.opensearch)
-        ssm = clients.aws("ssm", settings.region)
+        ssm = clients.aws_for(settings, "ssm")
         with clients.reaching("OpenSearch", _opensearch_where(settings)):
             live = index.Inventory(pointer=index.read_pointer(ssm, settings.pointer_name))
             # GuardRefused while any alias or the live pointer still names the index.
@@ -205,7 +205,7 @@ class CutoverProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict) -> ReadResult:
         settings = _settings(props)
-        ssm = clients.aws("ssm", settings.region)
+        ssm = clients.aws_for(settings, "ssm")
         client = clients.opensearch(settings.opensearch)
         with clients.reaching("OpenSearch", _opensearch_where(settings)):
             pointer = index.read_pointer(ssm, id_)
@@ -225,7 +225,7 @@ class CutoverProvider(ResourceProvider):
     def _cut_over(props: dict) -> dict[str, Any]:
         settings, entry = _settings(props), _entry(props)
         client = clients.opensearch(settings.opensearch)
-        ssm = clients.aws("ssm", settings.region)
+        ssm = clients.aws_for(settings, "ssm")
         # Reattach: catch up the delta (new, changed, gone documents) before anyone reads the index.
         reembed.sync_index(settings, entry, progress=False)
         with clients.reaching("OpenSearch", _opensearch_where(settings)):

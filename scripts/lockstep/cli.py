@@ -14,7 +14,7 @@ import click
 
 from lockstep import config, drill, orchestrator, promote, report, services, stackfile
 from lockstep.errors import LockstepError, Unreachable, UsageError
-from lockstep.ops import check, index, reembed
+from lockstep.ops import artifacts, check, clients, index, reembed
 from lockstep.plan import release_plan
 
 
@@ -100,6 +100,12 @@ def backfill(stack: str, version: str, full: bool, quiet: bool) -> None:
     entry = catalog.get(version)
     if version not in settings.versions:
         raise UsageError(f"{version} is not in stack {stack}'s pin, slots or retain; add it there first so its index is kept")
+    s3 = clients.aws_for(settings, "s3")
+    with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
+        if settings.embedded:
+            artifacts.ensure_bucket(s3, settings.artifacts.bucket)
+            artifacts.ensure_corpus(s3, settings)
+        artifacts.publish_artifact(s3, settings, entry)
     result = reembed.sync_index(settings, entry, progress=not quiet, full=full)
     click.echo(f"{result.index}: {'created, ' if result.created else ''}{result.embedded} embedded, "
                f"{result.deleted} deleted in {result.seconds:.1f}s ({result.rate:,.0f} docs/s)")

@@ -329,6 +329,11 @@ class StackSettings(Model):
         """The warm standby version (None when only the live slot is filled)."""
         return getattr(self.slots, self.standby_slot)
 
+    @property
+    def embedded(self) -> bool:
+        """Driven by `lockstep apply` on the embedded servers (not by `pulumi up` on AWS)."""
+        return self.endpoints.backend == "local"
+
     def with_pin(self, version: str) -> StackSettings:
         """The settings `lockstep pin VERSION` would write: VERSION live, placed in the non-live
         slot when it is in neither (what was there leaves the slots)."""

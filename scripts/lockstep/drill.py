@@ -135,7 +135,7 @@ class Drill:
     def arrive(self, documents: list[Document]) -> None:
         """New documents land in the corpus (the source of truth) first."""
         settings = self.settings()
-        s3 = clients.aws("s3", settings.region)
+        s3 = clients.aws_for(settings, "s3")
         current = artifacts.read_corpus(s3, settings)
         artifacts.write_corpus(s3, settings, current + documents)
 
@@ -143,7 +143,7 @@ class Drill:
         """Recall of the golden queries through the alias, embedded by the live endpoint, and
         the answer to one probe query that a person can read."""
         settings = self.settings()
-        s3 = clients.aws("s3", settings.region)
+        s3 = clients.aws_for(settings, "s3")
         client = clients.opensearch(settings.opensearch)
         golden = artifacts.read_golden(s3, settings)
         live = endpoints.endpoint_for(settings, self.serving_slot(settings))
@@ -176,7 +176,7 @@ class Drill:
 
     def serving_slot(self, settings: config.StackSettings) -> str:
         """The slot users' queries are embedded by: what the live pointer names."""
-        ssm = clients.aws("ssm", settings.region)
+        ssm = clients.aws_for(settings, "ssm")
         pointer = orchestrator.index.read_pointer(ssm, settings.pointer_name)
         if pointer and pointer.endpoint.endswith(("-blue", "-green")):
             return pointer.endpoint.rsplit("-", 1)[1]

@@ -44,8 +44,8 @@ class Environment:
 
     def __init__(self, settings: StackSettings):
         self.settings = settings
-        self.s3 = clients.aws("s3", settings.region)
-        self.ssm = clients.aws("ssm", settings.region)
+        self.s3 = clients.aws_for(settings, "s3")
+        self.ssm = clients.aws_for(settings, "ssm")
         self.opensearch = clients.opensearch(settings.opensearch)
         self.opensearch_url = clients.opensearch_url(settings.opensearch)
 

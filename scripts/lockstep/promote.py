@@ -60,7 +60,7 @@ def promote(source: str, target: str, version: str | None = None, stacks_dir: Pa
     if not record.passed:
         failed = ", ".join(c.name for c in record.failures)
         raise PromotionRefused(f"{source}'s latest check of {version} failed ({failed}); fix {source} and re-run `lockstep check --stack {source}`")
-    ssm = clients.aws("ssm", origin.region)
+    ssm = clients.aws_for(origin, "ssm")
     with clients.reaching("AWS (SSM)", clients.aws_endpoint() or "AWS"):
         pointer = index.read_pointer(ssm, origin.pointer_name)
     if pointer is None or pointer.version != version:

@@ -40,6 +40,7 @@ MAVEN_ARTIFACTS = [
 ]
 HEAP = os.environ.get("LOCKSTEP_OPENSEARCH_HEAP", "512m")
 START_TIMEOUT = float(os.environ.get("LOCKSTEP_START_TIMEOUT", "180"))
+BUSY_TIMEOUT = 120.0
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 REGION = "us-east-1"
 
@@ -325,11 +326,15 @@ def _up() -> list[ServiceState]:
             states.append(ServiceState(name, external, "external"))
             continue
         current = Managed.load(name)
-        if current and current.alive() and healthy(current.url):
+        if current and current.alive():
+            # Ours and running: a busy node answers slowly, it is never replaced from here
+            # (replacing it would wipe its data). Wait for it; say so if it never answers.
+            wait_until(lambda: healthy(current.url), f"{name} (pid {current.pid}, running) on {current.url}",
+                       current.log, timeout=BUSY_TIMEOUT, alive=current.alive)
             states.append(ServiceState(name, current.url, "running", current.pid, current.log))
             continue
         if current:
-            current.stop()
+            current.stop()  # its pid file outlived it: clean up, then start anew
         started = start()
         states.append(ServiceState(name, started.url, "started", started.pid, started.log))
     return states

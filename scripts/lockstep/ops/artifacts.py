@@ -300,3 +300,42 @@ def corpus_ref(s3, settings: StackSettings) -> CorpusRef | None:
             raise
     count = head.get("Metadata", {}).get("documents")
     return CorpusRef(head["ETag"].strip('"'), int(count) if count and count.isdigit() else None)
+
+
+# A line as lockstep writes it (keys sorted): the id comes first, so lines can be found by id
+# without parsing every document.
+_LINE_ID = re.compile(rb'^\{"id": "((?:[^"\\]|\\.)*)"', re.MULTILINE)
+
+
+class CorpusIndex:
+    """The corpus as bytes with its lines indexed by id: counting and sampling without parsing
+    100k documents (the check needs the count and the hashes of a few)."""
+
+    def __init__(self, data: bytes, uri: str):
+        self.data, self.uri = data, uri
+        lines = sum(1 for line in data.splitlines() if line.strip())
+        self._starts = {json.loads(b'"' + m.group(1) + b'"'): m.start() for m in _LINE_ID.finditer(data)}
+        if len(self._starts) != lines:  # not lockstep's layout, or duplicate ids: parse it all
+            self._starts = None
+            self._documents = {d.id: d for d in corpus.parse_documents(data, uri)}
+
+    @property
+    def count(self) -> int:
+        return len(self._starts) if self._starts is not None else len(self._documents)
+
+    def content_sha256(self, ids: list[str]) -> dict[str, str]:
+        if self._starts is None:
+            return {i: self._documents[i].content_sha256 for i in ids if i in self._documents}
+        found = {}
+        for doc_id in ids:
+            start = self._starts.get(doc_id)
+            if start is not None:
+                end = self.data.find(b"\n", start)
+                row = json.loads(self.data[start:end if end >= 0 else None])
+                found[doc_id] = corpus.content_sha256(str(row["text"]))
+        return found
+
+
+def corpus_index(s3, settings: StackSettings) -> CorpusIndex:
+    uri = corpus_uri(settings)
+    return CorpusIndex(_read(s3, settings.corpus.bucket, settings.corpus.key, uri), uri)

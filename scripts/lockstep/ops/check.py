@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import version as package_version
 
 import numpy as np
+from opensearchpy.exceptions import RequestError
 
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import IntegrityError, LockstepError
@@ -71,8 +72,8 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
     entry = catalog.get(settings.pin)
     record = CheckRecord(settings.stack, settings.pin, entry.artifact_sha256, index.now(), tool_version=package_version("lockstep"))
     client = clients.opensearch(settings.opensearch)
-    s3 = clients.aws("s3", settings.region)
-    ssm = clients.aws("ssm", settings.region)
+    s3 = clients.aws_for(settings, "s3")
+    ssm = clients.aws_for(settings, "ssm")
     alias = settings.opensearch.alias_name
     live_index = settings.opensearch.index_name(settings.pin)
     live_endpoint_name = endpoints.endpoint_name(settings, settings.live_slot)
@@ -105,11 +106,11 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
                   f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to re-embed them"))
 
         # 4. document count parity (+ a sample of content hashes)
-        documents = artifacts.read_corpus(s3, settings)
+        corpus = artifacts.corpus_index(s3, settings)
         count = client.count(index=served)["count"] if exists else 0
-        stale = _stale_sample(client, served, {d.id: d for d in documents}, settings.check.stale_sample, rng) if exists else 0
-        add(Check("doc-count", count == len(documents) and stale == 0,
-                  f"{count} docs, {stale} stale in sample", f"{len(documents)} docs, 0 stale",
+        stale = _stale_sample(client, served, corpus, settings.check.stale_sample, rng) if exists else 0
+        add(Check("doc-count", count == corpus.count and stale == 0,
+                  f"{count} docs, {stale} stale in sample", f"{corpus.count} docs, 0 stale",
                   f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to catch up"))
 
     with clients.reaching("AWS (SSM)", clients.aws_endpoint() or "AWS"):
@@ -162,8 +163,14 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
 
         # 9. recall probe through the alias
         golden = artifacts.read_golden(s3, settings)
-        recall = recall_at_k(client, alias, live, golden, settings.check.k) if golden and described and targets else 0.0
-        add(Check("recall", recall >= settings.check.recall_floor, f"recall@{settings.check.k} {recall:.2f}",
+        recall, observed = 0.0, "endpoint unreachable" if not described else f"alias {alias} points to no index"
+        if golden and described and targets:
+            try:
+                recall = recall_at_k(client, alias, live, golden, settings.check.k)
+                observed = f"recall@{settings.check.k} {recall:.2f}"
+            except RequestError as exc:  # e.g. a query vector of another dimension than the index
+                observed = f"queries fail: {index.one_line(exc.info.get('error', {}).get('reason', exc) if isinstance(exc.info, dict) else exc)}"[:160]
+        add(Check("recall", recall >= settings.check.recall_floor, observed,
                   f"≥ {settings.check.recall_floor:.2f}",
                   "the live endpoint and the index disagree: check the re-embed probe, then rebuild or roll back"))
 
@@ -201,20 +208,21 @@ def _random_docs(client, target: str, size: int, rng: random.Random) -> list[dic
     return [{"id": h["_id"], **h["_source"]} for h in hits]
 
 
-def _stale_sample(client, index_name: str, corpus: dict[str, Document], size: int, rng: random.Random) -> int:
-    """Sampled stored documents whose content hash is not the corpus's (only the sample is hashed)."""
+def _stale_sample(client, index_name: str, corpus: artifacts.CorpusIndex, size: int, rng: random.Random) -> int:
+    """Sampled stored documents whose content hash is not the corpus's (only the sample is parsed)."""
     if size == 0:
         return 0
     body = {"size": size, "_source": ["content_sha256"],
             "query": {"function_score": {"query": {"match_all": {}}, "random_score": {"seed": rng.randint(0, 2**31), "field": "_seq_no"}}}}
     hits = client.search(index=index_name, body=body)["hits"]["hits"]
-    return sum(1 for h in hits
-               if h["_id"] not in corpus or corpus[h["_id"]].content_sha256 != h["_source"].get("content_sha256"))
+    truth = corpus.content_sha256([h["_id"] for h in hits])
+    return sum(1 for h in hits if truth.get(h["_id"]) != h["_source"].get("content_sha256"))
 
 
 def nearest(client, target: str, vector: np.ndarray, k: int) -> list[str]:
-    """Ids of the k nearest documents to `vector` in `target` (an index or the alias)."""
-    body = {"size": k, "_source": False, "query": {"knn": {"embedding": {"vector": vector.tolist(), "k": k}}}}
+    """Ids of the k nearest documents to `vector` in `target` (an index or the alias). The HNSW
+    search looks at ≥ 100 candidates (lucene's k is its ef_search), then returns the top k."""
+    body = {"size": k, "_source": False, "query": {"knn": {"embedding": {"vector": vector.tolist(), "k": max(k, 100)}}}}
     return [h["_id"] for h in client.search(index=target, body=body)["hits"]["hits"]]
 
 

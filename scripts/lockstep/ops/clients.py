@@ -20,18 +20,20 @@ from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import ConnectionTimeout, TransportError
 
 from lockstep import services
-from lockstep.config import OpenSearchSettings
+from lockstep.config import OpenSearchSettings, StackSettings
 from lockstep.errors import Unreachable, UsageError
 
 PASSWORD_VARIABLE = "LOCKSTEP_OPENSEARCH_PASSWORD"
 
 
-def _env(name: str) -> str | None:
-    return os.environ.get(name) or services.environment().get(name)
+def _env(name: str, embedded: bool = True) -> str | None:
+    """An explicit environment variable, else (for embedded stacks) the running embedded server."""
+    return os.environ.get(name) or (services.environment().get(name) if embedded else None)
 
 
 def opensearch_url(settings: OpenSearchSettings | None = None) -> str:
-    url = _env("OPENSEARCH_URL") or (settings.url if settings else None)
+    explicit = settings.url if settings else None
+    url = os.environ.get("OPENSEARCH_URL") or explicit or _env("OPENSEARCH_URL")
     if not url:
         raise Unreachable("OpenSearch is not configured: run `lockstep services up` or set OPENSEARCH_URL")
     return url.rstrip("/")
@@ -44,7 +46,7 @@ def opensearch(settings: OpenSearchSettings | None = None, timeout: float = 30) 
     if settings.auth == "sigv4" and not os.environ.get("OPENSEARCH_URL"):
         credentials = boto3.Session().get_credentials()
         if credentials is None:
-            raise UsageError("opensearch.auth is sigv4 but no AWS credentials were found; configure the AWS credential chain")
+            raise Unreachable(f"cannot sign requests to {url}: opensearch.auth is sigv4 but no AWS credentials were found; configure the AWS credential chain")
         auth = AWSV4SignerAuth(credentials, settings.region or "us-east-1", "es")
     elif settings.auth == "basic":
         password = os.environ.get(PASSWORD_VARIABLE)
@@ -61,8 +63,8 @@ def opensearch(settings: OpenSearchSettings | None = None, timeout: float = 30) 
     )
 
 
-def aws_endpoint() -> str | None:
-    return _env("AWS_ENDPOINT_URL")
+def aws_endpoint(embedded: bool = True) -> str | None:
+    return _env("AWS_ENDPOINT_URL", embedded)
 
 
 @lru_cache(maxsize=32)
@@ -76,9 +78,14 @@ def _session_client(service: str, region: str, endpoint: str | None, key: str | 
     )
 
 
-def aws(service: str, region: str | None = None):
+def aws(service: str, region: str | None = None, embedded: bool = True):
     region = region or _env("AWS_DEFAULT_REGION") or "us-east-1"
-    return _session_client(service, region, aws_endpoint(), os.environ.get("AWS_ACCESS_KEY_ID"))
+    return _session_client(service, region, aws_endpoint(embedded), os.environ.get("AWS_ACCESS_KEY_ID"))
+
+
+def aws_for(settings: StackSettings, service: str):
+    """A client for the stack: an AWS stack never falls back to the embedded moto server."""
+    return aws(service, settings.region, embedded=settings.embedded)
 
 
 @contextmanager

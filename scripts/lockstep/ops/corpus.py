@@ -72,9 +72,11 @@ def stdlib_documents(size: int) -> list[Document]:
                 return documents
     distinct = list(documents)
     for n in range(size - len(distinct)):
-        base = distinct[n % len(distinct)]
-        round_ = n // len(distinct) + 1
-        documents.append(Document(id=f"{base.id}#{round_}", text=f"{base.text}\n\n(revision {round_} of this entry)"))
+        # Each extra document joins two docstrings: new text, and never a near-copy of one
+        # original (near-copies would tie with it and blur the recall probe).
+        first = distinct[n % len(distinct)]
+        second = distinct[(n % len(distinct) + 1 + n // len(distinct)) % len(distinct)]
+        documents.append(Document(id=f"{first.id}+{second.id}", text=f"{second.text}\n\n{first.text}"))
     return documents
 
 
@@ -84,9 +86,10 @@ def first_sentence(text: str) -> str:
 
 
 def golden_queries(documents: list[Document], count: int = 40) -> list[dict]:
-    """Every n-th document's first sentence, expected to retrieve that document."""
-    step = max(1, len(documents) // count)
-    picked = documents[::step][:count]
+    """Every n-th original document's first sentence, expected to retrieve that document."""
+    originals = [d for d in documents if "+" not in d.id]
+    step = max(1, len(originals) // count)
+    picked = originals[::step][:count]
     return [{"query": first_sentence(d.text), "expected": [d.id]} for d in picked]
 
 

@@ -153,7 +153,7 @@ class SageMakerEndpoint(EndpointClient):
         self.url = f"sagemaker://{region}/{name}"
 
     def _call(self, service: str, operation: str, **kwargs) -> dict:
-        client = clients.aws(service, self.region)
+        client = clients.aws(service, self.region, embedded=False)
         try:
             return getattr(client, operation)(**kwargs)
         except (BotoCoreError, ConnectionError) as exc:

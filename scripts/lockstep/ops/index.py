@@ -394,6 +394,12 @@ def doc_hashes(client: OpenSearch, index: str) -> dict[str, str]:
     return {hit["_id"]: hit.get("_source", {}).get("content_sha256", "") for hit in hits}
 
 
+def in_bulk_mode(client: OpenSearch, index: str) -> bool:
+    """Is refresh switched off (a load is running, or one was killed before it switched it back)?"""
+    settings = client.indices.get_settings(index=index, name="index.refresh_interval")
+    return settings.get(index, {}).get("settings", {}).get("index", {}).get("refresh_interval") == "-1"
+
+
 def set_bulk_mode(client: OpenSearch, index: str, on: bool, settings: StackSettings | None = None) -> None:
     """While loading: no refresh, no replicas. After: replicas from the stack config, default refresh.
 

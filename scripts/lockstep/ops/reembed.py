@@ -180,6 +180,7 @@ def sync_documents(
     by_id = {doc.id: doc for doc in documents}
     todo = [by_id[i] for i in plan.missing + plan.changed]
     full_load = created or len(todo) > len(documents) // 2
+    left_in_bulk_mode = not created and index.in_bulk_mode(client, name)  # by a run that was killed
     if full_load and todo:
         index.set_bulk_mode(client, name, True, settings)
     try:
@@ -194,7 +195,7 @@ def sync_documents(
             embedded = write(client, index_actions(todo, embedder, name, settings.backfill.batch_size), on_done=advance)
         deleted = write(client, delete_actions(plan.deleted, name))
     finally:
-        if full_load and todo:
+        if (full_load and todo) or left_in_bulk_mode:
             index.set_bulk_mode(client, name, False, settings)
     client.indices.refresh(index=name)
     if corpus_etag:
@@ -204,7 +205,7 @@ def sync_documents(
 
 def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = True, full: bool = False) -> BackfillResult:
     """Provision or catch up one version's index from the corpus in S3, with its own artifact."""
-    s3 = clients.aws("s3", settings.region)
+    s3 = clients.aws_for(settings, "s3")
     client = clients.opensearch(settings.opensearch)
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
         embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)

@@ -1,0 +1,143 @@
+"""Rollback vs rebuild on the real servers: the figures behind "rolling back is instant".
+
+For each corpus size: provision v1 (a full re-embed, timed), provision v2 and go live on it,
+then roll back to v1 — a retained, synced index — and time that apply (plan + cutover; the
+post-deploy check is timed apart, it has its own benchmark). At the first size also: backfill
+throughput vs the model's raw encode throughput on the same documents, a catch-up of a 1 %
+delta vs a full rebuild, and `lockstep plan` wall time as a person runs it.
+
+    python -m bench.rollback [--sizes 10000 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from lockstep import config, orchestrator, services, stackfile
+from lockstep.ops import artifacts, clients, endpoints, reembed
+from lockstep.ops.corpus import stdlib_documents
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def scratch_stack(root: Path, size: int) -> tuple[Path, str]:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    stackfile.write_stack(root, name, {
+        "pin": "v1", "slots": {"blue": "v1"},
+        "artifacts": {"bucket": f"{name}-artifacts"},
+        "opensearch": {"indexPrefix": name},
+        "corpus": {"bucket": f"{name}-corpus", "size": size},
+        "endpoints": {"backend": "local"},
+        "pointerParameter": f"/lockstep/{name}/live",
+    })
+    return root, name
+
+
+def apply_timed(stack: str, stacks: Path, catalog) -> tuple[float, float, orchestrator.ApplyResult]:
+    """(seconds without the check step, seconds of the check step, result)."""
+    started = time.perf_counter()
+    result = orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=quiet)
+    total = time.perf_counter() - started
+    check_seconds = sum(s.seconds for s in result.steps if s.step.kind == "check")
+    if not (result.record and result.record.passed):
+        raise SystemExit(f"bench: the check failed on {stack}: {[c.name for c in result.record.failures]}")
+    return total - check_seconds, check_seconds, result
+
+
+def rollback_at(size: int, root: Path, catalog) -> dict:
+    """Full re-embed = v1's provision step; rollback = the whole apply back to v1, but its check."""
+    stacks, stack = scratch_stack(root, size)
+    _, _, first = apply_timed(stack, stacks, catalog)
+    full = sum(s.seconds for s in first.steps if s.step.kind == "provision")
+    stackfile.set_pin(stack, "v2", stacks)
+    apply_timed(stack, stacks, catalog)
+    stackfile.set_pin(stack, "v1", stacks)
+    rollback, check_seconds, back = apply_timed(stack, stacks, catalog)
+    assert back.embedded == 0, "a rollback to a synced index must embed nothing"
+    figures = {"docs": size, "full_reembed_s": round(full, 3), "rollback_s": round(rollback, 3),
+               "rollback_check_s": round(check_seconds, 3), "speedup": round(full / rollback, 1),
+               "stack": stack, "stacks": str(stacks)}
+    print(f"  {size:>7} docs: full re-embed {full:7.2f}s · rollback {rollback:6.3f}s ({full / rollback:,.0f}×) · check {check_seconds:.2f}s", flush=True)
+    return figures
+
+
+def throughput(stack: str, stacks: Path, catalog) -> dict:
+    """Backfill (embed + bulk into a fresh index) vs raw encode of the same documents."""
+    settings = config.load_stack(stack, stacks)
+    s3 = clients.aws("s3")
+    documents = artifacts.read_corpus(s3, settings)
+    entry = catalog.get("v3")
+    embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
+    started = time.perf_counter()
+    for batch in reembed.batched(documents, settings.backfill.batch_size):
+        embedder.encode([d.text for d in batch])
+    encode = time.perf_counter() - started
+    client = clients.opensearch(settings.opensearch)
+    result = reembed.sync_documents(client, settings, entry, embedder, documents, progress=False)
+    ratio = (len(documents) / result.seconds) / (len(documents) / encode)
+    print(f"  backfill {len(documents) / result.seconds:,.0f} docs/s vs raw encode {len(documents) / encode:,.0f} docs/s → {ratio:.2f}", flush=True)
+
+    # Catch-up of a 1 % delta vs the full rebuild just measured.
+    step = 100
+    edited = [replace(d, text=d.text + " (edited)") if n % step == 0 else d for n, d in enumerate(documents)]
+    artifacts.write_corpus(s3, settings, edited)
+    catch_up = reembed.sync_documents(client, settings, entry, embedder, edited, progress=False)
+    assert catch_up.embedded == len(documents[::step])
+    print(f"  catch-up of {catch_up.embedded} changed docs {catch_up.seconds:.2f}s vs rebuild {result.seconds:.2f}s → {catch_up.seconds / result.seconds:.1%}", flush=True)
+    return {"backfill_docs_per_s": round(len(documents) / result.seconds), "encode_docs_per_s": round(len(documents) / encode),
+            "backfill_vs_encode": round(ratio, 3), "catch_up_s": round(catch_up.seconds, 3), "rebuild_s": round(result.seconds, 3),
+            "catch_up_vs_rebuild": round(catch_up.seconds / result.seconds, 4), "delta_docs": catch_up.embedded}
+
+
+def plan_time(stack: str, stacks: Path) -> dict:
+    env = {**services.environment(), "LOCKSTEP_STACKS_DIR": str(stacks), "PATH": str(Path(sys.executable).parent)}
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "lockstep.cli", "plan", "--stack", stack, "--to", "v2"],
+                              capture_output=True, text=True, env=env, timeout=120)
+        runs.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise SystemExit(f"bench: lockstep plan failed: {done.stderr.strip()}")
+    print(f"  lockstep plan: {min(runs):.2f}s (best of 3, whole process)", flush=True)
+    return {"plan_s": round(min(runs), 3)}
+
+
+def run(sizes: list[int]) -> dict:
+    services.up()
+    catalog = config.load_catalog()
+    stdlib_documents(max(sizes))  # warm the docstring parse outside the timings
+    root = Path(services.home()) / "bench-stacks"
+    by_size = [rollback_at(size, root, catalog) for size in sizes]
+    first = by_size[0]
+    figures = {"rollback": by_size, **throughput(first["stack"], root, catalog), **plan_time(first["stack"], root)}
+    if len(by_size) > 1:
+        figures["rollback_growth"] = round(by_size[-1]["rollback_s"] / by_size[0]["rollback_s"], 3)
+    for item in by_size:
+        endpoints.stop_local_slots(config.load_stack(item["stack"], root))
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    args = parser.parse_args(argv)
+    figures = run(args.sizes)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "rollback.json").write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
