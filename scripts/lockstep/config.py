@@ -256,6 +256,46 @@ class BackfillSettings(Model):
     batch_size: int = Field(default=256, ge=1)
 
 
+DERIVED_KINDS = ("related-documents",)
+# DynamoDB table names: 3-255 letters, digits, '_', '-', '.'.
+TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+
+
+class DerivedStore(Model):
+    """Records a model version decided and stored elsewhere, each stamped with the version that
+    wrote it, so a rollback can count them and repair (`recompute`) or `quarantine` them."""
+
+    name: str
+    kind: str
+    table: str
+    repair: Literal["recompute", "quarantine"] = "recompute"
+    # related-documents: how many neighbours each document's list holds.
+    k: int = Field(default=5, ge=1, le=100)
+    # Items per second a repair (or a related-documents job) writes: spares the table's capacity.
+    write_rate: float = Field(default=100, gt=0)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value not in DERIVED_KINDS:
+            raise ValueError(f"is not a derived store kind lockstep knows; use one of {', '.join(DERIVED_KINDS)}")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not VERSION.match(value):
+            raise ValueError("must be letters, digits, '.', '_' or '-' (e.g. related)")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        if not TABLE_NAME.match(value):
+            raise ValueError("is not a valid DynamoDB table name (3-255 letters, digits, '_', '-', '.')")
+        return value
+
+
 class StackSettings(Model):
     """What one stack wants: the live pin, the two slots, what to retain, and where things live."""
 
@@ -272,9 +312,13 @@ class StackSettings(Model):
     check: CheckSettings = CheckSettings()
     backfill: BackfillSettings = BackfillSettings()
     pointer_parameter: str | None = None
+    derived: tuple[DerivedStore, ...] = ()
 
     @model_validator(mode="after")
     def _cross_fields(self, info: ValidationInfo) -> StackSettings:
+        names = [store.name for store in self.derived]
+        if len(set(names)) != len(names):
+            raise ValueError(f"derived: store names must be unique (got {', '.join(names)})")
         if self.slots.slot_of(self.pin) is None:
             raise ValueError(
                 f"pin: {self.pin!r} is in neither slot (blue={self.slots.blue!r}, "
