@@ -72,12 +72,17 @@ def rollback_at(size: int, root: Path, catalog) -> dict:
     return figures
 
 
-def throughput(stack: str, stacks: Path, catalog) -> dict:
-    """Backfill (embed + bulk into a fresh index) vs raw encode of the same documents."""
+def throughput(size: int, root: Path, catalog) -> dict:
+    """Backfill (embed + bulk into a fresh index) vs raw encode of the same documents, on a
+    stack of its own (it edits the corpus)."""
+    stacks, stack = scratch_stack(root, size)
     settings = config.load_stack(stack, stacks)
     s3 = clients.aws("s3")
+    artifacts.ensure_bucket(s3, settings.artifacts.bucket)
+    artifacts.ensure_corpus(s3, settings)
     documents = artifacts.read_corpus(s3, settings)
-    entry = catalog.get("v3")
+    entry = catalog.get("v3")  # a version with no index yet: a fresh full load
+    artifacts.publish_artifact(s3, settings, entry)
     embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
     started = time.perf_counter()
     for batch in reembed.batched(documents, settings.backfill.batch_size):
@@ -121,12 +126,16 @@ def run(sizes: list[int]) -> dict:
     root = Path(services.home()) / "bench-stacks"
     by_size = [rollback_at(size, root, catalog) for size in sizes]
     first = by_size[0]
-    figures = {"rollback": by_size, **throughput(first["stack"], root, catalog), **plan_time(first["stack"], root)}
+    figures = {"rollback": by_size, **throughput(first["docs"], root, catalog), **plan_time(first["stack"], root)}
     if len(by_size) > 1:
         figures["rollback_growth"] = round(by_size[-1]["rollback_s"] / by_size[0]["rollback_s"], 3)
-    for item in by_size:
-        endpoints.stop_local_slots(config.load_stack(item["stack"], root))
     return figures
+
+
+def stop_slots(figures: dict) -> None:
+    root = Path(services.home()) / "bench-stacks"
+    for item in figures["rollback"]:
+        endpoints.stop_local_slots(config.load_stack(item["stack"], root))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     args = parser.parse_args(argv)
     figures = run(args.sizes)
+    stop_slots(figures)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rollback.json").write_text(json.dumps(figures, indent=2))
     return 0

@@ -1,0 +1,105 @@
+"""Every benchmark the issues name, side by side in one run, as ratios against their goals.
+
+    make bench            (= python -m bench; ~15 min on 2 cores)
+    python -m bench --sizes 2000 10000 --rounds 100     (a quick look)
+
+Figures go to bench/results/summary.json and a Markdown table to bench/results/summary.md.
+Timings are wall-clock on a shared machine: read ratios, not absolute seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+
+from bench import cutover_load, rollback
+from lockstep import config, services
+from lockstep.ops import check
+
+
+def check_times(stacks: list[dict], root, repeats: int) -> list[dict]:
+    """The consistency check on the rollback benchmark's live stacks (real data, v1 live)."""
+    catalog = config.load_catalog()
+    out = []
+    for item in stacks:
+        settings = config.load_stack(item["stack"], root)
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            record = check.run(settings, catalog)
+            runs.append(time.perf_counter() - started)
+            assert record.passed, [c.name for c in record.failures]
+        out.append({"docs": item["docs"], "median_s": round(statistics.median(runs), 3), "runs": [round(r, 3) for r in runs]})
+        print(f"  check at {item['docs']:>7} docs: median {statistics.median(runs):.2f}s of {repeats}", flush=True)
+    return out
+
+
+def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
+    """(what, measured, goal, met) for the summary table."""
+    by_size = figures["rollback"]
+    out = [(f"rollback to a retained version vs full re-embed, {r['docs']:,} docs",
+            f"{r['speedup']:,.0f}× ({r['full_reembed_s']:.1f}s vs {r['rollback_s']:.2f}s)", "≥ 100×", r["speedup"] >= 100)
+           for r in by_size]
+    if "rollback_growth" in figures:
+        out.append(("rollback time growth t(max)/t(min)", f"{figures['rollback_growth']:.2f}", "≤ 1.3", figures["rollback_growth"] <= 1.3))
+    checks = figures["check"]
+    for c in checks:
+        out.append((f"check time, {c['docs']:,} docs", f"{c['median_s']:.2f}s", "≤ 2 s at 100k", c["median_s"] <= 2.0 or c["docs"] < 100_000))
+    if len(checks) > 1:
+        growth = checks[-1]["median_s"] / checks[0]["median_s"]
+        size = checks[-1]["docs"] / checks[0]["docs"]
+        out.append((f"check time growth for {size:.0f}× docs", f"{growth:.2f}×", "sublinear", growth < size))
+    out.append(("backfill vs raw encode throughput", f"{figures['backfill_vs_encode']:.2f}", "≥ 0.9", figures["backfill_vs_encode"] >= 0.9))
+    out.append(("catch-up of a 1 % delta vs full rebuild", f"{figures['catch_up_vs_rebuild']:.1%}", "≤ 3 %", figures["catch_up_vs_rebuild"] <= 0.03))
+    out.append(("`lockstep plan` wall time", f"{figures['plan_s']:.2f}s", "≤ 3 s", figures["plan_s"] <= 3.0))
+    load = figures["cutover_load"]
+    out.append((f"{load['rounds']} cutovers under k-NN load: queries that saw 0 or 2 indices",
+                f"{load['mixed'] + load['errors']} of {load['queries']}", "0", load["mixed"] + load["errors"] == 0))
+    out.append(("pointer/alias disagreement (samples in the swap→pointer-write window)",
+                f"{load['disagreeing']} of {load['samples']} in {load['windows']} windows", "report", True))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--rounds", type=int, default=1000, help="cutovers under load")
+    parser.add_argument("--check-repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    began = time.perf_counter()
+    services.up()
+    os.environ.update(services.environment())
+    print("rollback vs rebuild, throughput, catch-up, plan:", flush=True)
+    figures = rollback.run(args.sizes)
+    print("consistency check time:", flush=True)
+    figures["check"] = check_times(figures["rollback"], services.home() / "bench-stacks", args.check_repeats)
+    rollback.stop_slots(figures)
+    print(f"{args.rounds} cutovers under load:", flush=True)
+    load = cutover_load.run(args.rounds, 200, 2)
+    figures["cutover_load"] = {"rounds": load["rounds"], "seconds": round(load["elapsed"], 1), "queries": load["queries"],
+                               "errors": len(load["errors"]), "mixed": load["mixed"], "samples": load["samples"],
+                               "disagreeing": load["disagreeing"], "windows": load["windows"]}
+    machine = f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · OpenSearch {services.OPENSEARCH_VERSION}"
+    figures["meta"] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
+                       "command": "python -m bench " + " ".join(argv or sys.argv[1:]), "seconds": round(time.perf_counter() - began)}
+
+    table = ["| benchmark | measured | goal | met |", "|---|---|---|---|"]
+    table += [f"| {what} | {measured} | {goal} | {'✓' if met else '✗'} |" for what, measured, goal, met in rows(figures)]
+    header = f"{figures['meta']['date']} — {machine} — `{figures['meta']['command'].strip()}` — {figures['meta']['seconds']} s"
+    markdown = header + "\n\n" + "\n".join(table) + "\n"
+    rollback.RESULTS.mkdir(exist_ok=True)
+    (rollback.RESULTS / "summary.json").write_text(json.dumps(figures, indent=2))
+    (rollback.RESULTS / "summary.md").write_text(markdown)
+    print("\n" + markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
