@@ -7,7 +7,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup test demo bench lock services-up services-down clean
+.PHONY: setup test demo bench lock services-up services-down clean schema
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -37,3 +37,7 @@ services-down:
 
 clean: services-down
 	rm -rf $(VENV)
+
+# The component package's schema (inferred from components/ by the SDK), checked in as schema.json.
+schema:
+	$(VENV)/bin/python -m components.plugin --schema schema.json

@@ -2,7 +2,8 @@
 
 from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.endpoints import EndpointSlot, EndpointSlotArgs
-from components.model_release import ModelRelease, ModelReleaseArgs
+from components.model_release import ModelRelease
+from components.release_args import ModelReleaseArgs
 
 __all__ = [
     "ArtifactStore",

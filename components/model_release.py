@@ -1,19 +1,34 @@
-"""`lockstep:index:ModelRelease`: a stack's model versions as one unit, cut over and checked together."""
+"""`lockstep:index:ModelRelease`: a stack's model versions as one unit, cut over and checked together.
 
-from __future__ import annotations
+The same class is the Python program's component (components/program.py) and the component the
+package hosts for other languages (components/plugin.py). Its args are TypedDicts
+(components/release_args.py) so the schema is inferred from them; inside, they are validated by
+lockstep.config's pydantic models, so every language gets the CLI's rules and one-line messages.
 
-from dataclasses import dataclass
-from pathlib import Path
+No `from __future__ import annotations`: the schema analyzer reads `__init__`'s annotations.
+"""
+
+import typing
+from collections.abc import Awaitable
+from typing import Any, Optional
 
 import pulumi
 import pulumi_command as command
+from pulumi.provider.experimental.util import camel_case
+from pydantic import ValidationError
 
 from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.endpoints import EndpointSlot, EndpointSlotArgs
 from components.providers import Cutover, CutoverArgs, Index, IndexArgs
-from lockstep.config import Catalog, StackSettings
+from components.release_args import ModelReleaseArgs
+from lockstep.config import Catalog, StackSettings, describe_validation_error, settings_from_config
 from lockstep.errors import ConfigError
 from lockstep.ops.clients import PASSWORD_VARIABLE
+
+TOKEN = "lockstep:index:ModelRelease"
+NAMESPACE = "lockstep"
+# Not a stack setting: a secret that only the check's environment receives.
+SECRET_ARGS = ("opensearch_password",)
 
 
 def require_aws_stack(settings: StackSettings) -> None:
@@ -34,40 +49,142 @@ def check_command(stack: str) -> str:
     return f"lockstep check --stack {stack} --json"
 
 
-@dataclass
-class ModelReleaseArgs:
-    settings: StackSettings
-    catalog: Catalog
-    # Only for opensearch.auth=basic: handed to the check's environment, never to a plain input.
-    opensearch_password: pulumi.Input[str] | None = None
-    # Where the deterministic artifacts are built before upload (default: services.home()/artifacts).
-    artifact_cache: Path | None = None
+# ------------------------------------------------------------------------- args -> validated settings
+
+
+def _is_typeddict(hint: Any) -> bool:
+    return isinstance(hint, type) and typing.is_typeddict(hint)
+
+
+def _hints(typed_dict: Any) -> dict[str, Any]:
+    """A TypedDict's value types without NotRequired/Required (no evaluation: pulumi.Input holds a ForwardRef)."""
+    hints = {}
+    for key, hint in typed_dict.__annotations__.items():
+        while typing.get_origin(hint) in (typing.NotRequired, typing.Required):
+            hint = typing.get_args(hint)[0]
+        hints[key] = hint
+    return hints
+
+
+def _is_unresolved(value: Any) -> bool:
+    return isinstance(value, (pulumi.Output, Awaitable)) or type(value).__name__ == "Unknown"
+
+
+def to_wire(value: Any, hint: Any, path: str) -> Any:
+    """Python-named args (snake_case, as the SDK's `construct` maps them) back to the camelCase wire
+    names the pydantic models and the CLI's messages use; map keys (version names) stay as they are.
+
+    Everything here decides which resources exist, so it must be known now: an Output is refused
+    with a one-line message naming the input.
+    """
+    if _is_unresolved(value):
+        raise ConfigError(
+            f"lockstep:{path}: must be a plain value known when the program runs (it decides which "
+            "resources exist), not an Output of another resource; pass a literal or a config value"
+        )
+    origin = typing.get_origin(hint)
+    if _is_typeddict(hint) and isinstance(value, dict):
+        hints = _hints(hint)
+        return {
+            camel_case(key): to_wire(item, hints.get(key), f"{path}.{camel_case(key)}" if path else camel_case(key))
+            for key, item in value.items()
+        }
+    if origin is dict and isinstance(value, dict):
+        item_hint = typing.get_args(hint)[1]
+        return {key: to_wire(item, item_hint, f"{path}.{key}") for key, item in value.items()}
+    if origin is list and isinstance(value, (list, tuple)):
+        item_hint = typing.get_args(hint)[0]
+        return [to_wire(item, item_hint, f"{path}[{i}]") for i, item in enumerate(value)]
+    if hint is None and isinstance(value, dict):  # a key the args do not declare: keep it for pydantic to name
+        return {camel_case(key): to_wire(item, None, f"{path}.{camel_case(key)}") for key, item in value.items()}
+    return value
+
+
+def catalog_from_wire(data: Any) -> Catalog:
+    """`Catalog.model_validate`, with errors named like the CLI names them in stacks/catalog.yaml."""
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        names = data.get("versions") if isinstance(data, dict) else None
+        if len(loc) >= 2 and loc[0] == "versions" and isinstance(loc[1], int) and isinstance(names, dict) \
+                and loc[1] < len(names):
+            rest = ".".join(str(p) for p in loc[2:])
+            detail = describe_validation_error(exc).split(": ", 1)[-1]
+            raise ConfigError(f"{NAMESPACE}:catalog.versions.{list(names)[loc[1]]}.{rest}: {detail}") from None
+        raise ConfigError(f"{NAMESPACE}:catalog.{describe_validation_error(exc)}") from None
+
+
+def release_settings(args: ModelReleaseArgs) -> tuple[StackSettings, Catalog]:
+    """Validate the args with the stack config's models: (settings, catalog) or a one-line ConfigError."""
+    hints = _hints(ModelReleaseArgs)
+    wire = {
+        camel_case(key): to_wire(value, hints.get(key), camel_case(key))
+        for key, value in dict(args).items()
+        if key not in SECRET_ARGS and value is not None
+    }
+    if "catalog" not in wire:
+        raise ConfigError(f"{NAMESPACE}:catalog: is required; pass the catalog of model versions (stacks/catalog.yaml)")
+    catalog = catalog_from_wire(wire.pop("catalog"))
+    stack = wire.pop("stack", None) or pulumi.get_stack()
+    if "region" not in wire and (region := pulumi.Config("aws").get("region")):
+        wire["region"] = region
+    if isinstance(wire.get("endpoints"), dict):
+        wire["endpoints"].setdefault("backend", "sagemaker")  # the component deploys SageMaker endpoints
+    try:
+        settings = settings_from_config(stack, wire, catalog)
+    except ValidationError as exc:
+        raise ConfigError(f"{NAMESPACE}:{describe_validation_error(exc)}") from None
+    require_aws_stack(settings)
+    return settings, catalog
+
+
+def release_args(settings: StackSettings, catalog: Catalog,
+                 opensearch_password: Optional[pulumi.Input[str]] = None) -> ModelReleaseArgs:
+    """The args for validated settings (how the Python program in this repository calls the component)."""
+    args: dict[str, Any] = settings.model_dump(mode="json", exclude_none=True, exclude={"stack"})
+    args["stack"] = settings.stack
+    args["catalog"] = {
+        "model": catalog.model,
+        "versions": {
+            entry.version: entry.model_dump(mode="json", exclude={"version", "model"})
+            for entry in catalog.versions
+        },
+    }
+    if opensearch_password is not None:
+        args["opensearch_password"] = opensearch_password
+    return typing.cast(ModelReleaseArgs, args)
+
+
+# ------------------------------------------------------------------------------------ the component
 
 
 class ModelRelease(pulumi.ComponentResource):
-    """Artifacts, one index per kept version, a SageMaker endpoint per slot, the cutover and the check.
-
-    Changing only the pin between the two slot versions changes only the cutover and the check: no
-    endpoint, model or index input moves (a flip). The check runs after every cutover and its
-    failure fails `pulumi up`.
-    """
+    """A model version as one deployable unit: content-addressed artifacts in a private S3 bucket, one OpenSearch k-NN index per kept version, a SageMaker endpoint per blue/green slot, the cutover (live alias and live pointer, together) and a consistency check that fails the deployment. Changing only the pin between the two slot versions is a flip: only the cutover and the check change."""
 
     pin: pulumi.Output[str]
+    """The live version."""
     live_endpoint: pulumi.Output[str]
+    """Name of the SageMaker endpoint serving the pin (the live slot's endpoint)."""
     live_index: pulumi.Output[str]
-    slots: pulumi.Output[dict]
-    retained_indices: pulumi.Output[list]
+    """Name of the pin's k-NN index, the one the live alias points to."""
+    slots: pulumi.Output[dict[str, str]]
+    """Version per endpoint slot (blue, green)."""
+    retained_indices: pulumi.Output[list[str]]
+    """Indices kept for an instant rollback (the retain list's)."""
     check_record: pulumi.Output[str]
+    """The last consistency check's result record (JSON), what `lockstep promote` reads."""
 
-    def __init__(self, name: str, args: ModelReleaseArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("lockstep:index:ModelRelease", name, None, opts)
-        settings = args.settings
-        require_aws_stack(settings)
-        entries = {version: args.catalog.get(version) for version in settings.versions}
+    def __init__(self, name: str, args: ModelReleaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        # Validated before anything is registered: a bad arg changes nothing.
+        settings, catalog = release_settings(args)
+        opensearch_password = args.get("opensearch_password")
+        super().__init__(TOKEN, name, None, opts)
+        entries = {version: catalog.get(version) for version in settings.versions}
 
         self.artifacts = ArtifactStore(
             f"{name}-artifacts",
-            ArtifactStoreArgs(settings.artifacts.bucket, list(entries.values()), args.artifact_cache),
+            ArtifactStoreArgs(settings.artifacts.bucket, list(entries.values())),
             pulumi.ResourceOptions(parent=self),
         )
         self.indices = {
@@ -89,7 +206,7 @@ class ModelRelease(pulumi.ComponentResource):
                 ),
                 pulumi.ResourceOptions(parent=self),
             )
-            for slot, version in settings.slots.as_dict().items()
+            for slot, version in settings.slots.filled.items()
         }
 
         live = self.endpoint_slots[settings.live_slot]
@@ -99,7 +216,7 @@ class ModelRelease(pulumi.ComponentResource):
             CutoverArgs(settings, pin_entry, endpoint=live.endpoint.name),
             pulumi.ResourceOptions(parent=self, depends_on=[pin_index, live.endpoint]),
         )
-        environment = {PASSWORD_VARIABLE: args.opensearch_password} if args.opensearch_password is not None else None
+        environment = {PASSWORD_VARIABLE: opensearch_password} if opensearch_password is not None else None
         self.check = command.local.Command(
             f"{name}-check",
             create=check_command(settings.stack),
@@ -119,7 +236,7 @@ class ModelRelease(pulumi.ComponentResource):
         self.pin = pulumi.Output.from_input(settings.pin)
         self.live_endpoint = live.endpoint.name
         self.live_index = pin_index.index
-        self.slots = pulumi.Output.from_input(settings.slots.as_dict())
+        self.slots = pulumi.Output.from_input(settings.slots.filled)
         self.retained_indices = pulumi.Output.all(*(self.indices[v].index for v in settings.retain))
         self.check_record = self.check.stdout
         self.register_outputs({

@@ -8,7 +8,7 @@ from typing import Any, Union, get_args, get_origin
 import pulumi
 from pydantic import ValidationError
 
-from components.model_release import ModelRelease, ModelReleaseArgs
+from components.model_release import ModelRelease, release_args
 from lockstep.config import Catalog, StackSettings, describe_validation_error, load_catalog, settings_from_config
 from lockstep.errors import LockstepError
 
@@ -64,7 +64,7 @@ def main() -> ModelRelease | None:
         return None
     password = config.require_secret(PASSWORD_KEY) if settings.opensearch.auth == "basic" else None
     try:
-        release = ModelRelease(NAMESPACE, ModelReleaseArgs(settings, catalog, opensearch_password=password))
+        release = ModelRelease(NAMESPACE, release_args(settings, catalog, opensearch_password=password))
     except LockstepError as exc:
         raise pulumi.RunError(str(exc)) from None
     pulumi.export("pin", release.pin)

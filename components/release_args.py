@@ -1,0 +1,192 @@
+"""The inputs of `lockstep:index:ModelRelease`, typed for the schema analyzer of
+`pulumi.provider.experimental` (TypedDicts, one docstring per property).
+
+They mirror lockstep.config's pydantic models field for field (tests/test_plugin.py holds the two
+together); the component validates what arrives with those models, so a program in any language
+gets the CLI's rules and the CLI's one-line messages.
+
+Every property that decides which resources exist (versions, slots, catalog, names) is a plain
+value: it has to be known when the program runs, so the schema marks it `plain` and a TypeScript
+compiler rejects an Output there. Only the OpenSearch password is a `pulumi.Input` (a secret).
+
+No `from __future__ import annotations` here: the analyzer reads the annotations as real types.
+"""
+
+from typing import NotRequired, TypedDict
+
+import pulumi
+
+
+class CatalogVersion(TypedDict):
+    """One immutable model version of the catalog (stacks/catalog.yaml's `versions.<name>`)."""
+
+    artifact_sha256: str
+    """sha256 of the version's model.tar.gz (64 lowercase hex characters); the artifact's S3 key is content-addressed by it."""
+    dimension: int
+    """Length of the vectors this version produces; the version's k-NN index is created with it."""
+    space_type: str
+    """Vector space of the k-NN index: l2, cosinesimil, innerproduct, l1 or linf (the engine must support it)."""
+    description: NotRequired[str]
+    """Free text for people (what changed in this version)."""
+
+
+class ReleaseCatalog(TypedDict):
+    """The catalog of model versions every stack chooses from (the content of stacks/catalog.yaml)."""
+
+    model: str
+    """Model family name; part of every artifact key (models/<model>/<version>/<sha256>/model.tar.gz)."""
+    versions: dict[str, CatalogVersion]
+    """Versions by name (e.g. v1): letters, digits, '.', '_' or '-'; floating tags such as latest are refused."""
+
+
+class SlotVersions(TypedDict):
+    """Which version runs in each blue/green endpoint slot; the pin is one of them, the other is the warm standby."""
+
+    blue: NotRequired[str]
+    """Version served by the blue slot's endpoint (empty: no blue endpoint)."""
+    green: NotRequired[str]
+    """Version served by the green slot's endpoint (empty: no green endpoint)."""
+
+
+class ArtifactBucket(TypedDict):
+    """Where the model artifacts live."""
+
+    bucket: str
+    """Name of the private, versioned, encrypted S3 bucket the component creates for the artifacts."""
+
+
+class OpenSearchIndexes(TypedDict):
+    """The OpenSearch cluster holding one k-NN index per kept version, and the live alias."""
+
+    url: str
+    """Endpoint of the cluster, e.g. https://search-…es.amazonaws.com (required for an AWS deployment)."""
+    engine: NotRequired[str]
+    """k-NN engine: lucene (default), faiss or nmslib."""
+    index_prefix: NotRequired[str]
+    """Index names are <indexPrefix>-<version> (default docs); lowercase letters, digits, '-', '_' or '.'."""
+    alias: NotRequired[str]
+    """Name of the live alias (default: the index prefix)."""
+    auth: NotRequired[str]
+    """How lockstep authenticates: none (default), basic (with opensearchPassword) or sigv4."""
+    username: NotRequired[str]
+    """User name for basic authentication."""
+    region: NotRequired[str]
+    """AWS region used to sign sigv4 requests."""
+    domain_name: NotRequired[str]
+    """Name of the Amazon OpenSearch Service domain, when the cluster is one."""
+    shards: NotRequired[int]
+    """Primary shards per version index (default 1)."""
+    replicas: NotRequired[int]
+    """Replicas per version index (default 0)."""
+    hnsw_m: NotRequired[int]
+    """HNSW graph degree m, 2-100 (default 16)."""
+    ef_construction: NotRequired[int]
+    """HNSW ef_construction, at least 2 (default 128)."""
+
+
+class CorpusLocation(TypedDict):
+    """The documents every version's index is built from, and the golden queries of the recall probe."""
+
+    bucket: str
+    """S3 bucket holding the corpus."""
+    key: NotRequired[str]
+    """Key of the corpus JSONL (default corpus/docs.jsonl)."""
+    golden_key: NotRequired[str]
+    """Key of the golden queries JSONL (default corpus/golden.jsonl)."""
+    size: NotRequired[int]
+    """Number of documents the embedded default generates (ignored on AWS; default 2000)."""
+
+
+class BlueGreenDeployment(TypedDict):
+    """SageMaker's blue/green update policy for a slot's endpoint, with alarm-driven auto-rollback."""
+
+    traffic_routing: NotRequired[str]
+    """ALL_AT_ONCE (default), CANARY or LINEAR."""
+    canary_percent: NotRequired[int]
+    """Capacity percent of the canary or of each linear step, 1-100 (default 10)."""
+    wait_seconds: NotRequired[int]
+    """Seconds between traffic shifts, at most 3600 (default 300)."""
+    termination_wait_seconds: NotRequired[int]
+    """Seconds the old fleet is kept after the shift, at most 3600 (default 300)."""
+    rollback_alarms: NotRequired[list[str]]
+    """CloudWatch alarm names that roll the endpoint update back."""
+
+
+class SageMakerEndpoints(TypedDict):
+    """One SageMaker endpoint per slot, serving the slot's version."""
+
+    image_uri: str
+    """ECR image of the serving container (<account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag])."""
+    backend: NotRequired[str]
+    """Must be sagemaker (the default here); local slots are driven by `lockstep apply`, not by Pulumi."""
+    instance_type: NotRequired[str]
+    """Instance type of each endpoint (default ml.m5.large)."""
+    instance_count: NotRequired[int]
+    """Instances per endpoint (default 1)."""
+    max_batch: NotRequired[int]
+    """Largest batch of texts sent in one invocation (default 256)."""
+    deployment: NotRequired[BlueGreenDeployment]
+    """Blue/green traffic shifting and auto-rollback of an endpoint update."""
+
+
+class ConsistencyCheck(TypedDict):
+    """Thresholds of the consistency check that runs after every cutover and fails the deployment."""
+
+    recall_floor: NotRequired[float]
+    """Minimum recall@k of the golden queries through the live alias, 0-1 (default 0.8)."""
+    k: NotRequired[int]
+    """k of the recall probe, 1-100 (default 10)."""
+    probe_sample: NotRequired[int]
+    """Stored vectors re-embedded by the live endpoint (default 64)."""
+    probe_min_cosine: NotRequired[float]
+    """Minimum cosine between a stored vector and its re-embedding (default 0.999)."""
+    stale_sample: NotRequired[int]
+    """Documents whose content hash is compared with the corpus (default 200)."""
+
+
+class BackfillEngine(TypedDict):
+    """How a version's index is (re-)embedded."""
+
+    engine: NotRequired[str]
+    """local (default, in-process) or ray (a Ray Data pipeline)."""
+    address: NotRequired[str]
+    """Ray cluster address when engine is ray (default: a local Ray runtime)."""
+    workers: NotRequired[int]
+    """Embedding workers (default 2)."""
+    batch_size: NotRequired[int]
+    """Documents per embedding batch (default 256)."""
+
+
+class ModelReleaseArgs(TypedDict):
+    """The inputs of a ModelRelease: a stack's `lockstep:*` settings plus the catalog."""
+
+    pin: str
+    """The live version: the live alias, the live pointer and the check follow it. It must be in one of the slots; changing it between the two slot versions is a flip."""
+    slots: SlotVersions
+    """Versions of the blue and green endpoint slots."""
+    catalog: ReleaseCatalog
+    """The catalog of immutable model versions (artifact sha256, dimension, vector space)."""
+    artifacts: ArtifactBucket
+    """The artifact bucket."""
+    opensearch: OpenSearchIndexes
+    """The OpenSearch cluster and index settings."""
+    corpus: CorpusLocation
+    """The corpus the indices are built from."""
+    endpoints: SageMakerEndpoints
+    """The SageMaker endpoints of the two slots."""
+    retain: NotRequired[list[str]]
+    """Versions whose index (and artifact) stay warm for an instant rollback, besides the slots."""
+    check: NotRequired[ConsistencyCheck]
+    """Thresholds of the post-deploy consistency check."""
+    backfill: NotRequired[BackfillEngine]
+    """How indices are (re-)embedded."""
+    region: NotRequired[str]
+    """AWS region of the deployment (default: the program's aws:region, else us-east-1)."""
+    stack: NotRequired[str]
+    """Name under which endpoints, the live pointer and the check are named (default: the Pulumi stack's name)."""
+    pointer_parameter: NotRequired[str]
+    """SSM parameter of the live pointer (default /lockstep/<stack>/live)."""
+    promoted_from: NotRequired[str]
+    """Stack this pin was promoted from (recorded only)."""
+    opensearch_password: NotRequired[pulumi.Input[str]]
+    """Password for opensearch.auth=basic; a secret that reaches only the check's environment."""
