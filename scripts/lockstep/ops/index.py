@@ -387,11 +387,20 @@ def mark_synced(client: OpenSearch, index: str, corpus_etag: str, documents: int
     client.indices.put_mapping(index=index, body={"_meta": meta})
 
 
+def doc_stamps(client: OpenSearch, index: str) -> dict[str, tuple[str, str]]:
+    """{document id: (content_sha256, model_version)} of every stored document, read from doc
+    values: `_source` (which holds the vector) is never loaded, which keeps a catch-up scan cheap."""
+    query = {"_source": False, "docvalue_fields": ["content_sha256", "model_version"], "query": {"match_all": {}}}
+    stamps = {}
+    for hit in helpers.scan(client, index=index, size=5000, query=query):
+        fields = hit.get("fields", {})
+        stamps[hit["_id"]] = (fields.get("content_sha256", [""])[0], fields.get("model_version", [""])[0])
+    return stamps
+
+
 def doc_hashes(client: OpenSearch, index: str) -> dict[str, str]:
-    """{document id: content_sha256} of every stored document, scrolled without vectors."""
-    hits = helpers.scan(client, index=index, size=2000,
-                        query={"_source": ["content_sha256"], "query": {"match_all": {}}})
-    return {hit["_id"]: hit.get("_source", {}).get("content_sha256", "") for hit in hits}
+    """{document id: content_sha256} of every stored document."""
+    return {doc_id: sha for doc_id, (sha, _) in doc_stamps(client, index).items()}
 
 
 def in_bulk_mode(client: OpenSearch, index: str) -> bool:

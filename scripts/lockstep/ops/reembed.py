@@ -15,12 +15,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from opensearchpy import OpenSearch
-from opensearchpy.helpers import parallel_bulk, scan, streaming_bulk
+from opensearchpy.helpers import parallel_bulk, streaming_bulk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lockstep.config import CatalogEntry, StackSettings
-from lockstep.errors import GuardRefused
+from lockstep.errors import GuardRefused, UsageError
 from lockstep.ops import artifacts, clients, index
 from lockstep.ops.corpus import Document
 from lockstep.ops.model import Embedder
@@ -88,12 +88,6 @@ def guard(client: OpenSearch, index_name: str, embedder: Embedder) -> None:
         raise GuardRefused(
             f"write guard refused vectors for {index_name}: {'; '.join(problems)} — embed with the index's own version"
         )
-
-
-def foreign_ids(client: OpenSearch, index_name: str, version: str) -> list[str]:
-    """Ids of documents in `index_name` whose `model_version` is not `version`."""
-    query = {"query": {"bool": {"must_not": {"term": {"model_version": version}}}}, "_source": False}
-    return [hit["_id"] for hit in scan(client, index=index_name, query=query, size=1000)]
 
 
 def batched(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -182,9 +176,8 @@ def progress_bar(enabled: bool):
 
 def index_delta(client: OpenSearch, index_name: str, version: str, documents: Sequence[Document]) -> Delta:
     """The delta of an existing index: by content hash, plus documents another version wrote."""
-    indexed = index.doc_hashes(client, index_name)
-    for doc_id in foreign_ids(client, index_name, version):
-        indexed[doc_id] = ""  # embedded by another version (a naive writer): re-embed it
+    # A document another version embedded (a naive writer) counts as changed: re-embed it.
+    indexed = {doc_id: sha if stamped == version else "" for doc_id, (sha, stamped) in index.doc_stamps(client, index_name).items()}
     return delta(documents, indexed)
 
 
@@ -232,15 +225,47 @@ def sync_documents(
     return BackfillResult(entry.version, name, created, embedded, deleted, time.monotonic() - started, len(documents))
 
 
-def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = True, full: bool = False) -> BackfillResult:
-    """Provision or catch up one version's index from the corpus in S3, with its own artifact."""
+def ray_engine():
+    """The `ray` engine's module; one line (exit 2) when Ray cannot be imported."""
+    try:
+        from lockstep.ops import ray_engine as engine
+    except ImportError as exc:
+        raise UsageError(
+            f"backfill.engine is 'ray' but Ray cannot be imported ({exc}); run `make setup` "
+            "(installs ray[data]) or set backfill.engine: local"
+        ) from None
+    return engine
+
+
+def preflight(settings: StackSettings) -> None:
+    """Fail before anything is written when the stack's engine cannot run (Ray missing, cluster down)."""
+    if settings.backfill.engine == "ray":
+        ray_engine().preflight(settings)
+
+
+def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = True, full: bool = False, *,
+               client: OpenSearch | None = None, embedder: Embedder | None = None,
+               documents: Sequence[Document] | None = None, corpus_etag: str | None = None,
+               attach: str | None = None) -> BackfillResult:
+    """Provision or catch up one version's index from the corpus in S3, with its own artifact.
+
+    The one dispatch every re-embedding path goes through (apply, backfill, the Pulumi Index
+    provider, the drill): `backfill.engine: ray` runs the Ray Data pipeline (ops/ray_engine, which
+    reads the corpus and the artifact on its workers: `documents`/`embedder` are not used);
+    `local` runs here, on `documents`/`embedder` when the caller already holds them."""
+    if settings.backfill.engine == "ray":
+        return ray_engine().sync_index(settings, entry, progress=progress, full=full, attach=attach)
+    if attach:
+        raise UsageError("--attach follows a Ray job: set backfill.engine: ray and backfill.address")
     s3 = clients.aws_for(settings, "s3")
-    client = clients.opensearch(settings.opensearch)
+    client = client or clients.opensearch(settings.opensearch)
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
-        embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
-        ref = artifacts.corpus_ref(s3, settings)
-        documents = artifacts.read_corpus(s3, settings)
-        return sync_documents(client, settings, entry, embedder, documents, progress, ref.etag if ref else None, full)
+        embedder = embedder or artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
+        if documents is None:
+            ref = artifacts.corpus_ref(s3, settings)
+            corpus_etag = ref.etag if ref else None
+            documents = artifacts.read_corpus(s3, settings)
+        return sync_documents(client, settings, entry, embedder, documents, progress, corpus_etag, full)
 
 
 def write_documents(client: OpenSearch, index_name: str, embedder: Embedder, documents: Sequence[Document]) -> int:
