@@ -94,19 +94,25 @@ def check_command(stack: str, as_json: bool) -> None:
 @click.option("--version", "version", required=True, help="Catalog version whose index to build or catch up.")
 @click.option("--full", is_flag=True, help="Re-embed every document, not only the missing or changed ones.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def backfill(stack: str, version: str, full: bool, quiet: bool) -> None:
-    """Provision or catch up VERSION's index from the corpus (never moves the live alias)."""
+@click.option("--attach", "attach", metavar="JOB_ID",
+              help="Follow a running Ray backfill job (backfill.engine ray with an address) instead of submitting one.")
+def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | None) -> None:
+    """Provision or catch up VERSION's index from the corpus (never moves the live alias).
+
+    With backfill.engine ray and backfill.address, the backfill runs as a Ray job that outlives
+    this command: Ctrl-C detaches, `--attach JOB_ID` (or the same command again) re-attaches."""
     settings, catalog = stack_settings(stack)
     entry = catalog.get(version)
     if version not in settings.versions:
         raise UsageError(f"{version} is not in stack {stack}'s pin, slots or retain; add it there first so its index is kept")
+    reembed.preflight(settings)
     s3 = clients.aws_for(settings, "s3")
     with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
         if settings.embedded:
             artifacts.ensure_bucket(s3, settings.artifacts.bucket)
             artifacts.ensure_corpus(s3, settings)
         artifacts.publish_artifact(s3, settings, entry)
-    result = reembed.sync_index(settings, entry, progress=not quiet, full=full)
+    result = reembed.sync_index(settings, entry, progress=not quiet, full=full, attach=attach)
     click.echo(f"{result.index}: {'created, ' if result.created else ''}{result.embedded} embedded, "
                f"{result.deleted} deleted in {result.seconds:.1f}s ({result.rate:,.0f} docs/s)")
 

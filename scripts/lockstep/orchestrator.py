@@ -167,6 +167,7 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
     `before_cutover` runs once the new version is provisioned and deployed but not yet live:
     the validation window (the drill dual-writes arriving documents there)."""
     require_local(settings)
+    reembed.preflight(settings)  # backfill.engine ray: Ray importable, cluster reachable, before any write
     env = Environment(settings)
     with env.reach_aws():
         artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
@@ -186,8 +187,8 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
             with env.reach_aws():
                 embedder = embedders.setdefault(entry.version, artifacts.load_embedder(env.s3, settings.artifacts.bucket, entry))
             with env.reach_opensearch():
-                done = reembed.sync_documents(env.opensearch, settings, entry, embedder, corpus.documents,
-                                              progress=progress, corpus_etag=corpus.ref.etag)
+                done = reembed.sync_index(settings, entry, progress=progress, client=env.opensearch, embedder=embedder,
+                                          documents=corpus.documents, corpus_etag=corpus.ref.etag)
             result.embedded += done.embedded
             if done.embedded >= 100:
                 record_rate(settings, done.rate)
