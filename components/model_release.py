@@ -8,6 +8,7 @@ lockstep.config's pydantic models, so every language gets the CLI's rules and on
 No `from __future__ import annotations`: the schema analyzer reads `__init__`'s annotations.
 """
 
+import re
 import typing
 from collections.abc import Awaitable
 from typing import Any, Optional
@@ -100,8 +101,18 @@ def to_wire(value: Any, hint: Any, path: str) -> Any:
     return value
 
 
+def _natural(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def catalog_from_wire(data: Any) -> Catalog:
-    """`Catalog.model_validate`, with errors named like the CLI names them in stacks/catalog.yaml."""
+    """`Catalog.model_validate`, with errors named like the CLI names them in stacks/catalog.yaml.
+
+    A map sent over the wire (a protobuf Struct) keeps no order: versions are put in natural order
+    (v1, v2, …, v10) so "use one of …" lists them as a catalog file would.
+    """
+    if isinstance(data, dict) and isinstance(data.get("versions"), dict):
+        data = {**data, "versions": dict(sorted(data["versions"].items(), key=lambda item: _natural(item[0])))}
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:
