@@ -56,7 +56,9 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
         size = checks[-1]["docs"] / checks[0]["docs"]
         out.append((f"check time growth for {size:.0f}× docs", f"{growth:.2f}×", "sublinear", growth < size))
     out.append(("backfill vs raw encode throughput", f"{figures['backfill_vs_encode']:.2f}", "≥ 0.9", figures["backfill_vs_encode"] >= 0.9))
-    out.append(("catch-up of a 1 % delta vs full rebuild", f"{figures['catch_up_vs_rebuild']:.1%}", "≤ 3 %", figures["catch_up_vs_rebuild"] <= 0.03))
+    out.append((f"catch-up of a 1 % delta vs full rebuild, {by_size[0]['docs']:,} docs", f"{figures['catch_up_vs_rebuild']:.1%}", "≤ 3 %", figures["catch_up_vs_rebuild"] <= 0.03))
+    largest = figures["catch_up_largest"]
+    out.append((f"catch-up of a 1 % delta vs full rebuild, {largest['docs']:,} docs", f"{largest['ratio']:.1%}", "≤ 3 %", largest["ratio"] <= 0.03))
     out.append(("`lockstep plan` wall time", f"{figures['plan_s']:.2f}s", "≤ 3 s", figures["plan_s"] <= 3.0))
     load = figures["cutover_load"]
     out.append((f"{load['rounds']} cutovers under k-NN load: queries that saw 0 or 2 indices",
@@ -79,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     print("rollback vs rebuild, throughput, catch-up, plan:", flush=True)
     figures = rollback.run(args.sizes)
     print("consistency check time:", flush=True)
-    figures["check"] = check_times(figures["rollback"], services.home() / "bench-stacks", args.check_repeats)
+    root = services.home() / "bench-stacks"
+    figures["check"] = check_times(figures["rollback"], root, args.check_repeats)
+    print("catch-up of a 1 % delta on the largest corpus:", flush=True)
+    figures["catch_up_largest"] = rollback.catch_up_at(figures["rollback"][-1], root, config.load_catalog())
     rollback.stop_slots(figures)
     print(f"{args.rounds} cutovers under load:", flush=True)
     load = cutover_load.run(args.rounds, 200, 2)

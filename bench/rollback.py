@@ -105,6 +105,22 @@ def throughput(size: int, root: Path, catalog) -> dict:
             "catch_up_vs_rebuild": round(catch_up.seconds / result.seconds, 4), "delta_docs": catch_up.embedded}
 
 
+def catch_up_at(item: dict, root: Path, catalog) -> dict:
+    """On a rollback stack (v1 live, v2 standby): change 1 % of the corpus, apply, and compare
+    v1's catch-up step with v1's full provision measured earlier on the same stack."""
+    settings = config.load_stack(item["stack"], root)
+    s3 = clients.aws("s3")
+    documents = artifacts.read_corpus(s3, settings)
+    edited = [replace(d, text=d.text + " (edited)") if n % 100 == 0 else d for n, d in enumerate(documents)]
+    artifacts.write_corpus(s3, settings, edited)
+    _, _, result = apply_timed(item["stack"], root, catalog)
+    step = next(s for s in result.steps if (s.step.kind, s.step.version) == ("catch_up", "v1"))
+    ratio = step.seconds / item["full_reembed_s"]
+    print(f"  {item['docs']:>7} docs: catch-up of {step.step.docs} changed docs {step.seconds:.2f}s vs full re-embed "
+          f"{item['full_reembed_s']:.2f}s → {ratio:.1%}", flush=True)
+    return {"docs": item["docs"], "delta_docs": step.step.docs, "catch_up_s": round(step.seconds, 3), "ratio": round(ratio, 4)}
+
+
 def plan_time(stack: str, stacks: Path) -> dict:
     env = {**services.environment(), "LOCKSTEP_STACKS_DIR": str(stacks), "PATH": str(Path(sys.executable).parent)}
     runs = []
