@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 from typing import Any, Union, get_args, get_origin
 
@@ -73,4 +74,36 @@ def main() -> ModelRelease | None:
     pulumi.export("slots", release.slots)
     pulumi.export("retainedIndices", release.retained_indices)
     pulumi.export("checkRecord", release.check_record)
+    pulumi.export("verifiedVersions", release.check_record.apply(verified_versions))
+    if settings.promoted_from:
+        require_verified_upstream(settings)
     return release
+
+
+def verified_versions(check_record: str | None) -> list[str]:
+    """The versions this stack proved consistent: its pin, when the post-deploy check passed."""
+    try:
+        record = json.loads(check_record or "")
+    except ValueError:
+        return []
+    return [record["pin"]] if isinstance(record, dict) and record.get("passed") and record.get("pin") else []
+
+
+def require_verified_upstream(settings: StackSettings) -> pulumi.Output:
+    """Invariant 7 at evaluation time: a stack promoted from A runs only a pin A verified."""
+    source = settings.promoted_from
+    # A self-managed backend's organization is literally "organization".
+    organization = pulumi.get_organization() or "organization"
+    reference = pulumi.StackReference(f"{organization}/{pulumi.get_project()}/{source}")
+
+    def require(versions) -> list[str]:
+        versions = list(versions or [])
+        if settings.pin not in versions:
+            raise pulumi.RunError(
+                f"{NAMESPACE}:pin: {settings.pin} is not verified in {source} (verified there: "
+                f"{', '.join(versions) or 'nothing'}); deploy and check it in {source}, then "
+                f"`lockstep promote --from {source} --to {settings.stack}`"
+            )
+        return versions
+
+    return reference.get_output("verifiedVersions").apply(require)

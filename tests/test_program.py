@@ -26,13 +26,18 @@ CHECK_STDOUT = '{"consistent": true, "checks": []}'
 
 
 class CaptureMocks(pulumi.runtime.Mocks):
-    """Records every resource's type and inputs; answers like a provider that accepted them."""
+    """Records every resource's type and inputs; answers like a provider that accepted them.
+    A StackReference (the promotion gate's) answers with `upstream_verified` as the source
+    stack's verifiedVersions output."""
 
-    def __init__(self):
+    def __init__(self, upstream_verified: tuple[str, ...] = ("v1", "v2", "v3")):
         self.resources: dict[str, dict] = {}
+        self.upstream_verified = list(upstream_verified)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         self.resources[args.name] = {"type": args.typ, "inputs": normalize(args.inputs), "custom": args.custom}
+        if args.typ == "pulumi:pulumi:StackReference":
+            return f"{args.name}-id", {"name": args.inputs.get("name"), "outputs": {"verifiedVersions": self.upstream_verified}}
         state = dict(args.inputs)
         state.setdefault("name", args.name)  # what auto-naming would give, deterministically
         if args.typ == "aws:iam/role:Role":
@@ -90,9 +95,10 @@ def with_values(**changes) -> dict:
     return values
 
 
-def evaluate(values: dict, *, stack: str = "dev", preview: bool = False, secrets: dict | None = None) -> Run:
+def evaluate(values: dict, *, stack: str = "dev", preview: bool = False, secrets: dict | None = None,
+             mocks: CaptureMocks | None = None) -> Run:
     """Evaluate __main__.py once under fresh mocks with `values` as the stack's config."""
-    mocks = CaptureMocks()
+    mocks = mocks or CaptureMocks()
     pulumi.runtime.reset_options()
     pulumi.runtime.set_mocks(mocks, project="lockstep", stack=stack, preview=preview)
     config = {
