@@ -90,14 +90,24 @@ def aws_for(settings: StackSettings, service: str):
 
 @contextmanager
 def reaching(what: str, where: str):
-    """Turn transport failures into one `Unreachable` line naming the server and its address."""
+    """Turn transport failures into one `Unreachable` line naming the server and its address.
+
+    An OpenSearch failure inside an AWS context (`with reaching("OpenSearch", …), reaching("AWS", …)`)
+    passes through to the OpenSearch context, so the line names the server that failed."""
+    opensearch_context = what.startswith("OpenSearch")
     try:
         yield
     except (OSConnectionError, ConnectionTimeout) as exc:
+        if not opensearch_context:
+            raise
         raise Unreachable(f"{what} at {where} is unreachable ({type(exc).__name__}); run `lockstep services up` or fix the URL") from None
-    except EndpointConnectionError:
+    except EndpointConnectionError as exc:
+        if opensearch_context:  # an SSM/S3 call made while talking to OpenSearch: name AWS, not OpenSearch
+            what, where = "AWS", exc.kwargs.get("endpoint_url") or "AWS"
         raise Unreachable(f"{what} at {where} is unreachable; run `lockstep services up` or fix AWS_ENDPOINT_URL") from None
     except TransportError as exc:
+        if not opensearch_context:
+            raise
         if exc.status_code in (401, 403):
             raise UsageError(f"{what} at {where} refused our credentials (HTTP {exc.status_code}); check the OpenSearch user/password or IAM role") from None
         raise

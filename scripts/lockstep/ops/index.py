@@ -8,12 +8,14 @@ pointer cannot be written the alias goes back, so alias and pointer never stay a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from botocore.exceptions import BotoCoreError, ClientError
 from opensearchpy import OpenSearch, helpers
+from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
 
 from lockstep.config import Catalog, CatalogEntry, StackSettings
@@ -23,6 +25,10 @@ from lockstep.errors import GuardRefused, IntegrityError, LockstepError, Unreach
 VOLATILE_META = {"built_at", "synced"}
 # Bucket name for documents without a `model_version` in the per-version counts.
 NO_VERSION = "(none)"
+# How long a cutover whose `_aliases` request failed in transit (the swap may or may not have
+# been applied) keeps asking OpenSearch where the alias is, and how long restoring the alias
+# after a failed pointer write keeps trying, before saying so.
+SETTLE_SECONDS = 12.0
 
 
 def now() -> str:
@@ -231,12 +237,65 @@ def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntr
 
     actions = [{"remove": {"index": name, "alias": alias}} for name in before if name != index]
     actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
-    _update_aliases(client, alias, actions)
+    try:
+        _update_aliases(client, alias, actions)
+    except TransportError as exc:
+        if not _transient(exc):
+            raise
+        _after_swap_in_doubt(client, alias, index, before, settings.pointer_name, exc)
     try:
         write_pointer(ssm, settings.pointer_name, target)
     except (ClientError, BotoCoreError) as exc:
         _restore_alias(client, alias, index, before, settings.pointer_name, exc)
     return target
+
+
+def _transient(exc: TransportError) -> bool:
+    """Connection lost, timed out, or a 5xx/429: the request may or may not have been applied."""
+    return isinstance(exc, OSConnectionError) or exc.status_code in (429, 500, 502, 503, 504)
+
+
+def _patiently(call: Callable):
+    """`call()`, retried with backoff on transient OpenSearch failures for SETTLE_SECONDS."""
+    deadline, wait = time.monotonic() + SETTLE_SECONDS, 0.25
+    while True:
+        try:
+            return call()
+        except TransportError as exc:
+            if not _transient(exc) or time.monotonic() + wait > deadline:
+                raise
+        time.sleep(wait)
+        wait = min(wait * 2, 4.0)
+
+
+def _where(client: OpenSearch) -> str:
+    host = (client.transport.hosts or [{}])[0]
+    return f"{host.get('scheme', 'http')}://{host.get('host', '?')}:{host.get('port', '?')}"
+
+
+def _after_swap_in_doubt(client: OpenSearch, alias: str, index: str, before: dict[str, bool],
+                         pointer_name: str, cause: TransportError) -> None:
+    """The `_aliases` request failed in transit: it may have been applied with its answer lost.
+    Ask OpenSearch where the alias is now. Applied: return, so the pointer follows. Not applied:
+    nothing changed, say so. No answer: say exactly what may be split and how it converges."""
+    try:
+        now = _patiently(lambda: _alias_map(client, alias))
+    except TransportError:
+        now = None
+    if now == {index: True}:
+        return  # the swap went through; only its answer was lost
+    where, was, why = _where(client), ", ".join(sorted(before)) or "no index", type(cause).__name__
+    if now == before:
+        raise Unreachable(f"OpenSearch at {where} failed during the alias swap ({why}); alias {alias} is still on "
+                          f"{was} and the live pointer {pointer_name} was not touched: nothing changed; rerun once it answers")
+    if now is None:
+        raise Unreachable(
+            f"OpenSearch at {where} went away during the alias swap ({why}) and did not answer for "
+            f"{SETTLE_SECONDS:.0f} s: alias {alias} may already be on {index} while the live pointer {pointer_name} "
+            "still names the previous version; once OpenSearch answers, rerun `lockstep apply` (it finishes the "
+            "cutover; `lockstep check` shows where things are)")
+    raise LockstepError(f"alias {alias} moved to {', '.join(sorted(now)) or 'no index'} during the swap to {index} "
+                        "(another writer?); the live pointer was not touched: rerun `lockstep apply`")
 
 
 def _update_aliases(client: OpenSearch, alias: str, actions: list[dict]) -> None:
@@ -255,7 +314,7 @@ def _restore_alias(client: OpenSearch, alias: str, index: str, before: dict[str,
     was = ", ".join(sorted(before)) or "no index"
     why = one_line(cause)
     try:
-        client.indices.update_aliases(body={"actions": actions})
+        _patiently(lambda: client.indices.update_aliases(body={"actions": actions}))
     except TransportError as exc:
         raise LockstepError(
             f"live pointer {pointer_name} could not be written ({why}) and restoring alias {alias} "
