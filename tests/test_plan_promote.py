@@ -119,3 +119,19 @@ def test_promote_with_fresh_evidence_edits_only_pin_and_slot_lines(deployed):
     pr = json.loads(result.stdout)
     assert pr["title"] == f"Promote v1 from {stack} to {target}" and "reembed-probe" in pr["body"]
     assert changed_lines(before, path.read_text()) == ["+  lockstep:pin: v1", "-  lockstep:pin: v2"]
+
+
+def test_check_runs_from_settings_handed_over_in_the_environment(deployed, tmp_path, catalog):
+    """What the Pulumi program's check command does in a repository with no stacks/ folder."""
+    from components.model_release import settings_document
+
+    stacks, stack = deployed
+    document = settings_document(config.load_stack(stack, stacks), catalog)
+    env = {**os.environ, config.SETTINGS_VARIABLE: document, "LOCKSTEP_STACKS_DIR": str(tmp_path / "nothing-here")}
+    result = subprocess.run([sys.executable, "-m", "lockstep.cli", "check", "--stack", stack, "--json"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["pin"] == "v1"
+    wrong = subprocess.run([sys.executable, "-m", "lockstep.cli", "check", "--stack", "other"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert wrong.returncode == 2 and "LOCKSTEP_STACK_SETTINGS: holds stack" in wrong.stderr

@@ -47,6 +47,9 @@ def validate(ctx: click.Context, stacks: tuple[str, ...]) -> None:
 
 
 def stack_settings(stack: str) -> tuple[config.StackSettings, config.Catalog]:
+    handed_over = config.settings_from_environment(stack)
+    if handed_over:
+        return handed_over
     catalog = config.load_catalog(stacks_dir())
     return config.load_stack(stack, stacks_dir(), catalog), catalog
 
@@ -148,6 +151,9 @@ def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str)
             "endpoint_action": planned.endpoint_action, "reversible": planned.reversible,
             "pointer_moves": planned.pointer_moves, "data_state": "observed" if known else "unknown",
             "records_by_model_version": counts, "steps": planned.to_dict()["steps"],
+            "derived": [{"store": a.store, "table": a.table, "records_by_version": a.records_by_version,
+                         "quarantined_by_version": a.quarantined_by_version, "action": a.action,
+                         "records": a.records, "eta": a.eta_seconds} for a in planned.derived],
         }, indent=2))
     else:
         click.echo(report.plan_markdown(planned, known=known, rate=orchestrator.measured_rate(settings),

@@ -7,6 +7,8 @@ Keys are camelCase on the wire (Pulumi convention) and snake_case in Python.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +30,9 @@ from lockstep.errors import ConfigError
 PROJECT = "lockstep"
 STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
 CATALOG_FILE = "catalog.yaml"
+# A stack's validated settings and catalog as JSON, for commands run where no stack file exists
+# (the Pulumi program's post-deploy check, in any repository that uses the package).
+SETTINGS_VARIABLE = "LOCKSTEP_STACK_SETTINGS"
 
 # k-NN limits and spaces per engine (OpenSearch 2.19 k-NN docs: "Methods and engines").
 ENGINE_MAX_DIMENSION = {"lucene": 16_000, "faiss": 16_000, "nmslib": 16_000}
@@ -438,6 +443,23 @@ def load_catalog(stacks_dir: Path = STACKS_DIR) -> Catalog:
                 detail = describe_validation_error(exc).split(": ", 1)[-1]
                 raise ConfigError(f"{path}: versions.{version}.{rest}: {detail}") from None
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+
+
+def settings_from_environment(stack: str) -> tuple[StackSettings, Catalog] | None:
+    """The settings the Pulumi program handed over in SETTINGS_VARIABLE, validated again."""
+    text = os.environ.get(SETTINGS_VARIABLE)
+    if not text:
+        return None
+    try:
+        document = json.loads(text)
+        catalog = Catalog.model_validate(document["catalog"])
+        settings = settings_from_config(stack, {k: v for k, v in document["settings"].items() if k != "stack"}, catalog)
+    except (ValueError, KeyError, TypeError) as exc:
+        detail = describe_validation_error(exc) if isinstance(exc, ValidationError) else type(exc).__name__
+        raise ConfigError(f"{SETTINGS_VARIABLE}: not the settings of a lockstep stack ({detail}); unset it to use stacks/") from None
+    if document["settings"].get("stack") not in (None, stack):
+        raise ConfigError(f"{SETTINGS_VARIABLE}: holds stack {document['settings'].get('stack')!r}, not {stack!r}; unset it or pass --stack {document['settings'].get('stack')}")
+    return settings, catalog
 
 
 def stack_path(stack: str, stacks_dir: Path = STACKS_DIR) -> Path:
