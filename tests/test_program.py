@@ -295,7 +295,9 @@ def test_basic_auth_password_reaches_only_the_check_environment():
     opensearch = {**dev_values()["lockstep:opensearch"], "auth": "basic", "username": "lockstep"}
     run = evaluate(with_values(opensearch=opensearch), secrets={"lockstep:opensearchPassword": password})
 
-    assert run.inputs("lockstep-check")["environment"] == ("secret", {"LOCKSTEP_OPENSEARCH_PASSWORD": password})
+    kind, environment = run.inputs("lockstep-check")["environment"]
+    assert kind == "secret" and environment["LOCKSTEP_OPENSEARCH_PASSWORD"] == password
+    assert password not in environment["LOCKSTEP_STACK_SETTINGS"]  # the settings the check reads
     holders = [name for name, r in run.resources.items() if password in json.dumps(r["inputs"], default=str)]
     assert holders == ["lockstep-check"]
 
