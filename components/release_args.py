@@ -157,6 +157,23 @@ class BackfillEngine(TypedDict):
     """Documents per embedding batch (default 256)."""
 
 
+class DerivedRecordStore(TypedDict):
+    """A table of records a model version decided (e.g. related-document lists), each stamped with the version that wrote it."""
+
+    name: str
+    """Store name, used by the plan and the check (letters, digits, '.', '_' or '-')."""
+    kind: str
+    """What the records are: related-documents (each document's top-k neighbours on the version's index)."""
+    table: str
+    """Name of the DynamoDB table the component creates (encrypted, point-in-time recovery on, indexed by model_version)."""
+    repair: NotRequired[str]
+    """What a rollback does to records another version wrote: recompute (default, rewrite with the pin) or quarantine (mark and keep)."""
+    k: NotRequired[int]
+    """Neighbours per related-documents list (default 5)."""
+    write_rate: NotRequired[float]
+    """Items per second a repair writes (default 100): spares the table's capacity."""
+
+
 class ModelReleaseArgs(TypedDict):
     """The inputs of a ModelRelease: a stack's `lockstep:*` settings plus the catalog."""
 
@@ -188,5 +205,7 @@ class ModelReleaseArgs(TypedDict):
     """SSM parameter of the live pointer (default /lockstep/<stack>/live)."""
     promoted_from: NotRequired[str]
     """Stack this pin was promoted from (recorded only)."""
+    derived: NotRequired[list[DerivedRecordStore]]
+    """Derived-record stores: a rollback counts, then recomputes or quarantines what other versions wrote."""
     opensearch_password: NotRequired[pulumi.Input[str]]
     """Password for opensearch.auth=basic; a secret that reaches only the check's environment."""

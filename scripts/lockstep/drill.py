@@ -21,7 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from lockstep import config, orchestrator, report, services, stackfile
-from lockstep.ops import artifacts, check, clients, endpoints, model
+from lockstep.ops import artifacts, check, clients, derived, endpoints, model
 from lockstep.ops.corpus import Document, stdlib_documents
 
 STACK = "drill"
@@ -40,6 +40,8 @@ class Act:
     recall: float | None = None
     probe: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)
+    # Related-document lists after the act: records by version, agreement with a fresh computation.
+    related: dict = field(default_factory=dict)
     started_at: float = 0.0
 
 
@@ -86,6 +88,8 @@ class Drill:
             "endpoints": {"backend": "local"},
             "check": {"recallFloor": 0.7, "k": 10},
             "pointerParameter": f"/lockstep/{name}/live",
+            "derived": [{"name": "related", "kind": "related-documents", "table": f"lockstep-{name}-related",
+                         "repair": "recompute", "writeRate": 2000}],
         }, comment="Scratch stack written by `lockstep drill`.")
 
     def settings(self) -> config.StackSettings:
@@ -174,6 +178,35 @@ class Drill:
                 return query
         return golden[0]
 
+    def related_job(self, version: str) -> None:
+        """What the application does while `version` is live: write every document's related list."""
+        written = derived.write_related(self.settings(), version, progress=self.progress)
+        self.say(f"  the related-documents job writes {written} lists computed on {version}'s index, stamped {version}")
+
+    def inspect_related(self, act: Act, answering: str) -> None:
+        """The stored related-document lists against what `answering` (the version now serving
+        queries) computes on its own index: how many neighbours agree, and one example."""
+        settings = self.settings()
+        store = settings.derived[0]
+        records = derived.read_records(settings, store)
+        client = clients.opensearch(settings.opensearch)
+        fresh = derived.related(client, settings.opensearch.index_name(answering), list(records), store.k)
+        shared = [len(set(r["neighbours"]) & set(fresh[i].neighbours)) / store.k
+                  for i, r in records.items() if fresh.get(i)]
+        by_version: dict[str, int] = {}
+        for record in records.values():
+            by_version[record["model_version"]] = by_version.get(record["model_version"], 0) + 1
+        example = next(i for i in sorted(records) if fresh.get(i))
+        act.related = {"records_by_version": by_version, "answering": answering,
+                       "agreement": round(sum(shared) / max(len(shared), 1), 3),
+                       "example": {"doc": example, "stored": records[example]["neighbours"],
+                                   "fresh": list(fresh[example].neighbours)}}
+        verdict = "[green]right[/]" if act.related["agreement"] == 1 else "[red]STALE[/]"
+        self.say(f"related-document lists in {store.table}: {', '.join(f'{n} by {v}' for v, n in by_version.items())}; "
+                 f"{act.related['agreement']:.0%} of their neighbours are what {answering} finds  {verdict}"
+                 f"\n  e.g. {example}: stored {', '.join(records[example]['neighbours'][:3])}… — "
+                 f"{answering} says {', '.join(fresh[example].neighbours[:3])}…")
+
     def serving_slot(self, settings: config.StackSettings) -> str:
         """The slot users' queries are embedded by: what the live pointer names."""
         ssm = clients.aws_for(settings, "ssm")
@@ -193,6 +226,7 @@ class Drill:
 
         act = self.begin("1", "deploy v1", "provision")
         self.apply(act)
+        self.related_job("v1")
         self.measure(act)
         self.finish(act)
 
@@ -206,6 +240,7 @@ class Drill:
             self.say(f"  dual write: {len(arrivals)} new documents → {', '.join(f'{k} ({v})' for k, v in written.items())}")
 
         self.apply(act, before_cutover=dual_write)
+        self.related_job("v2")
         self.measure(act)
         self.finish(act)
 
@@ -219,6 +254,7 @@ class Drill:
         orchestrator.naive_write(settings, self.arrivals[1])
         self.check(act)
         self.measure(act)
+        self.inspect_related(act, "v1")
         self.finish(act)
 
         act = self.begin("4", "lockstep rollback to v1", "reattach")
@@ -227,10 +263,13 @@ class Drill:
         _, planned = orchestrator.plan_for(target, self.catalog)
         self.console.print(report.plan_markdown(planned), markup=False, highlight=False)
         act.plan = {"index_action": planned.index_action, "docs_to_embed": planned.docs_to_embed,
-                             "endpoint_action": planned.endpoint_action, "reversible": planned.reversible}
+                             "endpoint_action": planned.endpoint_action, "reversible": planned.reversible,
+                             "derived": {a.store: {"records_by_version": a.records_by_version, "action": a.action}
+                                         for a in planned.derived}}
         self.pin("v1")
         self.apply(act)
         self.measure(act)
+        self.inspect_related(act, "v1")
         self.finish(act)
 
         act = self.begin("5a", "move on to v3 (v2 index dropped)", "provision")

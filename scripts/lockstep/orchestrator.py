@@ -16,7 +16,7 @@ from lockstep import plan as release
 from lockstep import services
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import UsageError
-from lockstep.ops import artifacts, check, clients, endpoints, index, reembed
+from lockstep.ops import artifacts, check, clients, derived, endpoints, index, reembed
 from lockstep.ops.corpus import Document
 
 
@@ -138,6 +138,9 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
                 delta = release.Delta(missing=len(d.missing), changed=len(d.changed), deleted=len(d.deleted))
             observed_indices[version] = release.ObservedIndex(doc_count=state.doc_count, delta=delta)
     with env.reach_aws():
+        # Derived records by version (the lineage of a rollback); an embedded apply creates missing tables.
+        derived_counts = {store.name: derived.count_by_version(settings, catalog, store, missing_ok=settings.embedded)
+                          for store in settings.derived}
         published = frozenset(v for v in settings.versions
                               if artifacts.published_version(env.s3, settings.artifacts.bucket, catalog.get(v)))
     slots_deployed = {}
@@ -151,6 +154,7 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
         slots_deployed=slots_deployed,
         corpus_size=corpus.size,
         artifacts=published,
+        derived=derived_counts,
     )
 
 
@@ -169,6 +173,8 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
     require_local(settings)
     reembed.preflight(settings)  # backfill.engine ray: Ray importable, cluster reachable, before any write
     env = Environment(settings)
+    for store in settings.derived:  # first: a table of the wrong schema stops the apply before any write
+        derived.ensure_table(settings, store)
     with env.reach_aws():
         artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
         artifacts.ensure_corpus(env.s3, settings)
@@ -206,6 +212,10 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
             with env.reach_opensearch(), env.reach_aws():
                 index.drop_index(env.opensearch, settings, step.version, index.inventory(env.opensearch, env.ssm, settings, catalog))
             detail = f"dropped {settings.opensearch.index_name(step.version)}"
+        elif step.kind == "repair_derived":
+            repaired = [derived.repair(settings, catalog, store, progress=progress)
+                        for store in settings.derived if any(a.store == store.name and a.records for a in planned.derived)]
+            detail = "; ".join(r.summary() for r in repaired)
         elif step.kind == "check":
             result.record = check.run(settings, catalog)
             check.store(result.record, settings)

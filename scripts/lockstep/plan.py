@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from lockstep.config import Catalog, StackSettings
+from lockstep.ops.derived import StoreCounts
 
-StepKind = Literal["ensure_artifact", "provision", "catch_up", "deploy_slot", "cutover", "check", "drop"]
+StepKind = Literal["ensure_artifact", "provision", "catch_up", "deploy_slot", "cutover", "repair_derived", "check", "drop"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,21 @@ class Observed:
     # Versions whose artifact is in the bucket with the catalog's sha256; None: not observed,
     # so every kept version gets an (idempotent) ensure_artifact step.
     artifacts: frozenset[str] | None = None
+    # Derived-record counts per store name; a store missing here was not observed (no repair planned).
+    derived: dict[str, StoreCounts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DerivedAction:
+    """What the release does to one derived store: the lineage of a rollback."""
+
+    store: str
+    table: str
+    records_by_version: dict[str, int]
+    quarantined_by_version: dict[str, int]
+    action: Literal["recompute", "quarantine", "none"]
+    records: int  # items another version wrote, not quarantined: what the repair touches
+    eta_seconds: float  # at the store's write rate (the throttle bounds the repair)
 
 
 @dataclass(frozen=True)
@@ -62,13 +78,15 @@ class ReleasePlan:
     docs_to_embed: int
     pointer_moves: bool
     reversible: bool
+    derived: tuple[DerivedAction, ...] = ()
 
     def kinds(self) -> list[tuple[str, str]]:
         """(kind, version) of each step: the plan's shape at a glance."""
         return [(step.kind, step.version) for step in self.steps]
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"steps": [asdict(step) for step in self.steps]}
+        return asdict(self) | {"steps": [asdict(step) for step in self.steps],
+                               "derived": [asdict(action) for action in self.derived]}
 
 
 def _index_step(version: str, observed: Observed) -> Step | None:
@@ -122,6 +140,14 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
         was = ", ".join(observed.alias_targets) or "no index"
         steps.append(Step("cutover", pin, slot=settings.live_slot,
                           detail=f"alias {search.alias_name}: {was} -> {pin_index}; pointer -> {pin}"))
+    derived = _derived_actions(settings, observed)
+    repairs = [a for a in derived if a.records]
+    if repairs:
+        # After the cutover: the pin's index is complete and live, so recomputed lists are final.
+        steps.append(Step("repair_derived", pin, docs=sum(a.records for a in repairs), detail="; ".join(
+            f"{a.store}: {a.action} {a.records} records of "
+            f"{', '.join(v for v, n in a.records_by_version.items() if v != pin and n > a.quarantined_by_version.get(v, 0))} "
+            f"(table {a.table})" for a in repairs)))
     steps.append(Step("check", pin))
     for version in sorted(set(observed.indices) - set(kept)):
         index = search.index_name(version)
@@ -145,7 +171,25 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
         docs_to_embed=sum(step.docs for step in steps if step.kind in ("provision", "catch_up")),
         pointer_moves=moves,
         reversible=_reversible(settings, observed, [s.version for s in steps if s.kind == "drop"]),
+        derived=derived,
     )
+
+
+def _derived_actions(settings: StackSettings, observed: Observed) -> tuple[DerivedAction, ...]:
+    """Per observed store: records by version, and what the pin's repair policy does to the stale ones."""
+    actions = []
+    for store in settings.derived:
+        counts = observed.derived.get(store.name)
+        if counts is None:
+            continue
+        stale = sum(counts.stale(settings.pin).values())
+        actions.append(DerivedAction(
+            store=store.name, table=store.table,
+            records_by_version=dict(counts.records_by_version),
+            quarantined_by_version=dict(counts.quarantined_by_version),
+            action=store.repair if stale else "none", records=stale,
+            eta_seconds=round(stale / store.write_rate, 1)))
+    return tuple(actions)
 
 
 def _reversible(settings: StackSettings, observed: Observed, dropped: list[str]) -> bool:

@@ -28,10 +28,15 @@ def print_check(record: CheckRecord, console: Console | None = None) -> None:
 
 STEP_WORDS = {
     "ensure_artifact": "publish artifact", "provision": "provision index", "catch_up": "catch up index",
-    "deploy_slot": "deploy slot", "cutover": "cut over", "check": "consistency check", "drop": "drop index",
+    "deploy_slot": "deploy slot", "cutover": "cut over", "repair_derived": "repair derived records",
+    "check": "consistency check", "drop": "drop index",
 }
 CHECK_NAMES = ["alias", "index-meta", "foreign-versions", "doc-count", "pointer", "endpoint-artifact",
                "artifact", "reembed-probe", "recall", "standby (warning)"]
+
+
+def derived_eta(item) -> str:
+    return f"~{item.eta_seconds:g}s (throttled write rate)" if item.records else "none"
 
 
 def plan_markdown(plan, *, known: bool = True, rate: float | None = None, counts: dict[str, int] | None = None,
@@ -53,9 +58,18 @@ def plan_markdown(plan, *, known: bool = True, rate: float | None = None, counts
         "", "**Steps**", "",
     ]
     lines += [f"{n}. {STEP_WORDS.get(s.kind, s.kind)} `{s.version}`" + (f" ({s.slot})" if s.slot else "") +
-              (f" — {s.docs} docs" if s.docs else "") + (f" — {s.detail}" if s.detail else "")
+              (f" — {s.docs} {'records' if s.kind == 'repair_derived' else 'docs'}" if s.docs else "") + (f" — {s.detail}" if s.detail else "")
               for n, s in enumerate(plan.steps, 1)]
-    lines += ["", "**Checks that will run**: " + ", ".join(CHECK_NAMES)]
+    if plan.derived:
+        lines += ["", "**Derived records** (what each version wrote elsewhere, by `model_version`)", "",
+                  "| store | records by version | action | ETA |", "|---|---|---|---|"]
+        for item in plan.derived:
+            held = ", ".join(f"`{v}`: {n}" + (f" ({item.quarantined_by_version[v]} quarantined)" if item.quarantined_by_version.get(v) else "")
+                             for v, n in sorted(item.records_by_version.items())) or "none"
+            action = f"**{item.action}** {item.records} records" if item.records else "none"
+            lines.append(f"| `{item.store}` ({item.table}) | {held} | {action} | {derived_eta(item)} |")
+    checks = CHECK_NAMES[:-1] + [f"derived:{item.store}" for item in plan.derived] + CHECK_NAMES[-1:]
+    lines += ["", "**Checks that will run**: " + ", ".join(checks)]
     if counts:
         others = {v: n for v, n in counts.items() if v != plan.to_version}
         if others:

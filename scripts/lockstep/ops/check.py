@@ -18,7 +18,7 @@ from opensearchpy.exceptions import RequestError
 
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import IntegrityError, LockstepError
-from lockstep.ops import artifacts, clients, endpoints, index
+from lockstep.ops import artifacts, clients, derived, endpoints, index
 from lockstep.ops.corpus import Document
 
 RECORD_PREFIX = "checks"
@@ -43,6 +43,8 @@ class CheckRecord:
     finished_at: str = ""
     tool_version: str = ""
     checks: list[Check] = field(default_factory=list)
+    # Per derived store: records_by_version and quarantined_by_version (see ops.derived.StoreCounts).
+    derived: dict[str, dict] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -174,7 +176,18 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
                   f"≥ {settings.check.recall_floor:.2f}",
                   "the live endpoint and the index disagree: check the re-embed probe, then rebuild or roll back"))
 
-    # 10. standby slot serves what the config says (warning only)
+    # 10. derived records: none written by another version than the pin, except quarantined ones
+    for store in settings.derived:
+        counts = derived.count_by_version(settings, catalog, store)
+        record.derived[store.name] = counts.to_dict()
+        stale, kept = counts.stale(settings.pin), counts.quarantined(settings.pin)
+        observed = ", ".join(f"{n} records of {v}" for v, n in stale.items()) or "0 records of other versions"
+        if kept:
+            observed += "; quarantined (kept): " + ", ".join(f"{n} of {v}" for v, n in kept.items())
+        add(Check(f"derived:{store.name}", not stale, observed, f"0 records of other versions than {settings.pin} in {store.table}",
+                  f"run `lockstep apply --stack {settings.stack}`: it {store.repair}s them ({store.name}'s repair policy)"))
+
+    # 11. standby slot serves what the config says (warning only)
     if settings.standby:
         standby_entry = catalog.get(settings.standby)
         standby = _describe(endpoints.endpoint_for(settings, settings.standby_slot))

@@ -1,0 +1,414 @@
+"""Derived records: what a model version decided and stored elsewhere, stamped with that version.
+
+The built-in kind is `related-documents`: for each document, its top-k neighbours by a k-NN query
+on one version's index, one DynamoDB item per document:
+`{doc_id, model_version, written_at, content_sha256, neighbours, k}`. A rollback leaves the
+rolled-back version's items behind; they still answer, and point at the wrong neighbours.
+
+- `count_by_version` counts items per version through a GSI on `model_version` (a Select=COUNT
+  query per catalog version: nothing is transferred), and refuses a table whose items lack the
+  version stamp or carry a version outside the catalog (one filtered scan that returns only those).
+- `repair` rewrites every item whose version is not the pin with the pin's neighbours
+  (`recompute`) or marks it (`quarantine`: `quarantined_at`, kept as it was). Its work list is
+  "items of another version, not quarantined", and every write is conditional on the version it
+  read: a killed repair re-run touches only what is left, and never writes an item twice.
+- Writes are paced to the store's `writeRate` (items/s) and shown with reembed's progress bar.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from botocore.exceptions import ClientError
+from opensearchpy import OpenSearch
+from opensearchpy.helpers import scan
+
+from lockstep.config import Catalog, DerivedStore, StackSettings
+from lockstep.errors import UsageError
+from lockstep.ops import clients, reembed
+from lockstep.ops.corpus import Document
+
+KEY = "doc_id"
+VERSION_ATTRIBUTE = "model_version"
+VERSION_INDEX = "by_model_version"
+QUARANTINED = "quarantined_at"
+# Projected into the version index so the quarantined share is counted without reading items.
+PROJECTED = (QUARANTINED,)
+BATCH = 50  # documents per k-NN msearch / per DynamoDB round of writes
+
+
+# ----------------------------------------------------------------------------------- the table
+
+
+def table_definition(table: str) -> dict:
+    """create_table arguments: the schema lockstep counts and repairs by (the Pulumi component
+    declares the same key, attribute and index)."""
+    return {
+        "TableName": table,
+        "AttributeDefinitions": [{"AttributeName": KEY, "AttributeType": "S"},
+                                 {"AttributeName": VERSION_ATTRIBUTE, "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": KEY, "KeyType": "HASH"}],
+        "GlobalSecondaryIndexes": [{
+            "IndexName": VERSION_INDEX,
+            "KeySchema": [{"AttributeName": VERSION_ATTRIBUTE, "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(PROJECTED)},
+        }],
+        "BillingMode": "PAY_PER_REQUEST",
+        "SSESpecification": {"Enabled": True},
+    }
+
+
+def dynamodb(settings: StackSettings):
+    return clients.aws_for(settings, "dynamodb")
+
+
+def reaching_dynamodb(settings: StackSettings):
+    return clients.reaching("AWS (DynamoDB)", clients.aws_endpoint(settings.embedded) or "AWS")
+
+
+def _describe(client, store: DerivedStore) -> dict | None:
+    try:
+        return client.describe_table(TableName=store.table)["Table"]
+    except client.exceptions.ResourceNotFoundException:
+        return None
+
+
+def require_table(client, store: DerivedStore) -> None:
+    """The table exists and carries lockstep's schema: keyed by doc_id, indexed by model_version."""
+    table = _describe(client, store)
+    if table is None:
+        raise UsageError(f"derived store {store.name}: DynamoDB table {store.table!r} does not exist; "
+                         "create it (`pulumi up`, or `lockstep apply` on an embedded stack) or fix derived[].table")
+    indices = {gsi["IndexName"]: gsi for gsi in table.get("GlobalSecondaryIndexes", [])}
+    keyed = [k["AttributeName"] for k in indices.get(VERSION_INDEX, {}).get("KeySchema", [])]
+    if keyed[:1] != [VERSION_ATTRIBUTE] or [k["AttributeName"] for k in table["KeySchema"]] != [KEY]:
+        raise UsageError(f"derived store {store.name}: table {store.table!r} has no index on the {VERSION_ATTRIBUTE} "
+                         f"attribute (GSI {VERSION_INDEX}, key {KEY}), so its records cannot be counted by version; "
+                         "recreate it with lockstep's schema")
+
+
+def ensure_table(settings: StackSettings, store: DerivedStore) -> bool:
+    """Embedded stacks: create the store's table (encrypted, point-in-time recovery on) if it is
+    missing; return whether it was created. On AWS the Pulumi component declares it."""
+    client = dynamodb(settings)
+    with reaching_dynamodb(settings):
+        if _describe(client, store) is not None:
+            require_table(client, store)
+            return False
+        client.create_table(**table_definition(store.table))
+        client.get_waiter("table_exists").wait(TableName=store.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        client.update_continuous_backups(TableName=store.table,
+                                         PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True})
+        return True
+
+
+# ---------------------------------------------------------------------------------- counting
+
+
+@dataclass
+class StoreCounts:
+    """Items of one store per `model_version`, and how many of those are quarantined."""
+
+    store: str
+    table: str
+    records_by_version: dict[str, int] = field(default_factory=dict)
+    quarantined_by_version: dict[str, int] = field(default_factory=dict)
+
+    def stale(self, pin: str) -> dict[str, int]:
+        """Items another version wrote that are not quarantined: what a repair must handle."""
+        left = {v: n - self.quarantined_by_version.get(v, 0) for v, n in self.records_by_version.items() if v != pin}
+        return {v: n for v, n in left.items() if n}
+
+    def quarantined(self, pin: str) -> dict[str, int]:
+        return {v: n for v, n in self.quarantined_by_version.items() if v != pin and n}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _query_pages(client, store: DerivedStore, version: str, **extra) -> Iterator[dict]:
+    """Pages of the version index for one version."""
+    return client.get_paginator("query").paginate(
+        TableName=store.table, IndexName=VERSION_INDEX, KeyConditionExpression=f"{VERSION_ATTRIBUTE} = :v",
+        ExpressionAttributeValues={":v": {"S": version}}, **extra)
+
+
+def _require_stamps(client, store: DerivedStore, catalog: Catalog) -> None:
+    """Every item carries a catalog version: otherwise nobody can say which model wrote it.
+    A filtered scan: only offending items come back."""
+    names = {f":v{n}": {"S": version} for n, version in enumerate(catalog.names)}
+    pages = client.get_paginator("scan").paginate(
+        TableName=store.table, ProjectionExpression=f"{KEY}, {VERSION_ATTRIBUTE}",
+        FilterExpression=f"attribute_not_exists({VERSION_ATTRIBUTE}) OR NOT {VERSION_ATTRIBUTE} IN ({', '.join(names)})",
+        ExpressionAttributeValues=names)
+    for page in pages:
+        for item in page["Items"]:
+            doc_id = item.get(KEY, {}).get("S", "?")
+            if VERSION_ATTRIBUTE not in item:
+                raise UsageError(f"derived store {store.name}: item {doc_id!r} in table {store.table!r} has no "
+                                 f"{VERSION_ATTRIBUTE} attribute, so no one can tell which model wrote it; "
+                                 f"stamp it with {VERSION_ATTRIBUTE} or delete it")
+            raise UsageError(f"derived store {store.name}: item {doc_id!r} in table {store.table!r} has "
+                             f"{VERSION_ATTRIBUTE} {item[VERSION_ATTRIBUTE]['S']!r}, which is not in the catalog; "
+                             f"use one of {', '.join(catalog.names)}")
+
+
+def count_by_version(settings: StackSettings, catalog: Catalog, store: DerivedStore,
+                     missing_ok: bool = False) -> StoreCounts:
+    """Items per catalog version (GSI Select=COUNT queries) and their quarantined share.
+    `missing_ok`: a missing table counts as empty (an embedded stack's apply creates it)."""
+    client = dynamodb(settings)
+    counts = StoreCounts(store.name, store.table)
+    with reaching_dynamodb(settings):
+        if missing_ok and _describe(client, store) is None:
+            return counts
+        require_table(client, store)
+        _require_stamps(client, store, catalog)
+        for version in catalog.names:
+            total = quarantined = 0
+            for page in _query_pages(client, store, version, Select="COUNT",
+                                     FilterExpression=f"attribute_exists({QUARANTINED})"):
+                total += page["ScannedCount"]
+                quarantined += page["Count"]
+            if total:
+                counts.records_by_version[version] = total
+            if quarantined:
+                counts.quarantined_by_version[version] = quarantined
+    return counts
+
+
+# ------------------------------------------------------------------------ related documents
+
+
+@dataclass(frozen=True)
+class Related:
+    doc_id: str
+    content_sha256: str
+    neighbours: tuple[str, ...]
+
+
+def related(client: OpenSearch, index_name: str, ids: Sequence[str], k: int) -> dict[str, Related | None]:
+    """Each document's k nearest other documents in `index_name`, by its own stored vector
+    (one mget and one msearch per batch). None: the document is not in the index."""
+    found: dict[str, Related | None] = {}
+    for batch in reembed.batched(list(ids), BATCH):
+        docs = client.mget(index=index_name, body={"ids": list(batch)}, _source_includes=["embedding", "content_sha256"])["docs"]
+        stored = [d for d in docs if d.get("found")]
+        found.update({d["_id"]: None for d in docs if not d.get("found")})
+        if not stored:
+            continue
+        body: list[dict] = []
+        for doc in stored:
+            body += [{"index": index_name},
+                     {"size": k + 1, "_source": False,
+                      "query": {"knn": {"embedding": {"vector": doc["_source"]["embedding"], "k": max(k + 1, 100)}}}}]
+        for doc, answer in zip(stored, client.msearch(body=body)["responses"]):
+            if "error" in answer:
+                raise UsageError(f"k-NN query for {doc['_id']} on {index_name} failed: {answer['error']}")
+            neighbours = [h["_id"] for h in answer["hits"]["hits"] if h["_id"] != doc["_id"]][:k]
+            found[doc["_id"]] = Related(doc["_id"], doc["_source"]["content_sha256"], tuple(neighbours))
+    return found
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _item(version: str, related_doc: Related, k: int, repaired_from: str | None = None) -> dict:
+    item = {
+        KEY: {"S": related_doc.doc_id},
+        VERSION_ATTRIBUTE: {"S": version},
+        "written_at": {"S": _now()},
+        "content_sha256": {"S": related_doc.content_sha256},
+        "neighbours": {"L": [{"S": n} for n in related_doc.neighbours]},
+        "k": {"N": str(k)},
+    }
+    if repaired_from:
+        item["repaired_from"] = {"S": repaired_from}
+    return item
+
+
+class Pacer:
+    """Keeps writes at or under `rate` items per second over the whole run."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.started = time.monotonic()
+        self.done = 0
+
+    def wrote(self, count: int) -> None:
+        self.done += count
+        ahead = self.done / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+    @property
+    def achieved(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+
+@contextmanager
+def _progress(enabled: bool, description: str, total: int, pacer: Pacer) -> Iterator[Callable[[int], None]]:
+    """reembed's progress bar with one task; yields advance(n)."""
+    with reembed.progress_bar(enabled and total > 0) as bar:
+        task = bar.add_task(description, total=total, rate="") if bar else None
+
+        def advance(n: int) -> None:
+            if bar:
+                bar.update(task, advance=n, rate=f"{pacer.achieved:,.0f} items/s")
+        yield advance
+
+
+def related_stores(settings: StackSettings) -> list[DerivedStore]:
+    return [store for store in settings.derived if store.kind == "related-documents"]
+
+
+def write_related(settings: StackSettings, version: str, documents: Iterable[Document | str] | None = None,
+                  store: DerivedStore | None = None, progress: bool = False) -> int:
+    """What the application does while `version` is live: write each document's related-documents
+    list, computed on `version`'s index, stamped with `version`. Default: every indexed document,
+    into every related-documents store of the stack. Returns the items written."""
+    stores = [store] if store else related_stores(settings)
+    search = clients.opensearch(settings.opensearch)
+    index_name = settings.opensearch.index_name(version)
+    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
+        if not search.indices.exists(index=index_name):
+            raise UsageError(f"index {index_name} does not exist: related documents of {version} are computed on it; "
+                             f"run `lockstep backfill --stack {settings.stack} --version {version}`")
+        ids = ([d.id if isinstance(d, Document) else d for d in documents] if documents is not None else
+               [hit["_id"] for hit in scan(search, index=index_name, query={"_source": False}, size=1000)])
+    client = dynamodb(settings)
+    with reaching_dynamodb(settings):
+        for target in stores:  # every table first: a bad one stops the write before anything is written
+            require_table(client, target)
+    written = 0
+    for target in stores:
+        pacer = Pacer(target.write_rate)
+        with _progress(progress, f"related {version} → {target.table}", len(ids), pacer) as advance:
+            for batch in reembed.batched(ids, BATCH):
+                with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
+                    lists = [r for r in related(search, index_name, batch, target.k).values() if r]
+                with reaching_dynamodb(settings):
+                    for chunk in reembed.batched(lists, 25):
+                        _batch_put(client, target.table, [_item(version, r, target.k) for r in chunk])
+                        pacer.wrote(len(chunk))
+                        advance(len(chunk))
+                        written += len(chunk)
+    return written
+
+
+def _batch_put(client, table: str, items: list[dict]) -> None:
+    requests = {table: [{"PutRequest": {"Item": item}} for item in items]}
+    for attempt in range(8):
+        requests = client.batch_write_item(RequestItems=requests).get("UnprocessedItems") or {}
+        if not requests:
+            return
+        time.sleep(min(0.05 * 2 ** attempt, 2))
+    raise UsageError(f"DynamoDB table {table} kept refusing writes (throttled); lower derived[].writeRate and retry")
+
+
+def read_records(settings: StackSettings, store: DerivedStore) -> dict[str, dict]:
+    """Every item of the store as plain values (a scan: for drills, tests and audits)."""
+    client = dynamodb(settings)
+    records: dict[str, dict] = {}
+    with reaching_dynamodb(settings):
+        require_table(client, store)
+        for page in client.get_paginator("scan").paginate(TableName=store.table):
+            for item in page["Items"]:
+                records[item[KEY]["S"]] = {name: _plain(value) for name, value in item.items()}
+    return records
+
+
+def _plain(value: dict):
+    (kind, inner), = value.items()
+    if kind == "L":
+        return [_plain(v) for v in inner]
+    if kind == "N":
+        return int(inner)
+    return inner
+
+
+# ------------------------------------------------------------------------------------ repair
+
+
+@dataclass
+class RepairResult:
+    store: str
+    action: str
+    pin: str
+    rewritten: int = 0
+    quarantined: int = 0
+    deleted: int = 0
+    skipped: int = 0  # changed by someone else since it was read (the conditional write refused)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        done = (f"{self.rewritten} recomputed with {self.pin}, {self.deleted} deleted (document gone)"
+                if self.action == "recompute" else f"{self.quarantined} quarantined")
+        return f"{self.store}: {done}" + (f", {self.skipped} changed meanwhile" if self.skipped else "")
+
+
+def _stale_ids(client, store: DerivedStore, versions: Iterable[str]) -> list[tuple[str, str]]:
+    """(doc_id, version) of items of these versions that are not quarantined, read from the GSI."""
+    found = []
+    for version in versions:
+        for page in _query_pages(client, store, version, FilterExpression=f"attribute_not_exists({QUARANTINED})"):
+            found += [(item[KEY]["S"], version) for item in page["Items"]]
+    return found
+
+
+def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progress: bool = True) -> RepairResult:
+    """Bring a store in line with the pin: `recompute` rewrites other versions' items with the
+    pin's related documents; `quarantine` marks them and keeps them. Resumable and idempotent."""
+    started = time.monotonic()
+    pin = settings.pin
+    result = RepairResult(store.name, store.repair, pin)
+    counts = count_by_version(settings, catalog, store)
+    client = dynamodb(settings)
+    with reaching_dynamodb(settings):
+        todo = _stale_ids(client, store, counts.stale(pin))
+    search = clients.opensearch(settings.opensearch)
+    index_name = settings.opensearch.index_name(pin)
+    pacer = Pacer(store.write_rate)
+    with _progress(progress, f"{store.repair} {store.name} → {pin}", len(todo), pacer) as advance:
+        for batch in reembed.batched(todo, BATCH):
+            fresh = {}
+            if store.repair == "recompute":
+                with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
+                    fresh = related(search, index_name, [doc_id for doc_id, _ in batch], store.k)
+            with reaching_dynamodb(settings):
+                for doc_id, seen in batch:
+                    _repair_item(client, store, result, doc_id, seen, fresh.get(doc_id))
+                    pacer.wrote(1)
+                    advance(1)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _repair_item(client, store: DerivedStore, result: RepairResult, doc_id: str, seen: str, fresh: Related | None) -> None:
+    """One conditional write: only if the item still carries the version we read, unquarantined."""
+    condition = {"ConditionExpression": f"{VERSION_ATTRIBUTE} = :seen AND attribute_not_exists({QUARANTINED})"}
+    values = {":seen": {"S": seen}}
+    try:
+        if store.repair == "quarantine":
+            client.update_item(TableName=store.table, Key={KEY: {"S": doc_id}},
+                               UpdateExpression=f"SET {QUARANTINED} = :now, quarantined_for = :pin",
+                               ExpressionAttributeValues={**values, ":now": {"S": _now()}, ":pin": {"S": result.pin}},
+                               **condition)
+            result.quarantined += 1
+        elif fresh is None:  # the document left the pin's index (and the corpus): nothing to recompute
+            client.delete_item(TableName=store.table, Key={KEY: {"S": doc_id}}, ExpressionAttributeValues=values, **condition)
+            result.deleted += 1
+        else:
+            client.put_item(TableName=store.table, Item=_item(result.pin, fresh, store.k, repaired_from=seen),
+                            ExpressionAttributeValues=values, **condition)
+            result.rewritten += 1
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        result.skipped += 1
