@@ -109,13 +109,24 @@ def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | No
     if version not in settings.versions:
         raise UsageError(f"{version} is not in stack {stack}'s pin, slots or retain; add it there first so its index is kept")
     reembed.preflight(settings)
+    # Bad input is refused before the first write: OpenSearch unreachable or refusing us, an
+    # artifact that does not build to the catalog's sha256, a corpus that cannot be parsed.
+    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
+        clients.opensearch(settings.opensearch).info()
+    artifacts.verified_build(entry)
     s3 = clients.aws_for(settings, "s3")
+    documents, corpus_etag = None, None
     with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
         if settings.embedded:
-            artifacts.ensure_bucket(s3, settings.artifacts.bucket)
             artifacts.ensure_corpus(s3, settings)
+        if settings.backfill.engine == "local":  # read once here, handed to the sync below
+            ref = artifacts.corpus_ref(s3, settings)
+            documents, corpus_etag = artifacts.read_corpus(s3, settings), ref.etag if ref else None
+        if settings.embedded:
+            artifacts.ensure_bucket(s3, settings.artifacts.bucket)
         artifacts.publish_artifact(s3, settings, entry)
-    result = reembed.sync_index(settings, entry, progress=not quiet, full=full, attach=attach)
+    result = reembed.sync_index(settings, entry, progress=not quiet, full=full, attach=attach,
+                                documents=documents, corpus_etag=corpus_etag)
     click.echo(f"{result.index}: {'created, ' if result.created else ''}{result.embedded} embedded, "
                f"{result.deleted} deleted in {result.seconds:.1f}s ({result.rate:,.0f} docs/s)")
 

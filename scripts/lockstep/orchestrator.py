@@ -163,6 +163,18 @@ def plan_for(settings: StackSettings, catalog: Catalog) -> tuple[Environment, re
     return env, release.release_plan(catalog, settings, observe(env, catalog, Corpus(env)))
 
 
+def refuse_before_writing(env: Environment, catalog: Catalog) -> None:
+    """What can be known to fail is refused before anything is written: OpenSearch unreachable
+    or refusing our credentials, and an artifact whose build is not the catalog's sha256."""
+    with env.reach_opensearch():
+        env.opensearch.info()
+    with env.reach_aws():
+        for version in env.settings.versions:
+            entry = catalog.get(version)
+            if artifacts.published_version(env.s3, env.settings.artifacts.bucket, entry) is None:
+                artifacts.verified_build(entry)
+
+
 def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
           say: Callable[[str], None] = print,
           before_cutover: Callable[[StackSettings], None] | None = None) -> ApplyResult:
@@ -173,13 +185,17 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
     require_local(settings)
     reembed.preflight(settings)  # backfill.engine ray: Ray importable, cluster reachable, before any write
     env = Environment(settings)
+    refuse_before_writing(env, catalog)
     for store in settings.derived:  # first: a table of the wrong schema stops the apply before any write
         derived.ensure_table(settings, store)
     with env.reach_aws():
-        artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
         artifacts.ensure_corpus(env.s3, settings)
     corpus = Corpus(env)
     planned = release.release_plan(catalog, settings, observe(env, catalog, corpus))
+    if any(step.kind in ("provision", "catch_up") for step in planned.steps):
+        corpus.documents  # a corpus that cannot be parsed is refused here, before the first write
+    with env.reach_aws():
+        artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
     result = ApplyResult(planned)
     embedders: dict[str, object] = {}
     for step in planned.steps:

@@ -11,6 +11,7 @@ import base64
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from botocore.exceptions import ClientError
 
@@ -129,25 +130,39 @@ def published_version(s3, bucket: str, entry: CatalogEntry) -> str | None:
     return head.get("VersionId", "null") if same else None
 
 
+def verified_build(entry: CatalogEntry) -> bytes:
+    """The entry's model.tar.gz, built from its spec and refused unless its sha256 is the
+    catalog's. Callers check this before their first write, so a wrong catalog sha256 changes
+    nothing; the bytes are kept for the publish that follows (building takes ~1 s)."""
+    return _verified_build(entry.version, entry.artifact_sha256)
+
+
+@lru_cache(maxsize=4)
+def _verified_build(version: str, sha256: str) -> bytes:
+    spec = model.SPECS.get(version)
+    if spec is None:
+        raise UsageError(
+            f"version {version!r} has no {model.FAMILY} build spec (known: {', '.join(model.SPECS)}); "
+            "upload its artifact to the catalog key yourself or add a spec"
+        )
+    data = model.build_artifact(spec)
+    actual = model.sha256_of(data)
+    if actual != sha256:
+        raise IntegrityError(
+            f"built artifact for {version} has sha256 {actual[:12]}…, the catalog says "
+            f"{sha256[:12]}…; fix artifactSha256 in the catalog (nothing was uploaded)"
+        )
+    return data
+
+
 def publish_artifact(s3, settings: StackSettings, entry: CatalogEntry) -> str:
     """Build the entry's model.tar.gz, verify it against the catalog, upload it; return the VersionId.
 
     Idempotent: an object already holding these bytes is left alone. The bucket must exist
     (`ensure_bucket`, or the Pulumi component in AWS stacks).
     """
-    spec = model.SPECS.get(entry.version)
-    if spec is None:
-        raise UsageError(
-            f"version {entry.version!r} has no {model.FAMILY} build spec (known: {', '.join(model.SPECS)}); "
-            "upload its artifact to the catalog key yourself or add a spec"
-        )
-    data = model.build_artifact(spec)
-    actual = model.sha256_of(data)
-    if actual != entry.artifact_sha256:
-        raise IntegrityError(
-            f"built artifact for {entry.version} has sha256 {actual[:12]}…, the catalog says "
-            f"{entry.artifact_sha256[:12]}…; fix artifactSha256 in the catalog (nothing was uploaded)"
-        )
+    data = verified_build(entry)
+    actual = entry.artifact_sha256
     bucket = settings.artifacts.bucket
     with reaching("S3", _where(s3)):
         existing = published_version(s3, bucket, entry)

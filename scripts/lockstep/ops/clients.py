@@ -113,7 +113,9 @@ def reaching(what: str, where: str):
         raise
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "UnrecognizedClientException", "AccessDenied", "ExpiredToken"}:
+        # "403"/"Forbidden": a HEAD request's refusal has no body to name the reason.
+        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "UnrecognizedClientException", "AccessDenied",
+                    "ExpiredToken", "InvalidClientTokenId", "403", "Forbidden"}:
             raise UsageError(f"{what} at {where} refused our credentials ({code}); check the AWS credentials") from None
         raise
     except BotoCoreError as exc:
