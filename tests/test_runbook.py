@@ -4,8 +4,8 @@ The runbook's commands read `$STACK` and `$VERSION`; this test sets them per sec
 below are the scenario: v3 live with v1 in standby, then (a) back to the standby v1, (b) to v2 whose
 index was dropped, (c) a broken stack repaired — the alias moved to the same-dimension v1 index, the
 case that errors nowhere — (d) a pin to v3 whose apply died half-way, (e) an emergency flip back to
-the standby v2). Before (c) and (d) the test causes the incident the
-section handles. Lines marked `# requires: pulumi` are skipped (no Pulumi CLI here); every other
+the standby v2, (f) related-document lists a v3 job wrote after that rollback). Before (c), (d) and
+(f) the test causes the incident the section handles. Lines marked `# requires: pulumi` are skipped (no Pulumi CLI here); every other
 line must be a `lockstep` command that exists with the options it uses.
 """
 
@@ -22,7 +22,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from lockstep import config, stackfile
-from lockstep.ops import artifacts, clients, endpoints, index, reembed
+from lockstep.ops import artifacts, clients, derived, endpoints, index, reembed
 from tests.test_workflows import VENV_BIN, check_call, lockstep_calls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,8 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 PULUMI_ONLY = "# requires: pulumi"
 EXPECT = re.compile(r"^# expect exit (\d+)$")
 CORPUS = 150
-VERSIONS = {"a": "v1", "b": "v2", "c": "v2", "d": "v3", "e": "v2"}
-SECTIONS = ("a", "b", "c", "d", "e")
+VERSIONS = {"a": "v1", "b": "v2", "c": "v2", "d": "v3", "e": "v2", "f": "v2"}
+SECTIONS = ("a", "b", "c", "d", "e", "f")
 
 
 @dataclass
@@ -50,7 +50,7 @@ def read_blocks(text: str) -> list[Block]:
     found: list[Block] = []
     section: str | None = None
     counts: dict[str | None, int] = {}
-    for match in re.finditer(r"^## (?:\((?P<letter>[a-e])\) )?[^\n]*$|^```bash\n(?P<code>.*?)^```", text, re.M | re.S):
+    for match in re.finditer(r"^## (?:\((?P<letter>[a-f])\) )?[^\n]*$|^```bash\n(?P<code>.*?)^```", text, re.M | re.S):
         if match["code"] is None:
             section = match["letter"]
             continue
@@ -108,6 +108,8 @@ def promised_output(stack: str) -> dict[tuple[str | None, int], list[str]]:
         ("c", 0): ["INCONSISTENT", "foreign-versions", "reembed-probe", f"{stack}-v1"],
         ("d", 0): ["catch up index `v3`", f"alias {stack}: {stack}-v2 -> {stack}-v3"],
         ("e", 0): [f"{stack}: ok (pin v3, slots blue=v3 green=v2)"],
+        ("f", 0): ["INCONSISTENT", "derived:related", f"{CORPUS} records of v3"],
+        ("f", 1): ['"action": "recompute"', f"related: {CORPUS} recomputed with v2"],
     }
 
 
@@ -125,6 +127,7 @@ def write_stack(stacks: Path, stack: str) -> None:
         "lockstep:endpoints": {"backend": "local"},
         "lockstep:check": {"recallFloor": 0.7, "k": 10},
         "lockstep:pointerParameter": f"/{stack}/live",
+        "lockstep:derived": [{"name": "related", "kind": "related-documents", "table": f"{stack}-related", "writeRate": 2000}],
     }}
     with (stacks / f"Pulumi.{stack}.yaml").open("w") as handle:
         handle.write("# Scratch stack written by tests/test_runbook.py.\n")
@@ -185,12 +188,19 @@ class Scratch:
         index.set_bulk_mode(client, name, True, settings)
         reembed.write(client, reembed.index_actions(documents[: len(documents) // 2], embedder, name, settings.backfill.batch_size))
 
+    def stale_related(self) -> None:
+        """Before (f): after the flip back to v2, a job still running with v3 writes every
+        document's related-documents list, stamped v3."""
+        assert derived.write_related(self.settings, "v3") == CORPUS
+
     def clean_up(self) -> None:
         settings = self.settings
         endpoints.stop_local_slots(settings)
         client = clients.opensearch(settings.opensearch)
         for version in ("v1", "v2", "v3"):
             client.indices.delete(index=settings.opensearch.index_name(version), ignore_unavailable=True)
+        for store in settings.derived:
+            clients.aws("dynamodb", settings.region).delete_table(TableName=store.table)
 
 
 @pytest.fixture
@@ -220,6 +230,8 @@ def test_the_runbook_runs_top_to_bottom_on_the_embedded_default(scratch):
             entered.add(block.section)
             if block.section == "c":
                 scratch.break_it()
+            if block.section == "f":
+                scratch.stale_related()
             if block.section == "d":
                 scratch.die_half_way()
                 assert scratch.alias_targets() == [f"{stack}-v2"], "a half-finished apply leaves the alias alone"
