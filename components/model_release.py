@@ -8,6 +8,7 @@ lockstep.config's pydantic models, so every language gets the CLI's rules and on
 No `from __future__ import annotations`: the schema analyzer reads `__init__`'s annotations.
 """
 
+import json
 import re
 import typing
 from collections.abc import Awaitable
@@ -24,7 +25,7 @@ from components.endpoints import EndpointSlot, EndpointSlotArgs
 from components.providers import Cutover, CutoverArgs, Index, IndexArgs
 from components.providers.derived import DerivedRepair, DerivedRepairArgs
 from components.release_args import ModelReleaseArgs
-from lockstep.config import Catalog, StackSettings, describe_validation_error, settings_from_config
+from lockstep.config import SETTINGS_VARIABLE, Catalog, StackSettings, describe_validation_error, settings_from_config
 from lockstep.errors import ConfigError
 from lockstep.ops.clients import PASSWORD_VARIABLE
 
@@ -46,6 +47,11 @@ def require_aws_stack(settings: StackSettings) -> None:
             "lockstep:opensearch.url: is required for an AWS stack; set it to the OpenSearch domain's "
             "endpoint (https://search-…es.amazonaws.com)"
         )
+
+
+def settings_document(settings: StackSettings, catalog: Catalog) -> str:
+    return json.dumps({"settings": settings.model_dump(mode="json", by_alias=True),
+                       "catalog": catalog.model_dump(mode="json", by_alias=True)}, sort_keys=True)
 
 
 def check_command(stack: str) -> str:
@@ -238,7 +244,11 @@ class ModelRelease(pulumi.ComponentResource):
                           pulumi.ResourceOptions(parent=self, depends_on=[self.cutover]))
             for store in settings.derived
         ]
-        environment = {PASSWORD_VARIABLE: opensearch_password} if opensearch_password is not None else None
+        # The check reads the unit's settings from its environment, so it runs where no stack
+        # file exists (a program in another repository or language using the package).
+        environment = {SETTINGS_VARIABLE: settings_document(settings, catalog)}
+        if opensearch_password is not None:
+            environment[PASSWORD_VARIABLE] = opensearch_password
         self.check = command.local.Command(
             f"{name}-check",
             create=check_command(settings.stack),
