@@ -48,11 +48,7 @@ RESULT_MARK = "LOCKSTEP_RESULT "
 # the same head node, whose dashboard listens here unless it was started otherwise.
 DASHBOARD_PORT = 8265
 RUNNING = {"PENDING", "RUNNING"}
-# Embedding actors: restarts and task retries when a worker process dies (OOM, node loss,
-# kill -9). A user error (guard refused, bad artifact) is not retried. Ray Data's read and write
-# tasks already retry system failures without bound (max_retries=-1).
-MAX_RESTARTS = 4
-MAX_TASK_RETRIES = 4
+BLOCK_BYTES = 4 * 1024**2
 CORPUS_SCHEMA_FIELDS = (("id", "string"), ("text", "string"), ("updated_at", "string"))
 
 
@@ -82,9 +78,16 @@ def job_client(address: str):
     """A JobSubmissionClient for the cluster, or one `Unreachable` line."""
     from ray.job_submission import JobSubmissionClient
 
+    from ray.exceptions import AuthenticationError
+
     url = job_address(address)
     try:
         return JobSubmissionClient(url)
+    except AuthenticationError:
+        raise UsageError(
+            f"Ray cluster at {url} requires a token: set RAY_AUTH_TOKEN (and RAY_AUTH_MODE=token) "
+            "to the cluster's token"
+        ) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise Unreachable(
             f"Ray cluster at {url} (backfill.address {address}) is unreachable ({type(exc).__name__}); "
@@ -120,12 +123,17 @@ def runtime(settings: StackSettings, progress: bool):
     runs in (RAY_ADDRESS), or a local one started here (and shut down after)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
+    # Small blocks (~1,500 embedded documents): bulk writes start while embedding goes on, and a
+    # crash loses at most a few blocks of work instead of the default 128 MiB (~50k documents).
+    context.target_max_block_size = BLOCK_BYTES
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
     if ray.is_initialized():
         yield ray
         return
-    ray.init(runtime_env={"env_vars": worker_env(settings)}, include_dashboard=False,
-             log_to_driver=progress, logging_level=logging.WARNING)
+    options = {"log_to_driver": progress, "logging_level": logging.WARNING}
+    if not os.environ.get("RAY_ADDRESS"):  # a new local runtime (a job's or a cluster's has its own)
+        options.update(include_dashboard=False, runtime_env={"env_vars": worker_env(settings)})
+    ray.init(**options)
     try:
         yield ray
     finally:
@@ -196,7 +204,8 @@ class Embed:
     """Pass 2, one per actor: load the artifact once (sha256-verified), embed batches with the
     local engine's document builder. Rows not in `todo` (already indexed and unchanged) pass by."""
 
-    def __init__(self, settings: dict, entry: dict, index_name: str, todo: list):
+    def __init__(self, settings: dict, entry: dict, index_name: str, todo: list, env: dict[str, str]):
+        os.environ.update(env)
         self.settings = StackSettings.model_validate(settings)
         self.entry = CatalogEntry.model_validate(entry)
         s3 = clients.aws_for(self.settings, "s3")
@@ -221,6 +230,7 @@ class OpenSearchSink(Datasink):
 
     def __init__(self, settings: StackSettings, entry: CatalogEntry, index_name: str, chunk_size: int = 500):
         self.settings_json = settings.model_dump(by_alias=True, mode="json")
+        self.env = worker_env(settings)
         self.stamp = Stamp.of(entry)
         self.index_name = index_name
         self.chunk_size = chunk_size
@@ -245,6 +255,7 @@ class OpenSearchSink(Datasink):
                 yield {"_op_type": "index", "_index": self.index_name, "_id": doc_id, "_source": body}
 
     def write(self, blocks: Iterable, ctx) -> int:
+        os.environ.update(self.env)
         settings = StackSettings.model_validate(self.settings_json)
         client = clients.opensearch(settings.opensearch)
         reembed.guard(client, self.index_name, self.stamp)
@@ -295,11 +306,10 @@ def run_pipeline(settings: StackSettings, entry: CatalogEntry, progress: bool = 
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
         created = index.ensure_index(client, settings, entry)
         reembed.guard(client, name, Stamp.of(entry))
-    env = worker_env(settings)
+    env = worker_env(settings)  # workers export it (a pre-started runtime's workers lack it)
     dataset = read_corpus(settings)
     try:
-        keys = dataset.map_batches(content_keys, batch_format="numpy", batch_size=4096, num_cpus=0.25,
-                                   runtime_env={"env_vars": env})
+        keys = dataset.map_batches(content_keys, batch_format="numpy", batch_size=4096, num_cpus=0.25)
         documents = [Keyed(i, s) for batch in keys.iter_batches(batch_format="numpy", batch_size=None)
                      for i, s in zip(batch["id"], batch["content_sha256"])]
     except Exception as exc:  # noqa: BLE001 — Ray wraps reader errors; name the corpus
@@ -328,19 +338,17 @@ def run_pipeline(settings: StackSettings, entry: CatalogEntry, progress: bool = 
                 Embed, batch_format="numpy", batch_size=settings.backfill.batch_size,
                 fn_constructor_kwargs={"settings": settings.model_dump(by_alias=True, mode="json"),
                                        "entry": entry.model_dump(by_alias=True, mode="json"),
-                                       "index_name": name, "todo": [todo_ref[0]] if todo_ref else []},
-                concurrency=workers, num_cpus=workers_cpus(workers), runtime_env={"env_vars": env},
-                max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
+                                       "index_name": name, "todo": [todo_ref[0]] if todo_ref else [], "env": env},
+                compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=workers_cpus(workers),
             )
             try:
-                embedded_ds.write_datasink(sink, ray_remote_args={
-                    "num_cpus": 0.25, "runtime_env": {"env_vars": env}})
+                embedded_ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
             except Exception as exc:  # noqa: BLE001
                 cause = _lockstep_cause(exc)
                 if cause:
                     raise cause from None
                 raise
-            embedded = sink.written
+            embedded = int(sink.written)
         with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
             deleted = reembed.write(client, reembed.delete_actions(plan.deleted, name))
     finally:
@@ -466,7 +474,8 @@ def follow(client, job_id: str, say: Callable[[str], None], progress: bool = Tru
     result = next((line[len(RESULT_MARK):] for line in logs.splitlines() if line.startswith(RESULT_MARK)), None)
     if status != "SUCCEEDED" or result is None:
         said = [line for line in logs.splitlines() if line.startswith("lockstep: ")]
-        reason = said[-1].removeprefix("lockstep: ") if said else (client.get_job_info(job_id).message or status)
+        message = [line for line in (client.get_job_info(job_id).message or status).splitlines() if line.strip()]
+        reason = said[-1].removeprefix("lockstep: ") if said else message[-1][:500]
         raise LockstepError(f"ray job {job_id} {status.lower()}: {reason}")
     data = json.loads(result)
     data.pop("job_id", None)
