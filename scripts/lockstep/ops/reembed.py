@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from opensearchpy import OpenSearch
+from opensearchpy.exceptions import TransportError
 from opensearchpy.helpers import parallel_bulk, streaming_bulk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -150,17 +152,33 @@ def write_overlapped(client: OpenSearch, actions: Iterable[dict], chunk_size: in
     ~1.5× the throughput of sending inline). Returns (written, ids rejected with 429); the
     caller re-sends those through `write`, which backs off."""
     done, rejected = 0, []
-    for ok, item in parallel_bulk(client, actions, thread_count=1, queue_size=2, chunk_size=chunk_size,
-                                  raise_on_error=False, raise_on_exception=True):
-        (op, detail), = item.items()
-        if ok:
-            done += 1
-            if on_done:
-                on_done(1)
-        elif detail.get("status") == 429:
-            rejected.append(detail.get("_id"))
-        else:
-            raise GuardRefused(f"bulk {op} of {detail.get('_id')} into {detail.get('_index')} failed: {detail.get('error')}")
+    source = iter(actions)
+    unanswered: dict[str, dict] = {}  # handed to parallel_bulk, no item answer yet (by id)
+
+    def tracked() -> Iterator[dict]:
+        for action in source:
+            unanswered[action["_id"]] = action
+            yield action
+
+    try:
+        for ok, item in parallel_bulk(client, tracked(), thread_count=1, queue_size=2, chunk_size=chunk_size,
+                                      raise_on_error=False, raise_on_exception=True):
+            (op, detail), = item.items()
+            unanswered.pop(detail.get("_id"), None)
+            if ok:
+                done += 1
+                if on_done:
+                    on_done(1)
+            elif detail.get("status") == 429:
+                rejected.append(detail.get("_id"))
+            else:
+                raise GuardRefused(f"bulk {op} of {detail.get('_id')} into {detail.get('_index')} failed: {detail.get('error')}")
+    except TransportError as exc:
+        if exc.status_code != 429:
+            raise
+        # The whole `_bulk` request was rejected (parallel_bulk does not retry): what had no
+        # answer and what was not sent yet go through `write`, which backs off and retries.
+        done += write(client, chain(list(unanswered.values()), source), chunk_size, on_done)
     return done, rejected
 
 
