@@ -44,6 +44,8 @@ ENGINE_SPACES = {
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 FLOATING_TAGS = {"latest", "stable", "current", "live", "head", "main"}
+# Stack settings that are secrets: only ever in a stack file as `{secure: ...}` (Pulumi-encrypted).
+SECRET_KEYS = {"opensearchPassword"}
 # OpenSearch index names: lowercase, no \ / * ? " < > | space , #, not starting with - _ +.
 INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
 
@@ -494,7 +496,12 @@ def settings_from_document(stack: str, data: Any, catalog: Catalog, path: str) -
     values: dict[str, Any] = {}
     for key, value in config.items():
         namespace, _, name = str(key).partition(":")
-        if namespace == PROJECT and not (isinstance(value, dict) and "secure" in value):
+        encrypted = isinstance(value, dict) and "secure" in value
+        if namespace == PROJECT and name in SECRET_KEYS and not encrypted:
+            # Never echo the value: it is a secret sitting in plain text in a committed file.
+            raise ConfigError(f"{path}: lockstep:{name} is stored in plain text; remove that line and run "
+                              f"`pulumi config set --secret lockstep:{name}` (it is stored encrypted)")
+        if namespace == PROJECT and not encrypted:
             values[name] = value
         elif key == "aws:region":
             values.setdefault("region", value)

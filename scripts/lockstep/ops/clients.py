@@ -9,6 +9,7 @@ the password from `LOCKSTEP_OPENSEARCH_PASSWORD` (set from a Pulumi secret).
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -88,6 +89,11 @@ def aws_for(settings: StackSettings, service: str):
     return aws(service, settings.region, embedded=settings.embedded)
 
 
+def redact(url: str) -> str:
+    """A URL fit for a message or a log: credentials in it (`https://user:pass@host`) are hidden."""
+    return re.sub(r"(//)[^/@]*@", r"\1***@", url)
+
+
 @contextmanager
 def reaching(what: str, where: str):
     """Turn transport failures into one `Unreachable` line naming the server and its address.
@@ -95,6 +101,7 @@ def reaching(what: str, where: str):
     An OpenSearch failure inside an AWS context (`with reaching("OpenSearch", …), reaching("AWS", …)`)
     passes through to the OpenSearch context, so the line names the server that failed."""
     opensearch_context = what.startswith("OpenSearch")
+    where = redact(where)
     try:
         yield
     except (OSConnectionError, ConnectionTimeout) as exc:

@@ -236,7 +236,8 @@ def deploy_local_slot(settings: StackSettings, slot: str, entry: CatalogEntry, t
     port = services.free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
+        # The slot loads its artifact from S3; it never talks to OpenSearch: no OpenSearch password.
+        **{k: v for k, v in os.environ.items() if k != clients.PASSWORD_VARIABLE},
         **services.environment(),  # the same moto / OpenSearch as this process
         "LOCKSTEP_ARTIFACT_BUCKET": settings.artifacts.bucket,
         "LOCKSTEP_ARTIFACT_KEY": entry.artifact_key,
