@@ -202,9 +202,11 @@ def promote_command(source: str, target: str, version: str | None, fmt: str) -> 
 @click.option("--keep", is_flag=True, help="Leave the environment up for exploring.")
 @click.option("--out", default="reports", show_default=True, type=click.Path(path_type=Path), help="Where the report goes.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def drill_command(docs: int, keep: bool, out: Path, quiet: bool) -> None:
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Re-embedding engine of the drill's stack (ray: a local Ray runtime).")
+def drill_command(docs: int, keep: bool, out: Path, quiet: bool, engine: str) -> None:
     """The whole rollback story on the embedded default (the main job)."""
-    result = drill.run(docs, out, keep, progress=not quiet)
+    result = drill.run(docs, out, keep, progress=not quiet, engine=engine)
     sys.exit(0 if result.expected_outcomes else 1)
 
 

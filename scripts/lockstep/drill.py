@@ -60,9 +60,10 @@ class DrillReport:
 
 
 class Drill:
-    def __init__(self, docs: int, out_dir: Path, console: Console, progress: bool = True):
+    def __init__(self, docs: int, out_dir: Path, console: Console, progress: bool = True, engine: str = "local"):
         self.console = console
         self.progress = progress
+        self.engine = engine  # backfill.engine of the scratch stack: local, or ray (a local Ray runtime)
         self.run_id = uuid.uuid4().hex[:8]
         self.root = out_dir / f"drill-{datetime.now(UTC):%Y%m%d-%H%M%S}-{self.run_id}"
         self.stacks = self.root / "stacks"
@@ -88,6 +89,7 @@ class Drill:
             "endpoints": {"backend": "local"},
             "check": {"recallFloor": 0.7, "k": 10},
             "pointerParameter": f"/lockstep/{name}/live",
+            "backfill": {"engine": self.engine},
             "derived": [{"name": "related", "kind": "related-documents", "table": f"lockstep-{name}-related",
                          "repair": "recompute", "writeRate": 2000}],
         }, comment="Scratch stack written by `lockstep drill`.")
@@ -339,13 +341,14 @@ def write_html(result: DrillReport, path: Path) -> None:
     path.write_text(page, encoding="utf-8")
 
 
-def run(docs: int, out_dir: Path, keep: bool, progress: bool = True, console: Console | None = None) -> DrillReport:
+def run(docs: int, out_dir: Path, keep: bool, progress: bool = True, console: Console | None = None,
+        engine: str = "local") -> DrillReport:
     console = console or Console()
     states = services.up()
     started = [s.name for s in states if s.source == "started"]
     if started:
         console.print(f"started {', '.join(started)} for the drill")
-    drill = Drill(docs, out_dir, console, progress)
+    drill = Drill(docs, out_dir, console, progress, engine)
     try:
         result = drill.run()
     finally:

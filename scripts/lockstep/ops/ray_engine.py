@@ -19,6 +19,7 @@ backfill outlives the client: `lockstep backfill` follows it, can be interrupted
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -120,24 +121,22 @@ def worker_env(settings: StackSettings) -> dict[str, str]:
 @contextmanager
 def runtime(settings: StackSettings, progress: bool):
     """The Ray runtime to run on: the one this process is connected to, the cluster a Ray job
-    runs in (RAY_ADDRESS), or a local one started here (and shut down after)."""
+    runs in (RAY_ADDRESS), or a local one started here. A runtime started here stays up for the
+    next backfill of this process (an apply provisions and catches up several versions: start-up
+    costs ~10 s on 2 cores) and is shut down when the process exits."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     # Small blocks (~1,500 embedded documents): bulk writes start while embedding goes on, and a
     # crash loses at most a few blocks of work instead of the default 128 MiB (~50k documents).
     context.target_max_block_size = BLOCK_BYTES
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
-    if ray.is_initialized():
-        yield ray
-        return
-    options = {"log_to_driver": progress, "logging_level": logging.WARNING}
-    if not os.environ.get("RAY_ADDRESS"):  # a new local runtime (a job's or a cluster's has its own)
-        options.update(include_dashboard=False, runtime_env={"env_vars": worker_env(settings)})
-    ray.init(**options)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+    if not ray.is_initialized():
+        options = {"log_to_driver": progress, "logging_level": logging.WARNING}
+        if not os.environ.get("RAY_ADDRESS"):  # a new local runtime (a job's or a cluster's has its own)
+            options.update(include_dashboard=False, runtime_env={"env_vars": worker_env(settings)})
+        ray.init(**options)
+        atexit.register(ray.shutdown)
+    yield ray
 
 
 def s3_filesystem(settings: StackSettings):
