@@ -302,6 +302,23 @@ def test_apply_killed_between_alias_swap_and_pointer_write_is_caught_by_check_an
     assert deployed.live() == deployed.state_of(new)
 
 
+def test_a_garbled_live_pointer_is_rewritten_by_apply_not_a_dead_end(deployed):
+    """The pointer's message says "run `lockstep apply` to rewrite it": apply must then do that
+    (it used to stop on the same error) and `lockstep plan` must still plan."""
+    settings = deployed.load()
+    clients.aws("ssm").put_parameter(Name=settings.pointer_name, Value='{"version": "v', Type="String", Overwrite=True)
+    checked = deployed.cli("check", "--stack", deployed.stack, "--json")
+    pointer_check = [c for c in json.loads(checked.stdout)["checks"] if c["name"] == "pointer"]
+    assert checked.exit_code == 1 and pointer_check[0]["observed"] == "(not lockstep's JSON)"
+    planned = deployed.cli("plan", "--stack", deployed.stack, "--format", "json")
+    assert planned.exit_code == 0, planned.stderr
+    assert "cutover" in [step["kind"] for step in json.loads(planned.stdout)["steps"]]
+
+    again = deployed.apply()
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert deployed.live() == deployed.state_of(settings.pin)
+
+
 # --------------------------------------------------------------------------------- endpoint deaths
 
 

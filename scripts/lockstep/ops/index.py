@@ -381,8 +381,11 @@ def inventory(client: OpenSearch, ssm, settings: StackSettings, catalog: Catalog
         total, counts = count_by_model_version(client, index)
         names = tuple(sorted(aliases.get(index, {}).get("aliases", {})))
         indices[version] = IndexState(version, index, meta, total, counts, names)
-    return Inventory(indices, alias_targets(client, settings.opensearch.alias_name),
-                     read_pointer(ssm, settings.pointer_name))
+    try:
+        pointer = read_pointer(ssm, settings.pointer_name)
+    except IntegrityError:  # not lockstep's JSON: seen as no pointer, so the plan cuts over and rewrites it
+        pointer = None
+    return Inventory(indices, alias_targets(client, settings.opensearch.alias_name), pointer)
 
 
 # ------------------------------------------------------------------------------------- retention
