@@ -101,6 +101,9 @@ class Corpus:
         with env.reach_aws():
             self.ref = artifacts.corpus_ref(env.s3, env.settings)
         self._documents: list[Document] | None = None
+        self._index: artifacts.CorpusIndex | None = None
+        # Deltas found without scanning an index (see delta_since_sync), by version, for apply.
+        self.deltas: dict[str, reembed.Delta] = {}
 
     @property
     def documents(self) -> list[Document] | None:
@@ -122,6 +125,26 @@ class Corpus:
         return (self.ref is not None and synced.get("corpus_etag") == self.ref.etag
                 and state.count_by_model_version == {state.version: synced.get("documents")})
 
+    def delta_since_sync(self, state: index.IndexState) -> reembed.Delta | None:
+        """The delta of an index that was synced with an earlier corpus and not written to since
+        (same per-version count): the diff of the two corpus versions in the versioned bucket,
+        line by line — no index scan, no parse. None when that cannot be established."""
+        synced = (state.meta or {}).get("synced") or {}
+        if self.ref is None or state.count_by_model_version != {state.version: synced.get("documents")}:
+            return None
+        with self.env.reach_aws():
+            version_id = artifacts.corpus_version_with_etag(self.env.s3, self.env.settings, synced.get("corpus_etag", ""))
+            if version_id is None:
+                return None
+            if self._index is None:
+                self._index = artifacts.corpus_index(self.env.s3, self.env.settings)
+            changes = self._index.changes_since(artifacts.corpus_index(self.env.s3, self.env.settings, version_id))
+        if changes is None:
+            return None
+        new, changed, gone = changes
+        self.deltas[state.version] = reembed.Delta(missing=new, changed=changed, deleted=gone)
+        return self.deltas[state.version]
+
 
 def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Observed:
     """What exists now: indices with their delta against the corpus, alias, pointer, slots."""
@@ -133,6 +156,8 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
             delta = None
             if corpus.matches(state):
                 delta = release.Delta()
+            elif (known := corpus.delta_since_sync(state)) is not None:
+                delta = release.Delta(missing=len(known.missing), changed=len(known.changed), deleted=len(known.deleted))
             elif corpus.documents is not None:
                 d = reembed.index_delta(env.opensearch, state.index, version, corpus.documents)
                 delta = release.Delta(missing=len(d.missing), changed=len(d.changed), deleted=len(d.deleted))
@@ -206,11 +231,13 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
             with env.reach_aws():
                 artifacts.publish_artifact(env.s3, settings, entry)
         elif step.kind in ("provision", "catch_up"):
-            with env.reach_aws():
-                embedder = embedders.setdefault(entry.version, artifacts.load_embedder(env.s3, settings.artifacts.bucket, entry))
+            if entry.version not in embedders:
+                with env.reach_aws():
+                    embedders[entry.version] = artifacts.load_embedder(env.s3, settings.artifacts.bucket, entry)
             with env.reach_opensearch():
-                done = reembed.sync_index(settings, entry, progress=progress, client=env.opensearch, embedder=embedder,
-                                          documents=corpus.documents, corpus_etag=corpus.ref.etag)
+                done = reembed.sync_index(settings, entry, progress=progress, client=env.opensearch,
+                                          embedder=embedders[entry.version], documents=corpus.documents,
+                                          corpus_etag=corpus.ref.etag, known_delta=corpus.deltas.get(entry.version))
             result.embedded += done.embedded
             if done.embedded >= 100:
                 record_rate(settings, done.rate)

@@ -338,6 +338,27 @@ class CorpusIndex:
     def count(self) -> int:
         return len(self._starts) if self._starts is not None else len(self._documents)
 
+    def lines(self) -> dict[str, bytes] | None:
+        """{id: the document's raw line}, or None when the file is not in lockstep's layout."""
+        if self._starts is None:
+            return None
+        out = {}
+        for doc_id, start in self._starts.items():
+            end = self.data.find(b"\n", start)
+            out[doc_id] = self.data[start:end if end >= 0 else None]
+        return out
+
+    def changes_since(self, older: CorpusIndex) -> tuple[list[str], list[str], list[str]] | None:
+        """(new, changed, gone) ids between two versions of the corpus, by comparing raw lines:
+        no document is parsed. None when either file is not in lockstep's layout."""
+        now, before = self.lines(), older.lines()
+        if now is None or before is None:
+            return None
+        new = [i for i in now if i not in before]
+        changed = [i for i, line in now.items() if i in before and before[i] != line]
+        gone = [i for i in before if i not in now]
+        return new, changed, gone
+
     def content_sha256(self, ids: list[str]) -> dict[str, str]:
         if self._starts is None:
             return {i: self._documents[i].content_sha256 for i in ids if i in self._documents}
@@ -351,6 +372,22 @@ class CorpusIndex:
         return found
 
 
-def corpus_index(s3, settings: StackSettings) -> CorpusIndex:
+def corpus_index(s3, settings: StackSettings, version_id: str | None = None) -> CorpusIndex:
+    """The corpus (or one earlier version of it, in the versioned bucket) indexed by id."""
     uri = corpus_uri(settings)
-    return CorpusIndex(_read(s3, settings.corpus.bucket, settings.corpus.key, uri), uri)
+    if version_id is None:
+        return CorpusIndex(_read(s3, settings.corpus.bucket, settings.corpus.key, uri), uri)
+    with reaching("S3", _where(s3)):
+        body = s3.get_object(Bucket=settings.corpus.bucket, Key=settings.corpus.key, VersionId=version_id)["Body"].read()
+    return CorpusIndex(body, f"{uri}?versionId={version_id}")
+
+
+def corpus_version_with_etag(s3, settings: StackSettings, etag: str) -> str | None:
+    """The VersionId of the corpus version whose ETag is `etag` (what an index was synced with)."""
+    with reaching("S3", _where(s3)):
+        pages = s3.get_paginator("list_object_versions").paginate(Bucket=settings.corpus.bucket, Prefix=settings.corpus.key)
+        for page in pages:
+            for version in page.get("Versions", []):
+                if version["Key"] == settings.corpus.key and version["ETag"].strip('"') == etag:
+                    return version["VersionId"]
+    return None

@@ -202,16 +202,21 @@ def index_delta(client: OpenSearch, index_name: str, version: str, documents: Se
 def sync_documents(
     client: OpenSearch, settings: StackSettings, entry: CatalogEntry, embedder: Embedder,
     documents: Sequence[Document], progress: bool = True, corpus_etag: str | None = None, full: bool = False,
+    known_delta: Delta | None = None,
 ) -> BackfillResult:
     """Bring the version's index in line with `documents` (create it if needed). With
     `corpus_etag`, the index records which corpus it now matches (see index.mark_synced).
     `full` re-embeds every document: the repair for vectors that are wrong although their
-    stamps are right (what the check's re-embed probe finds)."""
+    stamps are right (what the check's re-embed probe finds). `known_delta` is a delta the
+    caller established without scanning the index (orchestrator.Corpus.delta_since_sync)."""
     started = time.monotonic()
     name = settings.opensearch.index_name(entry.version)
     created = index.ensure_index(client, settings, entry)
     guard(client, name, embedder)
-    plan = delta(documents, {}) if created else index_delta(client, name, entry.version, documents)
+    if created:
+        plan = delta(documents, {})
+    else:
+        plan = known_delta if known_delta is not None else index_delta(client, name, entry.version, documents)
     if full:
         plan = Delta(missing=[d.id for d in documents], deleted=plan.deleted)
     by_id = {doc.id: doc for doc in documents}
@@ -264,7 +269,7 @@ def preflight(settings: StackSettings) -> None:
 def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = True, full: bool = False, *,
                client: OpenSearch | None = None, embedder: Embedder | None = None,
                documents: Sequence[Document] | None = None, corpus_etag: str | None = None,
-               attach: str | None = None) -> BackfillResult:
+               attach: str | None = None, known_delta: Delta | None = None) -> BackfillResult:
     """Provision or catch up one version's index from the corpus in S3, with its own artifact.
 
     The one dispatch every re-embedding path goes through (apply, backfill, the Pulumi Index
@@ -283,7 +288,7 @@ def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = Tr
             ref = artifacts.corpus_ref(s3, settings)
             corpus_etag = ref.etag if ref else None
             documents = artifacts.read_corpus(s3, settings)
-        return sync_documents(client, settings, entry, embedder, documents, progress, corpus_etag, full)
+        return sync_documents(client, settings, entry, embedder, documents, progress, corpus_etag, full, known_delta)
 
 
 def write_documents(client: OpenSearch, index_name: str, embedder: Embedder, documents: Sequence[Document]) -> int:
