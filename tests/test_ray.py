@@ -317,6 +317,10 @@ def head_cluster(tmp_path_factory):
 
     temp_dir = Path(f"/tmp/lsr-{uuid.uuid4().hex[:8]}")  # short: Ray's socket paths have a length limit
     gcs, dashboard, client = _free_port(), _free_port(), _free_port()
+    # Every other fixed port too: the session's own Ray runtime holds the defaults (52365, ...).
+    ports = [f"--{flag}={_free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
     # Token authentication, as a shared cluster should run (Ray >= 2.52 turns it on by default).
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **auth}
@@ -325,7 +329,7 @@ def head_cluster(tmp_path_factory):
         [str(VENV_BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
          "--num-cpus=2", f"--object-store-memory={200 * 1024**2}", f"--temp-dir={temp_dir}",
-         "--include-dashboard=true", "--disable-usage-stats"],
+         "--include-dashboard=true", "--disable-usage-stats", *ports],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     output, _ = start.communicate(timeout=120)
     group = start.pid

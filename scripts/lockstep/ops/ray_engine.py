@@ -50,6 +50,7 @@ RESULT_MARK = "LOCKSTEP_RESULT "
 DASHBOARD_PORT = 8265
 RUNNING = {"PENDING", "RUNNING"}
 BLOCK_BYTES = 4 * 1024**2
+SUBMIT_WAIT = 90  # seconds to wait for a fresh head node's job agent
 CORPUS_SCHEMA_FIELDS = (("id", "string"), ("text", "string"), ("updated_at", "string"))
 
 
@@ -413,11 +414,19 @@ def submit_job(client, settings: StackSettings, entry: CatalogEntry, full: bool)
     payload = {"settings": settings.model_dump(by_alias=True, mode="json"),
                "entry": entry.model_dump(by_alias=True, mode="json"), "full": full}
     job_id = f"lockstep-backfill-{settings.stack}-{entry.version}-{uuid.uuid4().hex[:8]}".lower()
-    return client.submit_job(
-        entrypoint="python -m lockstep.ops.ray_engine", submission_id=job_id,
-        runtime_env={"env_vars": {**worker_env(settings), JOB_PAYLOAD: json.dumps(payload)}},
-        metadata=job_metadata(settings, entry), entrypoint_num_cpus=0,
-    )
+    deadline = time.monotonic() + SUBMIT_WAIT
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint="python -m lockstep.ops.ray_engine", submission_id=job_id,
+                runtime_env={"env_vars": {**worker_env(settings), JOB_PAYLOAD: json.dumps(payload)}},
+                metadata=job_metadata(settings, entry), entrypoint_num_cpus=0,
+            )
+        except RuntimeError as exc:
+            # A head node that just started has no job agent yet ("No available agent ... try again").
+            if "no available agent" not in str(exc).lower() or time.monotonic() > deadline:
+                raise LockstepError(f"the Ray cluster refused the backfill job: {' '.join(str(exc).split())[:300]}") from None
+            time.sleep(2)
 
 
 def _status(client, job_id: str) -> str:
