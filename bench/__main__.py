@@ -18,7 +18,9 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from bench import cutover_load, rollback
+import subprocess
+
+from bench import cutover_load, kill_sweep, rollback
 from lockstep import config, services
 from lockstep.ops import check
 
@@ -65,6 +67,18 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
                 f"{load['mixed'] + load['errors']} of {load['queries']}", "0", load["mixed"] + load["errors"] == 0))
     out.append(("pointer/alias disagreement (samples in the swap→pointer-write window)",
                 f"{load['disagreeing']} of {load['samples']} in {load['windows']} windows", "report", True))
+    if "kill_sweep" in figures:
+        sweep = figures["kill_sweep"]
+        out.append((f"backfill SIGKILLed at {sweep['points']} random points, then re-run ({sweep['docs']:,} docs)",
+                    f"{sweep['landed']} kills landed; lost {len(sweep['lost'])}, extra {len(sweep['extra'])}, "
+                    f"wrong hash {len(sweep['wrong_hash'])}, alias moved {len(sweep['live_moved'])}",
+                    "0 lost, 0 extra", bool(sweep["ok"])))
+    if "ray" in figures:
+        ray = figures["ray"]["ratios"]
+        out.append((f"Ray engine vs local, {figures['ray']['docs']:,} docs: 1 worker / 2 workers",
+                    f"{ray['ray_1_vs_local']:.2f} / {ray['ray_2_vs_local']:.2f}", "report (2 shared cores)", True))
+        out.append(("local backfill vs the OpenSearch bulk ceiling (vectors pre-computed)",
+                    f"{ray['local_vs_bulk_ceiling']:.2f}", "report", True))
     return out
 
 
@@ -73,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--rounds", type=int, default=1000, help="cutovers under load")
     parser.add_argument("--check-repeats", type=int, default=3)
+    parser.add_argument("--kill-points", type=int, default=20, help="0 skips the kill sweep")
+    parser.add_argument("--ray-docs", type=int, default=5000, help="0 skips local-vs-Ray")
     args = parser.parse_args(argv)
 
     began = time.perf_counter()
@@ -91,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     figures["cutover_load"] = {"rounds": load["rounds"], "seconds": round(load["elapsed"], 1), "queries": load["queries"],
                                "errors": len(load["errors"]), "mixed": load["mixed"], "samples": load["samples"],
                                "disagreeing": load["disagreeing"], "windows": load["windows"]}
+    if args.kill_points:
+        print(f"kill sweep ({args.kill_points} points):", flush=True)
+        kill_sweep.main(["--points", str(args.kill_points), "--docs", "2000"])
+        figures["kill_sweep"] = json.loads(kill_sweep.RESULTS.read_text())
+    if args.ray_docs:
+        print(f"local vs Ray ({args.ray_docs:,} docs):", flush=True)
+        subprocess.run([sys.executable, "-m", "bench.ray_scaling", "--docs", str(args.ray_docs)], check=True)
+        figures["ray"] = json.loads((rollback.RESULTS / "ray_scaling.json").read_text())
     machine = f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · OpenSearch {services.OPENSEARCH_VERSION}"
     figures["meta"] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
                        "command": "python -m bench " + " ".join(argv or sys.argv[1:]), "seconds": round(time.perf_counter() - began)}

@@ -18,9 +18,12 @@ def servers():
     """Start (or reuse) the servers; export their addresses; stop only what this session started."""
     states = services.up()
     os.environ.update(services.environment())
+    slots_before = {slot.name for slot in services.endpoint_processes()}
     yield {state.name: state.url for state in states}
-    if os.environ.get("LOCKSTEP_KEEP_SERVICES") != "1":
-        services.down([s.name for s in states if s.source == "started"])
+    # Endpoint slots the tests left running go in any case; the servers unless asked to stay.
+    leftover = [slot.name for slot in services.endpoint_processes() if slot.name not in slots_before]
+    keep = os.environ.get("LOCKSTEP_KEEP_SERVICES") == "1"
+    services.down(leftover + ([] if keep else [s.name for s in states if s.source == "started"]))
 
 
 @pytest.fixture
