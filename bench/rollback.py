@@ -40,6 +40,8 @@ def scratch_stack(root: Path, size: int) -> tuple[Path, str]:
         "corpus": {"bucket": f"{name}-corpus", "size": size},
         "endpoints": {"backend": "local"},
         "pointerParameter": f"/lockstep/{name}/live",
+        # 100k documents of joined docstrings crowd the golden answers a little (recall ~0.75).
+        "check": {"recallFloor": 0.6},
     })
     return root, name
 
