@@ -10,6 +10,7 @@ HTML timeline of recall across the acts.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -343,7 +344,8 @@ def write_html(result: DrillReport, path: Path) -> None:
 
 def run(docs: int, out_dir: Path, keep: bool, progress: bool = True, console: Console | None = None,
         engine: str = "local") -> DrillReport:
-    console = console or Console()
+    # In a log (not a terminal) rich would wrap the tables at 80 columns.
+    console = console or Console(width=None if sys.stdout.isatty() else 140)
     states = services.up()
     started = [s.name for s in states if s.source == "started"]
     if started:
