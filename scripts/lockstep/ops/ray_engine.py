@@ -456,29 +456,40 @@ def run_job(settings: StackSettings, entry: CatalogEntry, progress: bool = True,
     except (ConnectionError, OSError) as exc:
         raise Unreachable(f"Ray cluster at {job_address(address)} is unreachable ({type(exc).__name__}); "
                           "start it or fix backfill.address") from None
-    say(f"ray job {job_id}: {how} at {job_address(address)} "
-        f"(re-attach: lockstep backfill --stack {settings.stack} --version {entry.version} --attach {job_id})")
-    return follow(client, job_id, say, progress, poll)
+    try:  # from the moment the id is known, Ctrl-C detaches: the job is the cluster's now
+        say(f"ray job {job_id}: {how} at {job_address(address)} "
+            f"(re-attach: lockstep backfill --stack {settings.stack} --version {entry.version} --attach {job_id})")
+        return follow(client, job_id, say, progress, poll)
+    except KeyboardInterrupt:
+        raise detached(job_id) from None
 
 
 def follow(client, job_id: str, say: Callable[[str], None], progress: bool = True, poll: float = 1.0) -> reembed.BackfillResult:
     """Print the job's log as it grows until it ends; Ctrl-C detaches (the job keeps running)."""
-    shown = 0
     try:
-        while True:
-            status = _status(client, job_id)
-            logs = client.get_job_logs(job_id)
-            if progress and len(logs) > shown:
-                for line in logs[shown:].splitlines():
-                    if line.strip() and not line.startswith(RESULT_MARK):
-                        say(f"  [{job_id[-8:]}] {line}")
-            shown = len(logs)
-            if status not in RUNNING:
-                break
-            time.sleep(poll)
+        return _follow(client, job_id, say, progress, poll)
     except KeyboardInterrupt:
-        raise Detached(f"detached from ray job {job_id}; it keeps running — re-attach with "
-                       f"`lockstep backfill ... --attach {job_id}`") from None
+        raise detached(job_id) from None
+
+
+def detached(job_id: str) -> Detached:
+    return Detached(f"detached from ray job {job_id}; it keeps running — re-attach with "
+                    f"`lockstep backfill ... --attach {job_id}`")
+
+
+def _follow(client, job_id: str, say: Callable[[str], None], progress: bool, poll: float) -> reembed.BackfillResult:
+    shown = 0
+    while True:
+        status = _status(client, job_id)
+        logs = client.get_job_logs(job_id)
+        if progress and len(logs) > shown:
+            for line in logs[shown:].splitlines():
+                if line.strip() and not line.startswith(RESULT_MARK):
+                    say(f"  [{job_id[-8:]}] {line}")
+        shown = len(logs)
+        if status not in RUNNING:
+            break
+        time.sleep(poll)
     result = next((line[len(RESULT_MARK):] for line in logs.splitlines() if line.startswith(RESULT_MARK)), None)
     if status != "SUCCEEDED" or result is None:
         said = [line for line in logs.splitlines() if line.startswith("lockstep: ")]
