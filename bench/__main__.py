@@ -14,11 +14,10 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-
-import subprocess
 
 from bench import cutover_load, kill_sweep, rollback
 from lockstep import config, services
@@ -37,7 +36,9 @@ def check_times(stacks: list[dict], root, repeats: int) -> list[dict]:
             record = check.run(settings, catalog)
             runs.append(time.perf_counter() - started)
             assert record.passed, [c.name for c in record.failures]
-        out.append({"docs": item["docs"], "median_s": round(statistics.median(runs), 3), "runs": [round(r, 3) for r in runs]})
+        out.append(
+            {"docs": item["docs"], "median_s": round(statistics.median(runs), 3), "runs": [round(r, 3) for r in runs]}
+        )
         print(f"  check at {item['docs']:>7} docs: median {statistics.median(runs):.2f}s of {repeats}", flush=True)
     return out
 
@@ -45,40 +46,110 @@ def check_times(stacks: list[dict], root, repeats: int) -> list[dict]:
 def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
     """(what, measured, goal, met) for the summary table."""
     by_size = figures["rollback"]
-    out = [(f"rollback to a retained version vs full re-embed, {r['docs']:,} docs",
-            f"{r['speedup']:,.0f}× ({r['full_reembed_s']:.1f}s vs {r['rollback_s']:.2f}s)", "≥ 100×", r["speedup"] >= 100)
-           for r in by_size]
+    out = [
+        (
+            f"rollback to a retained version vs full re-embed, {r['docs']:,} docs",
+            f"{r['speedup']:,.0f}× ({r['full_reembed_s']:.1f}s vs {r['rollback_s']:.2f}s)",
+            "≥ 100×",
+            r["speedup"] >= 100,
+        )
+        for r in by_size
+    ]
     if "rollback_growth" in figures:
-        out.append(("rollback time growth t(max)/t(min)", f"{figures['rollback_growth']:.2f}", "≤ 1.3", figures["rollback_growth"] <= 1.3))
+        out.append(
+            (
+                "rollback time growth t(max)/t(min)",
+                f"{figures['rollback_growth']:.2f}",
+                "≤ 1.3",
+                figures["rollback_growth"] <= 1.3,
+            )
+        )
     checks = figures["check"]
     for c in checks:
-        out.append((f"check time, {c['docs']:,} docs", f"{c['median_s']:.2f}s", "≤ 2 s at 100k", c["median_s"] <= 2.0 or c["docs"] < 100_000))
+        out.append(
+            (
+                f"check time, {c['docs']:,} docs",
+                f"{c['median_s']:.2f}s",
+                "≤ 2 s at 100k",
+                c["median_s"] <= 2.0 or c["docs"] < 100_000,
+            )
+        )
     if len(checks) > 1:
         growth = checks[-1]["median_s"] / checks[0]["median_s"]
         size = checks[-1]["docs"] / checks[0]["docs"]
         out.append((f"check time growth for {size:.0f}× docs", f"{growth:.2f}×", "sublinear", growth < size))
-    out.append(("backfill vs raw encode throughput", f"{figures['backfill_vs_encode']:.2f}", "≥ 0.9", figures["backfill_vs_encode"] >= 0.9))
-    out.append((f"catch-up of a 1 % delta vs full rebuild, {by_size[0]['docs']:,} docs", f"{figures['catch_up_vs_rebuild']:.1%}", "≤ 3 %", figures["catch_up_vs_rebuild"] <= 0.03))
+    out.append(
+        (
+            "backfill vs raw encode throughput",
+            f"{figures['backfill_vs_encode']:.2f}",
+            "≥ 0.9",
+            figures["backfill_vs_encode"] >= 0.9,
+        )
+    )
+    out.append(
+        (
+            f"catch-up of a 1 % delta vs full rebuild, {by_size[0]['docs']:,} docs",
+            f"{figures['catch_up_vs_rebuild']:.1%}",
+            "≤ 3 %",
+            figures["catch_up_vs_rebuild"] <= 0.03,
+        )
+    )
     largest = figures["catch_up_largest"]
-    out.append((f"catch-up of a 1 % delta vs full rebuild, {largest['docs']:,} docs", f"{largest['ratio']:.1%}", "≤ 3 %", largest["ratio"] <= 0.03))
+    out.append(
+        (
+            f"catch-up of a 1 % delta vs full rebuild, {largest['docs']:,} docs",
+            f"{largest['ratio']:.1%}",
+            "≤ 3 %",
+            largest["ratio"] <= 0.03,
+        )
+    )
     out.append(("`lockstep plan` wall time", f"{figures['plan_s']:.2f}s", "≤ 3 s", figures["plan_s"] <= 3.0))
     load = figures["cutover_load"]
-    out.append((f"{load['rounds']} cutovers under k-NN load: queries that saw 0 or 2 indices",
-                f"{load['mixed'] + load['errors']} of {load['queries']}", "0", load["mixed"] + load["errors"] == 0))
-    out.append(("pointer/alias disagreement (samples in the swap→pointer-write window)",
-                f"{load['disagreeing']} of {load['samples']} in {load['windows']} windows", "report", True))
+    out.append(
+        (
+            f"{load['rounds']} cutovers under k-NN load: queries that saw 0 or 2 indices",
+            f"{load['mixed'] + load['errors']} of {load['queries']}",
+            "0",
+            load["mixed"] + load["errors"] == 0,
+        )
+    )
+    out.append(
+        (
+            "pointer/alias disagreement (samples in the swap→pointer-write window)",
+            f"{load['disagreeing']} of {load['samples']} in {load['windows']} windows",
+            "report",
+            True,
+        )
+    )
     if "kill_sweep" in figures:
         sweep = figures["kill_sweep"]
-        out.append((f"backfill SIGKILLed at {sweep['points']} random points, then re-run ({sweep['docs']:,} docs)",
-                    f"{sweep['landed']} kills landed; lost {len(sweep['lost'])}, extra {len(sweep['extra'])}, "
-                    f"wrong hash {len(sweep['wrong_hash'])}, alias moved {len(sweep['live_moved'])}",
-                    "0 lost, 0 extra", bool(sweep["ok"])))
+        out.append(
+            (
+                f"backfill SIGKILLed at {sweep['points']} random points, then re-run ({sweep['docs']:,} docs)",
+                f"{sweep['landed']} kills landed; lost {len(sweep['lost'])}, extra {len(sweep['extra'])}, "
+                f"wrong hash {len(sweep['wrong_hash'])}, alias moved {len(sweep['live_moved'])}",
+                "0 lost, 0 extra",
+                bool(sweep["ok"]),
+            )
+        )
     if "ray" in figures:
         ray = figures["ray"]["ratios"]
-        out.append((f"Ray engine vs local, {figures['ray']['docs']:,} docs: 1 worker / 2 workers",
-                    f"{ray['ray_1_vs_local']:.2f} / {ray['ray_2_vs_local']:.2f}", "report (2 shared cores)", True))
-        out.append(("local backfill vs the OpenSearch bulk ceiling (vectors pre-computed)",
-                    f"{ray['local_vs_bulk_ceiling']:.2f}", "report", True))
+        out.append(
+            (
+                f"Ray engine vs local, {figures['ray']['docs']:,} docs: 1 worker / 2 workers",
+                f"{ray['ray_1_vs_local']:.2f} / {ray['ray_2_vs_local']:.2f}",
+                "report (2 shared cores)",
+                True,
+            )
+        )
+        out.append(
+            (
+                "local backfill vs the OpenSearch bulk ceiling (vectors pre-computed)",
+                f"{ray['local_vs_bulk_ceiling']:.2f}",
+                "report",
+                True,
+            )
+        )
     return out
 
 
@@ -104,9 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     rollback.stop_slots(figures)
     print(f"{args.rounds} cutovers under load:", flush=True)
     load = cutover_load.run(args.rounds, 200, 2)
-    figures["cutover_load"] = {"rounds": load["rounds"], "seconds": round(load["elapsed"], 1), "queries": load["queries"],
-                               "errors": len(load["errors"]), "mixed": load["mixed"], "samples": load["samples"],
-                               "disagreeing": load["disagreeing"], "windows": load["windows"]}
+    figures["cutover_load"] = {
+        "rounds": load["rounds"],
+        "seconds": round(load["elapsed"], 1),
+        "queries": load["queries"],
+        "errors": len(load["errors"]),
+        "mixed": load["mixed"],
+        "samples": load["samples"],
+        "disagreeing": load["disagreeing"],
+        "windows": load["windows"],
+    }
     if args.kill_points:
         print(f"kill sweep ({args.kill_points} points):", flush=True)
         kill_sweep.main(["--points", str(args.kill_points), "--docs", "2000"])
@@ -116,11 +194,17 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "bench.ray_scaling", "--docs", str(args.ray_docs)], check=True)
         figures["ray"] = json.loads((rollback.RESULTS / "ray_scaling.json").read_text())
     machine = f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · OpenSearch {services.OPENSEARCH_VERSION}"
-    figures["meta"] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
-                       "command": "python -m bench " + " ".join(argv or sys.argv[1:]), "seconds": round(time.perf_counter() - began)}
+    figures["meta"] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine,
+        "command": "python -m bench " + " ".join(argv or sys.argv[1:]),
+        "seconds": round(time.perf_counter() - began),
+    }
 
     table = ["| benchmark | measured | goal | met |", "|---|---|---|---|"]
-    table += [f"| {what} | {measured} | {goal} | {'✓' if met else '✗'} |" for what, measured, goal, met in rows(figures)]
+    table += [
+        f"| {what} | {measured} | {goal} | {'✓' if met else '✗'} |" for what, measured, goal, met in rows(figures)
+    ]
     header = f"{figures['meta']['date']} — {machine} — `{figures['meta']['command'].strip()}` — {figures['meta']['seconds']} s"
     markdown = header + "\n\n" + "\n".join(table) + "\n"
     rollback.RESULTS.mkdir(exist_ok=True)

@@ -49,8 +49,10 @@ def synthetic_documents(size: int, seed: int = 6) -> list[Document]:
     rng = random.Random(seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
     vocabulary = ["".join(rng.choice(letters) for _ in range(rng.randint(3, 9))) for _ in range(3000)]
-    return [Document(f"doc-{n:06d}", " ".join(rng.choices(vocabulary, k=rng.randint(10, 20))) + f" d{n}")
-            for n in range(size)]
+    return [
+        Document(f"doc-{n:06d}", " ".join(rng.choices(vocabulary, k=rng.randint(10, 20))) + f" d{n}")
+        for n in range(size)
+    ]
 
 
 def start_private_opensearch(tag: str) -> tuple[services.Managed, Path]:
@@ -60,34 +62,58 @@ def start_private_opensearch(tag: str) -> tuple[services.Managed, Path]:
     for path in (state / "data", state / "logs"):
         path.mkdir(parents=True, exist_ok=True)
     port, transport = services.free_port(), services.free_port()
-    argv = [str(install / "bin" / "opensearch"), "-Ediscovery.type=single-node", "-Enetwork.host=127.0.0.1",
-            f"-Ehttp.port={port}", f"-Etransport.port={transport}", f"-Epath.data={state / 'data'}",
-            f"-Epath.logs={state / 'logs'}", f"-Ecluster.name=lockstep-bench-{tag}",
-            "-Ecluster.routing.allocation.disk.threshold_enabled=false", "-Eaction.auto_create_index=false"]
+    argv = [
+        str(install / "bin" / "opensearch"),
+        "-Ediscovery.type=single-node",
+        "-Enetwork.host=127.0.0.1",
+        f"-Ehttp.port={port}",
+        f"-Etransport.port={transport}",
+        f"-Epath.data={state / 'data'}",
+        f"-Epath.logs={state / 'logs'}",
+        f"-Ecluster.name=lockstep-bench-{tag}",
+        "-Ecluster.routing.allocation.disk.threshold_enabled=false",
+        "-Eaction.auto_create_index=false",
+    ]
     if os.geteuid() == 0:  # OpenSearch refuses root; `nobody` must own what it writes
         subprocess.run(["chown", "-R", "nobody:nogroup", str(state)], check=True)
         argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
-    env = {**os.environ, "OPENSEARCH_JAVA_HOME": services.java_home(), "OPENSEARCH_JAVA_OPTS": f"-Xms{services.HEAP} -Xmx{services.HEAP}"}
+    env = {
+        **os.environ,
+        "OPENSEARCH_JAVA_HOME": services.java_home(),
+        "OPENSEARCH_JAVA_OPTS": f"-Xms{services.HEAP} -Xmx{services.HEAP}",
+    }
     url = f"http://127.0.0.1:{port}"
     node = services.spawn(f"checkbench-opensearch-{tag}", argv, url, env=env, cwd=install)
-    services.wait_until(lambda: services._opensearch_healthy(url), f"bench OpenSearch on {url}", node.log, alive=node.alive)
+    services.wait_until(
+        lambda: services._opensearch_healthy(url), f"bench OpenSearch on {url}", node.log, alive=node.alive
+    )
     return node, state
 
 
 def build_stack(prefix: str, size: int, catalog: config.Catalog) -> config.StackSettings:
-    return config.settings_from_config(prefix, {
-        "pin": "v1", "slots": {"blue": "v1"},
-        "artifacts": {"bucket": f"{prefix}-artifacts"}, "corpus": {"bucket": f"{prefix}-corpus", "size": size},
-        "opensearch": {"indexPrefix": prefix, "efConstruction": 64}, "endpoints": {"backend": "local"},
-        "pointerParameter": f"/{prefix}/live",
-    }, catalog)
+    return config.settings_from_config(
+        prefix,
+        {
+            "pin": "v1",
+            "slots": {"blue": "v1"},
+            "artifacts": {"bucket": f"{prefix}-artifacts"},
+            "corpus": {"bucket": f"{prefix}-corpus", "size": size},
+            "opensearch": {"indexPrefix": prefix, "efConstruction": 64},
+            "endpoints": {"backend": "local"},
+            "pointerParameter": f"/{prefix}/live",
+        },
+        catalog,
+    )
 
 
 def delete_bucket(s3, bucket: str) -> None:
     """Every object version, then the (versioned) bucket: the 100k corpus is ~18 MB of moto's memory."""
     try:
         for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-            stale = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+            stale = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            ]
             if stale:
                 s3.delete_objects(Bucket=bucket, Delete={"Objects": stale})
         s3.delete_bucket(Bucket=bucket)
@@ -109,9 +135,13 @@ def measure(size: int, repeats: int, catalog: config.Catalog) -> dict:
     try:
         documents = synthetic_documents(size)
         artifacts.ensure_corpus(s3, settings, documents)
-        build_seconds, applied = timed(lambda: orchestrator.apply(settings, catalog, progress=False, say=lambda _: None))
+        build_seconds, applied = timed(
+            lambda: orchestrator.apply(settings, catalog, progress=False, say=lambda _: None)
+        )
         if not applied.record.passed:
-            raise SystemExit(f"{size} docs: the deployed stack is not consistent: {[c.name for c in applied.record.failures]}")
+            raise SystemExit(
+                f"{size} docs: the deployed stack is not consistent: {[c.name for c in applied.record.failures]}"
+            )
 
         runs, record = [], None
         for _ in range(repeats):
@@ -121,7 +151,9 @@ def measure(size: int, repeats: int, catalog: config.Catalog) -> dict:
         golden = artifacts.read_golden(s3, settings)
         alias, live_index = settings.opensearch.alias_name, settings.opensearch.index_name(settings.pin)
         parts = {
-            "read_corpus_from_s3": timed(lambda: {d.id: d.content_sha256 for d in artifacts.read_corpus(s3, settings)})[0],
+            "read_corpus_from_s3": timed(lambda: {d.id: d.content_sha256 for d in artifacts.read_corpus(s3, settings)})[
+                0
+            ],
             "count_by_model_version": timed(lambda: index.count_by_model_version(client, live_index))[0],
             "count": timed(lambda: client.count(index=live_index))[0],
             "recall_probe": timed(lambda: check.recall_at_k(client, alias, live, golden, settings.check.k))[0],
@@ -151,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--opensearch", choices=["private", "shared"], default="private",
-                        help="private: a bench-only node (default); shared: the session's node")
+    parser.add_argument(
+        "--opensearch",
+        choices=["private", "shared"],
+        default="private",
+        help="private: a bench-only node (default); shared: the session's node",
+    )
     args = parser.parse_args(argv)
 
     states = services.up()
@@ -169,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
             figure = measure(size, args.repeats, catalog)
             figures.append(figure)
             parts = ", ".join(f"{name} {seconds:.3f}s" for name, seconds in figure["parts_seconds"].items())
-            print(f"{size:>7} docs  check median {figure['check_seconds_median']:.3f}s max {figure['check_seconds_max']:.3f}s "
-                  f"({'consistent' if figure['check_passed'] else 'INCONSISTENT'}; built in {figure['build_seconds']:.0f}s)\n"
-                  f"               parts: {parts}", flush=True)
+            print(
+                f"{size:>7} docs  check median {figure['check_seconds_median']:.3f}s max {figure['check_seconds_max']:.3f}s "
+                f"({'consistent' if figure['check_passed'] else 'INCONSISTENT'}; built in {figure['build_seconds']:.0f}s)\n"
+                f"               parts: {parts}",
+                flush=True,
+            )
     finally:
         if node:
             node.stop()
@@ -195,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"ratio {time_ratio:.2f}× time for {size_ratio:.0f}× documents ({'sublinear' if summary['sublinear'] else 'NOT sublinear'}); "
-          f"{largest['documents']} docs {'within' if summary['within_goal'] else 'OVER'} the {GOAL_SECONDS:.0f} s goal → {RESULTS}")
+    print(
+        f"ratio {time_ratio:.2f}× time for {size_ratio:.0f}× documents ({'sublinear' if summary['sublinear'] else 'NOT sublinear'}); "
+        f"{largest['documents']} docs {'within' if summary['within_goal'] else 'OVER'} the {GOAL_SECONDS:.0f} s goal → {RESULTS}"
+    )
     return 0 if summary["sublinear"] and summary["within_goal"] and all(f["check_passed"] for f in figures) else 1
 
 

@@ -48,11 +48,18 @@ def ms(seconds: float) -> str:
 
 
 def build_stack(prefix: str, catalog: config.Catalog) -> config.StackSettings:
-    return config.settings_from_config(prefix, {
-        "pin": "v1", "slots": {"blue": "v1", "green": "v2"},
-        "artifacts": {"bucket": f"{prefix}-artifacts"}, "corpus": {"bucket": f"{prefix}-corpus"},
-        "opensearch": {"indexPrefix": prefix}, "pointerParameter": f"/{prefix}/live",
-    }, catalog)
+    return config.settings_from_config(
+        prefix,
+        {
+            "pin": "v1",
+            "slots": {"blue": "v1", "green": "v2"},
+            "artifacts": {"bucket": f"{prefix}-artifacts"},
+            "corpus": {"bucket": f"{prefix}-corpus"},
+            "opensearch": {"indexPrefix": prefix},
+            "pointerParameter": f"/{prefix}/live",
+        },
+        catalog,
+    )
 
 
 def fill(client, settings, catalog, documents) -> None:
@@ -60,13 +67,26 @@ def fill(client, settings, catalog, documents) -> None:
         entry = catalog.get(version)
         ix.ensure_index(client, settings, entry)
         vectors = model.load_artifact(model.build_artifact(model.SPECS[version]), entry.artifact_sha256).encode(
-            [d.text for d in documents])
-        helpers.bulk(client, (
-            {"_index": settings.opensearch.index_name(version), "_id": d.id,
-             "_source": {"doc_id": d.id, "text": d.text, "model_version": version,
-                         "content_sha256": d.content_sha256, "embedding": v.tolist()}}
-            for d, v in zip(documents, vectors)
-        ), refresh=True)
+            [d.text for d in documents]
+        )
+        helpers.bulk(
+            client,
+            (
+                {
+                    "_index": settings.opensearch.index_name(version),
+                    "_id": d.id,
+                    "_source": {
+                        "doc_id": d.id,
+                        "text": d.text,
+                        "model_version": version,
+                        "content_sha256": d.content_sha256,
+                        "embedding": v.tolist(),
+                    },
+                }
+                for d, v in zip(documents, vectors)
+            ),
+            refresh=True,
+        )
 
 
 class Readers:
@@ -137,7 +157,9 @@ def run(rounds: int, docs: int, readers: int) -> dict:
         fill(client, settings, catalog, documents)
         endpoints = {v: f"lockstep-{settings.stack}-{settings.slots.slot_of(v)}" for v in VERSIONS}
         ix.cutover(client, ssm, settings, catalog.get("v1"), endpoints["v1"])
-        query_vector = model.load_artifact(model.build_artifact(model.SPECS["v1"])).encode([documents[0].text])[0].tolist()
+        query_vector = (
+            model.load_artifact(model.build_artifact(model.SPECS["v1"])).encode([documents[0].text])[0].tolist()
+        )
         cutovers: list[float] = []
         with Readers(settings, query_vector, readers) as load:
             started = time.perf_counter()
@@ -150,10 +172,16 @@ def run(rounds: int, docs: int, readers: int) -> dict:
         final_alias = ix.alias_targets(client, settings.opensearch.alias_name)
         final_pointer = ix.read_pointer(ssm, settings.pointer_name)
         return {
-            "rounds": rounds, "elapsed": elapsed, "cutovers": cutovers,
-            "queries": len(load.latencies) + len(load.errors), "query_latencies": load.latencies,
-            "errors": load.errors, "mixed": load.mixed, "samples": load.samples,
-            "disagreeing": load.disagreeing, "windows": load.windows,
+            "rounds": rounds,
+            "elapsed": elapsed,
+            "cutovers": cutovers,
+            "queries": len(load.latencies) + len(load.errors),
+            "query_latencies": load.latencies,
+            "errors": load.errors,
+            "mixed": load.mixed,
+            "samples": load.samples,
+            "disagreeing": load.disagreeing,
+            "windows": load.windows,
             "final": (final_alias, final_pointer.version if final_pointer else None),
             "expected_final": [settings.opensearch.index_name(VERSIONS[rounds % 2])],
         }
@@ -182,16 +210,24 @@ def main(argv: list[str] | None = None) -> int:
             services.down(started)
 
     cutovers, latencies = figures["cutovers"], figures["query_latencies"]
-    print(f"cutovers       {figures['rounds']} in {figures['elapsed']:.1f} s "
-          f"({figures['rounds'] / figures['elapsed']:.1f}/s); latency p50 {ms(statistics.median(cutovers))}, "
-          f"p99 {ms(percentile(cutovers, 0.99))}, max {ms(max(cutovers))}")
-    print(f"queries        {figures['queries']} through the alias; p50 {ms(percentile(latencies, 0.5))}, "
-          f"p99 {ms(percentile(latencies, 0.99))}")
-    print(f"query errors   {len(figures['errors'])}" + (f" (first: {figures['errors'][0]})" if figures["errors"] else ""))
+    print(
+        f"cutovers       {figures['rounds']} in {figures['elapsed']:.1f} s "
+        f"({figures['rounds'] / figures['elapsed']:.1f}/s); latency p50 {ms(statistics.median(cutovers))}, "
+        f"p99 {ms(percentile(cutovers, 0.99))}, max {ms(max(cutovers))}"
+    )
+    print(
+        f"queries        {figures['queries']} through the alias; p50 {ms(percentile(latencies, 0.5))}, "
+        f"p99 {ms(percentile(latencies, 0.99))}"
+    )
+    print(
+        f"query errors   {len(figures['errors'])}" + (f" (first: {figures['errors'][0]})" if figures["errors"] else "")
+    )
     print(f"mixed answers  {figures['mixed']} (responses with hits from more than one index)")
     share = figures["disagreeing"] / figures["samples"] if figures["samples"] else 0
-    print(f"pointer/alias  {figures['disagreeing']} of {figures['samples']} samples disagreed ({share:.1%}), "
-          f"in {figures['windows']} windows")
+    print(
+        f"pointer/alias  {figures['disagreeing']} of {figures['samples']} samples disagreed ({share:.1%}), "
+        f"in {figures['windows']} windows"
+    )
     alias, pointer = figures["final"]
     consistent = alias == figures["expected_final"] and alias and alias[0].endswith(f"-{pointer}")
     print(f"final state    alias -> {', '.join(alias)}; pointer -> {pointer} ({'agree' if consistent else 'DISAGREE'})")

@@ -71,12 +71,25 @@ class SweepResult:
 
     @property
     def ok(self) -> bool:
-        return (not self.lost and not self.extra and not self.wrong_hash and self.versions == {VERSION: self.corpus_size}
-                and self.indexed == self.corpus_size and not self.left_in_bulk_mode and not self.live_moved)
+        return (
+            not self.lost
+            and not self.extra
+            and not self.wrong_hash
+            and self.versions == {VERSION: self.corpus_size}
+            and self.indexed == self.corpus_size
+            and not self.left_in_bulk_mode
+            and not self.live_moved
+        )
 
     def summary(self) -> dict:
-        return {**asdict(self), "landed": self.landed, "ok": self.ok,
-                "lost": self.lost[:20], "extra": self.extra[:20], "wrong_hash": self.wrong_hash[:20]}
+        return {
+            **asdict(self),
+            "landed": self.landed,
+            "ok": self.ok,
+            "lost": self.lost[:20],
+            "extra": self.extra[:20],
+            "wrong_hash": self.wrong_hash[:20],
+        }
 
 
 def backfill_argv(stack: str) -> list[str]:
@@ -85,12 +98,20 @@ def backfill_argv(stack: str) -> list[str]:
 
 def make_stack(stacks_dir: Path, name: str, docs: int, batch_size: int = 16) -> config.StackSettings:
     """A stack file for the sweep: v1 live in blue, v2 in green, small embedding batches."""
-    stackfile.write_stack(stacks_dir, name, {
-        "pin": "v1", "slots": {"blue": "v1", "green": VERSION},
-        "artifacts": {"bucket": f"{name}-artifacts"}, "corpus": {"bucket": f"{name}-corpus", "size": docs},
-        "opensearch": {"indexPrefix": name}, "endpoints": {"backend": "local"},
-        "backfill": {"batchSize": batch_size}, "pointerParameter": f"/{name}/live",
-    })
+    stackfile.write_stack(
+        stacks_dir,
+        name,
+        {
+            "pin": "v1",
+            "slots": {"blue": "v1", "green": VERSION},
+            "artifacts": {"bucket": f"{name}-artifacts"},
+            "corpus": {"bucket": f"{name}-corpus", "size": docs},
+            "opensearch": {"indexPrefix": name},
+            "endpoints": {"backend": "local"},
+            "backfill": {"batchSize": batch_size},
+            "pointerParameter": f"/{name}/live",
+        },
+    )
     return config.load_stack(name, stacks_dir)
 
 
@@ -103,8 +124,13 @@ def go_live_on_v1(settings: config.StackSettings, catalog: config.Catalog) -> No
     entry = catalog.get("v1")
     artifacts.publish_artifact(s3, settings, entry)
     reembed.sync_index(settings, entry, progress=False)
-    index.cutover(clients.opensearch(settings.opensearch), clients.aws_for(settings, "ssm"), settings, entry,
-                  endpoints.endpoint_name(settings, "blue"))
+    index.cutover(
+        clients.opensearch(settings.opensearch),
+        clients.aws_for(settings, "ssm"),
+        settings,
+        entry,
+        endpoints.endpoint_name(settings, "blue"),
+    )
 
 
 class LiveSampler:
@@ -186,8 +212,10 @@ def edit_corpus(settings: config.StackSettings, rng: random.Random) -> list[Docu
         if roll < 0.08:
             continue
         edited.append(replace(doc, text=doc.text + f" (revised {rng.randrange(10**6)})") if roll < 0.48 else doc)
-    edited += [Document(f"new-{n}", f"Newly arrived document {n}: {documents[n % len(documents)].text[:300]}")
-               for n in range(max(1, len(documents) * 8 // 100))]
+    edited += [
+        Document(f"new-{n}", f"Newly arrived document {n}: {documents[n % len(documents)].text[:300]}")
+        for n in range(max(1, len(documents) * 8 // 100))
+    ]
     artifacts.write_corpus(s3, settings, edited)
     return edited
 
@@ -207,8 +235,14 @@ def catch_up_progress(client, name: str) -> int:
     return client.count(index=name, body=body)["count"]
 
 
-def sweep(settings: config.StackSettings, catalog: config.Catalog, stacks_dir: Path, points: int,
-          rng: random.Random, say=print) -> SweepResult:
+def sweep(
+    settings: config.StackSettings,
+    catalog: config.Catalog,
+    stacks_dir: Path,
+    points: int,
+    rng: random.Random,
+    say=print,
+) -> SweepResult:
     """Provision v2 with kills, finish; edit the corpus; catch up with kills, finish; verify.
     Kills alternate between a progress mark (documents written) and a random time."""
     env = {**os.environ, "LOCKSTEP_STACKS_DIR": str(stacks_dir)}
@@ -231,8 +265,10 @@ def sweep(settings: config.StackSettings, catalog: config.Catalog, stacks_dir: P
             killed = run_and_kill(argv, env, after=delay)
             how = f"after {delay:.2f} s"
         result.kills.append(Kill(phase, how, indexed_count(client, name), not killed))
-        say(f"  {phase} kill {n + 1}: {how}; progress {progress()}/{todo}, {result.kills[-1].docs_at_kill} docs in the index"
-            + (" (exited before the kill)" if not killed else ""))
+        say(
+            f"  {phase} kill {n + 1}: {how}; progress {progress()}/{todo}, {result.kills[-1].docs_at_kill} docs in the index"
+            + (" (exited before the kill)" if not killed else "")
+        )
 
     with LiveSampler(settings) as sampler:
         for n in range(provision_points):
@@ -291,25 +327,43 @@ def main(argv: list[str] | None = None) -> int:
         settings = make_stack(stacks_dir, f"kill{uuid.uuid4().hex[:8]}", args.docs)
         try:
             go_live_on_v1(settings, catalog)
-            print(f"kill sweep: {args.points} SIGKILLs of `lockstep backfill --version {VERSION}` "
-                  f"({args.docs} docs, seed {seed})", flush=True)
-            result = sweep(settings, catalog, stacks_dir, args.points, random.Random(seed),
-                           say=lambda line: print(line, flush=True))
+            print(
+                f"kill sweep: {args.points} SIGKILLs of `lockstep backfill --version {VERSION}` "
+                f"({args.docs} docs, seed {seed})",
+                flush=True,
+            )
+            result = sweep(
+                settings,
+                catalog,
+                stacks_dir,
+                args.points,
+                random.Random(seed),
+                say=lambda line: print(line, flush=True),
+            )
         finally:
             cleanup(settings)
             started_here = [s.name for s in states if s.source == "started"]
             if started_here and os.environ.get("LOCKSTEP_KEEP_SERVICES") != "1":
                 services.down(started_here)
-    summary = {"seed": seed, "docs": args.docs, "points": args.points, "seconds": round(time.monotonic() - started, 1),
-               **result.summary()}
+    summary = {
+        "seed": seed,
+        "docs": args.docs,
+        "points": args.points,
+        "seconds": round(time.monotonic() - started, 1),
+        **result.summary(),
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"kills landed   {result.landed} of {len(result.kills)} "
-          f"({sum(1 for k in result.kills if k.phase == 'provision' and not k.exited_before_kill)} in provision, "
-          f"{sum(1 for k in result.kills if k.phase == 'catch_up' and not k.exited_before_kill)} in catch-up)")
-    print(f"final index    {result.indexed} docs for a corpus of {result.corpus_size}; lost {len(result.lost)}, "
-          f"extra {len(result.extra)}, wrong content_sha256 {len(result.wrong_hash)}, versions {result.versions}, "
-          f"bulk mode left on: {result.left_in_bulk_mode}")
+    print(
+        f"kills landed   {result.landed} of {len(result.kills)} "
+        f"({sum(1 for k in result.kills if k.phase == 'provision' and not k.exited_before_kill)} in provision, "
+        f"{sum(1 for k in result.kills if k.phase == 'catch_up' and not k.exited_before_kill)} in catch-up)"
+    )
+    print(
+        f"final index    {result.indexed} docs for a corpus of {result.corpus_size}; lost {len(result.lost)}, "
+        f"extra {len(result.extra)}, wrong content_sha256 {len(result.wrong_hash)}, versions {result.versions}, "
+        f"bulk mode left on: {result.left_in_bulk_mode}"
+    )
     print(f"live alias     {result.live_samples} samples, moved off v1 in {len(result.live_moved)}")
     print(f"{'OK' if result.ok else 'FAILED'} in {summary['seconds']} s → {RESULTS}")
     return 0 if result.ok else 1

@@ -27,18 +27,29 @@ RESULTS = Path(__file__).resolve().parent / "results" / "ray_scaling.json"
 
 
 def stack(name: str, docs: int, catalog: config.Catalog, **backfill) -> config.StackSettings:
-    return config.settings_from_config(name, {
-        "pin": "v1", "slots": {"blue": "v1"},
-        "artifacts": {"bucket": f"{name}-artifacts"}, "corpus": {"bucket": f"{name}-corpus", "size": docs},
-        "opensearch": {"indexPrefix": name}, "endpoints": {"backend": "local"},
-        "pointerParameter": f"/{name}/live", "backfill": {"batchSize": 256, **backfill},
-    }, catalog)
+    return config.settings_from_config(
+        name,
+        {
+            "pin": "v1",
+            "slots": {"blue": "v1"},
+            "artifacts": {"bucket": f"{name}-artifacts"},
+            "corpus": {"bucket": f"{name}-corpus", "size": docs},
+            "opensearch": {"indexPrefix": name},
+            "endpoints": {"backend": "local"},
+            "pointerParameter": f"/{name}/live",
+            "backfill": {"batchSize": 256, **backfill},
+        },
+        catalog,
+    )
 
 
 def with_prefix(settings: config.StackSettings, prefix: str, **backfill) -> config.StackSettings:
-    return settings.model_copy(update={
-        "opensearch": settings.opensearch.model_copy(update={"index_prefix": prefix}),
-        "backfill": settings.backfill.model_copy(update=backfill)})
+    return settings.model_copy(
+        update={
+            "opensearch": settings.opensearch.model_copy(update={"index_prefix": prefix}),
+            "backfill": settings.backfill.model_copy(update=backfill),
+        }
+    )
 
 
 def bulk_ceiling(settings: config.StackSettings, entry: config.CatalogEntry, documents, threads: int) -> float:
@@ -69,7 +80,7 @@ def encode_rate(settings: config.StackSettings, entry: config.CatalogEntry, docu
     sample = documents[:5000]
     started = time.perf_counter()
     for i in range(0, len(sample), 256):
-        embedder.encode([d.text for d in sample[i:i + 256]])
+        embedder.encode([d.text for d in sample[i : i + 256]])
     return len(sample) / (time.perf_counter() - started)
 
 
@@ -90,8 +101,13 @@ def main() -> None:
     documents = artifacts.read_corpus(s3, base)
     print(f"{len(documents):,} documents, {os.cpu_count()} CPUs", flush=True)
 
-    figures: dict = {"docs": len(documents), "cpus": os.cpu_count(), "machine": platform.platform(),
-                     "date": datetime.now(UTC).strftime("%Y-%m-%d"), "command": f"python -m bench.ray_scaling --docs {args.docs}"}
+    figures: dict = {
+        "docs": len(documents),
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": f"python -m bench.ray_scaling --docs {args.docs}",
+    }
     figures["encode_docs_per_s_one_core"] = round(encode_rate(base, entry, documents), 1)
     print(f"  model alone, one core: {figures['encode_docs_per_s_one_core']:,.0f} docs/s", flush=True)
     for threads in (1, 2):
@@ -106,11 +122,17 @@ def main() -> None:
     import ray
 
     started = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-             runtime_env={"env_vars": services.environment()})
+    ray.init(
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="WARNING",
+        runtime_env={"env_vars": services.environment()},
+    )
     figures["ray_start_s"] = round(time.perf_counter() - started, 1)
     for workers in (1, 2):
-        result = reembed.sync_index(with_prefix(base, f"{name}-ray{workers}", engine="ray", workers=workers), entry, progress=False)
+        result = reembed.sync_index(
+            with_prefix(base, f"{name}-ray{workers}", engine="ray", workers=workers), entry, progress=False
+        )
         assert result.embedded == len(documents)
         figures[f"ray_{workers}_workers_docs_per_s"] = round(result.rate, 1)
         print(f"  ray engine, {workers} worker(s): {result.rate:,.0f} docs/s ({result.seconds:.1f}s)", flush=True)

@@ -33,16 +33,21 @@ def quiet(_: str) -> None:
 
 def scratch_stack(root: Path, size: int) -> tuple[Path, str]:
     name = f"bench-{uuid.uuid4().hex[:8]}"
-    stackfile.write_stack(root, name, {
-        "pin": "v1", "slots": {"blue": "v1"},
-        "artifacts": {"bucket": f"{name}-artifacts"},
-        "opensearch": {"indexPrefix": name},
-        "corpus": {"bucket": f"{name}-corpus", "size": size},
-        "endpoints": {"backend": "local"},
-        "pointerParameter": f"/lockstep/{name}/live",
-        # 100k documents of joined docstrings crowd the golden answers a little (recall ~0.75).
-        "check": {"recallFloor": 0.6},
-    })
+    stackfile.write_stack(
+        root,
+        name,
+        {
+            "pin": "v1",
+            "slots": {"blue": "v1"},
+            "artifacts": {"bucket": f"{name}-artifacts"},
+            "opensearch": {"indexPrefix": name},
+            "corpus": {"bucket": f"{name}-corpus", "size": size},
+            "endpoints": {"backend": "local"},
+            "pointerParameter": f"/lockstep/{name}/live",
+            # 100k documents of joined docstrings crowd the golden answers a little (recall ~0.75).
+            "check": {"recallFloor": 0.6},
+        },
+    )
     return root, name
 
 
@@ -67,10 +72,19 @@ def rollback_at(size: int, root: Path, catalog) -> dict:
     stackfile.set_pin(stack, "v1", stacks)
     rollback, check_seconds, back = apply_timed(stack, stacks, catalog)
     assert back.embedded == 0, "a rollback to a synced index must embed nothing"
-    figures = {"docs": size, "full_reembed_s": round(full, 3), "rollback_s": round(rollback, 3),
-               "rollback_check_s": round(check_seconds, 3), "speedup": round(full / rollback, 1),
-               "stack": stack, "stacks": str(stacks)}
-    print(f"  {size:>7} docs: full re-embed {full:7.2f}s · rollback {rollback:6.3f}s ({full / rollback:,.0f}×) · check {check_seconds:.2f}s", flush=True)
+    figures = {
+        "docs": size,
+        "full_reembed_s": round(full, 3),
+        "rollback_s": round(rollback, 3),
+        "rollback_check_s": round(check_seconds, 3),
+        "speedup": round(full / rollback, 1),
+        "stack": stack,
+        "stacks": str(stacks),
+    }
+    print(
+        f"  {size:>7} docs: full re-embed {full:7.2f}s · rollback {rollback:6.3f}s ({full / rollback:,.0f}×) · check {check_seconds:.2f}s",
+        flush=True,
+    )
     return figures
 
 
@@ -93,7 +107,10 @@ def throughput(size: int, root: Path, catalog) -> dict:
     client = clients.opensearch(settings.opensearch)
     result = reembed.sync_documents(client, settings, entry, embedder, documents, progress=False)
     ratio = (len(documents) / result.seconds) / (len(documents) / encode)
-    print(f"  backfill {len(documents) / result.seconds:,.0f} docs/s vs raw encode {len(documents) / encode:,.0f} docs/s → {ratio:.2f}", flush=True)
+    print(
+        f"  backfill {len(documents) / result.seconds:,.0f} docs/s vs raw encode {len(documents) / encode:,.0f} docs/s → {ratio:.2f}",
+        flush=True,
+    )
 
     # Catch-up of a 1 % delta vs the full rebuild just measured.
     step = 100
@@ -101,10 +118,19 @@ def throughput(size: int, root: Path, catalog) -> dict:
     artifacts.write_corpus(s3, settings, edited)
     catch_up = reembed.sync_documents(client, settings, entry, embedder, edited, progress=False)
     assert catch_up.embedded == len(documents[::step])
-    print(f"  catch-up of {catch_up.embedded} changed docs {catch_up.seconds:.2f}s vs rebuild {result.seconds:.2f}s → {catch_up.seconds / result.seconds:.1%}", flush=True)
-    return {"backfill_docs_per_s": round(len(documents) / result.seconds), "encode_docs_per_s": round(len(documents) / encode),
-            "backfill_vs_encode": round(ratio, 3), "catch_up_s": round(catch_up.seconds, 3), "rebuild_s": round(result.seconds, 3),
-            "catch_up_vs_rebuild": round(catch_up.seconds / result.seconds, 4), "delta_docs": catch_up.embedded}
+    print(
+        f"  catch-up of {catch_up.embedded} changed docs {catch_up.seconds:.2f}s vs rebuild {result.seconds:.2f}s → {catch_up.seconds / result.seconds:.1%}",
+        flush=True,
+    )
+    return {
+        "backfill_docs_per_s": round(len(documents) / result.seconds),
+        "encode_docs_per_s": round(len(documents) / encode),
+        "backfill_vs_encode": round(ratio, 3),
+        "catch_up_s": round(catch_up.seconds, 3),
+        "rebuild_s": round(result.seconds, 3),
+        "catch_up_vs_rebuild": round(catch_up.seconds / result.seconds, 4),
+        "delta_docs": catch_up.embedded,
+    }
 
 
 def catch_up_at(item: dict, root: Path, catalog) -> dict:
@@ -118,9 +144,17 @@ def catch_up_at(item: dict, root: Path, catalog) -> dict:
     _, _, result = apply_timed(item["stack"], root, catalog)
     step = next(s for s in result.steps if (s.step.kind, s.step.version) == ("catch_up", "v1"))
     ratio = step.seconds / item["full_reembed_s"]
-    print(f"  {item['docs']:>7} docs: catch-up of {step.step.docs} changed docs {step.seconds:.2f}s vs full re-embed "
-          f"{item['full_reembed_s']:.2f}s → {ratio:.1%}", flush=True)
-    return {"docs": item["docs"], "delta_docs": step.step.docs, "catch_up_s": round(step.seconds, 3), "ratio": round(ratio, 4)}
+    print(
+        f"  {item['docs']:>7} docs: catch-up of {step.step.docs} changed docs {step.seconds:.2f}s vs full re-embed "
+        f"{item['full_reembed_s']:.2f}s → {ratio:.1%}",
+        flush=True,
+    )
+    return {
+        "docs": item["docs"],
+        "delta_docs": step.step.docs,
+        "catch_up_s": round(step.seconds, 3),
+        "ratio": round(ratio, 4),
+    }
 
 
 def plan_time(stack: str, stacks: Path) -> dict:
@@ -128,8 +162,13 @@ def plan_time(stack: str, stacks: Path) -> dict:
     runs = []
     for _ in range(3):
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "lockstep.cli", "plan", "--stack", stack, "--to", "v2"],
-                              capture_output=True, text=True, env=env, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "lockstep.cli", "plan", "--stack", stack, "--to", "v2"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         runs.append(time.perf_counter() - started)
         if done.returncode != 0:
             raise SystemExit(f"bench: lockstep plan failed: {done.stderr.strip()}")

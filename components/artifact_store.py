@@ -59,28 +59,41 @@ class ArtifactStore(pulumi.ComponentResource):
 
         bucket = aws.s3.Bucket(f"{name}-bucket", bucket=args.bucket, opts=child)
         versioning = aws.s3.BucketVersioning(
-            f"{name}-versioning", bucket=bucket.id,
-            versioning_configuration={"status": "Enabled"}, opts=child,
+            f"{name}-versioning",
+            bucket=bucket.id,
+            versioning_configuration={"status": "Enabled"},
+            opts=child,
         )
         encryption = aws.s3.BucketServerSideEncryptionConfiguration(
-            f"{name}-encryption", bucket=bucket.id,
-            rules=[{
-                "apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"},
-                "bucket_key_enabled": True,
-            }],
+            f"{name}-encryption",
+            bucket=bucket.id,
+            rules=[
+                {
+                    "apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"},
+                    "bucket_key_enabled": True,
+                }
+            ],
             opts=child,
         )
         public_access = aws.s3.BucketPublicAccessBlock(
-            f"{name}-public-access", bucket=bucket.id,
-            block_public_acls=True, block_public_policy=True,
-            ignore_public_acls=True, restrict_public_buckets=True, opts=child,
+            f"{name}-public-access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
         )
         ownership = aws.s3.BucketOwnershipControls(
-            f"{name}-ownership", bucket=bucket.id,
-            rule={"object_ownership": "BucketOwnerEnforced"}, opts=child,
+            f"{name}-ownership",
+            bucket=bucket.id,
+            rule={"object_ownership": "BucketOwnerEnforced"},
+            opts=child,
         )
         policy = aws.s3.BucketPolicy(
-            f"{name}-tls-only", bucket=bucket.id, policy=json.dumps(deny_insecure_transport_policy(args.bucket)),
+            f"{name}-tls-only",
+            bucket=bucket.id,
+            policy=json.dumps(deny_insecure_transport_policy(args.bucket)),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[public_access]),
         )
 
@@ -101,7 +114,9 @@ class ArtifactStore(pulumi.ComponentResource):
             for entry in args.entries
         }
         self.bucket = bucket.bucket
-        self.register_outputs({
-            "bucket": self.bucket,
-            "keys": {version: obj.key for version, obj in self.objects.items()},
-        })
+        self.register_outputs(
+            {
+                "bucket": self.bucket,
+                "keys": {version: obj.key for version, obj in self.objects.items()},
+            }
+        )

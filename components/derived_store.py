@@ -19,13 +19,22 @@ def derived_table(name: str, store: DerivedStore, opts: pulumi.ResourceOptions) 
         name=store.table,
         billing_mode="PAY_PER_REQUEST",
         hash_key=derived.KEY,
-        attributes=[aws.dynamodb.TableAttributeArgs(name=derived.KEY, type="S"),
-                    aws.dynamodb.TableAttributeArgs(name=derived.VERSION_ATTRIBUTE, type="S")],
-        global_secondary_indexes=[aws.dynamodb.TableGlobalSecondaryIndexArgs(
-            name=derived.VERSION_INDEX,
-            key_schemas=[aws.dynamodb.TableGlobalSecondaryIndexKeySchemaArgs(
-                attribute_name=derived.VERSION_ATTRIBUTE, key_type="HASH")],
-            projection_type="INCLUDE", non_key_attributes=list(derived.PROJECTED))],
+        attributes=[
+            aws.dynamodb.TableAttributeArgs(name=derived.KEY, type="S"),
+            aws.dynamodb.TableAttributeArgs(name=derived.VERSION_ATTRIBUTE, type="S"),
+        ],
+        global_secondary_indexes=[
+            aws.dynamodb.TableGlobalSecondaryIndexArgs(
+                name=derived.VERSION_INDEX,
+                key_schemas=[
+                    aws.dynamodb.TableGlobalSecondaryIndexKeySchemaArgs(
+                        attribute_name=derived.VERSION_ATTRIBUTE, key_type="HASH"
+                    )
+                ],
+                projection_type="INCLUDE",
+                non_key_attributes=list(derived.PROJECTED),
+            )
+        ],
         server_side_encryption=aws.dynamodb.TableServerSideEncryptionArgs(enabled=True),
         point_in_time_recovery=aws.dynamodb.TablePointInTimeRecoveryArgs(enabled=True),
         # The records are the lineage of past releases: deleting the table takes a deliberate step.

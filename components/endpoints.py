@@ -44,50 +44,68 @@ def ecr_repository_arn(image_uri: str) -> str:
 
 
 def assume_role_policy() -> str:
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Principal": {"Service": "sagemaker.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }],
-    })
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "sagemaker.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+    )
 
 
-def execution_policy(*, bucket: str, entry: CatalogEntry, image_uri: str, region: str, account: str, endpoint: str) -> str:
+def execution_policy(
+    *, bucket: str, entry: CatalogEntry, image_uri: str, region: str, account: str, endpoint: str
+) -> str:
     """Least privilege: this version's artifacts, this image's repository, this endpoint's logs."""
     arn = partition(region)
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ReadThisVersionsArtifact",
-                "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": f"arn:{arn}:s3:::{bucket}/models/{entry.model}/{entry.version}/*",
-            },
-            {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-            {
-                "Sid": "PullServingImage",
-                "Effect": "Allow",
-                "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-                "Resource": ecr_repository_arn(image_uri),
-            },
-            {
-                "Sid": "WriteEndpointLogs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-                "Resource": f"arn:{arn}:logs:{region}:{account}:log-group:/aws/sagemaker/Endpoints/{endpoint}*",
-            },
-        ],
-    })
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "ReadThisVersionsArtifact",
+                    "Effect": "Allow",
+                    "Action": "s3:GetObject",
+                    "Resource": f"arn:{arn}:s3:::{bucket}/models/{entry.model}/{entry.version}/*",
+                },
+                {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+                {
+                    "Sid": "PullServingImage",
+                    "Effect": "Allow",
+                    "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+                    "Resource": ecr_repository_arn(image_uri),
+                },
+                {
+                    "Sid": "WriteEndpointLogs",
+                    "Effect": "Allow",
+                    "Action": [
+                        "logs:CreateLogGroup",
+                        "logs:CreateLogStream",
+                        "logs:PutLogEvents",
+                        "logs:DescribeLogStreams",
+                    ],
+                    "Resource": f"arn:{arn}:logs:{region}:{account}:log-group:/aws/sagemaker/Endpoints/{endpoint}*",
+                },
+            ],
+        }
+    )
 
 
 def deployment_config(deployment: DeploymentSettings) -> dict:
     """Blue/green update policy (SageMaker shifts traffic to the new fleet) plus alarm-driven auto-rollback."""
-    for key, value in (("waitSeconds", deployment.wait_seconds), ("terminationWaitSeconds", deployment.termination_wait_seconds)):
+    for key, value in (
+        ("waitSeconds", deployment.wait_seconds),
+        ("terminationWaitSeconds", deployment.termination_wait_seconds),
+    ):
         if value > MAX_WAIT_SECONDS:
-            raise ConfigError(f"lockstep:endpoints.deployment.{key}: {value} exceeds SageMaker's {MAX_WAIT_SECONDS} s; lower it")
+            raise ConfigError(
+                f"lockstep:endpoints.deployment.{key}: {value} exceeds SageMaker's {MAX_WAIT_SECONDS} s; lower it"
+            )
     routing: dict = {"type": deployment.traffic_routing, "wait_interval_in_seconds": deployment.wait_seconds}
     step = {"type": "CAPACITY_PERCENT", "value": deployment.canary_percent}
     if deployment.traffic_routing == "CANARY":
@@ -136,7 +154,9 @@ class EndpointSlot(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         entry, endpoints = args.entry, args.endpoints
         if not endpoints.image_uri:
-            raise ConfigError("lockstep:endpoints.imageUri: is required when backend is 'sagemaker'; set the serving image")
+            raise ConfigError(
+                "lockstep:endpoints.imageUri: is required when backend is 'sagemaker'; set the serving image"
+            )
         endpoint = endpoint_name(args.stack, args.slot)
         self.model_data_url = artifact_uri(args.bucket, entry)
         deployment = deployment_config(endpoints.deployment)
@@ -146,10 +166,16 @@ class EndpointSlot(pulumi.ComponentResource):
         policy = aws.iam.RolePolicy(
             f"{name}-policy",
             role=role.id,
-            policy=account.apply(lambda account_id: execution_policy(
-                bucket=args.bucket, entry=entry, image_uri=endpoints.image_uri,
-                region=args.region, account=account_id, endpoint=endpoint,
-            )),
+            policy=account.apply(
+                lambda account_id: execution_policy(
+                    bucket=args.bucket,
+                    entry=entry,
+                    image_uri=endpoints.image_uri,
+                    region=args.region,
+                    account=account_id,
+                    endpoint=endpoint,
+                )
+            ),
             opts=child,
         )
         self.model = aws.sagemaker.Model(
@@ -169,12 +195,14 @@ class EndpointSlot(pulumi.ComponentResource):
         )
         self.config = aws.sagemaker.EndpointConfiguration(
             f"{name}-config",
-            production_variants=[{
-                "variant_name": "primary",
-                "model_name": self.model.name,
-                "initial_instance_count": endpoints.instance_count,
-                "instance_type": endpoints.instance_type,
-            }],
+            production_variants=[
+                {
+                    "variant_name": "primary",
+                    "model_name": self.model.name,
+                    "initial_instance_count": endpoints.instance_count,
+                    "instance_type": endpoints.instance_type,
+                }
+            ],
             tags={"lockstep:version": entry.version, "lockstep:slot": args.slot},
             opts=child,
         )
@@ -186,8 +214,10 @@ class EndpointSlot(pulumi.ComponentResource):
             tags={"lockstep:version": entry.version, "lockstep:slot": args.slot},
             opts=child,
         )
-        self.register_outputs({
-            "version": entry.version,
-            "endpoint": self.endpoint.name,
-            "endpointConfig": self.config.name,
-        })
+        self.register_outputs(
+            {
+                "version": entry.version,
+                "endpoint": self.endpoint.name,
+                "endpointConfig": self.config.name,
+            }
+        )

@@ -12,7 +12,7 @@ import json
 import re
 import typing
 from collections.abc import Awaitable
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 import pulumi_command as command
@@ -50,8 +50,13 @@ def require_aws_stack(settings: StackSettings) -> None:
 
 
 def settings_document(settings: StackSettings, catalog: Catalog) -> str:
-    return json.dumps({"settings": settings.model_dump(mode="json", by_alias=True),
-                       "catalog": catalog.model_dump(mode="json", by_alias=True)}, sort_keys=True)
+    return json.dumps(
+        {
+            "settings": settings.model_dump(mode="json", by_alias=True),
+            "catalog": catalog.model_dump(mode="json", by_alias=True),
+        },
+        sort_keys=True,
+    )
 
 
 def check_command(stack: str) -> str:
@@ -126,8 +131,13 @@ def catalog_from_wire(data: Any) -> Catalog:
     except ValidationError as exc:
         loc = exc.errors()[0]["loc"]
         names = data.get("versions") if isinstance(data, dict) else None
-        if len(loc) >= 2 and loc[0] == "versions" and isinstance(loc[1], int) and isinstance(names, dict) \
-                and loc[1] < len(names):
+        if (
+            len(loc) >= 2
+            and loc[0] == "versions"
+            and isinstance(loc[1], int)
+            and isinstance(names, dict)
+            and loc[1] < len(names)
+        ):
             rest = ".".join(str(p) for p in loc[2:])
             detail = describe_validation_error(exc).split(": ", 1)[-1]
             raise ConfigError(f"{NAMESPACE}:catalog.versions.{list(names)[loc[1]]}.{rest}: {detail}") from None
@@ -158,16 +168,16 @@ def release_settings(args: ModelReleaseArgs) -> tuple[StackSettings, Catalog]:
     return settings, catalog
 
 
-def release_args(settings: StackSettings, catalog: Catalog,
-                 opensearch_password: Optional[pulumi.Input[str]] = None) -> ModelReleaseArgs:
+def release_args(
+    settings: StackSettings, catalog: Catalog, opensearch_password: pulumi.Input[str] | None = None
+) -> ModelReleaseArgs:
     """The args for validated settings (how the Python program in this repository calls the component)."""
     args: dict[str, Any] = settings.model_dump(mode="json", exclude_none=True, exclude={"stack"})
     args["stack"] = settings.stack
     args["catalog"] = {
         "model": catalog.model,
         "versions": {
-            entry.version: entry.model_dump(mode="json", exclude={"version", "model"})
-            for entry in catalog.versions
+            entry.version: entry.model_dump(mode="json", exclude={"version", "model"}) for entry in catalog.versions
         },
     }
     if opensearch_password is not None:
@@ -194,7 +204,7 @@ class ModelRelease(pulumi.ComponentResource):
     check_record: pulumi.Output[str]
     """The last consistency check's result record (JSON), what `lockstep promote` reads."""
 
-    def __init__(self, name: str, args: ModelReleaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: ModelReleaseArgs, opts: pulumi.ResourceOptions | None = None):
         # Validated before anything is registered: a bad arg changes nothing.
         settings, catalog = release_settings(args)
         opensearch_password = args.get("opensearch_password")
@@ -219,8 +229,12 @@ class ModelRelease(pulumi.ComponentResource):
             slot: EndpointSlot(
                 f"{name}-{slot}",
                 EndpointSlotArgs(
-                    stack=settings.stack, slot=slot, entry=entries[version],
-                    bucket=settings.artifacts.bucket, endpoints=settings.endpoints, region=settings.region,
+                    stack=settings.stack,
+                    slot=slot,
+                    entry=entries[version],
+                    bucket=settings.artifacts.bucket,
+                    endpoints=settings.endpoints,
+                    region=settings.region,
                     artifact=self.artifacts.objects[version],
                 ),
                 pulumi.ResourceOptions(parent=self),
@@ -236,12 +250,16 @@ class ModelRelease(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self, depends_on=[pin_index, live.endpoint]),
         )
         # Derived records belong to the unit: after the flip, what other versions wrote is repaired.
-        self.derived_tables = {store.name: derived_table(f"{name}-derived-{store.name}", store, pulumi.ResourceOptions(parent=self))
-                               for store in settings.derived}
+        self.derived_tables = {
+            store.name: derived_table(f"{name}-derived-{store.name}", store, pulumi.ResourceOptions(parent=self))
+            for store in settings.derived
+        }
         self.derived_repairs = [
-            DerivedRepair(f"{name}-repair-{store.name}",
-                          DerivedRepairArgs(settings, catalog, store, table=self.derived_tables[store.name].name),
-                          pulumi.ResourceOptions(parent=self, depends_on=[self.cutover]))
+            DerivedRepair(
+                f"{name}-repair-{store.name}",
+                DerivedRepairArgs(settings, catalog, store, table=self.derived_tables[store.name].name),
+                pulumi.ResourceOptions(parent=self, depends_on=[self.cutover]),
+            )
             for store in settings.derived
         ]
         # The check reads the unit's settings from its environment, so it runs where no stack
@@ -271,11 +289,13 @@ class ModelRelease(pulumi.ComponentResource):
         self.slots = pulumi.Output.from_input(settings.slots.filled)
         self.retained_indices = pulumi.Output.all(*(self.indices[v].index for v in settings.retain))
         self.check_record = self.check.stdout
-        self.register_outputs({
-            "pin": self.pin,
-            "liveEndpoint": self.live_endpoint,
-            "liveIndex": self.live_index,
-            "slots": self.slots,
-            "retainedIndices": self.retained_indices,
-            "checkRecord": self.check_record,
-        })
+        self.register_outputs(
+            {
+                "pin": self.pin,
+                "liveEndpoint": self.live_endpoint,
+                "liveIndex": self.live_index,
+                "slots": self.slots,
+                "retainedIndices": self.retained_indices,
+                "checkRecord": self.check_record,
+            }
+        )

@@ -34,7 +34,9 @@ def read_values(config: pulumi.Config) -> dict[str, Any]:
         try:
             value = config.get(key) if _is_text(field.annotation) else config.get_object(key)
         except pulumi.ConfigTypeError:
-            raise pulumi.RunError(f"{NAMESPACE}:{key}: is not valid YAML/JSON structure; write it as a mapping or list") from None
+            raise pulumi.RunError(
+                f"{NAMESPACE}:{key}: is not valid YAML/JSON structure; write it as a mapping or list"
+            ) from None
         if value is not None:
             values[key] = value
     if "region" not in values and (region := pulumi.Config("aws").get("region")):

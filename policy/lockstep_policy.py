@@ -43,10 +43,18 @@ ARTIFACT_URL = re.compile(
 )
 DEFAULT_PROD_STACKS = r"prod(uction)?([-_.].+)?"
 
-CONFIG_SCHEMA = PolicyConfigSchema(properties={
-    "stacks": {"type": "string", "description": "Regular expression (full match) of the stack names the rule applies to."},
-    "stacksDir": {"type": "string", "description": "Directory holding catalog.yaml (default: the project's stacks/)."},
-})
+CONFIG_SCHEMA = PolicyConfigSchema(
+    properties={
+        "stacks": {
+            "type": "string",
+            "description": "Regular expression (full match) of the stack names the rule applies to.",
+        },
+        "stacksDir": {
+            "type": "string",
+            "description": "Directory holding catalog.yaml (default: the project's stacks/).",
+        },
+    }
+)
 
 Report = Callable[..., None]
 
@@ -113,7 +121,9 @@ def catalog_problem(catalog: config.Catalog | None, version: str, sha: str, wher
 
 def pinned_problems(version: Any, sha: Any, where: str, catalog: config.Catalog | None) -> list[str]:
     """Explicit, immutable version; a real sha256; and both agree with the catalog."""
-    problems = [p for p in (version_problem(version, f"{where} version"), sha_problem(sha, f"{where} artifact sha256")) if p]
+    problems = [
+        p for p in (version_problem(version, f"{where} version"), sha_problem(sha, f"{where} artifact sha256")) if p
+    ]
     if not problems:
         problems += filter(None, [catalog_problem(catalog, version, sha, where)])
     return problems
@@ -135,6 +145,7 @@ def production_rule(*resource_types: str):
     """A validate function for `resource_types` in production stacks: the rule returns its problems.
 
     A catalog that cannot be read is itself a violation: an unverifiable prod deploy must not pass."""
+
     def wrap(rule: Callable[[Mapping[str, Any], config.Catalog | None], list[str]]):
         def validate(args, report_violation: Report) -> None:
             if args.resource_type not in resource_types or not applies_to(args):
@@ -145,9 +156,11 @@ def production_rule(*resource_types: str):
                 problems = [f"catalog: {exc}"]
             for problem in problems:
                 report_violation(problem)
+
         validate.__doc__ = rule.__doc__
         validate.__name__ = rule.__name__
         return validate
+
     return wrap
 
 
@@ -184,15 +197,19 @@ def validate_sagemaker_model(props: Mapping[str, Any], catalog: config.Catalog |
     for url in urls:
         match = ARTIFACT_URL.match(url) if isinstance(url, str) else None
         if not match:
-            problems.append(f"modelDataUrl: {url!r} is not content-addressed "
-                            "(s3://<bucket>/models/<model>/<version>/<sha256>/model.tar.gz)")
+            problems.append(
+                f"modelDataUrl: {url!r} is not content-addressed "
+                "(s3://<bucket>/models/<model>/<version>/<sha256>/model.tar.gz)"
+            )
         elif match["version"] != version:
             problems.append(f"modelDataUrl: version {match['version']!r} differs from tags.{VERSION_TAG} {version!r}")
         else:
             problems += pinned_problems(version, match["sha"], "modelDataUrl", catalog)
             declared = _get(props, "primaryContainer", "environment", "LOCKSTEP_ARTIFACT_SHA256")
             if declared is not None and declared != match["sha"]:
-                problems.append(f"environment.LOCKSTEP_ARTIFACT_SHA256: {declared!r} differs from the modelDataUrl's sha256")
+                problems.append(
+                    f"environment.LOCKSTEP_ARTIFACT_SHA256: {declared!r} differs from the modelDataUrl's sha256"
+                )
     return problems
 
 
@@ -206,8 +223,10 @@ def validate_sagemaker_endpoint(props: Mapping[str, Any], catalog: config.Catalo
     sha = _get(props, "tags", SHA_TAG)
     if sha is None:
         if catalog is None or version not in catalog:
-            return [f"tags.{SHA_TAG}: missing, and the catalog does not know {version!r}; "
-                    "tag the artifact's sha256 or add the version to the catalog"]
+            return [
+                f"tags.{SHA_TAG}: missing, and the catalog does not know {version!r}; "
+                "tag the artifact's sha256 or add the version to the catalog"
+            ]
         sha = catalog.get(version).artifact_sha256
     return pinned_problems(version, sha, "tags", catalog)
 

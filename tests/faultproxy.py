@@ -60,17 +60,25 @@ def bulk_operations(body: bytes) -> list[tuple[str, dict, list[str]]]:
     lines = [line for line in body.decode("utf-8").splitlines() if line.strip()]
     operations, position = [], 0
     while position < len(lines):
-        (op, meta), = json.loads(lines[position]).items()
+        ((op, meta),) = json.loads(lines[position]).items()
         width = 1 if op == "delete" else 2
-        operations.append((op, meta, lines[position:position + width]))
+        operations.append((op, meta, lines[position : position + width]))
         position += width
     return operations
 
 
 def _rejected(op: str, meta: dict) -> dict:
-    return {op: {"_index": meta.get("_index"), "_id": meta.get("_id"), "status": 429,
-                 "error": {"type": "rejected_execution_exception",
-                           "reason": "rejected execution (queue capacity 0) [injected by faultproxy]"}}}
+    return {
+        op: {
+            "_index": meta.get("_index"),
+            "_id": meta.get("_id"),
+            "status": 429,
+            "error": {
+                "type": "rejected_execution_exception",
+                "reason": "rejected execution (queue capacity 0) [injected by faultproxy]",
+            },
+        }
+    }
 
 
 class FaultProxy:
@@ -155,8 +163,9 @@ class FaultProxy:
         if session is None:
             session = self._local.session = requests.Session()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        return session.request(request.method, self.upstream + request.path, data=request.body or None,
-                               headers=headers, timeout=120)
+        return session.request(
+            request.method, self.upstream + request.path, data=request.body or None, headers=headers, timeout=120
+        )
 
     def reject_some(self, request: Request, every: int) -> bytes:
         operations = bulk_operations(request.body)
@@ -182,7 +191,9 @@ class FaultProxy:
 
     def count(self, kind: str, method: str | None = None, suffix: str = "") -> int:
         with self.lock:
-            return sum(1 for m, p, k in self.log if k == kind and (method is None or m == method) and p.endswith(suffix))
+            return sum(
+                1 for m, p, k in self.log if k == kind and (method is None or m == method) and p.endswith(suffix)
+            )
 
     def close(self) -> None:
         self.server.shutdown()

@@ -20,8 +20,13 @@ SIZE = 150
 
 
 def lockstep(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def docs_by_step(result: orchestrator.ApplyResult) -> dict[tuple[str, str], str]:
@@ -55,7 +60,10 @@ def test_upgrade_then_rollback_reembeds_only_what_changed(servers, scratch_stack
     s3 = clients.aws("s3")
     documents = artifacts.read_corpus(s3, settings)
     edited = [replace(d, text=d.text + " (revised)") for d in documents[:3]] + documents[4:]
-    edited += [Document(id=f"new-{n}", text=f"A brand new document number {n} about asyncio event loops and tasks.") for n in range(2)]
+    edited += [
+        Document(id=f"new-{n}", text=f"A brand new document number {n} about asyncio event loops and tasks.")
+        for n in range(2)
+    ]
     artifacts.write_corpus(s3, settings, edited)
     stackfile.set_pin(stack, "v2", stacks)
     fourth = orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=lambda _: None)
@@ -73,8 +81,11 @@ def test_killed_provision_resumes_without_duplicates(servers, scratch_stack, cat
     artifacts.ensure_corpus(s3, settings)
     artifacts.publish_artifact(s3, settings, catalog.get("v1"))
     name = settings.opensearch.index_name("v1")
-    process = subprocess.Popen([sys.executable, "-m", "lockstep.cli", "backfill", "--stack", stack, "--version", "v1", "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lockstep.cli", "backfill", "--stack", stack, "--version", "v1", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     written = 0
     while time.monotonic() < deadline and written < 50:
@@ -143,7 +154,11 @@ def test_missing_corpus_is_one_line_exit_2(servers, scratch_stack):
 
 
 def test_unreachable_endpoint_is_a_clear_error(servers):
-    client = endpoints.LocalEndpoint("lockstep-x-blue", "http://127.0.0.1:9", retry=endpoints.RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.02))
+    client = endpoints.LocalEndpoint(
+        "lockstep-x-blue",
+        "http://127.0.0.1:9",
+        retry=endpoints.RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.02),
+    )
     from lockstep.errors import Unreachable
 
     with pytest.raises(Unreachable, match="lockstep-x-blue"):

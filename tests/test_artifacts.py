@@ -64,7 +64,10 @@ def test_publish_is_idempotent_and_fetch_returns_the_catalog_bytes(s3, make_sett
     assert (embedder.version, embedder.dimension, embedder.artifact_sha256) == ("v1", 192, entry.artifact_sha256)
     assert artifacts.artifact_status(s3, settings.artifacts.bucket, entry) == {
         "uri": f"s3://{settings.artifacts.bucket}/{entry.artifact_key}",
-        "exists": True, "sha256_ok": True, "sha256": entry.artifact_sha256, "version_id": first,
+        "exists": True,
+        "sha256_ok": True,
+        "sha256": entry.artifact_sha256,
+        "version_id": first,
     }
 
 
@@ -92,8 +95,12 @@ def test_tampered_object_is_refused_and_republish_repairs_it(s3, make_settings, 
     artifacts.ensure_bucket(s3, bucket)
     original = artifacts.publish_artifact(s3, settings, entry)
     # Overwrite the bytes but keep the claimed sha256 in the metadata: only hashing the bytes tells.
-    s3.put_object(Bucket=bucket, Key=entry.artifact_key, Body=model.build_artifact(model.SPECS["v2"]),
-                  Metadata={"sha256": entry.artifact_sha256})
+    s3.put_object(
+        Bucket=bucket,
+        Key=entry.artifact_key,
+        Body=model.build_artifact(model.SPECS["v2"]),
+        Metadata={"sha256": entry.artifact_sha256},
+    )
 
     with pytest.raises(IntegrityError, match="overwritten") as raised:
         artifacts.fetch_artifact(s3, bucket, entry)

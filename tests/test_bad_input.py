@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from ruamel.yaml import YAML
 
 from lockstep import cli, config, services
-from lockstep.ops import artifacts, clients, corpus
+from lockstep.ops import clients, corpus
 from tests.faultproxy import FaultProxy, answer
 
 
@@ -69,6 +69,7 @@ def closed_port_url() -> str:
 # ------------------------------------------------------------------------------------ the table
 # id: (setup(scratch) -> argv after `lockstep`, words the one line must hold)
 
+
 def apply(s: Scratch) -> list[str]:
     return ["apply", "--stack", s.stack, "--quiet"]
 
@@ -81,6 +82,7 @@ def bad_stack(change) -> Callable[[Scratch], list[str]]:
     def setup(s: Scratch) -> list[str]:
         s.edit_stack(change)
         return apply(s)
+
     return setup
 
 
@@ -88,6 +90,7 @@ def bad_catalog(change) -> Callable[[Scratch], list[str]]:
     def setup(s: Scratch) -> list[str]:
         edit(s.stacks / "catalog.yaml", change)
         return apply(s)
+
     return setup
 
 
@@ -95,6 +98,7 @@ def bad_corpus(data: bytes, command) -> Callable[[Scratch], list[str]]:
     def setup(s: Scratch) -> list[str]:
         s.upload_corpus(data)
         return command(s)
+
     return setup
 
 
@@ -110,7 +114,7 @@ def unknown_pin_in_the_file(c: dict) -> None:
 def duplicate_version_key(s: Scratch) -> list[str]:
     path = s.stacks / "catalog.yaml"
     text = path.read_text()
-    v1 = text[text.index("  v1:"):text.index("  v2:")]
+    v1 = text[text.index("  v1:") : text.index("  v2:")]
     path.write_text(text + v1)  # `v1:` twice in the versions mapping
     return apply(s)
 
@@ -130,6 +134,7 @@ def unreachable_opensearch(command) -> Callable[[Scratch], list[str]]:
     def setup(s: Scratch) -> list[str]:
         s.env["OPENSEARCH_URL"] = closed_port_url()
         return command(s)
+
     return setup
 
 
@@ -137,6 +142,7 @@ def opensearch_refusing(status: int, command) -> Callable[[Scratch], list[str]]:
     def setup(s: Scratch) -> list[str]:
         s.env["OPENSEARCH_URL"] = "proxy:" + str(status)  # replaced by the test with a live proxy
         return command(s)
+
     return setup
 
 
@@ -148,8 +154,11 @@ def basic_auth_without_password(s: Scratch) -> list[str]:
 
 def aws_refusing_credentials(command) -> Callable[[Scratch], list[str]]:
     def setup(s: Scratch) -> list[str]:
-        s.env.update(AWS_ENDPOINT_URL="moto-with-auth", AWS_ACCESS_KEY_ID="AKIABOGUSBOGUSBOGUS0", AWS_SECRET_ACCESS_KEY="bogus")
+        s.env.update(
+            AWS_ENDPOINT_URL="moto-with-auth", AWS_ACCESS_KEY_ID="AKIABOGUSBOGUSBOGUS0", AWS_SECRET_ACCESS_KEY="bogus"
+        )
         return command(s)
+
     return setup
 
 
@@ -157,6 +166,7 @@ def stack_file_text(text: bytes) -> Callable[[Scratch], list[str]]:
     def setup(s: Scratch) -> list[str]:
         s.stack_file.write_bytes(text)
         return apply(s)
+
     return setup
 
 
@@ -172,29 +182,56 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
     "unknown pin (lockstep pin)": (unknown_pin_via_pin_command, ("'v9'", "not in the catalog", "v1, v2, v3")),
     "unknown pin in the stack file": (bad_stack(unknown_pin_in_the_file), ("'v9'", "not in the catalog")),
     "pin in neither slot": (bad_stack(lambda c: c.__setitem__("lockstep:pin", "v3")), ("pin", "'v3'", "neither slot")),
-    "both slots name one version": (bad_stack(lambda c: c["lockstep:slots"].__setitem__("green", "v1")), ("slots", "'v1'", "standby")),
-    "retain names an unknown version": (bad_stack(lambda c: c.__setitem__("lockstep:retain", ["v7"])), ("retain", "'v7'", "not in the catalog")),
+    "both slots name one version": (
+        bad_stack(lambda c: c["lockstep:slots"].__setitem__("green", "v1")),
+        ("slots", "'v1'", "standby"),
+    ),
+    "retain names an unknown version": (
+        bad_stack(lambda c: c.__setitem__("lockstep:retain", ["v7"])),
+        ("retain", "'v7'", "not in the catalog"),
+    ),
     "backfill of a version outside the stack": (version_outside_the_stack, ("v3", "pin, slots or retain")),
     # the catalog
-    "catalog: sha256 not 64 hex": (bad_catalog(lambda d: d["versions"]["v1"].__setitem__("artifactSha256", "abc123")),
-                                   ("catalog.yaml", "versions.v1.artifactSha256", "'abc123'", "64")),
-    "catalog: negative dimension": (bad_catalog(lambda d: d["versions"]["v3"].__setitem__("dimension", -4)),
-                                    ("catalog.yaml", "versions.v3.dimension", "-4", "> 0")),
+    "catalog: sha256 not 64 hex": (
+        bad_catalog(lambda d: d["versions"]["v1"].__setitem__("artifactSha256", "abc123")),
+        ("catalog.yaml", "versions.v1.artifactSha256", "'abc123'", "64"),
+    ),
+    "catalog: negative dimension": (
+        bad_catalog(lambda d: d["versions"]["v3"].__setitem__("dimension", -4)),
+        ("catalog.yaml", "versions.v3.dimension", "-4", "> 0"),
+    ),
     "catalog: a version listed twice": (duplicate_version_key, ("catalog.yaml", "duplicate", "v1")),
-    "catalog: sha256 is not the built artifact's": (catalog_sha_not_the_artifacts, ("v1", "sha256", "catalog", "nothing was uploaded")),
+    "catalog: sha256 is not the built artifact's": (
+        catalog_sha_not_the_artifacts,
+        ("v1", "sha256", "catalog", "nothing was uploaded"),
+    ),
     # the stack file
-    "invalid index prefix": (bad_stack(lambda c: c["lockstep:opensearch"].__setitem__("indexPrefix", "Docs*")),
-                             ("opensearch.indexPrefix", "'Docs*'", "index name")),
+    "invalid index prefix": (
+        bad_stack(lambda c: c["lockstep:opensearch"].__setitem__("indexPrefix", "Docs*")),
+        ("opensearch.indexPrefix", "'Docs*'", "index name"),
+    ),
     "stack file that is not YAML": (stack_file_text(b"config:\n  lockstep:pin: [v1\n"), ("not valid YAML", "line")),
     "stack file that is not UTF-8": (stack_file_text(b"config:\n  lockstep:pin: v1\xff\xfe\n"), ("not UTF-8",)),
     "stack file without config:": (stack_file_text(b"lockstep:pin: v1\n"), ("config:",)),
     # the corpus (an embedded stack seeds a missing corpus: these are corpora someone uploaded)
     "empty corpus (backfill)": (bad_corpus(b"", backfill), ("corpus", "empty")),
     "empty corpus (apply)": (bad_corpus(b"\n\n", apply), ("corpus", "empty")),
-    "corpus with a duplicate id (backfill)": (bad_corpus(lines(GOOD, OTHER, GOOD), backfill), ("line 3", "duplicate id", "'a'")),
-    "corpus with a duplicate id (apply)": (bad_corpus(lines(GOOD, OTHER, GOOD), apply), ("line 3", "duplicate id", "'a'")),
-    "corpus not UTF-8 (backfill)": (bad_corpus(lines(GOOD) + b'{"id": "b", "text": "caf\xe9"}\n', backfill), ("not UTF-8", "byte")),
-    "corpus not UTF-8 (apply)": (bad_corpus(lines(GOOD) + b'{"id": "b", "text": "caf\xe9"}\n', apply), ("not UTF-8", "byte")),
+    "corpus with a duplicate id (backfill)": (
+        bad_corpus(lines(GOOD, OTHER, GOOD), backfill),
+        ("line 3", "duplicate id", "'a'"),
+    ),
+    "corpus with a duplicate id (apply)": (
+        bad_corpus(lines(GOOD, OTHER, GOOD), apply),
+        ("line 3", "duplicate id", "'a'"),
+    ),
+    "corpus not UTF-8 (backfill)": (
+        bad_corpus(lines(GOOD) + b'{"id": "b", "text": "caf\xe9"}\n', backfill),
+        ("not UTF-8", "byte"),
+    ),
+    "corpus not UTF-8 (apply)": (
+        bad_corpus(lines(GOOD) + b'{"id": "b", "text": "caf\xe9"}\n', apply),
+        ("not UTF-8", "byte"),
+    ),
     "corpus line that is not JSON": (bad_corpus(lines(GOOD) + b"{id: b}\n", backfill), ("line 2", "JSON")),
     "corpus bucket missing (check)": (check_without_a_corpus_bucket, ("corpus", "not found")),
     # servers
@@ -203,8 +240,14 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
     "OpenSearch answers 401 (apply)": (opensearch_refusing(401, apply), ("refused our credentials", "401")),
     "OpenSearch answers 403 (backfill)": (opensearch_refusing(403, backfill), ("refused our credentials", "403")),
     "basic auth without the password": (basic_auth_without_password, ("LOCKSTEP_OPENSEARCH_PASSWORD", "secret")),
-    "AWS refuses the credentials (apply)": (aws_refusing_credentials(apply), ("refused our credentials", "AWS credentials")),
-    "AWS refuses the credentials (backfill)": (aws_refusing_credentials(backfill), ("refused our credentials", "AWS credentials")),
+    "AWS refuses the credentials (apply)": (
+        aws_refusing_credentials(apply),
+        ("refused our credentials", "AWS credentials"),
+    ),
+    "AWS refuses the credentials (backfill)": (
+        aws_refusing_credentials(backfill),
+        ("refused our credentials", "AWS credentials"),
+    ),
 }
 
 
@@ -218,12 +261,21 @@ def moto_with_auth(servers, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, **services.DUMMY_CREDENTIALS, "INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **services.DUMMY_CREDENTIALS, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        )
     try:
-        services.wait_until(lambda: services.http_ok(f"{url}/moto-api/"), f"private moto on {url}", str(log),
-                            timeout=60, alive=lambda: process.poll() is None)
+        services.wait_until(
+            lambda: services.http_ok(f"{url}/moto-api/"),
+            f"private moto on {url}",
+            str(log),
+            timeout=60,
+            alive=lambda: process.poll() is None,
+        )
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -247,15 +299,24 @@ def names(stacks: Path, stack: str) -> dict[str, str]:
     from tests.conftest import stack_values
 
     values = stack_values(stack)
-    return {"artifacts": values["artifacts"]["bucket"], "corpus": values["corpus"]["bucket"],
-            "prefix": values["opensearch"]["indexPrefix"], "pointer": values["pointerParameter"]}
+    return {
+        "artifacts": values["artifacts"]["bucket"],
+        "corpus": values["corpus"]["bucket"],
+        "prefix": values["opensearch"]["indexPrefix"],
+        "pointer": values["pointerParameter"],
+    }
 
 
 def run_lockstep(argv: list[str], env: dict[str, str], in_process: bool) -> tuple[int, str]:
     """(exit code, stderr) of `lockstep <argv>`: in this process (click's runner) or as a subprocess."""
     if not in_process:
-        completed = subprocess.run([sys.executable, "-m", "lockstep.cli", *argv], capture_output=True, text=True,
-                                   env={**os.environ, **env}, timeout=300)
+        completed = subprocess.run(
+            [sys.executable, "-m", "lockstep.cli", *argv],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=300,
+        )
         return completed.returncode, completed.stderr
     result = CliRunner().invoke(cli.cli, argv, env=env)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -264,8 +325,13 @@ def run_lockstep(argv: list[str], env: dict[str, str], in_process: bool) -> tupl
 
 
 # As a person runs them: a real process, so stray logging or warnings on stderr would show too.
-IN_A_PROCESS = ["unreachable OpenSearch (apply)", "corpus not UTF-8 (backfill)", "AWS refuses the credentials (apply)",
-                "stack file that is not YAML", "catalog: a version listed twice"]
+IN_A_PROCESS = [
+    "unreachable OpenSearch (apply)",
+    "corpus not UTF-8 (backfill)",
+    "AWS refuses the credentials (apply)",
+    "stack file that is not YAML",
+    "catalog: a version listed twice",
+]
 
 
 @pytest.mark.parametrize("case", list(TABLE))
@@ -286,7 +352,9 @@ def check_case(case, own_process, servers, scratch_stack, opensearch, s3, ssm, r
     proxy = None
     if scratch.env.get("OPENSEARCH_URL", "").startswith("proxy:"):
         status = int(scratch.env["OPENSEARCH_URL"].split(":")[1])
-        proxy = FaultProxy(servers["opensearch"], lambda r: answer(status, {"error": "no permissions", "status": status}))
+        proxy = FaultProxy(
+            servers["opensearch"], lambda r: answer(status, {"error": "no permissions", "status": status})
+        )
         scratch.env["OPENSEARCH_URL"] = proxy.url
     if scratch.env.get("AWS_ENDPOINT_URL") == "moto-with-auth":
         scratch.env["AWS_ENDPOINT_URL"] = request.getfixturevalue("moto_with_auth")
@@ -316,8 +384,25 @@ def check_case(case, own_process, servers, scratch_stack, opensearch, s3, ssm, r
 
 
 def test_the_table_covers_every_kind_of_bad_input_the_issue_names():
-    kinds = ["unknown pin", "neither slot", "both slots", "retain", "sha256 not 64", "negative dimension",
-             "listed twice", "not the built artifact", "empty corpus", "duplicate id", "not UTF-8", "corpus bucket missing",
-             "index prefix", "unreachable OpenSearch", "401", "AWS refuses", "basic auth", "not YAML"]
+    kinds = [
+        "unknown pin",
+        "neither slot",
+        "both slots",
+        "retain",
+        "sha256 not 64",
+        "negative dimension",
+        "listed twice",
+        "not the built artifact",
+        "empty corpus",
+        "duplicate id",
+        "not UTF-8",
+        "corpus bucket missing",
+        "index prefix",
+        "unreachable OpenSearch",
+        "401",
+        "AWS refuses",
+        "basic auth",
+        "not YAML",
+    ]
     for kind in kinds:
         assert any(kind in case for case in TABLE), kind

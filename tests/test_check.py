@@ -27,8 +27,18 @@ from lockstep.config import Catalog, StackSettings
 from lockstep.ops import artifacts, check, clients, endpoints, index, reembed
 from lockstep.ops.corpus import Document
 
-EVERY_CHECK = {"alias", "index-meta", "foreign-versions", "doc-count", "pointer", "artifact",
-               "endpoint-artifact", "reembed-probe", "recall", "standby"}
+EVERY_CHECK = {
+    "alias",
+    "index-meta",
+    "foreign-versions",
+    "doc-count",
+    "pointer",
+    "artifact",
+    "endpoint-artifact",
+    "reembed-probe",
+    "recall",
+    "standby",
+}
 
 
 @dataclass
@@ -59,16 +69,18 @@ class Deployment:
 
 def write_stack_file(stacks_dir: Path, stack: str) -> None:
     """A stack file in the format `lockstep drill` writes, isolated by the stack's unique name."""
-    body = {"config": {
-        "aws:region": services.REGION,
-        "lockstep:pin": "v1",
-        "lockstep:slots": {"blue": "v1", "green": "v2"},
-        "lockstep:artifacts": {"bucket": f"{stack}-artifacts"},
-        "lockstep:opensearch": {"engine": "lucene", "indexPrefix": stack},
-        "lockstep:corpus": {"bucket": f"{stack}-corpus", "size": 200},
-        "lockstep:endpoints": {"backend": "local"},
-        "lockstep:pointerParameter": f"/{stack}/live",
-    }}
+    body = {
+        "config": {
+            "aws:region": services.REGION,
+            "lockstep:pin": "v1",
+            "lockstep:slots": {"blue": "v1", "green": "v2"},
+            "lockstep:artifacts": {"bucket": f"{stack}-artifacts"},
+            "lockstep:opensearch": {"engine": "lucene", "indexPrefix": stack},
+            "lockstep:corpus": {"bucket": f"{stack}-corpus", "size": 200},
+            "lockstep:endpoints": {"backend": "local"},
+            "lockstep:pointerParameter": f"/{stack}/live",
+        }
+    }
     YAML().dump(body, stacks_dir / f"Pulumi.{stack}.yaml")
 
 
@@ -109,8 +121,13 @@ def run_check(deployment: Deployment) -> check.CheckRecord:
 def cli_check(deployment: Deployment, **environment: str) -> subprocess.CompletedProcess:
     """`lockstep check --stack S --json` in a fresh process reading the stack file from disk."""
     env = {**os.environ, "LOCKSTEP_STACKS_DIR": str(deployment.stacks_dir), **environment}
-    return subprocess.run([sys.executable, "-m", "lockstep.cli", "check", "--stack", deployment.settings.stack, "--json"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", "check", "--stack", deployment.settings.stack, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def cli_failures(completed: subprocess.CompletedProcess) -> set[str]:
@@ -121,7 +138,9 @@ def cli_failures(completed: subprocess.CompletedProcess) -> set[str]:
 
 def rewrite(deployment: Deployment, documents: list[Document], version: str) -> None:
     """Write `documents` into the live index embedded (and stamped) by `version`: no write guard."""
-    reembed.write(clients.opensearch(), reembed.index_actions(documents, deployment.embedder(version), deployment.live_index, 256))
+    reembed.write(
+        clients.opensearch(), reembed.index_actions(documents, deployment.embedder(version), deployment.live_index, 256)
+    )
     clients.opensearch().indices.refresh(index=deployment.live_index)
 
 
@@ -150,9 +169,14 @@ def test_healthy_stack_passes_every_check_in_process_and_through_the_cli(stack):
 
 def test_alias_on_the_wrong_index_fails_alias(stack, opensearch):
     wrong = stack.settings.opensearch.index_name("v2")
-    opensearch.indices.update_aliases(body={"actions": [
-        {"remove": {"index": stack.live_index, "alias": stack.alias}},
-        {"add": {"index": wrong, "alias": stack.alias, "is_write_index": True}}]})
+    opensearch.indices.update_aliases(
+        body={
+            "actions": [
+                {"remove": {"index": stack.live_index, "alias": stack.alias}},
+                {"add": {"index": wrong, "alias": stack.alias, "is_write_index": True}},
+            ]
+        }
+    )
     try:
         completed = cli_check(stack)
         assert completed.returncode == 1, completed.stderr
@@ -161,9 +185,14 @@ def test_alias_on_the_wrong_index_fails_alias(stack, opensearch):
         # The served index is v2's: its _meta and its documents' version give it away as well.
         assert {"index-meta", "foreign-versions"} <= failures
     finally:
-        opensearch.indices.update_aliases(body={"actions": [
-            {"remove": {"index": wrong, "alias": stack.alias}},
-            {"add": {"index": stack.live_index, "alias": stack.alias, "is_write_index": True}}]})
+        opensearch.indices.update_aliases(
+            body={
+                "actions": [
+                    {"remove": {"index": wrong, "alias": stack.alias}},
+                    {"add": {"index": stack.live_index, "alias": stack.alias, "is_write_index": True}},
+                ]
+            }
+        )
 
 
 def test_alias_pointing_nowhere_fails_instead_of_crashing(stack, opensearch):
@@ -178,8 +207,9 @@ def test_alias_pointing_nowhere_fails_instead_of_crashing(stack, opensearch):
 
 def test_meta_sha_mismatch_fails_index_meta(stack, opensearch, catalog):
     original = index.read_meta(opensearch, stack.live_index)
-    opensearch.indices.put_mapping(index=stack.live_index,
-                                   body={"_meta": {**original, "artifact_sha256": catalog.get("v2").artifact_sha256}})
+    opensearch.indices.put_mapping(
+        index=stack.live_index, body={"_meta": {**original, "artifact_sha256": catalog.get("v2").artifact_sha256}}
+    )
     try:
         record = run_check(stack)
         assert failing(record) == {"index-meta"}
@@ -228,8 +258,16 @@ def test_stale_document_text_fails_doc_count(stack, opensearch):
 def test_pointer_on_another_version_fails_pointer(stack, ssm, catalog):
     original = index.read_pointer(ssm, stack.settings.pointer_name)
     v2 = catalog.get("v2")
-    index.write_pointer(ssm, stack.settings.pointer_name, index.Pointer(
-        "v2", endpoints.endpoint_name(stack.settings, "green"), stack.settings.opensearch.index_name("v2"), v2.artifact_sha256))
+    index.write_pointer(
+        ssm,
+        stack.settings.pointer_name,
+        index.Pointer(
+            "v2",
+            endpoints.endpoint_name(stack.settings, "green"),
+            stack.settings.opensearch.index_name("v2"),
+            v2.artifact_sha256,
+        ),
+    )
     try:
         completed = cli_check(stack)
         assert completed.returncode == 1, completed.stderr
@@ -273,7 +311,9 @@ def test_endpoint_serving_another_artifact_fails_endpoint_artifact(stack, catalo
 
 def test_artifact_bytes_changed_in_s3_fail_artifact(stack, s3, catalog):
     entry = catalog.get(stack.settings.pin)
-    s3.put_object(Bucket=stack.settings.artifacts.bucket, Key=entry.artifact_key, Body=b"not the model that was deployed")
+    s3.put_object(
+        Bucket=stack.settings.artifacts.bucket, Key=entry.artifact_key, Body=b"not the model that was deployed"
+    )
     try:
         completed = cli_check(stack)
         assert completed.returncode == 1, completed.stderr
@@ -288,8 +328,13 @@ def test_a_fifth_of_vectors_from_the_same_dimension_model_fail_only_probe_and_re
     documents = stack.documents()
     swapped = random.Random(20).sample(documents, len(documents) // 5)
     vectors = stack.embedder("v2").encode([d.text for d in swapped])
-    reembed.write(opensearch, ({"_op_type": "update", "_index": stack.live_index, "_id": d.id,
-                                "doc": {"embedding": vector.tolist()}} for d, vector in zip(swapped, vectors)))
+    reembed.write(
+        opensearch,
+        (
+            {"_op_type": "update", "_index": stack.live_index, "_id": d.id, "doc": {"embedding": vector.tolist()}}
+            for d, vector in zip(swapped, vectors)
+        ),
+    )
     opensearch.indices.refresh(index=stack.live_index)
     try:
         _, versions = index.count_by_model_version(opensearch, stack.live_index)
@@ -322,7 +367,9 @@ def test_corrupted_golden_set_fails_recall(stack, s3):
 
 def test_recall_below_a_raised_floor_fails_recall(stack):
     healthy = float(by_name(run_check(stack))["recall"].observed.split()[-1])
-    raised = stack.settings.model_copy(update={"check": stack.settings.check.model_copy(update={"recall_floor": min(1.0, healthy + 0.05)})})
+    raised = stack.settings.model_copy(
+        update={"check": stack.settings.check.model_copy(update={"recall_floor": min(1.0, healthy + 0.05)})}
+    )
     record = check.run(raised, stack.catalog, seed=6)
     assert failing(record) == {"recall"}
 

@@ -65,6 +65,7 @@ def test_pin_must_be_in_the_catalog(stacks):
     def change(c):
         c["lockstep:pin"] = "v9"
         c["lockstep:slots"]["green"] = "v9"
+
     message = stack_error(stacks, change)
     assert "'v9'" in message and "not in the catalog" in message and "v1, v2, v3" in message
 
@@ -109,16 +110,22 @@ def test_sha256_must_be_64_hex(stacks):
 def test_floating_tags_are_not_versions(stacks):
     def change(d):
         d["versions"]["latest"] = dict(d["versions"]["v1"])
+
     message = catalog_error(stacks, change)
     assert "latest" in message and "floating tag" in message
 
 
 def test_duplicate_versions_are_refused():
     with pytest.raises(ValueError, match="'v1' is listed twice"):
-        config.Catalog.model_validate({"model": "m", "versions": [
-            {"version": "v1", "model": "m", "artifactSha256": "a" * 64, "dimension": 3, "spaceType": "l2"},
-            {"version": "v1", "model": "m", "artifactSha256": "b" * 64, "dimension": 3, "spaceType": "l2"},
-        ]})
+        config.Catalog.model_validate(
+            {
+                "model": "m",
+                "versions": [
+                    {"version": "v1", "model": "m", "artifactSha256": "a" * 64, "dimension": 3, "spaceType": "l2"},
+                    {"version": "v1", "model": "m", "artifactSha256": "b" * 64, "dimension": 3, "spaceType": "l2"},
+                ],
+            }
+        )
 
 
 def test_unknown_setting_is_named(stacks):
@@ -128,8 +135,12 @@ def test_unknown_setting_is_named(stacks):
 
 def test_pulumi_config_values_validate_with_the_same_rules():
     catalog = config.load_catalog()
-    base = {"pin": "v1", "slots": {"blue": "v1", "green": "v2"}, "artifacts": {"bucket": "b-1"},
-            "corpus": {"bucket": "c-1"}}
+    base = {
+        "pin": "v1",
+        "slots": {"blue": "v1", "green": "v2"},
+        "artifacts": {"bucket": "b-1"},
+        "corpus": {"bucket": "c-1"},
+    }
     assert config.settings_from_config("x", base, catalog).standby == "v2"
     with pytest.raises(ValueError, match="neither slot"):
         config.settings_from_config("x", {**base, "pin": "v3"}, catalog)
@@ -137,7 +148,9 @@ def test_pulumi_config_values_validate_with_the_same_rules():
 
 def run_cli(*args, stacks: Path):
     env = {**os.environ, "LOCKSTEP_STACKS_DIR": str(stacks)}
-    return subprocess.run([sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def snapshot(path: Path) -> dict[str, bytes]:

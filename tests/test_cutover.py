@@ -32,12 +32,24 @@ def two_versions(opensearch, make_settings, catalog, cleanup):
         ix.ensure_index(opensearch, settings, entry)
         embedder = load_artifact(build_artifact(SPECS[version]), entry.artifact_sha256)
         vectors = embedder.encode([d.text for d in documents])
-        helpers.bulk(opensearch, (
-            {"_index": settings.opensearch.index_name(version), "_id": d.id,
-             "_source": {"doc_id": d.id, "text": d.text, "model_version": version,
-                         "content_sha256": d.content_sha256, "embedding": vector.tolist()}}
-            for d, vector in zip(documents, vectors)
-        ), refresh=True)
+        helpers.bulk(
+            opensearch,
+            (
+                {
+                    "_index": settings.opensearch.index_name(version),
+                    "_id": d.id,
+                    "_source": {
+                        "doc_id": d.id,
+                        "text": d.text,
+                        "model_version": version,
+                        "content_sha256": d.content_sha256,
+                        "embedding": vector.tolist(),
+                    },
+                }
+                for d, vector in zip(documents, vectors)
+            ),
+            refresh=True,
+        )
     return settings, documents
 
 
@@ -50,9 +62,14 @@ def closed_port_ssm():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return boto3.client("ssm", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}",
-                        aws_access_key_id="testing", aws_secret_access_key="testing",
-                        config=BotoConfig(retries={"max_attempts": 1}, connect_timeout=1))
+    return boto3.client(
+        "ssm",
+        region_name="us-east-1",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=BotoConfig(retries={"max_attempts": 1}, connect_timeout=1),
+    )
 
 
 def live_state(opensearch, ssm, settings):
@@ -72,7 +89,11 @@ def test_cutover_moves_alias_and_pointer_together(opensearch, ssm, catalog, two_
         assert flags[index]["aliases"][alias]["is_write_index"] is True
         assert stored == pointer
         assert (stored.version, stored.index, stored.endpoint, stored.artifact_sha256) == (
-            version, index, endpoint(settings, version), catalog.get(version).artifact_sha256)
+            version,
+            index,
+            endpoint(settings, version),
+            catalog.get(version).artifact_sha256,
+        )
 
 
 def test_cutover_is_one_aliases_request_with_remove_and_add(opensearch, ssm, catalog, two_versions, monkeypatch):
@@ -94,8 +115,13 @@ def test_cutover_is_one_aliases_request_with_remove_and_add(opensearch, ssm, cat
     assert method == "POST"
     assert body["actions"] == [
         {"remove": {"index": settings.opensearch.index_name("v1"), "alias": settings.opensearch.alias_name}},
-        {"add": {"index": settings.opensearch.index_name("v2"), "alias": settings.opensearch.alias_name,
-                 "is_write_index": True}},
+        {
+            "add": {
+                "index": settings.opensearch.index_name("v2"),
+                "alias": settings.opensearch.alias_name,
+                "is_write_index": True,
+            }
+        },
     ]
 
 
@@ -182,9 +208,14 @@ def test_queries_during_200_cutovers_each_answer_from_one_index(opensearch, ssm,
     def query():
         while not done.is_set():
             try:
-                response = opensearch.search(index=alias, body={
-                    "size": 10, "_source": False,
-                    "query": {"knn": {"embedding": {"vector": query_vector, "k": 10}}}})
+                response = opensearch.search(
+                    index=alias,
+                    body={
+                        "size": 10,
+                        "_source": False,
+                        "query": {"knn": {"embedding": {"vector": query_vector, "k": 10}}},
+                    },
+                )
                 answered_from.append({hit["_index"] for hit in response["hits"]["hits"]})
             except Exception as exc:  # every failure is a finding, whatever its type
                 errors.append(exc)

@@ -26,8 +26,13 @@ DYNAMIC_REPAIR = "pulumi-python:dynamic/dynamodb:DerivedRepair"
 
 
 def lockstep(*args):
-    return subprocess.run([sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=300,
+    )
 
 
 def quiet(_: str) -> None:
@@ -37,8 +42,15 @@ def quiet(_: str) -> None:
 def stores(unique: str, write_rate: float = 1000, quarantine: bool = True) -> list[dict]:
     found = [{"name": "related", "kind": "related-documents", "table": f"{unique}-related", "writeRate": write_rate}]
     if quarantine:
-        found.append({"name": "audit", "kind": "related-documents", "table": f"{unique}-audit",
-                      "repair": "quarantine", "writeRate": write_rate})
+        found.append(
+            {
+                "name": "audit",
+                "kind": "related-documents",
+                "table": f"{unique}-audit",
+                "repair": "quarantine",
+                "writeRate": write_rate,
+            }
+        )
     return found
 
 
@@ -49,13 +61,16 @@ def upgraded(servers, scratch_stack, catalog, unique):
     made = []
 
     def build(**store_options):
-        stacks, stack = scratch_stack(slots={"blue": "v1", "green": None}, corpus={"size": SIZE},
-                                      derived=stores(unique, **store_options))
+        stacks, stack = scratch_stack(
+            slots={"blue": "v1", "green": None}, corpus={"size": SIZE}, derived=stores(unique, **store_options)
+        )
         made.append((stacks, stack))
         assert orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=quiet).record.passed
         stackfile.set_pin(stack, "v2", stacks)
         assert orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=quiet).record.passed
-        assert derived.write_related(config.load_stack(stack, stacks), "v2") == SIZE * len(config.load_stack(stack, stacks).derived)
+        assert derived.write_related(config.load_stack(stack, stacks), "v2") == SIZE * len(
+            config.load_stack(stack, stacks).derived
+        )
         return stacks, stack
 
     yield build
@@ -107,7 +122,11 @@ def test_rollback_recomputes_what_v2_wrote_and_quarantines_where_asked(upgraded,
     assert set(records) == set(corpus)
     stored = opensearch.mget(index=v1_index, body={"ids": list(records)}, _source_includes=["embedding"])["docs"]
     for doc in stored:
-        fresh = [i for i in check.nearest(opensearch, v1_index, np.array(doc["_source"]["embedding"]), related.k + 1) if i != doc["_id"]][: related.k]
+        fresh = [
+            i
+            for i in check.nearest(opensearch, v1_index, np.array(doc["_source"]["embedding"]), related.k + 1)
+            if i != doc["_id"]
+        ][: related.k]
         record = records[doc["_id"]]
         assert record["neighbours"] == fresh, doc["_id"]
         assert (record["model_version"], record["repaired_from"]) == ("v1", "v2")
@@ -160,8 +179,11 @@ def test_a_killed_repair_resumes_and_writes_each_item_once(upgraded, catalog):
     settings = config.load_stack(stack, stacks)
     store = settings.derived[0]
     ids = set(derived.read_records(settings, store))
-    process = subprocess.Popen([sys.executable, "-m", "lockstep.cli", "apply", "--stack", stack, "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lockstep.cli", "apply", "--stack", stack, "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline, repaired = time.monotonic() + 120, 0
     kill_at = 10 + int.from_bytes(os.urandom(1), "big") % 60  # a random point of the repair
     while time.monotonic() < deadline and repaired < kill_at and process.poll() is None:
@@ -190,9 +212,14 @@ def test_the_cutover_unit_in_pulumi_declares_the_table_and_repairs_after_the_fli
     assert table["name"] == "acme-dev-related" and table["hashKey"] == derived.KEY
     assert table["serverSideEncryption"] == {"enabled": True}
     assert table["pointInTimeRecovery"] == {"enabled": True}
-    assert table["globalSecondaryIndexes"] == [{
-        "name": derived.VERSION_INDEX, "keySchemas": [{"attributeName": derived.VERSION_ATTRIBUTE, "keyType": "HASH"}],
-        "projectionType": "INCLUDE", "nonKeyAttributes": list(derived.PROJECTED)}]
+    assert table["globalSecondaryIndexes"] == [
+        {
+            "name": derived.VERSION_INDEX,
+            "keySchemas": [{"attributeName": derived.VERSION_ATTRIBUTE, "keyType": "HASH"}],
+            "projectionType": "INCLUDE",
+            "nonKeyAttributes": list(derived.PROJECTED),
+        }
+    ]
     (repair,) = run.of_type(DYNAMIC_REPAIR).values()
     assert repair["pin"] == "v2" and repair["table"] == "acme-dev-related" and repair["store"]["repair"] == "recompute"
 
@@ -229,9 +256,12 @@ def test_an_unknown_store_kind_is_one_line_exit_2_and_nothing_is_written(servers
     assert not [b for b in clients.aws("s3").list_buckets()["Buckets"] if b["Name"].startswith(unique)]
 
 
-def test_missing_version_attribute_and_missing_table_are_one_line_exit_2(servers, scratch_stack, unique, catalog, opensearch):
-    stacks, stack = scratch_stack(slots={"blue": "v1", "green": None}, corpus={"size": 40},
-                                  derived=stores(unique, quarantine=False))
+def test_missing_version_attribute_and_missing_table_are_one_line_exit_2(
+    servers, scratch_stack, unique, catalog, opensearch
+):
+    stacks, stack = scratch_stack(
+        slots={"blue": "v1", "green": None}, corpus={"size": 40}, derived=stores(unique, quarantine=False)
+    )
     assert orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=quiet).record.passed
     settings = config.load_stack(stack, stacks)
     store, dynamodb = settings.derived[0], clients.aws("dynamodb")
@@ -259,8 +289,12 @@ def test_missing_version_attribute_and_missing_table_are_one_line_exit_2(servers
         assert store.table not in dynamodb.list_tables()["TableNames"]
 
         # A table without the model_version index cannot carry lineage.
-        dynamodb.create_table(TableName=store.table, AttributeDefinitions=[{"AttributeName": derived.KEY, "AttributeType": "S"}],
-                              KeySchema=[{"AttributeName": derived.KEY, "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+        dynamodb.create_table(
+            TableName=store.table,
+            AttributeDefinitions=[{"AttributeName": derived.KEY, "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": derived.KEY, "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
         result = lockstep("check", "--stack", stack)
         assert result.returncode == 2 and "no index on the model_version attribute" in result.stderr
     finally:

@@ -23,9 +23,13 @@ def test_drill_tells_the_story_with_real_check_outcomes(servers, tmp_path):
     rollback = next(a for a in result.acts if a.number == "4")
     assert rollback.probe["right"] is True and rollback.recall >= 0.7
     # v1 misses the documents that arrived during the naive rollback; v2 holds them, embedded by v1.
-    assert rollback.plan == {"index_action": "reattach", "docs_to_embed": 2 * drill.ARRIVALS,
-                             "endpoint_action": "deploy", "reversible": True,
-                             "derived": {"related": {"records_by_version": {"v2": lists}, "action": "recompute"}}}
+    assert rollback.plan == {
+        "index_action": "reattach",
+        "docs_to_embed": 2 * drill.ARRIVALS,
+        "endpoint_action": "deploy",
+        "reversible": True,
+        "derived": {"related": {"records_by_version": {"v2": lists}, "action": "recompute"}},
+    }
     # The rollback repaired them: every list is v1's, and equals what v1 computes afresh.
     assert rollback.related["records_by_version"] == {"v1": lists} and rollback.related["agreement"] == 1.0
     rebuilt = next(a for a in result.acts if a.number == "5b")

@@ -93,7 +93,9 @@ def test_invocations_return_the_models_vectors_exactly(server, v1_embedder):
     ],
 )
 def test_malformed_bodies_get_a_4xx_with_a_reason(server, v1_embedder, body, status, reason):
-    response = requests.post(f"{server.url}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=5)
+    response = requests.post(
+        f"{server.url}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=5
+    )
     assert response.status_code == status
     assert reason in response.json()["error"]
     assert response.headers[serve.SHA_HEADER] == v1_embedder.artifact_sha256
@@ -137,7 +139,9 @@ def raw_request(server, head: bytes) -> tuple[int, dict]:
     ],
 )
 def test_broken_framing_is_a_4xx(server, headers, status):
-    got, body = raw_request(server, b"POST /invocations HTTP/1.1\r\nHost: x\r\n" + headers + b"Connection: close\r\n\r\n")
+    got, body = raw_request(
+        server, b"POST /invocations HTTP/1.1\r\nHost: x\r\n" + headers + b"Connection: close\r\n\r\n"
+    )
     assert got == status and body["error"]
 
 
@@ -173,12 +177,21 @@ def test_container_entrypoint_accepts_serve_and_reads_the_model_directory(tmp_pa
     entry = catalog.get("v1")
     unpack(model.build_artifact(model.SPECS["v1"]), tmp_path)
     port = services.free_port()
-    env = {"PATH": "/usr/bin:/bin", "SM_MODEL_DIR": str(tmp_path), "SAGEMAKER_BIND_TO_PORT": str(port),
-           "LOCKSTEP_ARTIFACT_SHA256": entry.artifact_sha256}
-    process = subprocess.Popen([sys.executable, "-m", "lockstep.serve", "serve"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SM_MODEL_DIR": str(tmp_path),
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "LOCKSTEP_ARTIFACT_SHA256": entry.artifact_sha256,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lockstep.serve", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
-        client = endpoints.LocalEndpoint("container", f"http://127.0.0.1:{port}", retry=endpoints.RetryPolicy(attempts=40, initial_wait=0.1, max_wait=0.5))
+        client = endpoints.LocalEndpoint(
+            "container",
+            f"http://127.0.0.1:{port}",
+            retry=endpoints.RetryPolicy(attempts=40, initial_wait=0.1, max_wait=0.5),
+        )
         assert client.describe()["artifact_sha256"] == entry.artifact_sha256
     finally:
         process.terminate()
@@ -186,8 +199,13 @@ def test_container_entrypoint_accepts_serve_and_reads_the_model_directory(tmp_pa
 
 
 def test_server_without_an_artifact_exits_2_with_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "lockstep.serve", "--port", "0"], capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "SM_MODEL_DIR": str(tmp_path / "missing")}, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "lockstep.serve", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "SM_MODEL_DIR": str(tmp_path / "missing")},
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no artifact" in result.stderr
 
@@ -202,8 +220,12 @@ def test_deploy_local_slot_is_idempotent_and_switches_versions(published, catalo
     first = endpoints.deploy_local_slot(settings, "blue", v1)
     again = endpoints.deploy_local_slot(settings, "blue", v1)
     assert again.pid == first.pid and again.url == first.url
-    assert first.describe() == {"version": "v1", "artifact_sha256": v1.artifact_sha256,
-                                "name": f"lockstep-{settings.stack}-blue", "url": first.url}
+    assert first.describe() == {
+        "version": "v1",
+        "artifact_sha256": v1.artifact_sha256,
+        "name": f"lockstep-{settings.stack}-blue",
+        "url": first.url,
+    }
     # 10 texts with maxBatch 4: three requests, one answer in order.
     texts = [f"{TEXTS[i % 3]} {i}" for i in range(10)]
     np.testing.assert_array_equal(first.embed(texts), v1_embedder.encode(texts))
@@ -229,13 +251,17 @@ def test_blue_and_green_run_side_by_side(published, catalog):
     green = endpoints.deploy_local_slot(settings, "green", catalog.get("v3"))
     assert blue.pid != green.pid
     assert {endpoints.endpoint_for(settings, s).describe()["version"] for s in ("blue", "green")} == {"v1", "v3"}
-    assert sorted(endpoints.stop_local_slots(settings)) == sorted(f"endpoint-{settings.stack}-{s}" for s in ("blue", "green"))
+    assert sorted(endpoints.stop_local_slots(settings)) == sorted(
+        f"endpoint-{settings.stack}-{s}" for s in ("blue", "green")
+    )
 
 
 def test_slot_whose_artifact_is_missing_fails_fast_pointing_at_the_log(published, catalog):
     settings = published
     started = time.monotonic()
-    with pytest.raises(Unreachable, match=r"exited while starting; see .*endpoint-.*\.log \(last line: .*not found") as raised:
+    with pytest.raises(
+        Unreachable, match=r"exited while starting; see .*endpoint-.*\.log \(last line: .*not found"
+    ) as raised:
         endpoints.deploy_local_slot(settings, "green", catalog.get("v2"))
     assert time.monotonic() - started < 30
     assert "\n" not in str(raised.value)
@@ -244,8 +270,12 @@ def test_slot_whose_artifact_is_missing_fails_fast_pointing_at_the_log(published
 
 def test_slot_refuses_a_tampered_artifact(s3, published, catalog):
     settings, entry = published, catalog.get("v1")
-    s3.put_object(Bucket=settings.artifacts.bucket, Key=entry.artifact_key, Body=model.build_artifact(model.SPECS["v2"]),
-                  Metadata={"sha256": entry.artifact_sha256})
+    s3.put_object(
+        Bucket=settings.artifacts.bucket,
+        Key=entry.artifact_key,
+        Body=model.build_artifact(model.SPECS["v2"]),
+        Metadata={"sha256": entry.artifact_sha256},
+    )
     with pytest.raises(Unreachable, match="overwritten"):
         endpoints.deploy_local_slot(settings, "blue", entry)
 
@@ -263,7 +293,9 @@ def test_stopped_slot_yields_a_client_that_says_so(make_settings):
 def test_unreachable_endpoint_raises_after_retries_naming_it():
     client = endpoints.LocalEndpoint("lockstep-x-blue", f"http://127.0.0.1:{services.free_port()}", retry=FAST)
     started = time.monotonic()
-    with pytest.raises(Unreachable, match=r"endpoint lockstep-x-blue at http://127\.0\.0\.1:\d+ failed 3 times \(ConnectionError\)"):
+    with pytest.raises(
+        Unreachable, match=r"endpoint lockstep-x-blue at http://127\.0\.0\.1:\d+ failed 3 times \(ConnectionError\)"
+    ):
         client.embed(["a"])
     assert time.monotonic() - started < 5
 
@@ -297,7 +329,9 @@ def test_5xx_and_429_are_retried_4xx_is_not():
         assert vectors.tolist() == [[1.0, 0.0]] and len(Flaky.hits) == 3
         with pytest.raises(Unreachable, match=r"failed 2 times \(HTTP 429\)"):
             Flaky.hits = []
-            endpoints.LocalEndpoint("flaky", url, retry=endpoints.RetryPolicy(attempts=2, initial_wait=0.01)).embed(["a"])
+            endpoints.LocalEndpoint("flaky", url, retry=endpoints.RetryPolicy(attempts=2, initial_wait=0.01)).embed(
+                ["a"]
+            )
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -305,7 +339,7 @@ def test_5xx_and_429_are_retried_4xx_is_not():
 
 def test_a_4xx_from_the_server_is_a_usage_error_not_retried(server):
     client = endpoints.LocalEndpoint("small", server.url, max_batch=100, retry=FAST)
-    with pytest.raises(UsageError, match="HTTP 413: \"inputs\" has 9 items"):
+    with pytest.raises(UsageError, match='HTTP 413: "inputs" has 9 items'):
         client.embed(["a"] * 9)
 
 
@@ -315,10 +349,19 @@ def test_a_4xx_from_the_server_is_a_usage_error_not_retried(server):
 def create_sagemaker_endpoint(sm, name: str, model_data_urls: list[str]):
     variants = []
     for number, url in enumerate(model_data_urls):
-        sm.create_model(ModelName=f"{name}-m{number}", ExecutionRoleArn="arn:aws:iam::123456789012:role/lockstep",
-                        PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/lockstep:1", "ModelDataUrl": url})
-        variants.append({"VariantName": f"v{number}", "ModelName": f"{name}-m{number}", "InitialInstanceCount": 1,
-                         "InstanceType": "ml.m5.large"})
+        sm.create_model(
+            ModelName=f"{name}-m{number}",
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/lockstep",
+            PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/lockstep:1", "ModelDataUrl": url},
+        )
+        variants.append(
+            {
+                "VariantName": f"v{number}",
+                "ModelName": f"{name}-m{number}",
+                "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.large",
+            }
+        )
     sm.create_endpoint_config(EndpointConfigName=f"{name}-config", ProductionVariants=variants)
     sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-config")
 
@@ -326,15 +369,23 @@ def create_sagemaker_endpoint(sm, name: str, model_data_urls: list[str]):
 def test_sagemaker_describe_reads_version_and_sha_from_model_data_url(servers, make_settings, catalog):
     from lockstep.ops import clients
 
-    settings = make_settings(endpoints={"backend": "sagemaker", "imageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/lockstep:1"})
+    settings = make_settings(
+        endpoints={"backend": "sagemaker", "imageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/lockstep:1"}
+    )
     entry = catalog.get("v2")
     name = endpoints.endpoint_name(settings, "green")
-    create_sagemaker_endpoint(clients.aws("sagemaker", settings.region), name, [artifacts.artifact_uri(settings.artifacts.bucket, entry)])
+    create_sagemaker_endpoint(
+        clients.aws("sagemaker", settings.region), name, [artifacts.artifact_uri(settings.artifacts.bucket, entry)]
+    )
 
     client = endpoints.endpoint_for(settings, "green", retry=FAST)
     assert isinstance(client, endpoints.SageMakerEndpoint)
     described = client.describe()
-    assert (described["version"], described["artifact_sha256"], described["name"]) == ("v2", entry.artifact_sha256, name)
+    assert (described["version"], described["artifact_sha256"], described["name"]) == (
+        "v2",
+        entry.artifact_sha256,
+        name,
+    )
     assert described["model_data_url"] == f"s3://{settings.artifacts.bucket}/{entry.artifact_key}"
 
     with pytest.raises(Unreachable, match=f"lockstep-{settings.stack}-blue does not exist"):

@@ -93,18 +93,28 @@ def deployment(servers, tmp_path_factory):
     """One stack for the module: v1 live in blue, v2 warm in green, 120 documents."""
     stack = f"t{uuid.uuid4().hex[:10]}"
     stacks_dir = tmp_path_factory.mktemp("stacks")
-    stackfile.write_stack(stacks_dir, stack, {
-        "pin": "v1", "slots": {"blue": "v1", "green": "v2"},
-        "artifacts": {"bucket": f"{stack}-artifacts"}, "corpus": {"bucket": f"{stack}-corpus", "size": SIZE},
-        "opensearch": {"indexPrefix": stack}, "endpoints": {"backend": "local"}, "pointerParameter": f"/{stack}/live",
-    })
+    stackfile.write_stack(
+        stacks_dir,
+        stack,
+        {
+            "pin": "v1",
+            "slots": {"blue": "v1", "green": "v2"},
+            "artifacts": {"bucket": f"{stack}-artifacts"},
+            "corpus": {"bucket": f"{stack}-corpus", "size": SIZE},
+            "opensearch": {"indexPrefix": stack},
+            "endpoints": {"backend": "local"},
+            "pointerParameter": f"/{stack}/live",
+        },
+    )
     catalog = config.load_catalog(stacks_dir)
     settings = config.load_stack(stack, stacks_dir, catalog)
     result = orchestrator.apply(settings, catalog, progress=False, say=lambda _: None)
     assert result.record is not None and result.record.passed, [c.name for c in result.record.failures]
     yield Deployment(settings, catalog, stacks_dir)
     endpoints.stop_local_slots(settings)
-    clients.opensearch().indices.delete(index=f"{stack}-*", params={"expand_wildcards": "all", "ignore_unavailable": "true"})
+    clients.opensearch().indices.delete(
+        index=f"{stack}-*", params={"expand_wildcards": "all", "ignore_unavailable": "true"}
+    )
 
 
 @pytest.fixture
@@ -174,13 +184,19 @@ CUTOVER_FAULTS = {
     # name: (rule, exit code of the faulty apply, where alias and pointer are afterwards)
     "cut before the _aliases request": (lambda: after_first(aliases_request, DROP, DROP), 2, "old"),
     "cut right after _aliases answered": (lambda: after_first(aliases_request, FORWARD, DROP), 2, "new"),
-    "_aliases answer lost, the client's retry gets through": (lambda: after_first(aliases_request, LOST, FORWARD), 0, "new"),
+    "_aliases answer lost, the client's retry gets through": (
+        lambda: after_first(aliases_request, LOST, FORWARD),
+        0,
+        "new",
+    ),
     "_aliases answer lost, OpenSearch away for 3 s": (lambda: down_for(3.0), 0, "new"),
 }
 
 
 @pytest.mark.parametrize("fault", list(CUTOVER_FAULTS))
-def test_opensearch_failing_during_the_cutover_never_splits_alias_and_pointer(deployed, opensearch_proxy, fault, monkeypatch):
+def test_opensearch_failing_during_the_cutover_never_splits_alias_and_pointer(
+    deployed, opensearch_proxy, fault, monkeypatch
+):
     make_rule, code, where = CUTOVER_FAULTS[fault]
     monkeypatch.setattr(index, "SETTLE_SECONDS", 6.0)
     old, new = deployed.flip()
@@ -239,8 +255,13 @@ def test_answer_arriving_after_the_client_timeout_is_retried_without_a_split(dep
     client = clients.opensearch(settings.opensearch, timeout=1)
 
     with clients.reaching("OpenSearch", opensearch_proxy.url):
-        pointer = index.cutover(client, clients.aws("ssm"), settings, deployed.catalog.get(new),
-                                endpoints.endpoint_name(settings, settings.live_slot))
+        pointer = index.cutover(
+            client,
+            clients.aws("ssm"),
+            settings,
+            deployed.catalog.get(new),
+            endpoints.endpoint_name(settings, settings.live_slot),
+        )
 
     assert pointer.version == new
     assert opensearch_proxy.count("late") == 1 and opensearch_proxy.count(FORWARD, "POST", "/_aliases") >= 1
@@ -253,6 +274,7 @@ def test_pointer_write_and_alias_restore_both_failing_is_reported_and_converges(
     runs again with the servers back, and then it converges."""
     old, new = deployed.flip()
     with FaultProxy(servers["opensearch"]) as search, FaultProxy(servers["moto"]) as aws:
+
         def ssm_rule(request: Request):
             if request.headers.get("X-Amz-Target", "").endswith("PutParameter"):
                 search.cut()  # OpenSearch dies as the pointer write goes out
@@ -289,8 +311,13 @@ def test_apply_killed_between_alias_swap_and_pointer_write_is_caught_by_check_an
     crash can leave. `lockstep check` names it (pointer, exit 1); `lockstep apply` repairs it."""
     old, new = deployed.flip()
     env = {**os.environ, "LOCKSTEP_STACKS_DIR": str(deployed.stacks_dir)}
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_POINTER_WRITE, deployed.stack], env=env,
-                            capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_POINTER_WRITE, deployed.stack],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert deployed.live() == ([deployed.settings.opensearch.index_name(new)], old)
 
@@ -334,9 +361,10 @@ def kill_slot(settings: StackSettings, slot: str) -> int:
 def test_endpoint_dying_during_dual_write_is_retried_then_unreachable_and_a_restart_converges(deployed):
     settings = deployed.load()
     settings = settings.model_copy(update={"endpoints": settings.endpoints.model_copy(update={"max_batch": 16})})
-    arriving = [Document(f"arriving-{n}", f"An arriving document {n} about sockets, files and threads {n * 7}.")
-                for n in range(1500)]
-    live_slot = settings.live_slot
+    arriving = [
+        Document(f"arriving-{n}", f"An arriving document {n} about sockets, files and threads {n * 7}.")
+        for n in range(1500)
+    ]
     live_index = settings.opensearch.index_name(settings.pin)
     search = clients.opensearch()
     outcome: dict[str, object] = {}
@@ -369,27 +397,39 @@ def test_endpoint_dying_during_dual_write_is_retried_then_unreachable_and_a_rest
         error = outcome.get("error")
         assert isinstance(error, Unreachable), outcome
         message = str(error)
-        assert "\n" not in message and endpoints.endpoint_name(settings, first_slot) in message and "failed 4 times" in message
+        assert (
+            "\n" not in message
+            and endpoints.endpoint_name(settings, first_slot) in message
+            and "failed 4 times" in message
+        )
         # RetryPolicy(): 4 attempts, waits 0.25 + 0.5 + 1.0 s between them.
         assert outcome["failed_at"] - killed_at >= 1.5
 
-        endpoints.deploy_local_slot(deployed.load(), first_slot, deployed.catalog.get(settings.slots.filled[first_slot]))
+        endpoints.deploy_local_slot(
+            deployed.load(), first_slot, deployed.catalog.get(settings.slots.filled[first_slot])
+        )
         written = orchestrator.dual_write(settings, deployed.catalog, arriving)
         assert set(written.values()) == {len(arriving)}
-        for slot, version in settings.slots.filled.items():
+        for version in settings.slots.filled.values():
             name = settings.opensearch.index_name(version)
             search.indices.refresh(index=name)
             query = {"query": {"prefix": {"doc_id": "arriving-"}}}
             assert search.count(index=name, body=query)["count"] == len(arriving)
-            stamps = search.search(index=name, body={**query, "size": 0, "aggs": {"v": {"terms": {"field": "model_version"}}}})
-            assert {b["key"]: b["doc_count"] for b in stamps["aggregations"]["v"]["buckets"]} == {version: len(arriving)}
+            stamps = search.search(
+                index=name, body={**query, "size": 0, "aggs": {"v": {"terms": {"field": "model_version"}}}}
+            )
+            assert {b["key"]: b["doc_count"] for b in stamps["aggregations"]["v"]["buckets"]} == {
+                version: len(arriving)
+            }
     finally:
         for version in settings.slots.filled.values():
             name = settings.opensearch.index_name(version)
             reembed.write(search, reembed.delete_actions([d.id for d in arriving], name))
             search.indices.refresh(index=name)
         if endpoints.local_slot(settings, first_slot) is None:
-            endpoints.deploy_local_slot(deployed.load(), first_slot, deployed.catalog.get(settings.slots.filled[first_slot]))
+            endpoints.deploy_local_slot(
+                deployed.load(), first_slot, deployed.catalog.get(settings.slots.filled[first_slot])
+            )
     assert live_index == settings.opensearch.index_name(deployed.load().pin)
     assert check.run(deployed.load(), deployed.catalog).passed
 
@@ -447,7 +487,11 @@ def test_bulk_rejections_are_backed_off_and_retried_without_losing_a_document(se
     with FaultProxy(servers["opensearch"], rule) as proxy:
         completed = subprocess.run(
             [sys.executable, "-m", "lockstep.cli", "backfill", "--stack", stack, "--version", "v1", "--quiet"],
-            env={**os.environ, "OPENSEARCH_URL": proxy.url}, capture_output=True, text=True, timeout=300)
+            env={**os.environ, "OPENSEARCH_URL": proxy.url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert completed.returncode == 0, completed.stderr
         assert proxy.count("answer", "POST", "/_bulk") == 2 and proxy.rejected_items > 0
 
@@ -501,21 +545,43 @@ def test_50_cutovers_while_another_process_queries_through_the_alias(deployed, t
     vector = model.load_artifact(model.build_artifact(model.SPECS[pin])).encode([documents[0].text])[0].tolist()
     (tmp_path / "vector.json").write_text(json.dumps(vector))
     stop, out = tmp_path / "stop", tmp_path / "figures.json"
-    code = ("import sys; from tests.test_faults import query_reader; query_reader(*sys.argv[1:])")
-    reader = subprocess.Popen([sys.executable, "-c", code, settings.opensearch.alias_name, settings.pointer_name,
-                               str(tmp_path / "vector.json"), str(stop), str(out)], cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    code = "import sys; from tests.test_faults import query_reader; query_reader(*sys.argv[1:])"
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            settings.opensearch.alias_name,
+            settings.pointer_name,
+            str(tmp_path / "vector.json"),
+            str(stop),
+            str(out),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     search, ssm = clients.opensearch(), clients.aws("ssm")
     try:
-        services.wait_until(lambda: Path(str(out) + ".ready").exists() or reader.poll() is not None,
-                            "the reader process", "", timeout=60)
+        services.wait_until(
+            lambda: Path(str(out) + ".ready").exists() or reader.poll() is not None,
+            "the reader process",
+            "",
+            timeout=60,
+        )
         time.sleep(0.5)
         timings = []
         for round_ in range(50):
             version = other if round_ % 2 == 0 else pin
             started = time.perf_counter()
-            index.cutover(search, ssm, settings, deployed.catalog.get(version),
-                          endpoints.endpoint_name(settings, settings.slots.slot_of(version)))
+            index.cutover(
+                search,
+                ssm,
+                settings,
+                deployed.catalog.get(version),
+                endpoints.endpoint_name(settings, settings.slots.slot_of(version)),
+            )
             timings.append(time.perf_counter() - started)
             time.sleep(0.02)
         time.sleep(0.3)
@@ -525,10 +591,12 @@ def test_50_cutovers_while_another_process_queries_through_the_alias(deployed, t
     assert reader.returncode == 0, stderr
     figures = json.loads(out.read_text())
     windows = figures["windows_ms"]
-    print(f"\n50 cutovers (p50 {sorted(timings)[25] * 1000:.1f} ms) under {figures['queries']} k-NN queries from "
-          f"another process: answers by number of indices {figures['by_indices']}, errors {len(figures['errors'])}; "
-          f"pointer/alias disagreed in {figures['disagreeing']} of {figures['samples']} samples, "
-          f"{len(windows)} windows, longest {max(windows, default=0):.1f} ms")
+    print(
+        f"\n50 cutovers (p50 {sorted(timings)[25] * 1000:.1f} ms) under {figures['queries']} k-NN queries from "
+        f"another process: answers by number of indices {figures['by_indices']}, errors {len(figures['errors'])}; "
+        f"pointer/alias disagreed in {figures['disagreeing']} of {figures['samples']} samples, "
+        f"{len(windows)} windows, longest {max(windows, default=0):.1f} ms"
+    )
     assert figures["errors"] == []
     assert figures["queries"] >= 50
     assert set(figures["by_indices"]) == {"1"}, figures["by_indices"]  # never zero, never two indices

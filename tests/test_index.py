@@ -17,11 +17,18 @@ def cleanup(opensearch, unique):
 
 def load(opensearch, index: str, docs: dict[str, tuple[str, str]]) -> None:
     """docs: {id: (model_version, content_sha256)}; no vectors needed for counting."""
-    helpers.bulk(opensearch, (
-        {"_index": index, "_id": doc_id, "_source": {"doc_id": doc_id, "text": doc_id,
-                                                     "model_version": version, "content_sha256": sha}}
-        for doc_id, (version, sha) in docs.items()
-    ), refresh=True)
+    helpers.bulk(
+        opensearch,
+        (
+            {
+                "_index": index,
+                "_id": doc_id,
+                "_source": {"doc_id": doc_id, "text": doc_id, "model_version": version, "content_sha256": sha},
+            }
+            for doc_id, (version, sha) in docs.items()
+        ),
+        refresh=True,
+    )
 
 
 def test_index_has_the_versions_knn_mapping_and_meta(opensearch, make_settings, catalog, cleanup):
@@ -34,18 +41,35 @@ def test_index_has_the_versions_knn_mapping_and_meta(opensearch, make_settings, 
     mapping = opensearch.indices.get_mapping(index=index)[index]["mappings"]
     vector = mapping["properties"]["embedding"]
     assert vector["type"] == "knn_vector" and vector["dimension"] == 128
-    assert vector["method"] == {"name": "hnsw", "engine": "lucene", "space_type": "l2",
-                                "parameters": {"m": 24, "ef_construction": 64}}
-    assert {name: mapping["properties"][name]["type"] for name in ("doc_id", "model_version", "content_sha256", "text")} \
-        == {"doc_id": "keyword", "model_version": "keyword", "content_sha256": "keyword", "text": "text"}
+    assert vector["method"] == {
+        "name": "hnsw",
+        "engine": "lucene",
+        "space_type": "l2",
+        "parameters": {"m": 24, "ef_construction": 64},
+    }
+    assert {
+        name: mapping["properties"][name]["type"] for name in ("doc_id", "model_version", "content_sha256", "text")
+    } == {"doc_id": "keyword", "model_version": "keyword", "content_sha256": "keyword", "text": "text"}
     assert mapping["dynamic"] == "strict"
     meta = mapping["_meta"]
-    assert {k: meta[k] for k in ("model", "version", "artifact_sha256", "dimension", "space_type", "engine", "corpus")} == {
-        "model": "hashgram", "version": "v3", "artifact_sha256": entry.artifact_sha256, "dimension": 128,
-        "space_type": "l2", "engine": "lucene", "corpus": f"s3://{settings.corpus.bucket}/corpus/docs.jsonl"}
+    assert {
+        k: meta[k] for k in ("model", "version", "artifact_sha256", "dimension", "space_type", "engine", "corpus")
+    } == {
+        "model": "hashgram",
+        "version": "v3",
+        "artifact_sha256": entry.artifact_sha256,
+        "dimension": 128,
+        "space_type": "l2",
+        "engine": "lucene",
+        "corpus": f"s3://{settings.corpus.bucket}/corpus/docs.jsonl",
+    }
     assert meta["built_at"].endswith("Z")
     index_settings = opensearch.indices.get_settings(index=index)[index]["settings"]["index"]
-    assert (index_settings["knn"], index_settings["number_of_shards"], index_settings["number_of_replicas"]) == ("true", "1", "0")
+    assert (index_settings["knn"], index_settings["number_of_shards"], index_settings["number_of_replicas"]) == (
+        "true",
+        "1",
+        "0",
+    )
 
     # Same entry again: nothing to do, even though built_at would differ.
     assert ix.ensure_index(opensearch, settings, entry) is False
@@ -100,7 +124,9 @@ def test_dimension_the_engine_rejects_is_one_usage_line(opensearch, make_setting
     assert ix.read_meta(opensearch, settings.opensearch.index_name("v1")) is None
 
 
-def test_inventory_counts_per_model_version_and_ignores_foreign_indices(opensearch, ssm, make_settings, catalog, unique, cleanup):
+def test_inventory_counts_per_model_version_and_ignores_foreign_indices(
+    opensearch, ssm, make_settings, catalog, unique, cleanup
+):
     settings = make_settings()
     for version in ("v1", "v2"):
         ix.ensure_index(opensearch, settings, catalog.get(version))
@@ -123,7 +149,9 @@ def test_inventory_counts_per_model_version_and_ignores_foreign_indices(opensear
     assert found.pointer.version == "v1" and found.pointer.index == v1
 
 
-def test_retention_keeps_live_slot_retained_and_aliased_indices(opensearch, ssm, make_settings, catalog, unique, cleanup):
+def test_retention_keeps_live_slot_retained_and_aliased_indices(
+    opensearch, ssm, make_settings, catalog, unique, cleanup
+):
     settings = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"}, retain=[])
     old = catalog.get("v1").model_copy(update={"version": "v0"})  # left the catalog entirely
     for entry in (catalog.get("v1"), catalog.get("v2"), catalog.get("v3"), old):

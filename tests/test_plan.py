@@ -41,8 +41,13 @@ def test_first_deploy_provisions_deploys_and_cuts_over(make_settings, catalog):
 def test_upgrade_to_the_warm_standby_is_a_flip(make_settings, catalog):
     settings = make_settings(pin="v2", slots={"blue": "v1", "green": "v2"})
     observed = Observed(
-        indices=synced("v1", "v2"), alias_targets=(settings.opensearch.index_name("v1"),),
-        pointer_version="v1", slots_deployed={"blue": "v1", "green": "v2"}, corpus_size=200, artifacts=ALL)
+        indices=synced("v1", "v2"),
+        alias_targets=(settings.opensearch.index_name("v1"),),
+        pointer_version="v1",
+        slots_deployed={"blue": "v1", "green": "v2"},
+        corpus_size=200,
+        artifacts=ALL,
+    )
     plan = release_plan(catalog, settings, observed)
 
     assert shape(plan) == [("cutover", "v2", "green", 0), ("check", "v2", None, 0)]
@@ -55,9 +60,13 @@ def test_upgrade_to_a_new_version_provisions_it_in_the_standby_slot(make_setting
     # `lockstep pin v3` from pin v1, slots {v1, v2}: v3 takes green, v2 leaves the config.
     settings = make_settings(pin="v3", slots={"blue": "v1", "green": "v3"})
     observed = Observed(
-        indices=synced("v1", "v2"), alias_targets=(settings.opensearch.index_name("v1"),),
-        pointer_version="v1", slots_deployed={"blue": "v1", "green": "v2"}, corpus_size=200,
-        artifacts=frozenset({"v1", "v2"}))
+        indices=synced("v1", "v2"),
+        alias_targets=(settings.opensearch.index_name("v1"),),
+        pointer_version="v1",
+        slots_deployed={"blue": "v1", "green": "v2"},
+        corpus_size=200,
+        artifacts=frozenset({"v1", "v2"}),
+    )
     plan = release_plan(catalog, settings, observed)
 
     assert shape(plan) == [
@@ -80,8 +89,13 @@ def rollback_settings(make_settings):
 def test_rollback_to_a_retained_version_reattaches_without_embedding(make_settings, catalog):
     settings = rollback_settings(make_settings)
     observed = Observed(
-        indices=synced("v1", "v2", "v3"), alias_targets=(settings.opensearch.index_name("v3"),),
-        pointer_version="v3", slots_deployed={"blue": "v2", "green": "v3"}, corpus_size=200, artifacts=ALL)
+        indices=synced("v1", "v2", "v3"),
+        alias_targets=(settings.opensearch.index_name("v3"),),
+        pointer_version="v3",
+        slots_deployed={"blue": "v2", "green": "v3"},
+        corpus_size=200,
+        artifacts=ALL,
+    )
     plan = release_plan(catalog, settings, observed)
 
     assert shape(plan) == [
@@ -98,8 +112,12 @@ def test_rollback_after_a_corpus_edit_catches_up_the_delta(make_settings, catalo
     edit = Delta(missing=4, changed=3, deleted=2)
     observed = Observed(
         indices=synced("v1", "v2", "v3", v1=edit, v2=edit, v3=Delta(changed=1)),
-        alias_targets=(settings.opensearch.index_name("v3"),), pointer_version="v3",
-        slots_deployed={"blue": "v2", "green": "v3"}, corpus_size=202, artifacts=ALL)
+        alias_targets=(settings.opensearch.index_name("v3"),),
+        pointer_version="v3",
+        slots_deployed={"blue": "v2", "green": "v3"},
+        corpus_size=202,
+        artifacts=ALL,
+    )
     plan = release_plan(catalog, settings, observed)
 
     assert shape(plan) == [
@@ -116,9 +134,13 @@ def test_rollback_after_a_corpus_edit_catches_up_the_delta(make_settings, catalo
 def test_rollback_to_a_dropped_version_provisions_the_whole_corpus(make_settings, catalog):
     settings = make_settings(pin="v1", slots={"blue": "v1", "green": "v3"})
     observed = Observed(
-        indices=synced("v3", size=180), alias_targets=(settings.opensearch.index_name("v3"),),
-        pointer_version="v3", slots_deployed={"blue": "v2", "green": "v3"}, corpus_size=180,
-        artifacts=frozenset({"v2", "v3"}))
+        indices=synced("v3", size=180),
+        alias_targets=(settings.opensearch.index_name("v3"),),
+        pointer_version="v3",
+        slots_deployed={"blue": "v2", "green": "v3"},
+        corpus_size=180,
+        artifacts=frozenset({"v2", "v3"}),
+    )
     plan = release_plan(catalog, settings, observed)
 
     assert shape(plan) == [
@@ -134,8 +156,13 @@ def test_rollback_to_a_dropped_version_provisions_the_whole_corpus(make_settings
 def test_rerun_with_nothing_to_do_only_checks(make_settings, catalog):
     settings = make_settings(pin="v2", slots={"blue": "v1", "green": "v2"}, retain=["v3"])
     observed = Observed(
-        indices=synced("v1", "v2", "v3"), alias_targets=(settings.opensearch.index_name("v2"),),
-        pointer_version="v2", slots_deployed={"blue": "v1", "green": "v2"}, corpus_size=200, artifacts=ALL)
+        indices=synced("v1", "v2", "v3"),
+        alias_targets=(settings.opensearch.index_name("v2"),),
+        pointer_version="v2",
+        slots_deployed={"blue": "v1", "green": "v2"},
+        corpus_size=200,
+        artifacts=ALL,
+    )
     plan = release_plan(catalog, settings, observed)
 
     assert shape(plan) == [("check", "v2", None, 0)]
@@ -148,7 +175,11 @@ def test_alias_off_the_pin_forces_a_cutover_even_when_the_pointer_agrees(make_se
     observed = Observed(
         indices=synced("v1", "v2"),
         alias_targets=(settings.opensearch.index_name("v1"), settings.opensearch.index_name("v2")),
-        pointer_version="v2", slots_deployed={"blue": "v1", "green": "v2"}, corpus_size=200, artifacts=ALL)
+        pointer_version="v2",
+        slots_deployed={"blue": "v1", "green": "v2"},
+        corpus_size=200,
+        artifacts=ALL,
+    )
     assert shape(release_plan(catalog, settings, observed)) == [("cutover", "v2", "green", 0), ("check", "v2", None, 0)]
 
 
@@ -157,8 +188,12 @@ def test_missing_retained_index_is_provisioned_and_aliased_leftovers_are_kept(ma
     # v1 (retained) lost its index; the alias still sits on an index outside the config (v0).
     observed = Observed(
         indices={**synced("v2", "v3"), "v0": ObservedIndex(doc_count=200)},
-        alias_targets=(settings.opensearch.index_name("v0"),), pointer_version="v0",
-        slots_deployed={"blue": "v3", "green": "v2"}, corpus_size=200, artifacts=ALL)
+        alias_targets=(settings.opensearch.index_name("v0"),),
+        pointer_version="v0",
+        slots_deployed={"blue": "v3", "green": "v2"},
+        corpus_size=200,
+        artifacts=ALL,
+    )
     plan = release_plan(catalog, settings, observed)
 
     assert shape(plan) == [
@@ -173,8 +208,12 @@ def test_unknown_delta_is_estimated_from_counts(make_settings, catalog):
     settings = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"})
     observed = Observed(
         indices={"v1": ObservedIndex(doc_count=150), "v2": ObservedIndex(doc_count=230)},
-        alias_targets=(settings.opensearch.index_name("v1"),), pointer_version="v1",
-        slots_deployed={"blue": "v1", "green": "v2"}, corpus_size=200, artifacts=ALL)
+        alias_targets=(settings.opensearch.index_name("v1"),),
+        pointer_version="v1",
+        slots_deployed={"blue": "v1", "green": "v2"},
+        corpus_size=200,
+        artifacts=ALL,
+    )
     plan = release_plan(catalog, settings, observed)
 
     assert shape(plan) == [("catch_up", "v1", None, 50), ("catch_up", "v2", None, 0), ("check", "v1", None, 0)]
@@ -185,5 +224,10 @@ def test_plan_serializes_to_json(make_settings, catalog):
     settings = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"})
     data = json.loads(json.dumps(release_plan(catalog, settings, Observed(corpus_size=10)).to_dict()))
     assert data["to_version"] == "v1" and data["docs_to_embed"] == 20
-    assert data["steps"][2] == {"kind": "provision", "version": "v1", "slot": None, "docs": 10,
-                                "detail": "create the index and embed the corpus (10 documents)"}
+    assert data["steps"][2] == {
+        "kind": "provision",
+        "version": "v1",
+        "slot": None,
+        "docs": 10,
+        "detail": "create the index and embed the corpus (10 documents)",
+    }

@@ -18,8 +18,9 @@ SIZE = 120
 
 
 def lockstep(*args):
-    return subprocess.run([sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True, env=dict(os.environ), timeout=300
+    )
 
 
 @pytest.fixture
@@ -38,12 +39,22 @@ def test_plan_rollback_to_the_standby_is_a_reversible_reattach(deployed, opensea
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert (plan["from"], plan["to"]) == ("v1", "v2")
-    assert (plan["index_action"], plan["docs_to_embed"], plan["endpoint_action"], plan["reversible"]) == ("reattach", 0, "flip", True)
+    assert (plan["index_action"], plan["docs_to_embed"], plan["endpoint_action"], plan["reversible"]) == (
+        "reattach",
+        0,
+        "flip",
+        True,
+    )
     assert plan["data_state"] == "observed"
     assert [s["kind"] for s in plan["steps"]] == ["cutover", "check"]
 
     markdown = lockstep("plan", "--stack", stack, "--to", "v2").stdout
-    assert "**reattach**" in markdown and "0 documents to embed" in markdown and "**flip**" in markdown and "instant flip back" in markdown
+    assert (
+        "**reattach**" in markdown
+        and "0 documents to embed" in markdown
+        and "**flip**" in markdown
+        and "instant flip back" in markdown
+    )
 
     # The standby's index is gone (dropped by hand): the same rollback must rebuild it.
     settings = config.load_stack(stack, stacks)
@@ -57,16 +68,24 @@ def test_plan_rollback_to_the_standby_is_a_reversible_reattach(deployed, opensea
 def test_plan_without_servers_renders_the_config_diff_and_says_so(scratch_stack):
     stacks, stack = scratch_stack()
     env = {**os.environ, "OPENSEARCH_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
-    result = subprocess.run([sys.executable, "-m", "lockstep.cli", "plan", "--stack", stack, "--to", "v2", "--format", "json"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", "plan", "--stack", stack, "--to", "v2", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["data_state"] == "unknown" and plan["endpoint_action"] == "flip" and plan["to"] == "v2"
 
 
 def changed_lines(before: str, after: str) -> list[str]:
-    return sorted(l for l in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
-                  if l[:1] in "+-" and not l.startswith(("+++", "---")))
+    return sorted(
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    )
 
 
 def target_stack(stacks, source: str) -> str:
@@ -90,7 +109,11 @@ def test_promote_refuses_a_failed_record(deployed, catalog):
     settings = config.load_stack(stack, stacks)
     ssm = clients.aws("ssm")
     pointer = index.read_pointer(ssm, settings.pointer_name)
-    index.write_pointer(ssm, settings.pointer_name, index.Pointer("v1", "somewhere-else", pointer.index, pointer.artifact_sha256, pointer.switched_at))
+    index.write_pointer(
+        ssm,
+        settings.pointer_name,
+        index.Pointer("v1", "somewhere-else", pointer.index, pointer.artifact_sha256, pointer.switched_at),
+    )
     assert lockstep("check", "--stack", stack).returncode == 1
     target = target_stack(stacks, stack)
     result = lockstep("promote", "--from", stack, "--to", target)
@@ -102,7 +125,9 @@ def test_promote_refuses_a_record_older_than_the_last_cutover(deployed):
     settings = config.load_stack(stack, stacks)
     ssm = clients.aws("ssm")
     pointer = index.read_pointer(ssm, settings.pointer_name)
-    later = index.Pointer(pointer.version, pointer.endpoint, pointer.index, pointer.artifact_sha256, "2999-01-01T00:00:00Z")
+    later = index.Pointer(
+        pointer.version, pointer.endpoint, pointer.index, pointer.artifact_sha256, "2999-01-01T00:00:00Z"
+    )
     index.write_pointer(ssm, settings.pointer_name, later)
     target = target_stack(stacks, stack)
     result = lockstep("promote", "--from", stack, "--to", target)
@@ -128,10 +153,20 @@ def test_check_runs_from_settings_handed_over_in_the_environment(deployed, tmp_p
     stacks, stack = deployed
     document = settings_document(config.load_stack(stack, stacks), catalog)
     env = {**os.environ, config.SETTINGS_VARIABLE: document, "LOCKSTEP_STACKS_DIR": str(tmp_path / "nothing-here")}
-    result = subprocess.run([sys.executable, "-m", "lockstep.cli", "check", "--stack", stack, "--json"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", "check", "--stack", stack, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["pin"] == "v1"
-    wrong = subprocess.run([sys.executable, "-m", "lockstep.cli", "check", "--stack", "other"],
-                           capture_output=True, text=True, env=env, timeout=120)
+    wrong = subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", "check", "--stack", "other"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert wrong.returncode == 2 and "LOCKSTEP_STACK_SETTINGS: holds stack" in wrong.stderr

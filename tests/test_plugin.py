@@ -123,7 +123,11 @@ def test_every_input_with_its_type_requiredness_and_description(schema):
     assert kind(catalog["properties"]["versions"]) == "object"
     version = resolve(catalog["properties"]["versions"]["additionalProperties"], schema)
     assert {n: kind(p) for n, p in version["properties"].items()} == {
-        "artifactSha256": "string", "dimension": "integer", "spaceType": "string", "description": "string"}
+        "artifactSha256": "string",
+        "dimension": "integer",
+        "spaceType": "string",
+        "description": "string",
+    }
     assert set(version["required"]) == {"artifactSha256", "dimension", "spaceType"}
     assert set(resolve(inputs["endpoints"], schema)["required"]) == {"imageUri"}
     assert set(resolve(inputs["opensearch"], schema)["required"]) == {"url"}
@@ -141,8 +145,13 @@ def test_outputs_live_index_endpoint_slots_and_check_record(schema):
     resource = schema["resources"][TOKEN]
     outputs = resource["properties"]
     assert {name: kind(prop) for name, prop in outputs.items()} == {
-        "pin": "string", "liveEndpoint": "string", "liveIndex": "string", "slots": "object",
-        "retainedIndices": "array", "checkRecord": "string"}
+        "pin": "string",
+        "liveEndpoint": "string",
+        "liveIndex": "string",
+        "slots": "object",
+        "retainedIndices": "array",
+        "checkRecord": "string",
+    }
     assert outputs["slots"]["additionalProperties"]["type"] == "string"
     assert set(resource["required"]) == set(outputs)
     assert all(prop.get("description") for prop in outputs.values())
@@ -203,7 +212,9 @@ def test_the_entry_point_serves_the_schema_over_grpc_as_the_language_host_starts
     """`python <plugin dir> <engine address>` from another directory, as pulumi-language-python runs it."""
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "components"), "127.0.0.1:1"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         port = process.stdout.readline().decode().strip()
@@ -212,6 +223,7 @@ def test_the_entry_point_serves_the_schema_over_grpc_as_the_language_host_starts
             stub = provider_pb2_grpc.ResourceProviderStub(channel)
             info = stub.GetPluginInfo(empty_pb2.Empty(), timeout=30)
             from pulumi.runtime.proto import provider_pb2
+
             served = stub.GetSchema(provider_pb2.GetSchemaRequest(), timeout=30)
         assert info.version == importlib.metadata.version("lockstep")
         assert json.loads(served.schema) == json.loads((ROOT / "schema.json").read_text(encoding="utf-8"))
@@ -246,8 +258,14 @@ class Constructed:
         return self.resources[name]["inputs"]
 
 
-def construct(provider: ComponentProvider, properties: dict, *, name: str = "lockstep", stack: str = "dev",
-              raw: dict | None = None) -> Constructed:
+def construct(
+    provider: ComponentProvider,
+    properties: dict,
+    *,
+    name: str = "lockstep",
+    stack: str = "dev",
+    raw: dict | None = None,
+) -> Constructed:
     """Run the provider's construct under fresh mocks; `raw` bypasses the wire (e.g. to pass an Output)."""
     inputs = raw if raw is not None else wire_inputs(properties)
     mocks = CaptureMocks()
@@ -285,34 +303,50 @@ def test_construct_registers_the_same_graph_as_the_python_program(hosted):
     program = evaluate(dev_values())
 
     # Same children, same types, same inputs (the engine would diff them identically).
-    assert {n: r["type"] for n, r in constructed.resources.items()} == {n: r["type"] for n, r in program.resources.items()}
+    assert {n: r["type"] for n, r in constructed.resources.items()} == {
+        n: r["type"] for n, r in program.resources.items()
+    }
     for name, resource in program.resources.items():
         assert constructed.inputs(name) == resource["inputs"], name
 
     assert constructed.resources["lockstep"]["type"] == TOKEN
     assert constructed.inputs("lockstep-artifacts-bucket")["bucket"] == "acme-lockstep-dev-artifacts"
-    assert set(constructed.of_type("aws:s3/bucketObjectv2:BucketObjectv2")) == {"lockstep-artifacts-v1", "lockstep-artifacts-v2"}
+    assert set(constructed.of_type("aws:s3/bucketObjectv2:BucketObjectv2")) == {
+        "lockstep-artifacts-v1",
+        "lockstep-artifacts-v2",
+    }
     indices = constructed.of_type("pulumi-python:dynamic/opensearch:Index")
     assert {n: (i["index"], i["dimension"]) for n, i in indices.items()} == {
-        "lockstep-index-v1": ("docs-v1", 192), "lockstep-index-v2": ("docs-v2", 192)}
+        "lockstep-index-v1": ("docs-v1", 192),
+        "lockstep-index-v2": ("docs-v2", 192),
+    }
     assert {e["name"] for e in constructed.of_type("aws:sagemaker/endpoint:Endpoint").values()} == {
-        "lockstep-dev-blue", "lockstep-dev-green"}
+        "lockstep-dev-blue",
+        "lockstep-dev-green",
+    }
     cutover = constructed.inputs("lockstep-cutover")
     assert (cutover["version"], cutover["index"], cutover["endpoint"]) == ("v2", "docs-v2", "lockstep-dev-green")
     assert constructed.inputs("lockstep-check")["create"] == "lockstep check --stack dev --json"
 
     assert constructed.state["urn"].endswith(f"{TOKEN}::lockstep")
     assert {k: v for k, v in constructed.state.items() if k != "urn"} == {
-        "pin": "v2", "liveEndpoint": "lockstep-dev-green", "liveIndex": "docs-v2",
-        "slots": {"blue": "v1", "green": "v2"}, "retainedIndices": ["docs-v1"], "checkRecord": CHECK_STDOUT,
+        "pin": "v2",
+        "liveEndpoint": "lockstep-dev-green",
+        "liveIndex": "docs-v2",
+        "slots": {"blue": "v1", "green": "v2"},
+        "retainedIndices": ["docs-v1"],
+        "checkRecord": CHECK_STDOUT,
     }
 
 
 def test_a_rollback_pin_through_the_package_is_a_flip(hosted):
     before = construct(hosted, dev_properties())
     after = construct(hosted, {**dev_properties(), "pin": "v1"})
-    changed = {n for n in set(before.resources) | set(after.resources)
-               if before.resources.get(n, {}).get("inputs") != after.resources.get(n, {}).get("inputs")}
+    changed = {
+        n
+        for n in set(before.resources) | set(after.resources)
+        if before.resources.get(n, {}).get("inputs") != after.resources.get(n, {}).get("inputs")
+    }
     assert changed == {"lockstep-cutover", "lockstep-check"}
     assert after.state["liveIndex"] == "docs-v1" and after.state["liveEndpoint"] == "lockstep-dev-blue"
 
@@ -372,7 +406,7 @@ def typescript_args(source: str) -> tuple[str, dict]:
         depth += {"{": 1, "}": -1}.get(source[end], 0)
         if depth == 0:
             break
-    literal = re.sub(r"^\s*//[^\n]*", "", source[start:end + 1], flags=re.MULTILINE)
+    literal = re.sub(r"^\s*//[^\n]*", "", source[start : end + 1], flags=re.MULTILINE)
     literal = re.sub(r"([{,]\s*)([A-Za-z_$][\w$]*)\s*:", r'\1"\2":', literal)
     literal = re.sub(r",(\s*[}\]])", r"\1", literal)
     return match.group(1), json.loads(literal)
@@ -384,7 +418,7 @@ def test_the_yaml_example_uses_only_what_the_schema_declares_and_constructs(host
     assert (YAML_EXAMPLE.parent / program["packages"]["lockstep"] / "PulumiPlugin.yaml").is_file()
     ours = {n: r for n, r in program["resources"].items() if r["type"].startswith("lockstep:")}
     assert ours and all(r["type"] in schema["resources"] for r in ours.values())
-    (name, resource), = ours.items()
+    ((name, resource),) = ours.items()
     assert check_resource(resource["properties"], schema) == []
     outputs = schema["resources"][TOKEN]["properties"]
     for expression in program["outputs"].values():
@@ -394,7 +428,10 @@ def test_the_yaml_example_uses_only_what_the_schema_declares_and_constructs(host
     constructed = construct(hosted, resource["properties"], name=name, stack="example")
     assert constructed.state["liveIndex"] == "docs-v2"
     assert constructed.state["liveEndpoint"] == "lockstep-example-green"
-    assert set(constructed.of_type("pulumi-python:dynamic/opensearch:Index")) == {"release-index-v1", "release-index-v2"}
+    assert set(constructed.of_type("pulumi-python:dynamic/opensearch:Index")) == {
+        "release-index-v1",
+        "release-index-v2",
+    }
 
 
 def test_the_typescript_example_uses_only_what_the_schema_declares_and_constructs(hosted, schema):
@@ -453,14 +490,19 @@ def bad_sha(properties: dict) -> dict:
     return properties
 
 
-@pytest.mark.parametrize("change, starts", [
-    (lambda p: {**p, "pin": "v3"}, "lockstep:pin: 'v3' is in neither slot"),
-    (lambda p: {**p, "slots": {"blue": "v9", "green": "v2"}}, "lockstep:slots: version 'v9' is not in the catalog"),
-    (lambda p: {**p, "retain": ["latest"]}, "lockstep:retain: version 'latest' is not in the catalog"),
-    (lambda p: {**p, "opensearch": {**p["opensearch"], "indexPrefix": "Docs"}},
-     "lockstep:opensearch.indexPrefix: is not a valid OpenSearch index name"),
-    (bad_sha, "lockstep:catalog.versions.v1.artifactSha256: must be 64 lowercase hex characters"),
-])
+@pytest.mark.parametrize(
+    "change, starts",
+    [
+        (lambda p: {**p, "pin": "v3"}, "lockstep:pin: 'v3' is in neither slot"),
+        (lambda p: {**p, "slots": {"blue": "v9", "green": "v2"}}, "lockstep:slots: version 'v9' is not in the catalog"),
+        (lambda p: {**p, "retain": ["latest"]}, "lockstep:retain: version 'latest' is not in the catalog"),
+        (
+            lambda p: {**p, "opensearch": {**p["opensearch"], "indexPrefix": "Docs"}},
+            "lockstep:opensearch.indexPrefix: is not a valid OpenSearch index name",
+        ),
+        (bad_sha, "lockstep:catalog.versions.v1.artifactSha256: must be 64 lowercase hex characters"),
+    ],
+)
 def test_bad_args_fail_with_the_cli_message(hosted, tmp_path, change, starts):
     properties = change(copy.deepcopy(dev_properties()))
     message, _ = construct_failure(hosted, properties)
@@ -502,6 +544,14 @@ def test_an_output_where_a_plain_value_decides_the_graph_is_refused_by_name(host
 
 
 def test_a_local_backend_is_refused_like_the_program_refuses_it(hosted):
-    properties = {**dev_properties(), "endpoints": {"backend": "local", "imageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/lockstep-serve:0.1.0"}}
+    properties = {
+        **dev_properties(),
+        "endpoints": {
+            "backend": "local",
+            "imageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/lockstep-serve:0.1.0",
+        },
+    }
     message, _ = construct_failure(hosted, properties)
-    assert message.startswith("lockstep:endpoints.backend: is 'local'; ModelRelease deploys SageMaker endpoints"), message
+    assert message.startswith("lockstep:endpoints.backend: is 'local'; ModelRelease deploys SageMaker endpoints"), (
+        message
+    )

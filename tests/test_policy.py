@@ -31,7 +31,9 @@ VALIDATORS = [rules.validate_index, rules.validate_sagemaker_model, rules.valida
 class Args:
     """What pulumi_policy hands a validate function: type, inputs, URN and the policy's config."""
 
-    def __init__(self, resource_type: str, props: dict, stack: str = "prod", name: str = "r", config: dict | None = None):
+    def __init__(
+        self, resource_type: str, props: dict, stack: str = "prod", name: str = "r", config: dict | None = None
+    ):
         self.resource_type = resource_type
         self.props = props
         self.name = name
@@ -68,8 +70,17 @@ def of_type(program, resource_type: str) -> dict:
 
 def test_the_prod_program_satisfies_every_rule(prod_program):
     checked = {typ for _, typ, _ in prod_program} & {
-        rules.INDEX_TYPE, rules.CUTOVER_TYPE, rules.SAGEMAKER_MODEL_TYPE, *rules.SAGEMAKER_ENDPOINT_TYPES}
-    assert checked == {rules.INDEX_TYPE, rules.CUTOVER_TYPE, rules.SAGEMAKER_MODEL_TYPE, *rules.SAGEMAKER_ENDPOINT_TYPES}
+        rules.INDEX_TYPE,
+        rules.CUTOVER_TYPE,
+        rules.SAGEMAKER_MODEL_TYPE,
+        *rules.SAGEMAKER_ENDPOINT_TYPES,
+    }
+    assert checked == {
+        rules.INDEX_TYPE,
+        rules.CUTOVER_TYPE,
+        rules.SAGEMAKER_MODEL_TYPE,
+        *rules.SAGEMAKER_ENDPOINT_TYPES,
+    }
     for name, typ, inputs in prod_program:
         assert violations(Args(typ, inputs, name=name)) == [], name
 
@@ -121,7 +132,10 @@ def test_a_version_outside_the_catalog_is_refused(prod_program):
 
 def test_a_model_loading_a_floating_key_is_refused(prod_program):
     _, inputs = of_type(prod_program, rules.SAGEMAKER_MODEL_TYPE)
-    container = {**inputs["primaryContainer"], "modelDataUrl": "s3://acme-lockstep-prod-artifacts/models/hashgram/latest/model.tar.gz"}
+    container = {
+        **inputs["primaryContainer"],
+        "modelDataUrl": "s3://acme-lockstep-prod-artifacts/models/hashgram/latest/model.tar.gz",
+    }
     found = violations(Args(rules.SAGEMAKER_MODEL_TYPE, {**inputs, "primaryContainer": container}))
     assert any("not content-addressed" in v for v in found), found
 
@@ -131,11 +145,21 @@ def test_a_model_whose_key_names_another_version_or_sha_is_refused(prod_program)
     version = inputs["tags"][rules.VERSION_TAG]
     other, other_sha = ("v2", V2_SHA) if version != "v2" else ("v1", V1_SHA)
     url = f"s3://b/models/hashgram/{other}/{other_sha}/model.tar.gz"
-    found = violations(Args(rules.SAGEMAKER_MODEL_TYPE, {**inputs, "primaryContainer": {**inputs["primaryContainer"], "modelDataUrl": url}}))
+    found = violations(
+        Args(
+            rules.SAGEMAKER_MODEL_TYPE,
+            {**inputs, "primaryContainer": {**inputs["primaryContainer"], "modelDataUrl": url}},
+        )
+    )
     assert any("differs from tags.lockstep:version" in v for v in found), found
 
     url = f"s3://b/models/hashgram/{version}/{'f' * 64}/model.tar.gz"
-    found = violations(Args(rules.SAGEMAKER_MODEL_TYPE, {**inputs, "primaryContainer": {**inputs["primaryContainer"], "modelDataUrl": url}}))
+    found = violations(
+        Args(
+            rules.SAGEMAKER_MODEL_TYPE,
+            {**inputs, "primaryContainer": {**inputs["primaryContainer"], "modelDataUrl": url}},
+        )
+    )
     assert any("differs from the catalog" in v for v in found)
     assert any("LOCKSTEP_ARTIFACT_SHA256" in v for v in found), "the container's declared sha no longer matches the key"
 
@@ -153,8 +177,13 @@ def test_an_endpoint_tagged_with_a_sha_takes_it_over_the_catalog(prod_program):
     _, inputs = of_type(prod_program, "aws:sagemaker/endpoint:Endpoint")
     version = inputs["tags"][rules.VERSION_TAG]
     good = rules.config.load_catalog().get(version).artifact_sha256
-    assert violations(Args("aws:sagemaker/endpoint:Endpoint", {**inputs, "tags": {**inputs["tags"], rules.SHA_TAG: good}})) == []
-    found = violations(Args("aws:sagemaker/endpoint:Endpoint", {**inputs, "tags": {**inputs["tags"], rules.SHA_TAG: "deadbeef"}}))
+    assert (
+        violations(Args("aws:sagemaker/endpoint:Endpoint", {**inputs, "tags": {**inputs["tags"], rules.SHA_TAG: good}}))
+        == []
+    )
+    found = violations(
+        Args("aws:sagemaker/endpoint:Endpoint", {**inputs, "tags": {**inputs["tags"], rules.SHA_TAG: "deadbeef"}})
+    )
     assert any("64 lowercase hex" in v for v in found), found
 
 
@@ -167,10 +196,20 @@ def test_an_endpoint_of_an_unknown_version_without_a_sha_tag_is_refused(prod_pro
 # ------------------------------------------------------------------------ scope
 
 
-@pytest.mark.parametrize("stack,applies", [
-    ("prod", True), ("production", True), ("prod-eu", True), ("prod.us", True),
-    ("staging", False), ("dev", False), ("preprod", False), ("product-demo", False), ("local", False),
-])
+@pytest.mark.parametrize(
+    "stack,applies",
+    [
+        ("prod", True),
+        ("production", True),
+        ("prod-eu", True),
+        ("prod.us", True),
+        ("staging", False),
+        ("dev", False),
+        ("preprod", False),
+        ("product-demo", False),
+        ("local", False),
+    ],
+)
 def test_only_production_stacks_are_held_to_the_rules(prod_program, stack, applies):
     _, inputs = of_type(prod_program, rules.INDEX_TYPE)
     floating = {**inputs, "version": "latest"}
@@ -186,7 +225,11 @@ def test_the_stacks_setting_widens_the_scope(prod_program):
 
 def test_the_stacks_dir_setting_names_the_catalog(tmp_path, prod_program):
     (tmp_path / "catalog.yaml").write_text(
-        "model: hashgram\nversions:\n  v7:\n    artifactSha256: " + "7" * 63 + "a" + "\n    dimension: 8\n    spaceType: l2\n")
+        "model: hashgram\nversions:\n  v7:\n    artifactSha256: "
+        + "7" * 63
+        + "a"
+        + "\n    dimension: 8\n    spaceType: l2\n"
+    )
     _, inputs = of_type(prod_program, rules.INDEX_TYPE)
     found = violations(Args(rules.INDEX_TYPE, inputs, config={"stacksDir": str(tmp_path)}))
     assert any("not in the catalog; use one of v7" in v for v in found), found
@@ -217,8 +260,13 @@ def struct(value: dict) -> struct_pb2.Struct:
 @pytest.fixture
 def analyzer():
     """`policy/` started as the CLI's python analyzer does (runpy of the directory); its gRPC stub."""
-    process = subprocess.Popen([sys.executable, "-u", str(ROOT / "policy")], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-u", str(ROOT / "policy")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         port = process.stdout.readline().strip()
         assert port.isdigit(), process.stderr.read() if process.poll() is not None else f"no port: {port!r}"
@@ -234,17 +282,30 @@ def test_the_pack_serves_mandatory_policies_and_refuses_a_floating_prod_index(an
     info = analyzer.GetAnalyzerInfo(empty_pb2.Empty(), timeout=30)
     assert info.name == "lockstep"
     assert {p.name: p.enforcementLevel for p in info.policies} == {
-        p.name: analyzer_pb2.MANDATORY for p in rules.POLICIES}
+        p.name: analyzer_pb2.MANDATORY for p in rules.POLICIES
+    }
 
     name, inputs = of_type(prod_program, rules.INDEX_TYPE)
-    good = analyzer.Analyze(analyzer_pb2.AnalyzeRequest(
-        type=rules.INDEX_TYPE, properties=struct(inputs), name=name,
-        urn=f"urn:pulumi:prod::lockstep::{rules.INDEX_TYPE}::{name}"), timeout=30)
+    good = analyzer.Analyze(
+        analyzer_pb2.AnalyzeRequest(
+            type=rules.INDEX_TYPE,
+            properties=struct(inputs),
+            name=name,
+            urn=f"urn:pulumi:prod::lockstep::{rules.INDEX_TYPE}::{name}",
+        ),
+        timeout=30,
+    )
     assert list(good.diagnostics) == []
 
-    bad = analyzer.Analyze(analyzer_pb2.AnalyzeRequest(
-        type=rules.INDEX_TYPE, properties=struct({**inputs, "version": "latest"}), name=name,
-        urn=f"urn:pulumi:prod::lockstep::{rules.INDEX_TYPE}::{name}"), timeout=30)
+    bad = analyzer.Analyze(
+        analyzer_pb2.AnalyzeRequest(
+            type=rules.INDEX_TYPE,
+            properties=struct({**inputs, "version": "latest"}),
+            name=name,
+            urn=f"urn:pulumi:prod::lockstep::{rules.INDEX_TYPE}::{name}",
+        ),
+        timeout=30,
+    )
     assert {d.policyName for d in bad.diagnostics} == {"lockstep-index-pinned-version"}
     assert {d.enforcementLevel for d in bad.diagnostics} == {analyzer_pb2.MANDATORY}
     assert any("floating tag" in d.message for d in bad.diagnostics)

@@ -37,7 +37,10 @@ class CaptureMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         self.resources[args.name] = {"type": args.typ, "inputs": normalize(args.inputs), "custom": args.custom}
         if args.typ == "pulumi:pulumi:StackReference":
-            return f"{args.name}-id", {"name": args.inputs.get("name"), "outputs": {"verifiedVersions": self.upstream_verified}}
+            return f"{args.name}-id", {
+                "name": args.inputs.get("name"),
+                "outputs": {"verifiedVersions": self.upstream_verified},
+            }
         state = dict(args.inputs)
         state.setdefault("name", args.name)  # what auto-naming would give, deterministically
         if args.typ == "aws:iam/role:Role":
@@ -95,8 +98,14 @@ def with_values(**changes) -> dict:
     return values
 
 
-def evaluate(values: dict, *, stack: str = "dev", preview: bool = False, secrets: dict | None = None,
-             mocks: CaptureMocks | None = None) -> Run:
+def evaluate(
+    values: dict,
+    *,
+    stack: str = "dev",
+    preview: bool = False,
+    secrets: dict | None = None,
+    mocks: CaptureMocks | None = None,
+) -> Run:
     """Evaluate __main__.py once under fresh mocks with `values` as the stack's config."""
     mocks = mocks or CaptureMocks()
     pulumi.runtime.reset_options()
@@ -114,8 +123,12 @@ def evaluate(values: dict, *, stack: str = "dev", preview: bool = False, secrets
         if release is None:
             return None
         return pulumi.Output.all(
-            pin=release.pin, live_endpoint=release.live_endpoint, live_index=release.live_index,
-            slots=release.slots, retained_indices=release.retained_indices, check_record=release.check_record,
+            pin=release.pin,
+            live_endpoint=release.live_endpoint,
+            live_index=release.live_index,
+            slots=release.slots,
+            retained_indices=release.retained_indices,
+            check_record=release.check_record,
         ).apply(outputs.update)
 
     program()
@@ -126,7 +139,8 @@ def changed_resources(before: Run, after: Run) -> set[str]:
     """Names whose inputs differ, plus those added or removed."""
     names = set(before.resources) | set(after.resources)
     return {
-        name for name in names
+        name
+        for name in names
         if before.resources.get(name, {}).get("inputs") != after.resources.get(name, {}).get("inputs")
     }
 
@@ -138,7 +152,10 @@ def test_first_deploy_declares_the_whole_unit():
     run = evaluate(dev_values())  # pin v2 in green, v1 in blue, v1 retained
 
     assert run.resources["lockstep"]["type"] == "lockstep:index:ModelRelease"
-    assert set(run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")) == {"lockstep-artifacts-v1", "lockstep-artifacts-v2"}
+    assert set(run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")) == {
+        "lockstep-artifacts-v1",
+        "lockstep-artifacts-v2",
+    }
     v2_object = run.inputs("lockstep-artifacts-v2")
     assert v2_object["key"].startswith("models/hashgram/v2/65878d63")
     assert v2_object["checksumAlgorithm"] == "SHA256"
@@ -160,10 +177,15 @@ def test_first_deploy_declares_the_whole_unit():
 
     deployment = endpoints["lockstep-green-endpoint"]["deploymentConfig"]
     routing = deployment["blueGreenUpdatePolicy"]["trafficRoutingConfiguration"]
-    assert routing == {"type": "CANARY", "waitIntervalInSeconds": 600,
-                       "canarySize": {"type": "CAPACITY_PERCENT", "value": 10}}
+    assert routing == {
+        "type": "CANARY",
+        "waitIntervalInSeconds": 600,
+        "canarySize": {"type": "CAPACITY_PERCENT", "value": 10},
+    }
     assert [a["alarmName"] for a in deployment["autoRollbackConfiguration"]["alarms"]] == [
-        "acme-dev-embed-5xx", "acme-dev-embed-latency"]
+        "acme-dev-embed-5xx",
+        "acme-dev-embed-latency",
+    ]
 
     cutover = run.inputs("lockstep-cutover")
     assert run.resources["lockstep-cutover"]["type"] == DYNAMIC_CUTOVER
@@ -175,8 +197,12 @@ def test_first_deploy_declares_the_whole_unit():
     assert check["triggers"][0] == "v2" and "docs-v2" in check["triggers"]
 
     assert run.outputs == {
-        "pin": "v2", "live_endpoint": "lockstep-dev-green", "live_index": "docs-v2",
-        "slots": {"blue": "v1", "green": "v2"}, "retained_indices": ["docs-v1"], "check_record": CHECK_STDOUT,
+        "pin": "v2",
+        "live_endpoint": "lockstep-dev-green",
+        "live_index": "docs-v2",
+        "slots": {"blue": "v1", "green": "v2"},
+        "retained_indices": ["docs-v1"],
+        "check_record": CHECK_STDOUT,
     }
 
 
@@ -202,8 +228,12 @@ def test_rollback_to_the_standby_is_a_flip():
     assert changed_resources(before, after) == {"lockstep-cutover", "lockstep-check"}
     cut = after.inputs("lockstep-cutover")
     assert (cut["version"], cut["index"], cut["endpoint"]) == ("v1", "docs-v1", "lockstep-dev-blue")
-    for kind in ("aws:sagemaker/endpoint:Endpoint", "aws:sagemaker/model:Model",
-                 "aws:sagemaker/endpointConfiguration:EndpointConfiguration", DYNAMIC_INDEX):
+    for kind in (
+        "aws:sagemaker/endpoint:Endpoint",
+        "aws:sagemaker/model:Model",
+        "aws:sagemaker/endpointConfiguration:EndpointConfiguration",
+        DYNAMIC_INDEX,
+    ):
         assert before.of_type(kind) == after.of_type(kind), kind
 
 
@@ -248,7 +278,9 @@ def test_check_triggers_follow_the_pin_and_nothing_else():
 def test_preview_declares_the_same_graph():
     applied = evaluate(dev_values())
     previewed = evaluate(dev_values(), preview=True)
-    assert {n: r["type"] for n, r in previewed.resources.items()} == {n: r["type"] for n, r in applied.resources.items()}
+    assert {n: r["type"] for n, r in previewed.resources.items()} == {
+        n: r["type"] for n, r in applied.resources.items()
+    }
     assert previewed.inputs("lockstep-cutover")["version"] == "v2"
 
 
@@ -263,8 +295,10 @@ def test_artifact_bucket_is_private_versioned_encrypted_and_tls_only():
     rule = run.inputs("lockstep-artifacts-encryption")["rules"][0]
     assert rule["applyServerSideEncryptionByDefault"]["sseAlgorithm"] in {"AES256", "aws:kms"}
     block = run.inputs("lockstep-artifacts-public-access")
-    assert all(block[key] is True for key in (
-        "blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+    assert all(
+        block[key] is True
+        for key in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    )
     assert run.inputs("lockstep-artifacts-ownership")["rule"]["objectOwnership"] == "BucketOwnerEnforced"
     policy = json.loads(run.inputs("lockstep-artifacts-tls-only")["policy"])
     (statement,) = policy["Statement"]
@@ -281,11 +315,14 @@ def test_execution_role_reads_only_its_versions_artifacts():
     s3_read = statements["ReadThisVersionsArtifact"]
     assert s3_read["Action"] == "s3:GetObject"
     assert s3_read["Resource"] == "arn:aws:s3:::acme-lockstep-dev-artifacts/models/hashgram/v2/*"
-    assert all("s3:" not in json.dumps(s["Action"]) for sid, s in statements.items() if sid != "ReadThisVersionsArtifact")
+    assert all(
+        "s3:" not in json.dumps(s["Action"]) for sid, s in statements.items() if sid != "ReadThisVersionsArtifact"
+    )
     assert statements["PullServingImage"]["Resource"] == "arn:aws:ecr:eu-west-1:123456789012:repository/lockstep-serve"
     assert statements["EcrLogin"]["Action"] == "ecr:GetAuthorizationToken"
     assert statements["WriteEndpointLogs"]["Resource"] == (
-        f"arn:aws:logs:eu-west-1:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/lockstep-dev-green*")
+        f"arn:aws:logs:eu-west-1:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/lockstep-dev-green*"
+    )
     blue = json.loads(run.inputs("lockstep-blue-policy")["policy"])["Statement"][0]
     assert blue["Resource"].endswith("/models/hashgram/v1/*")
 
@@ -307,22 +344,31 @@ def test_basic_auth_password_reaches_only_the_check_environment():
 
 def test_local_backend_declares_nothing(caplog):
     caplog.set_level("INFO")
-    values = {f"lockstep:{k}": v for k, v in {
-        "pin": "v1", "slots": {"blue": "v1", "green": "v2"}, "artifacts": {"bucket": "lockstep-local-artifacts"},
-        "corpus": {"bucket": "lockstep-local-corpus"}, "endpoints": {"backend": "local"},
-    }.items()}
+    values = {
+        f"lockstep:{k}": v
+        for k, v in {
+            "pin": "v1",
+            "slots": {"blue": "v1", "green": "v2"},
+            "artifacts": {"bucket": "lockstep-local-artifacts"},
+            "corpus": {"bucket": "lockstep-local-corpus"},
+            "endpoints": {"backend": "local"},
+        }.items()
+    }
     run = evaluate(values, stack="local")
     assert run.resources == {} and run.outputs is None
     assert any("lockstep apply --stack local" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"pin": "v3"}, "lockstep:pin: 'v3' is in neither slot"),
-    ({"slots": {"blue": "v9", "green": "v2"}}, "lockstep:slots: version 'v9' is not in the catalog"),
-    ({"retain": ["latest"]}, "lockstep:retain: version 'latest' is not in the catalog"),
-    ({"endpoints": {"backend": "sagemaker"}}, "lockstep:endpoints: imageUri is required"),
-    ({"opensearch": {"engine": "lucene", "indexPrefix": "docs"}}, "lockstep:opensearch.url: is required"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"pin": "v3"}, "lockstep:pin: 'v3' is in neither slot"),
+        ({"slots": {"blue": "v9", "green": "v2"}}, "lockstep:slots: version 'v9' is not in the catalog"),
+        ({"retain": ["latest"]}, "lockstep:retain: version 'latest' is not in the catalog"),
+        ({"endpoints": {"backend": "sagemaker"}}, "lockstep:endpoints: imageUri is required"),
+        ({"opensearch": {"engine": "lucene", "indexPrefix": "docs"}}, "lockstep:opensearch.url: is required"),
+    ],
+)
 def test_bad_config_fails_evaluation_with_one_line_naming_the_key(changes, message):
     with pytest.raises(pulumi.RunError) as failure:
         evaluate(with_values(**changes))

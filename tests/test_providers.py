@@ -138,7 +138,11 @@ def test_cutover_create_update_read_and_delete_leaves_live_state(stack, catalog,
     assert first.id == stack.pointer_name
     assert index.alias_targets(opensearch, alias) == [stack.opensearch.index_name("v1")]
     pointer = index.read_pointer(ssm, stack.pointer_name)
-    assert (pointer.version, pointer.endpoint, pointer.index) == ("v1", f"lockstep-{stack.stack}-blue", stack.opensearch.index_name("v1"))
+    assert (pointer.version, pointer.endpoint, pointer.index) == (
+        "v1",
+        f"lockstep-{stack.stack}-blue",
+        stack.opensearch.index_name("v1"),
+    )
 
     rollback = cutover_props(stack.model_copy(update={"pin": "v2"}), v2, "green")
     diff = provider.diff(first.id, first.outs, rollback)
@@ -148,7 +152,11 @@ def test_cutover_create_update_read_and_delete_leaves_live_state(stack, catalog,
     updated = provider.update(first.id, first.outs, rollback)
     assert updated.outs["alias_targets"] == [stack.opensearch.index_name("v2")]
     pointer = index.read_pointer(ssm, stack.pointer_name)
-    assert (pointer.version, pointer.endpoint, pointer.artifact_sha256) == ("v2", f"lockstep-{stack.stack}-green", v2.artifact_sha256)
+    assert (pointer.version, pointer.endpoint, pointer.artifact_sha256) == (
+        "v2",
+        f"lockstep-{stack.stack}-green",
+        v2.artifact_sha256,
+    )
 
     read = provider.read(first.id, updated.outs)
     assert read.outs["version"] == "v2" and read.outs["alias_targets"] == [stack.opensearch.index_name("v2")]
@@ -217,16 +225,25 @@ def test_providers_round_trip_through_dill_in_a_fresh_interpreter(stack, catalog
         "cutover": cutover_props(stack, v1, "blue"),
     }
     done = subprocess.run(
-        [sys.executable, "-c", FRESH_INTERPRETER], input=json.dumps(request),
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        [sys.executable, "-c", FRESH_INTERPRETER],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     name = stack.opensearch.index_name("v1")
     assert result == {
-        "id": name, "doc_count": CORPUS_SIZE, "unchanged": False, "wider": ["dimension"],
-        "pointer": stack.pointer_name, "alias_targets": [name],
-        "flip": [True, []], "refused": "GuardRefused",
+        "id": name,
+        "doc_count": CORPUS_SIZE,
+        "unchanged": False,
+        "wider": ["dimension"],
+        "pointer": stack.pointer_name,
+        "alias_targets": [name],
+        "flip": [True, []],
+        "refused": "GuardRefused",
     }
     # The fresh interpreter's cutover is visible here: same servers, same live state.
     assert index.alias_targets(opensearch, stack.opensearch.alias_name) == [name]

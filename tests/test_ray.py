@@ -6,7 +6,6 @@ starts its own on free ports and stops only that cluster's processes.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from opensearchpy import helpers
 
-from lockstep.ops import artifacts, clients, corpus, index, reembed
+from lockstep.ops import artifacts, corpus, index, reembed
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -32,16 +31,25 @@ def ray_runtime(servers):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=256 * 1024**2, include_dashboard=False,
-                 log_to_driver=False, logging_level="WARNING",
-                 runtime_env={"env_vars": {k: os.environ[k] for k in ("OPENSEARCH_URL", "AWS_ENDPOINT_URL") if k in os.environ}})
+        ray.init(
+            num_cpus=2,
+            object_store_memory=256 * 1024**2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            runtime_env={
+                "env_vars": {k: os.environ[k] for k in ("OPENSEARCH_URL", "AWS_ENDPOINT_URL") if k in os.environ}
+            },
+        )
     yield ray
     ray.shutdown()
 
 
 def seeded(make_settings, s3, size: int, engine: str = "ray", **overrides):
     """Settings of an isolated stack with its buckets, corpus (`size` docs) and artifacts published."""
-    settings = make_settings(corpus={"size": size}, backfill={"engine": engine, "workers": 2, "batchSize": 64}, **overrides)
+    settings = make_settings(
+        corpus={"size": size}, backfill={"engine": engine, "workers": 2, "batchSize": 64}, **overrides
+    )
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
     artifacts.ensure_corpus(s3, settings)
     return settings
@@ -55,7 +63,10 @@ def publish(s3, settings, catalog, *versions):
 def stored(opensearch, name: str) -> dict[str, dict]:
     """Every stored document of an index: {id: _source}."""
     opensearch.indices.refresh(index=name)
-    return {hit["_id"]: hit["_source"] for hit in helpers.scan(opensearch, index=name, size=500, query={"query": {"match_all": {}}})}
+    return {
+        hit["_id"]: hit["_source"]
+        for hit in helpers.scan(opensearch, index=name, size=500, query={"query": {"match_all": {}}})
+    }
 
 
 def ids_exactly_once(opensearch, name: str, documents) -> None:
@@ -77,7 +88,8 @@ def test_ray_index_equals_local_index(ray_runtime, make_settings, s3, opensearch
     publish(s3, local, catalog, "v1")
     entry = catalog.get("v1")
     ray_settings = with_engine(local, engine="ray").model_copy(
-        update={"opensearch": local.opensearch.model_copy(update={"index_prefix": f"{unique}-ray"})})
+        update={"opensearch": local.opensearch.model_copy(update={"index_prefix": f"{unique}-ray"})}
+    )
 
     built_local = reembed.sync_index(local, entry, progress=False)
     built_ray = reembed.sync_index(ray_settings, entry, progress=False)
@@ -93,8 +105,9 @@ def test_ray_index_equals_local_index(ray_runtime, make_settings, s3, opensearch
         assert other["text"] == source["text"] and other["doc_id"] == doc_id
         assert np.allclose(other["embedding"], source["embedding"], atol=1e-6, rtol=0)
     meta_a, meta_b = index.read_meta(opensearch, built_local.index), index.read_meta(opensearch, built_ray.index)
-    assert {k: v for k, v in meta_a.items() if k not in index.VOLATILE_META} == \
-        {k: v for k, v in meta_b.items() if k not in index.VOLATILE_META}
+    assert {k: v for k, v in meta_a.items() if k not in index.VOLATILE_META} == {
+        k: v for k, v in meta_b.items() if k not in index.VOLATILE_META
+    }
     assert meta_b["synced"]["documents"] == 300 and meta_b["synced"]["corpus_etag"] == meta_a["synced"]["corpus_etag"]
     assert not index.in_bulk_mode(opensearch, built_ray.index)  # refresh restored after the load
 
@@ -113,10 +126,13 @@ def test_catch_up_on_ray_embeds_only_the_delta(ray_runtime, make_settings, s3, o
     documents = artifacts.read_corpus(s3, settings)
     changed = {d.id for d in documents[10:15]}
     removed = {d.id for d in documents[20:27]}
-    kept = [corpus.Document(d.id, d.text + " (revised)") if d.id in changed else d
-            for d in documents if d.id not in removed]
-    added = [corpus.Document(f"new-{n}", f"A document that arrived later, number {n}, about sockets and files.")
-             for n in range(4)]
+    kept = [
+        corpus.Document(d.id, d.text + " (revised)") if d.id in changed else d for d in documents if d.id not in removed
+    ]
+    added = [
+        corpus.Document(f"new-{n}", f"A document that arrived later, number {n}, about sockets and files.")
+        for n in range(4)
+    ]
     new_corpus = kept + added
     artifacts.write_corpus(s3, settings, new_corpus)
     untouched = documents[50].id
@@ -199,12 +215,21 @@ def test_worker_killed_mid_run_still_finishes_exactly_once(ray_runtime, make_set
 
 
 def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([str(VENV_BIN / "lockstep"), *args], env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            start_new_session=True, **kwargs)
+    return subprocess.Popen(
+        [str(VENV_BIN / "lockstep"), *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+        **kwargs,
+    )
 
 
-def test_driver_killed_mid_run_then_rerun_finishes_and_alias_never_moves(ray_runtime, scratch_stack, s3, opensearch, catalog):
+def test_driver_killed_mid_run_then_rerun_finishes_and_alias_never_moves(
+    ray_runtime, scratch_stack, s3, opensearch, catalog
+):
     """`lockstep backfill` (the driver, attached to the session's Ray runtime) killed -9 mid-run;
     a re-run finishes with every corpus id once, and the live alias stayed on the pin's index."""
     from lockstep import config
@@ -246,8 +271,14 @@ def test_driver_killed_mid_run_then_rerun_finishes_and_alias_never_moves(ray_run
 
 def _run_cli(*args: str, env: dict | None = None, pre: str = "") -> subprocess.CompletedProcess:
     code = f"{pre}\nimport sys\nfrom lockstep.cli import main\nsys.argv = ['lockstep', *{list(args)!r}]\nmain()"
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def _nothing_written(s3, opensearch, settings) -> None:
@@ -287,7 +318,8 @@ def test_workers_below_one_is_refused_by_field(scratch_stack, s3, opensearch, ca
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"lockstep: {config.stack_path(stack, stacks)}: lockstep:backfill.workers: "
-        "Input should be greater than or equal to 1 (got 0)"]
+        "Input should be greater than or equal to 1 (got 0)"
+    ]
 
 
 def test_engine_ray_without_ray_installed_is_one_line_exit_2(scratch_stack, s3, opensearch, catalog, servers):
@@ -318,19 +350,44 @@ def head_cluster(tmp_path_factory):
     temp_dir = Path(f"/tmp/lsr-{uuid.uuid4().hex[:8]}")  # short: Ray's socket paths have a length limit
     gcs, dashboard, client = _free_port(), _free_port(), _free_port()
     # Every other fixed port too: the session's own Ray runtime holds the defaults (52365, ...).
-    ports = [f"--{flag}={_free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
+    ports = [
+        f"--{flag}={_free_port()}"
+        for flag in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
+    ]
     # Token authentication, as a shared cluster should run (Ray >= 2.52 turns it on by default).
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **auth}
     env.pop("RAY_ADDRESS", None)
     start = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
-         "--num-cpus=2", f"--object-store-memory={200 * 1024**2}", f"--temp-dir={temp_dir}",
-         "--include-dashboard=true", "--disable-usage-stats", *ports],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={gcs}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}",
+            "--num-cpus=2",
+            f"--object-store-memory={200 * 1024**2}",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            *ports,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     output, _ = start.communicate(timeout=120)
     group = start.pid
     try:
@@ -352,8 +409,9 @@ def test_backfill_as_a_ray_job_on_a_ray_start_cluster(head_cluster, scratch_stac
     from lockstep import config
 
     address, auth = head_cluster
-    stacks, stack = scratch_stack(corpus={"size": 400},
-                                  backfill={"engine": "ray", "address": address, "workers": 2, "batchSize": 32})
+    stacks, stack = scratch_stack(
+        corpus={"size": 400}, backfill={"engine": "ray", "address": address, "workers": 2, "batchSize": 32}
+    )
     settings = config.load_stack(stack, stacks, catalog)
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
     artifacts.ensure_corpus(s3, settings)
@@ -385,7 +443,12 @@ def test_backfill_as_a_ray_job_on_a_ray_start_cluster(head_cluster, scratch_stac
     assert attached.returncode == 0 and f"{name}: created, 400 embedded" in out2, err2
 
     local = with_engine(settings, engine="local", address=None).model_copy(
-        update={"opensearch": settings.opensearch.model_copy(update={"index_prefix": f"{settings.opensearch.index_prefix}-local"})})
+        update={
+            "opensearch": settings.opensearch.model_copy(
+                update={"index_prefix": f"{settings.opensearch.index_prefix}-local"}
+            )
+        }
+    )
     reference = reembed.sync_index(local, catalog.get("v1"), progress=False)
     a, b = stored(opensearch, reference.index), stored(opensearch, name)
     assert set(a) == set(b) and len(b) == 400

@@ -116,19 +116,23 @@ def promised_output(stack: str) -> dict[tuple[str | None, int], list[str]]:
 def write_stack(stacks: Path, stack: str) -> None:
     stacks.mkdir(parents=True)
     shutil.copy(config.STACKS_DIR / config.CATALOG_FILE, stacks / config.CATALOG_FILE)
-    body = {"config": {
-        "aws:region": "us-east-1",
-        "lockstep:pin": "v1",
-        "lockstep:slots": {"blue": "v1", "green": "v2"},
-        "lockstep:retain": [],
-        "lockstep:artifacts": {"bucket": f"{stack}-artifacts"},
-        "lockstep:opensearch": {"engine": "lucene", "indexPrefix": stack},
-        "lockstep:corpus": {"bucket": f"{stack}-corpus", "size": CORPUS},
-        "lockstep:endpoints": {"backend": "local"},
-        "lockstep:check": {"recallFloor": 0.7, "k": 10},
-        "lockstep:pointerParameter": f"/{stack}/live",
-        "lockstep:derived": [{"name": "related", "kind": "related-documents", "table": f"{stack}-related", "writeRate": 2000}],
-    }}
+    body = {
+        "config": {
+            "aws:region": "us-east-1",
+            "lockstep:pin": "v1",
+            "lockstep:slots": {"blue": "v1", "green": "v2"},
+            "lockstep:retain": [],
+            "lockstep:artifacts": {"bucket": f"{stack}-artifacts"},
+            "lockstep:opensearch": {"engine": "lucene", "indexPrefix": stack},
+            "lockstep:corpus": {"bucket": f"{stack}-corpus", "size": CORPUS},
+            "lockstep:endpoints": {"backend": "local"},
+            "lockstep:check": {"recallFloor": 0.7, "k": 10},
+            "lockstep:pointerParameter": f"/{stack}/live",
+            "lockstep:derived": [
+                {"name": "related", "kind": "related-documents", "table": f"{stack}-related", "writeRate": 2000}
+            ],
+        }
+    }
     with (stacks / f"Pulumi.{stack}.yaml").open("w") as handle:
         handle.write("# Scratch stack written by tests/test_runbook.py.\n")
         YAML().dump(body, handle)
@@ -143,16 +147,26 @@ class Scratch:
         return config.load_stack(self.stack, self.stacks)
 
     def env(self, version: str | None) -> dict[str, str]:
-        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "STACK": self.stack,
-               "LOCKSTEP_STACKS_DIR": str(self.stacks), "COLUMNS": "200"}
+        env = {
+            **os.environ,
+            "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+            "STACK": self.stack,
+            "LOCKSTEP_STACKS_DIR": str(self.stacks),
+            "COLUMNS": "200",
+        }
         env.pop("VERSION", None)
         if version:
             env["VERSION"] = version
         return env
 
     def run(self, script: str, version: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=self.env(version),
-                              capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            env=self.env(version),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     def alias_targets(self) -> list[str]:
         return index.alias_targets(clients.opensearch(self.settings.opensearch), self.settings.opensearch.alias_name)
@@ -163,10 +177,14 @@ class Scratch:
         settings = self.settings
         client = clients.opensearch(settings.opensearch)
         live, other = settings.opensearch.index_name(settings.pin), settings.opensearch.index_name("v1")
-        client.indices.update_aliases(body={"actions": [
-            {"remove": {"index": live, "alias": settings.opensearch.alias_name}},
-            {"add": {"index": other, "alias": settings.opensearch.alias_name}},
-        ]})
+        client.indices.update_aliases(
+            body={
+                "actions": [
+                    {"remove": {"index": live, "alias": settings.opensearch.alias_name}},
+                    {"add": {"index": other, "alias": settings.opensearch.alias_name}},
+                ]
+            }
+        )
         hits = client.search(index=live, body={"size": 5, "_source": False, "query": {"match_all": {}}})["hits"]["hits"]
         for hit in hits:
             client.update(index=live, id=hit["_id"], body={"doc": {"model_version": "v1"}})
@@ -186,7 +204,10 @@ class Scratch:
         embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
         index.ensure_index(client, settings, entry)
         index.set_bulk_mode(client, name, True, settings)
-        reembed.write(client, reembed.index_actions(documents[: len(documents) // 2], embedder, name, settings.backfill.batch_size))
+        reembed.write(
+            client,
+            reembed.index_actions(documents[: len(documents) // 2], embedder, name, settings.backfill.batch_size),
+        )
 
     def stale_related(self) -> None:
         """Before (f): after the flip back to v2, a job still running with v3 writes every
@@ -211,9 +232,11 @@ def scratch(servers, unique, tmp_path):
     write_stack(stacks, unique)
     stack = Scratch(stacks, unique)
     try:
-        for script in ('lockstep apply --stack "$STACK" --quiet',
-                       'lockstep pin --stack "$STACK" v3',
-                       'lockstep apply --stack "$STACK" --quiet'):
+        for script in (
+            'lockstep apply --stack "$STACK" --quiet',
+            'lockstep pin --stack "$STACK" v3',
+            'lockstep apply --stack "$STACK" --quiet',
+        ):
             result = stack.run(script)
             assert result.returncode == 0, f"{script}\n{result.stdout}\n{result.stderr}"
         yield stack

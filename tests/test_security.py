@@ -34,8 +34,13 @@ from tests.faultproxy import FaultProxy, answer
 
 
 def lockstep(*args: str, stacks: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "LOCKSTEP_STACKS_DIR": str(stacks), **env})
+    return subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LOCKSTEP_STACKS_DIR": str(stacks), **env},
+    )
 
 
 def posture(s3, bucket: str) -> dict:
@@ -65,13 +70,18 @@ def test_buckets_the_cli_creates_are_private_versioned_and_encrypted(servers, sc
 
     for bucket in (settings.artifacts.bucket, settings.corpus.bucket):
         seen = posture(s3, bucket)
-        assert seen["public_access_block"] == artifacts.PUBLIC_ACCESS_BLOCK and all(seen["public_access_block"].values())
+        assert seen["public_access_block"] == artifacts.PUBLIC_ACCESS_BLOCK and all(
+            seen["public_access_block"].values()
+        )
         assert seen["encryption"] in {"AES256", "aws:kms"}
         assert seen["versioning"] == "Enabled"
         assert seen["ownership"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
         # moto over plain http on loopback: no TLS policy (it would deny every call there)
         assert seen["policy"] is None
-        public = {"http://acs.amazonaws.com/groups/global/AllUsers", "http://acs.amazonaws.com/groups/global/AuthenticatedUsers"}
+        public = {
+            "http://acs.amazonaws.com/groups/global/AllUsers",
+            "http://acs.amazonaws.com/groups/global/AuthenticatedUsers",
+        }
         assert not [g for g in s3.get_bucket_acl(Bucket=bucket)["Grants"] if g["Grantee"].get("URI") in public]
 
 
@@ -82,9 +92,13 @@ def moto_over_tls(tmp_path_factory):
     url = f"https://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto-tls") / "moto.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port), "--ssl"],
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, **services.DUMMY_CREDENTIALS})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port), "--ssl"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **services.DUMMY_CREDENTIALS},
+        )
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
     def ready() -> bool:
@@ -94,7 +108,9 @@ def moto_over_tls(tmp_path_factory):
             return False
 
     try:
-        services.wait_until(ready, f"moto over TLS on {url}", str(log), timeout=60, alive=lambda: process.poll() is None)
+        services.wait_until(
+            ready, f"moto over TLS on {url}", str(log), timeout=60, alive=lambda: process.poll() is None
+        )
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -102,9 +118,15 @@ def moto_over_tls(tmp_path_factory):
 
 
 def test_https_endpoint_gets_the_tls_only_policy_the_component_declares_too(moto_over_tls):
-    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_over_tls, verify=False,
-                      aws_access_key_id="testing", aws_secret_access_key="testing",
-                      config=BotoConfig(retries={"max_attempts": 2}))
+    s3 = boto3.client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=moto_over_tls,
+        verify=False,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=BotoConfig(retries={"max_attempts": 2}),
+    )
     bucket = f"t{uuid.uuid4().hex[:10]}-artifacts"
     artifacts.ensure_bucket(s3, bucket)  # require_tls defaults to "the endpoint speaks https"
 
@@ -130,8 +152,9 @@ def test_https_endpoint_gets_the_tls_only_policy_the_component_declares_too(moto
 
 def test_the_opensearch_password_is_never_printed_stored_or_handed_on(servers, scratch_stack, s3):
     secret = f"pw-{uuid.uuid4().hex}"
-    stacks, stack = scratch_stack(slots={"blue": "v1", "green": None}, corpus={"size": 60},
-                                  opensearch={"auth": "basic", "username": "lockstep"})
+    stacks, stack = scratch_stack(
+        slots={"blue": "v1", "green": None}, corpus={"size": 60}, opensearch={"auth": "basic", "username": "lockstep"}
+    )
     env = {"LOCKSTEP_OPENSEARCH_PASSWORD": secret}
     closed = f"http://lockstep:{secret}@127.0.0.1:{services.free_port()}"
     runs = {
@@ -139,22 +162,36 @@ def test_the_opensearch_password_is_never_printed_stored_or_handed_on(servers, s
         "plan (before)": lockstep("plan", "--stack", stack, stacks=stacks, **env),
         "apply": lockstep("apply", "--stack", stack, "--quiet", stacks=stacks, **env),
         "check --json": lockstep("check", "--stack", stack, "--json", stacks=stacks, **env),
-        "plan --to v2 --format json": lockstep("plan", "--stack", stack, "--to", "v2", "--format", "json", stacks=stacks, **env),
+        "plan --to v2 --format json": lockstep(
+            "plan", "--stack", stack, "--to", "v2", "--format", "json", stacks=stacks, **env
+        ),
         "backfill": lockstep("backfill", "--stack", stack, "--version", "v1", "--quiet", stacks=stacks, **env),
-        "apply, password in an unreachable URL": lockstep("apply", "--stack", stack, "--quiet", stacks=stacks,
-                                                          OPENSEARCH_URL=closed, **env),
-        "check, password in an unreachable URL": lockstep("check", "--stack", stack, stacks=stacks, OPENSEARCH_URL=closed, **env),
-        "plan, password in an unreachable URL": lockstep("plan", "--stack", stack, stacks=stacks, OPENSEARCH_URL=closed, **env),
+        "apply, password in an unreachable URL": lockstep(
+            "apply", "--stack", stack, "--quiet", stacks=stacks, OPENSEARCH_URL=closed, **env
+        ),
+        "check, password in an unreachable URL": lockstep(
+            "check", "--stack", stack, stacks=stacks, OPENSEARCH_URL=closed, **env
+        ),
+        "plan, password in an unreachable URL": lockstep(
+            "plan", "--stack", stack, stacks=stacks, OPENSEARCH_URL=closed, **env
+        ),
     }
     with FaultProxy(servers["opensearch"], lambda r: answer(401, {"error": "unauthorized", "status": 401})) as proxy:
-        runs["apply, OpenSearch answers 401"] = lockstep("apply", "--stack", stack, "--quiet", stacks=stacks,
-                                                         OPENSEARCH_URL=proxy.url, **env)
-        runs["check, OpenSearch answers 401"] = lockstep("check", "--stack", stack, stacks=stacks, OPENSEARCH_URL=proxy.url, **env)
+        runs["apply, OpenSearch answers 401"] = lockstep(
+            "apply", "--stack", stack, "--quiet", stacks=stacks, OPENSEARCH_URL=proxy.url, **env
+        )
+        runs["check, OpenSearch answers 401"] = lockstep(
+            "check", "--stack", stack, stacks=stacks, OPENSEARCH_URL=proxy.url, **env
+        )
 
     assert runs["apply"].returncode == 0, runs["apply"].stdout + runs["apply"].stderr
     assert runs["check --json"].returncode == 0
-    for name in ("apply, password in an unreachable URL", "check, password in an unreachable URL",
-                 "apply, OpenSearch answers 401", "check, OpenSearch answers 401"):
+    for name in (
+        "apply, password in an unreachable URL",
+        "check, password in an unreachable URL",
+        "apply, OpenSearch answers 401",
+        "check, OpenSearch answers 401",
+    ):
         assert runs[name].returncode == 2, (name, runs[name].stderr)
     assert "***@" in runs["apply, password in an unreachable URL"].stderr
     for name, completed in runs.items():
@@ -175,7 +212,9 @@ def test_the_opensearch_password_is_never_printed_stored_or_handed_on(servers, s
         assert secret not in Path(log).read_text(errors="replace")
     finally:
         endpoints.stop_local_slots(settings)
-        clients.opensearch().indices.delete(index=f"{settings.opensearch.index_prefix}-*", params={"ignore_unavailable": "true"})
+        clients.opensearch().indices.delete(
+            index=f"{settings.opensearch.index_prefix}-*", params={"ignore_unavailable": "true"}
+        )
 
 
 def test_the_program_keeps_a_plain_config_password_secret_and_out_of_every_other_input():

@@ -11,16 +11,28 @@ def test_opensearch_is_the_pinned_version_with_knn(opensearch):
 
 def test_lucene_knn_query_returns_the_nearest_neighbour(opensearch, unique):
     index = f"{unique}-knn"
-    opensearch.indices.create(index=index, body={
-        "settings": {"index.knn": True},
-        "mappings": {"properties": {"v": {"type": "knn_vector", "dimension": 3, "method": {
-            "name": "hnsw", "engine": "lucene", "space_type": "l2"}}}},
-    })
+    opensearch.indices.create(
+        index=index,
+        body={
+            "settings": {"index.knn": True},
+            "mappings": {
+                "properties": {
+                    "v": {
+                        "type": "knn_vector",
+                        "dimension": 3,
+                        "method": {"name": "hnsw", "engine": "lucene", "space_type": "l2"},
+                    }
+                }
+            },
+        },
+    )
     vectors = {"a": [1, 0, 0], "b": [0, 1, 0], "c": [0, 0, 1]}
     for doc_id, vector in vectors.items():
         opensearch.index(index=index, id=doc_id, body={"v": vector})
     opensearch.indices.refresh(index=index)
-    hits = opensearch.search(index=index, body={"size": 1, "query": {"knn": {"v": {"vector": [0.1, 0.9, 0.1], "k": 1}}}})
+    hits = opensearch.search(
+        index=index, body={"size": 1, "query": {"knn": {"v": {"vector": [0.1, 0.9, 0.1], "k": 1}}}}
+    )
     assert hits["hits"]["hits"][0]["_id"] == "b"
     opensearch.indices.delete(index=index)
 

@@ -9,7 +9,9 @@ from lockstep import services
 
 
 def lockstep(*args, env):
-    return subprocess.run([sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def port_free(url: str) -> bool:

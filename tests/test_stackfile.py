@@ -20,8 +20,11 @@ def stacks(tmp_path):
 
 
 def changed_lines(before: str, after: str) -> list[str]:
-    return [l for l in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
-            if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+    return [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
 
 
 def test_pin_to_the_standby_is_a_flip_that_changes_one_line(stacks):
@@ -39,7 +42,8 @@ def test_pin_to_a_version_in_neither_slot_takes_the_non_live_slot(stacks):
     change = stackfile.set_pin("dev", "v3", stacks)
     assert (change.kind, change.slot, change.evicted) == ("deploy", "blue", "v1")
     assert sorted(changed_lines(before, path.read_text())) == sorted(
-        ["-  lockstep:pin: v2", "+  lockstep:pin: v3", "-    blue: v1", "+    blue: v3"])
+        ["-  lockstep:pin: v2", "+  lockstep:pin: v3", "-    blue: v1", "+    blue: v3"]
+    )
     settings = config.load_stack("dev", stacks)
     assert (settings.pin, settings.slots.blue, settings.slots.green) == ("v3", "v3", "v2")
 
@@ -56,7 +60,12 @@ def test_unknown_version_is_refused_and_nothing_changes(stacks):
     with pytest.raises(ConfigError, match="'v9' is not in the catalog"):
         stackfile.set_pin("dev", "v9", stacks)
     env = {**os.environ, "LOCKSTEP_STACKS_DIR": str(stacks)}
-    result = subprocess.run([sys.executable, "-m", "lockstep.cli", "pin", "--stack", "dev", "v9"],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", "pin", "--stack", "dev", "v9"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "v9" in result.stderr
     assert {p.name: p.read_bytes() for p in stacks.iterdir()} == before

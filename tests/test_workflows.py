@@ -71,7 +71,9 @@ def resolve(words: list[str]) -> tuple[click.Command, list[str]]:
     while isinstance(command, click.Group):
         assert words, f"`lockstep {' '.join(path)}` names no subcommand"
         name = words.pop(0)
-        assert name in command.commands, f"`lockstep {' '.join(path + [name])}`: no such command (have {sorted(command.commands)})"
+        assert name in command.commands, (
+            f"`lockstep {' '.join(path + [name])}`: no such command (have {sorted(command.commands)})"
+        )
         command = command.commands[name]
         path.append(name)
     return command, path
@@ -84,7 +86,9 @@ def check_call(rest: str) -> str:
     known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)} | {"--help", "-h"}
     given = set(OPTION.findall(rest))
     unknown = given - known
-    assert not unknown, f"`lockstep {rest}`: {sorted(unknown)} not options of `lockstep {' '.join(path)}` ({sorted(known)})"
+    assert not unknown, (
+        f"`lockstep {rest}`: {sorted(unknown)} not options of `lockstep {' '.join(path)}` ({sorted(known)})"
+    )
     for param in command.params:
         if isinstance(param, click.Option) and param.required:
             assert given & set(param.opts), f"`lockstep {rest}`: misses required {param.opts[0]}"
@@ -111,8 +115,12 @@ def test_each_workflow_parses_and_grants_least_privilege(path):
         permissions = job.get("permissions", workflow["permissions"])
         assert permissions not in ("write-all", "read-all") and isinstance(permissions, dict), name
         assert set(permissions.values()) <= {"read", "write"}, name
-        uses_oidc = any(str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@") for s in job.get("steps", []))
-        assert (permissions.get("id-token") == "write") is uses_oidc, f"{name}: id-token: write exactly where AWS OIDC is used"
+        uses_oidc = any(
+            str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@") for s in job.get("steps", [])
+        )
+        assert (permissions.get("id-token") == "write") is uses_oidc, (
+            f"{name}: id-token: write exactly where AWS OIDC is used"
+        )
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -123,8 +131,10 @@ def test_each_lockstep_call_names_a_real_command_and_options(path):
 
 
 def test_the_workflows_call_the_commands_they_are_for():
-    called = {name: {check_call(c) for s in run_scripts(load(WORKFLOWS / name)) for c in lockstep_calls(s)}
-              for name in ("preview.yml", "deploy.yml", "promote.yml")}
+    called = {
+        name: {check_call(c) for s in run_scripts(load(WORKFLOWS / name)) for c in lockstep_calls(s)}
+        for name in ("preview.yml", "deploy.yml", "promote.yml")
+    }
     assert {"plan", "validate"} <= called["preview.yml"]
     assert {"check", "validate"} <= called["deploy.yml"]
     assert called["promote.yml"] == {"promote"}
@@ -144,7 +154,7 @@ def test_each_make_target_exists(path):
 def test_the_header_lists_exactly_the_secrets_read(path):
     text = path.read_text()
     header = text.split("\nname:", 1)[0]
-    body = text[len(header):]
+    body = text[len(header) :]
     documented = set(DOCUMENTED_SECRET.findall(header))
     assert documented == set(SECRET_USE.findall(body)), path.name
     assert "Secrets this workflow reads" in header
@@ -152,7 +162,9 @@ def test_the_header_lists_exactly_the_secrets_read(path):
 
 def test_the_checker_catches_what_it_should():
     """The helpers above fail on a wrong command, an unknown option or a missing required one."""
-    assert lockstep_calls('x=1; .venv/bin/lockstep plan --stack "$S" --format md > plan.md') == ['plan --stack "$S" --format md']
+    assert lockstep_calls('x=1; .venv/bin/lockstep plan --stack "$S" --format md > plan.md') == [
+        'plan --stack "$S" --format md'
+    ]
     assert lockstep_calls("echo $HOME/.cache/lockstep/tools") == []
     for bad in ("deploy --stack x", "plan --stack x --fromat md", "check --json", "services restart"):
         with pytest.raises(AssertionError):
@@ -225,14 +237,34 @@ def test_promote_turns_the_json_into_title_and_body_files(tmp_path):
     step = next(s for s in load(WORKFLOWS / "promote.yml")["jobs"]["promote"]["steps"] if s.get("id") == "promote")
     fake = tmp_path / "bin" / "lockstep"
     fake.parent.mkdir()
-    payload = {"title": "Promote v2 from staging to prod", "body": "line one\n\n| a | b |", "version": "v2",
-               "from": "staging", "to": "prod", "file": "stacks/Pulumi.prod.yaml"}
+    payload = {
+        "title": "Promote v2 from staging to prod",
+        "body": "line one\n\n| a | b |",
+        "version": "v2",
+        "from": "staging",
+        "to": "prod",
+        "file": "stacks/Pulumi.prod.yaml",
+    }
     fake.write_text(f"#!/bin/sh\necho \"$@\" > args.txt\ncat <<'JSON'\n{json.dumps(payload)}\nJSON\n")
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "GITHUB_OUTPUT": str(tmp_path / "out"),
-           "FROM": "staging", "TO": "prod", "VERSION": ""}
+    env = {
+        **os.environ,
+        "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "GITHUB_OUTPUT": str(tmp_path / "out"),
+        "FROM": "staging",
+        "TO": "prod",
+        "VERSION": "",
+    }
     subprocess.run(["bash", "-euo", "pipefail", "-c", step["run"]], cwd=tmp_path, env=env, check=True)
-    assert (tmp_path / "args.txt").read_text().split() == ["promote", "--from", "staging", "--to", "prod", "--format", "json"]
+    assert (tmp_path / "args.txt").read_text().split() == [
+        "promote",
+        "--from",
+        "staging",
+        "--to",
+        "prod",
+        "--format",
+        "json",
+    ]
     assert (tmp_path / "pr-body.md").read_text() == payload["body"] + "\n"
     assert (tmp_path / "out").read_text().splitlines() == [f"title={payload['title']}", "version=v2"]
 
@@ -245,9 +277,20 @@ def test_promote_turns_the_json_into_title_and_body_files(tmp_path):
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True,
-                          env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                               "GIT_COMMITTER_EMAIL": "t@t"}).stdout.strip()
+    return subprocess.run(
+        ["git", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -266,8 +309,13 @@ def selected(repo: Path, base: str) -> list[dict]:
     script = next(s["run"] for _, _, s in steps(load(WORKFLOWS / "changed-stacks.yml")) if s.get("id") == "diff")
     output = repo / "github_output"
     output.write_text("")
-    subprocess.run(["bash", "-c", script], cwd=repo, check=True, capture_output=True,
-                   env={**os.environ, "BASE": base, "GITHUB_OUTPUT": str(output)})
+    subprocess.run(
+        ["bash", "-c", script],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "BASE": base, "GITHUB_OUTPUT": str(output)},
+    )
     (line,) = output.read_text().splitlines()
     key, _, value = line.partition("=")
     assert key == "matrix"
@@ -283,7 +331,11 @@ def commit_change(repo: Path, path: str, edit) -> None:
 
 def test_a_changed_prod_file_selects_prod_with_its_region(repo):
     base = git(repo, "rev-parse", "HEAD")
-    commit_change(repo, "stacks/Pulumi.prod.yaml", lambda f: f.write_text(f.read_text().replace("lockstep:pin: v1", "lockstep:pin: v2")))
+    commit_change(
+        repo,
+        "stacks/Pulumi.prod.yaml",
+        lambda f: f.write_text(f.read_text().replace("lockstep:pin: v1", "lockstep:pin: v2")),
+    )
     assert selected(repo, base) == [{"stack": "prod", "region": "eu-west-1"}]
 
 
@@ -334,16 +386,28 @@ def test_the_preview_plan_step_renders_markdown_against_a_base_ref(servers, uniq
         "config:\n  lockstep:pin: v1\n  lockstep:slots:\n    blue: v1\n    green: v2\n"
         f"  lockstep:artifacts:\n    bucket: {unique}-artifacts\n  lockstep:corpus:\n    bucket: {unique}-corpus\n    size: 20\n"
         f"  lockstep:opensearch:\n    indexPrefix: {unique}\n  lockstep:endpoints:\n    backend: local\n"
-        f"  lockstep:pointerParameter: /{unique}/live\n")
+        f"  lockstep:pointerParameter: /{unique}/live\n"
+    )
     git(tmp_path, "init", "-q", "-b", "main")
     git(tmp_path, "add", ".")
     git(tmp_path, "commit", "-q", "-m", "base")
     git(tmp_path, "update-ref", "refs/remotes/origin/main", "HEAD")
     stack_file.write_text(stack_file.read_text().replace("lockstep:pin: v1", "lockstep:pin: v2"))
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "STACK": unique, "BASE_REF": "main",
-           "LOCKSTEP_STACKS_DIR": str(stacks)}
-    result = subprocess.run(["bash", "-eo", "pipefail", "-c", step["run"]], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "STACK": unique,
+        "BASE_REF": "main",
+        "LOCKSTEP_STACKS_DIR": str(stacks),
+    }
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", step["run"]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     plan = (tmp_path / "plan.md").read_text()
     assert plan.startswith(f"### lockstep plan — stack `{unique}`")

@@ -35,8 +35,9 @@ class DerivedRepairProvider(ResourceProvider):
     serialize_as_secret_always = False
 
     def check(self, _olds: dict, news: dict) -> CheckResult:
-        return CheckResult(news, _validation_failures(
-            news, ("settings", _settings), ("catalog", _catalog), ("store", _store)))
+        return CheckResult(
+            news, _validation_failures(news, ("settings", _settings), ("catalog", _catalog), ("store", _store))
+        )
 
     def create(self, props: dict) -> CreateResult:
         return CreateResult(f"{props['table']}:{props['pin']}", {**props, **self._repair(props)})
@@ -50,8 +51,14 @@ class DerivedRepairProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict) -> ReadResult:
         counts = derived.count_by_version(_settings(props), _catalog(props), _store(props))
-        return ReadResult(id_, {**props, "records_by_version": counts.records_by_version,
-                                "quarantined_by_version": counts.quarantined_by_version})
+        return ReadResult(
+            id_,
+            {
+                **props,
+                "records_by_version": counts.records_by_version,
+                "quarantined_by_version": counts.quarantined_by_version,
+            },
+        )
 
     def delete(self, _id: str, _props: dict) -> None:
         """The records stay: they belong to the table, not to this release."""
@@ -61,8 +68,11 @@ class DerivedRepairProvider(ResourceProvider):
         settings, catalog, store = _settings(props), _catalog(props), _store(props)
         done = derived.repair(settings, catalog, store, progress=False)
         counts = derived.count_by_version(settings, catalog, store)
-        return {"repaired": done.summary(), "records_by_version": counts.records_by_version,
-                "quarantined_by_version": counts.quarantined_by_version}
+        return {
+            "repaired": done.summary(),
+            "records_by_version": counts.records_by_version,
+            "quarantined_by_version": counts.quarantined_by_version,
+        }
 
 
 @dataclass
@@ -92,5 +102,9 @@ class DerivedRepair(Resource, module="dynamodb", name="DerivedRepair"):
     quarantined_by_version: pulumi.Output[dict]
 
     def __init__(self, name: str, args: DerivedRepairArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__(DerivedRepairProvider(), name, {
-            **args.inputs(), "repaired": None, "records_by_version": None, "quarantined_by_version": None}, opts)
+        super().__init__(
+            DerivedRepairProvider(),
+            name,
+            {**args.inputs(), "repaired": None, "records_by_version": None, "quarantined_by_version": None},
+            opts,
+        )

@@ -110,7 +110,8 @@ class IndexProvider(ResourceProvider):
         # Same name, new mapping: the old index has to go before the new one can be created.
         same_name = olds.get("index") == news.get("index")
         return DiffResult(
-            changes=bool(changed), replaces=replaces,
+            changes=bool(changed),
+            replaces=replaces,
             delete_before_replace=bool(replaces) and same_name,
         )
 

@@ -97,8 +97,12 @@ def check_command(stack: str, as_json: bool) -> None:
 @click.option("--version", "version", required=True, help="Catalog version whose index to build or catch up.")
 @click.option("--full", is_flag=True, help="Re-embed every document, not only the missing or changed ones.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--attach", "attach", metavar="JOB_ID",
-              help="Follow a running Ray backfill job (backfill.engine ray with an address) instead of submitting one.")
+@click.option(
+    "--attach",
+    "attach",
+    metavar="JOB_ID",
+    help="Follow a running Ray backfill job (backfill.engine ray with an address) instead of submitting one.",
+)
 def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | None) -> None:
     """Provision or catch up VERSION's index from the corpus (never moves the live alias).
 
@@ -107,7 +111,9 @@ def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | No
     settings, catalog = stack_settings(stack)
     entry = catalog.get(version)
     if version not in settings.versions:
-        raise UsageError(f"{version} is not in stack {stack}'s pin, slots or retain; add it there first so its index is kept")
+        raise UsageError(
+            f"{version} is not in stack {stack}'s pin, slots or retain; add it there first so its index is kept"
+        )
     reembed.preflight(settings)
     # Bad input is refused before the first write: OpenSearch unreachable or refusing us, an
     # artifact that does not build to the catalog's sha256, a corpus that cannot be parsed.
@@ -125,10 +131,13 @@ def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | No
         if settings.embedded:
             artifacts.ensure_bucket(s3, settings.artifacts.bucket)
         artifacts.publish_artifact(s3, settings, entry)
-    result = reembed.sync_index(settings, entry, progress=not quiet, full=full, attach=attach,
-                                documents=documents, corpus_etag=corpus_etag)
-    click.echo(f"{result.index}: {'created, ' if result.created else ''}{result.embedded} embedded, "
-               f"{result.deleted} deleted in {result.seconds:.1f}s ({result.rate:,.0f} docs/s)")
+    result = reembed.sync_index(
+        settings, entry, progress=not quiet, full=full, attach=attach, documents=documents, corpus_etag=corpus_etag
+    )
+    click.echo(
+        f"{result.index}: {'created, ' if result.created else ''}{result.embedded} embedded, "
+        f"{result.deleted} deleted in {result.seconds:.1f}s ({result.rate:,.0f} docs/s)"
+    )
 
 
 @cli.command("plan")
@@ -141,7 +150,9 @@ def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str)
     settings, catalog = stack_settings(stack)
     before = settings
     if base:
-        before = config.settings_from_yaml_text(stack, git_show(base, config.stack_path(stack, stacks_dir())), catalog, f"{base}:{stack}")
+        before = config.settings_from_yaml_text(
+            stack, git_show(base, config.stack_path(stack, stacks_dir())), catalog, f"{base}:{stack}"
+        )
     target = settings
     if to_version:
         catalog.get(to_version)
@@ -156,28 +167,57 @@ def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str)
         planned = release_plan(catalog, target, orchestrator.assumed_observed(before))
         known = False
     if fmt == "json":
-        click.echo(json.dumps({
-            "stack": stack, "from": planned.from_version, "to": planned.to_version,
-            "index_action": planned.index_action, "docs_to_embed": planned.docs_to_embed,
-            "endpoint_action": planned.endpoint_action, "reversible": planned.reversible,
-            "pointer_moves": planned.pointer_moves, "data_state": "observed" if known else "unknown",
-            "records_by_model_version": counts, "steps": planned.to_dict()["steps"],
-            "derived": [{"store": a.store, "table": a.table, "records_by_version": a.records_by_version,
-                         "quarantined_by_version": a.quarantined_by_version, "action": a.action,
-                         "records": a.records, "eta": a.eta_seconds} for a in planned.derived],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "stack": stack,
+                    "from": planned.from_version,
+                    "to": planned.to_version,
+                    "index_action": planned.index_action,
+                    "docs_to_embed": planned.docs_to_embed,
+                    "endpoint_action": planned.endpoint_action,
+                    "reversible": planned.reversible,
+                    "pointer_moves": planned.pointer_moves,
+                    "data_state": "observed" if known else "unknown",
+                    "records_by_model_version": counts,
+                    "steps": planned.to_dict()["steps"],
+                    "derived": [
+                        {
+                            "store": a.store,
+                            "table": a.table,
+                            "records_by_version": a.records_by_version,
+                            "quarantined_by_version": a.quarantined_by_version,
+                            "action": a.action,
+                            "records": a.records,
+                            "eta": a.eta_seconds,
+                        }
+                        for a in planned.derived
+                    ],
+                },
+                indent=2,
+            )
+        )
     else:
-        click.echo(report.plan_markdown(planned, known=known, rate=orchestrator.measured_rate(settings),
-                                        counts=counts, base_pin=before.pin))
+        click.echo(
+            report.plan_markdown(
+                planned, known=known, rate=orchestrator.measured_rate(settings), counts=counts, base_pin=before.pin
+            )
+        )
 
 
 def git_show(ref: str, path: Path) -> str:
     import subprocess
 
-    rel = path.resolve().relative_to(Path.cwd().resolve()) if path.resolve().is_relative_to(Path.cwd().resolve()) else path
+    rel = (
+        path.resolve().relative_to(Path.cwd().resolve())
+        if path.resolve().is_relative_to(Path.cwd().resolve())
+        else path
+    )
     result = subprocess.run(["git", "show", f"{ref}:{rel}"], capture_output=True, text=True)
     if result.returncode != 0:
-        raise UsageError(f"--base {ref}: git cannot show {rel} ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'unknown error'}); pass a ref that has the stack file")
+        raise UsageError(
+            f"--base {ref}: git cannot show {rel} ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'unknown error'}); pass a ref that has the stack file"
+        )
     return result.stdout
 
 
@@ -185,14 +225,30 @@ def git_show(ref: str, path: Path) -> str:
 @click.option("--from", "source", required=True, help="Stack whose verified pin to promote.")
 @click.option("--to", "target", required=True, help="Stack whose file to edit.")
 @click.option("--version", help="Version to promote (default: the source's pin).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              help="text: PR title on the first line, body after; json: {title, body, ...}.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="text: PR title on the first line, body after; json: {title, body, ...}.",
+)
 def promote_command(source: str, target: str, version: str | None, fmt: str) -> None:
     """Pin TARGET to a version SOURCE verified (its latest check passed since its last cutover)."""
     done = promote.promote(source, target, version, stacks_dir())
     if fmt == "json":
-        click.echo(json.dumps({"title": done.title, "body": done.body, "version": done.version,
-                               "from": source, "to": target, "file": str(done.change.path)}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "title": done.title,
+                    "body": done.body,
+                    "version": done.version,
+                    "from": source,
+                    "to": target,
+                    "file": str(done.change.path),
+                },
+                indent=2,
+            )
+        )
     else:
         click.echo(f"{done.title}\n\n{done.body}")
 
@@ -200,10 +256,17 @@ def promote_command(source: str, target: str, version: str | None, fmt: str) -> 
 @cli.command("drill")
 @click.option("--docs", default=2000, show_default=True, help="Corpus size (stdlib docstrings).")
 @click.option("--keep", is_flag=True, help="Leave the environment up for exploring.")
-@click.option("--out", default="reports", show_default=True, type=click.Path(path_type=Path), help="Where the report goes.")
+@click.option(
+    "--out", default="reports", show_default=True, type=click.Path(path_type=Path), help="Where the report goes."
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Re-embedding engine of the drill's stack (ray: a local Ray runtime).")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Re-embedding engine of the drill's stack (ray: a local Ray runtime).",
+)
 def drill_command(docs: int, keep: bool, out: Path, quiet: bool, engine: str) -> None:
     """The whole rollback story on the embedded default (the main job)."""
     result = drill.run(docs, out, keep, progress=not quiet, engine=engine)
@@ -226,7 +289,11 @@ def services_up() -> None:
     """Start what is not running (idempotent) and print `export NAME=value` lines."""
     states = services.up()
     for state in states:
-        click.echo(f"# {state.name}: {state.source} {state.url}" + (f" (pid {state.pid}, log {state.log})" if state.pid else ""), err=True)
+        click.echo(
+            f"# {state.name}: {state.source} {state.url}"
+            + (f" (pid {state.pid}, log {state.log})" if state.pid else ""),
+            err=True,
+        )
     click.echo(services.exports(states))
 
 

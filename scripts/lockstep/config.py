@@ -51,9 +51,7 @@ INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------------------- catalog
@@ -110,8 +108,7 @@ class Catalog(Model):
             model = data.get("model")
             data = dict(data)
             data["versions"] = [
-                {"version": name, "model": model, **(fields or {})}
-                for name, fields in data["versions"].items()
+                {"version": name, "model": model, **(fields or {})} for name, fields in data["versions"].items()
             ]
         return data
 
@@ -131,9 +128,7 @@ class Catalog(Model):
         for entry in self.versions:
             if entry.version == version:
                 return entry
-        raise ConfigError(
-            f"version {version!r} is not in the catalog; use one of {', '.join(self.names)}"
-        )
+        raise ConfigError(f"version {version!r} is not in the catalog; use one of {', '.join(self.names)}")
 
     @property
     def names(self) -> list[str]:
@@ -154,9 +149,7 @@ class Slots(Model):
         if self.blue is None and self.green is None:
             raise ValueError("name a version in at least one slot (blue or green)")
         if self.blue == self.green:
-            raise ValueError(
-                f"blue and green both name {self.blue!r}; the standby slot needs another version"
-            )
+            raise ValueError(f"blue and green both name {self.blue!r}; the standby slot needs another version")
         return self
 
     def slot_of(self, version: str) -> str | None:
@@ -342,8 +335,7 @@ class StackSettings(Model):
             for version in versions:
                 if version not in catalog:
                     raise ValueError(
-                        f"{field}: version {version!r} is not in the catalog; "
-                        f"use one of {', '.join(catalog.names)}"
+                        f"{field}: version {version!r} is not in the catalog; use one of {', '.join(catalog.names)}"
                     )
         spaces = ENGINE_SPACES[self.opensearch.engine]
         limit = ENGINE_MAX_DIMENSION[self.opensearch.engine]
@@ -458,9 +450,13 @@ def settings_from_environment(stack: str) -> tuple[StackSettings, Catalog] | Non
         settings = settings_from_config(stack, {k: v for k, v in document["settings"].items() if k != "stack"}, catalog)
     except (ValueError, KeyError, TypeError) as exc:
         detail = describe_validation_error(exc) if isinstance(exc, ValidationError) else type(exc).__name__
-        raise ConfigError(f"{SETTINGS_VARIABLE}: not the settings of a lockstep stack ({detail}); unset it to use stacks/") from None
+        raise ConfigError(
+            f"{SETTINGS_VARIABLE}: not the settings of a lockstep stack ({detail}); unset it to use stacks/"
+        ) from None
     if document["settings"].get("stack") not in (None, stack):
-        raise ConfigError(f"{SETTINGS_VARIABLE}: holds stack {document['settings'].get('stack')!r}, not {stack!r}; unset it or pass --stack {document['settings'].get('stack')}")
+        raise ConfigError(
+            f"{SETTINGS_VARIABLE}: holds stack {document['settings'].get('stack')!r}, not {stack!r}; unset it or pass --stack {document['settings'].get('stack')}"
+        )
     return settings, catalog
 
 
@@ -499,8 +495,10 @@ def settings_from_document(stack: str, data: Any, catalog: Catalog, path: str) -
         encrypted = isinstance(value, dict) and "secure" in value
         if namespace == PROJECT and name in SECRET_KEYS and not encrypted:
             # Never echo the value: it is a secret sitting in plain text in a committed file.
-            raise ConfigError(f"{path}: lockstep:{name} is stored in plain text; remove that line and run "
-                              f"`pulumi config set --secret lockstep:{name}` (it is stored encrypted)")
+            raise ConfigError(
+                f"{path}: lockstep:{name} is stored in plain text; remove that line and run "
+                f"`pulumi config set --secret lockstep:{name}` (it is stored encrypted)"
+            )
         if namespace == PROJECT and not encrypted:
             values[name] = value
         elif key == "aws:region":

@@ -56,8 +56,10 @@ class DrillReport:
     @property
     def expected_outcomes(self) -> bool:
         """Every act's check passed, except the naive rollback's, which must fail."""
-        return all((act.check_passed is False) if act.action == "naive rollback" else bool(act.check_passed)
-                   for act in self.acts)
+        return all(
+            (act.check_passed is False) if act.action == "naive rollback" else bool(act.check_passed)
+            for act in self.acts
+        )
 
 
 class Drill:
@@ -73,27 +75,39 @@ class Drill:
         self.began = time.monotonic()
         self.probe_query: dict | None = None
         extra = stdlib_documents(docs + 2 * ARRIVALS)
-        self.arrivals = [extra[docs:docs + ARRIVALS], extra[docs + ARRIVALS:]]
+        self.arrivals = [extra[docs : docs + ARRIVALS], extra[docs + ARRIVALS :]]
 
     # ------------------------------------------------------------------ the scratch stack
 
     def write_stack(self) -> None:
         name = f"drill-{self.run_id}"
-        stackfile.write_stack(self.stacks, STACK, {
-            "aws:region": services.REGION,
-            "pin": "v1",
-            "slots": {"blue": "v1"},
-            "retain": [],
-            "artifacts": {"bucket": f"lockstep-{name}-artifacts"},
-            "opensearch": {"engine": "lucene", "indexPrefix": name},
-            "corpus": {"bucket": f"lockstep-{name}-corpus", "size": self.docs},
-            "endpoints": {"backend": "local"},
-            "check": {"recallFloor": 0.7, "k": 10},
-            "pointerParameter": f"/lockstep/{name}/live",
-            "backfill": {"engine": self.engine},
-            "derived": [{"name": "related", "kind": "related-documents", "table": f"lockstep-{name}-related",
-                         "repair": "recompute", "writeRate": 2000}],
-        }, comment="Scratch stack written by `lockstep drill`.")
+        stackfile.write_stack(
+            self.stacks,
+            STACK,
+            {
+                "aws:region": services.REGION,
+                "pin": "v1",
+                "slots": {"blue": "v1"},
+                "retain": [],
+                "artifacts": {"bucket": f"lockstep-{name}-artifacts"},
+                "opensearch": {"engine": "lucene", "indexPrefix": name},
+                "corpus": {"bucket": f"lockstep-{name}-corpus", "size": self.docs},
+                "endpoints": {"backend": "local"},
+                "check": {"recallFloor": 0.7, "k": 10},
+                "pointerParameter": f"/lockstep/{name}/live",
+                "backfill": {"engine": self.engine},
+                "derived": [
+                    {
+                        "name": "related",
+                        "kind": "related-documents",
+                        "table": f"lockstep-{name}-related",
+                        "repair": "recompute",
+                        "writeRate": 2000,
+                    }
+                ],
+            },
+            comment="Scratch stack written by `lockstep drill`.",
+        )
 
     def settings(self) -> config.StackSettings:
         return config.load_stack(STACK, self.stacks)
@@ -120,8 +134,9 @@ class Drill:
     def apply(self, act: Act, before_cutover=None) -> None:
         settings = self.settings()
         self.say(f"$ lockstep apply --stack {STACK}")
-        result = orchestrator.apply(settings, self.catalog, progress=self.progress, say=self.say,
-                                    before_cutover=before_cutover)
+        result = orchestrator.apply(
+            settings, self.catalog, progress=self.progress, say=self.say, before_cutover=before_cutover
+        )
         act.embedded += result.embedded
         self.record_check(act, result.record)
 
@@ -159,11 +174,17 @@ class Drill:
             self.probe_query = self.pick_probe(s3, settings, golden)
         query = self.probe_query
         top = check.nearest(client, settings.opensearch.alias_name, live.embed([query["query"]])[0], 3)
-        act.probe = {"query": query["query"], "expected": query["expected"][0], "top3": top,
-                     "right": top[:1] == query["expected"][:1]}
+        act.probe = {
+            "query": query["query"],
+            "expected": query["expected"][0],
+            "top3": top,
+            "right": top[:1] == query["expected"][:1],
+        }
         verdict = "[green]right[/]" if act.probe["right"] else "[red]WRONG[/]"
-        self.say(f"probe query “{query['query'][:70]}” → {', '.join(top)}  {verdict} (expected {query['expected'][0]} first)"
-                 f"\nrecall@{settings.check.k} over {len(golden)} golden queries: {act.recall:.2f}")
+        self.say(
+            f"probe query “{query['query'][:70]}” → {', '.join(top)}  {verdict} (expected {query['expected'][0]} first)"
+            f"\nrecall@{settings.check.k} over {len(golden)} golden queries: {act.recall:.2f}"
+        )
 
     def pick_probe(self, s3, settings: config.StackSettings, golden: list[dict]) -> dict:
         """A golden query every catalog version answers right on its own index, so a wrong
@@ -194,21 +215,30 @@ class Drill:
         records = derived.read_records(settings, store)
         client = clients.opensearch(settings.opensearch)
         fresh = derived.related(client, settings.opensearch.index_name(answering), list(records), store.k)
-        shared = [len(set(r["neighbours"]) & set(fresh[i].neighbours)) / store.k
-                  for i, r in records.items() if fresh.get(i)]
+        shared = [
+            len(set(r["neighbours"]) & set(fresh[i].neighbours)) / store.k for i, r in records.items() if fresh.get(i)
+        ]
         by_version: dict[str, int] = {}
         for record in records.values():
             by_version[record["model_version"]] = by_version.get(record["model_version"], 0) + 1
         example = next(i for i in sorted(records) if fresh.get(i))
-        act.related = {"records_by_version": by_version, "answering": answering,
-                       "agreement": round(sum(shared) / max(len(shared), 1), 3),
-                       "example": {"doc": example, "stored": records[example]["neighbours"],
-                                   "fresh": list(fresh[example].neighbours)}}
+        act.related = {
+            "records_by_version": by_version,
+            "answering": answering,
+            "agreement": round(sum(shared) / max(len(shared), 1), 3),
+            "example": {
+                "doc": example,
+                "stored": records[example]["neighbours"],
+                "fresh": list(fresh[example].neighbours),
+            },
+        }
         verdict = "[green]right[/]" if act.related["agreement"] == 1 else "[red]STALE[/]"
-        self.say(f"related-document lists in {store.table}: {', '.join(f'{n} by {v}' for v, n in by_version.items())}; "
-                 f"{act.related['agreement']:.0%} of their neighbours are what {answering} finds  {verdict}"
-                 f"\n  e.g. {example}: stored {', '.join(records[example]['neighbours'][:3])}… — "
-                 f"{answering} says {', '.join(fresh[example].neighbours[:3])}…")
+        self.say(
+            f"related-document lists in {store.table}: {', '.join(f'{n} by {v}' for v, n in by_version.items())}; "
+            f"{act.related['agreement']:.0%} of their neighbours are what {answering} finds  {verdict}"
+            f"\n  e.g. {example}: stored {', '.join(records[example]['neighbours'][:3])}… — "
+            f"{answering} says {', '.join(fresh[example].neighbours[:3])}…"
+        )
 
     def serving_slot(self, settings: config.StackSettings) -> str:
         """The slot users' queries are embedded by: what the live pointer names."""
@@ -240,7 +270,9 @@ class Drill:
         def dual_write(settings: config.StackSettings) -> None:
             self.arrive(arrivals)
             written = orchestrator.dual_write(settings, self.catalog, arrivals)
-            self.say(f"  dual write: {len(arrivals)} new documents → {', '.join(f'{k} ({v})' for k, v in written.items())}")
+            self.say(
+                f"  dual write: {len(arrivals)} new documents → {', '.join(f'{k} ({v})' for k, v in written.items())}"
+            )
 
         self.apply(act, before_cutover=dual_write)
         self.related_job("v2")
@@ -250,8 +282,10 @@ class Drill:
         act = self.begin("3", "naive rollback: endpoint v1, index v2", "naive rollback")
         settings = self.settings()
         v1 = self.catalog.get("v1")
-        self.say(f"redeploy the live {settings.live_slot} endpoint with v1's artifact; the alias stays on "
-                 f"{settings.opensearch.index_name('v2')}; new documents keep arriving through the endpoint")
+        self.say(
+            f"redeploy the live {settings.live_slot} endpoint with v1's artifact; the alias stays on "
+            f"{settings.opensearch.index_name('v2')}; new documents keep arriving through the endpoint"
+        )
         endpoints.deploy_local_slot(settings, settings.live_slot, v1)
         self.arrive(self.arrivals[1])
         orchestrator.naive_write(settings, self.arrivals[1])
@@ -265,10 +299,15 @@ class Drill:
         self.say(f"$ lockstep plan --stack {STACK} --to v1")
         _, planned = orchestrator.plan_for(target, self.catalog)
         self.console.print(report.plan_markdown(planned), markup=False, highlight=False)
-        act.plan = {"index_action": planned.index_action, "docs_to_embed": planned.docs_to_embed,
-                             "endpoint_action": planned.endpoint_action, "reversible": planned.reversible,
-                             "derived": {a.store: {"records_by_version": a.records_by_version, "action": a.action}
-                                         for a in planned.derived}}
+        act.plan = {
+            "index_action": planned.index_action,
+            "docs_to_embed": planned.docs_to_embed,
+            "endpoint_action": planned.endpoint_action,
+            "reversible": planned.reversible,
+            "derived": {
+                a.store: {"records_by_version": a.records_by_version, "action": a.action} for a in planned.derived
+            },
+        }
         self.pin("v1")
         self.apply(act)
         self.measure(act)
@@ -294,10 +333,22 @@ def summary_table(result: DrillReport) -> Table:
     for column in ("act", "what", "action", "time", "re-embedded", "check", "recall@k", "probe"):
         table.add_column(column)
     for act in result.acts:
-        verdict = "—" if act.check_passed is None else ("[green]✓[/]" if act.check_passed else "[red]✗[/] " + ", ".join(act.failures))
+        verdict = (
+            "—"
+            if act.check_passed is None
+            else ("[green]✓[/]" if act.check_passed else "[red]✗[/] " + ", ".join(act.failures))
+        )
         probe = "" if not act.probe else ("[green]right[/]" if act.probe.get("right") else "[red]wrong[/]")
-        table.add_row(act.number, act.title, act.action, f"{act.seconds:.1f}s", str(act.embedded), verdict,
-                      "" if act.recall is None else f"{act.recall:.2f}", probe)
+        table.add_row(
+            act.number,
+            act.title,
+            act.action,
+            f"{act.seconds:.1f}s",
+            str(act.embedded),
+            verdict,
+            "" if act.recall is None else f"{act.recall:.2f}",
+            probe,
+        )
     return table
 
 
@@ -309,30 +360,38 @@ def write_html(result: DrillReport, path: Path) -> None:
     for act in result.acts:
         w = max((width - 2 * pad) * act.seconds / total, 4)
         colour = "#2e7d32" if act.check_passed else "#c62828"
-        bars.append(f'<rect x="{x:.1f}" y="{height - pad + 8}" width="{w:.1f}" height="14" fill="{colour}"><title>Act {act.number}: {act.seconds:.1f}s</title></rect>'
-                    f'<text x="{x + w / 2:.1f}" y="{height - pad + 38}" font-size="11" text-anchor="middle">{act.number}</text>')
+        bars.append(
+            f'<rect x="{x:.1f}" y="{height - pad + 8}" width="{w:.1f}" height="14" fill="{colour}"><title>Act {act.number}: {act.seconds:.1f}s</title></rect>'
+            f'<text x="{x + w / 2:.1f}" y="{height - pad + 38}" font-size="11" text-anchor="middle">{act.number}</text>'
+        )
         if act.recall is not None:
             y = height - pad - act.recall * (height - 2 * pad)
             points.append((x + w, y, act))
         x += w
     line = " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in points)
-    dots = "".join(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="5" fill="{"#2e7d32" if a.check_passed else "#c62828"}"><title>Act {a.number}: recall {a.recall:.2f}</title></circle>'
-                   f'<text x="{px:.1f}" y="{py - 10:.1f}" font-size="11" text-anchor="middle">{a.recall:.2f}</text>' for px, py, a in points)
+    dots = "".join(
+        f'<circle cx="{px:.1f}" cy="{py:.1f}" r="5" fill="{"#2e7d32" if a.check_passed else "#c62828"}"><title>Act {a.number}: recall {a.recall:.2f}</title></circle>'
+        f'<text x="{px:.1f}" y="{py - 10:.1f}" font-size="11" text-anchor="middle">{a.recall:.2f}</text>'
+        for px, py, a in points
+    )
     floor_y = height - pad - 0.7 * (height - 2 * pad)
-    svg = (f'<svg width="{width}" height="{height + 20}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">'
-           f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
-           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>'
-           f'<text x="8" y="{pad + 4}" font-size="11">1.0</text><text x="8" y="{height - pad + 4}" font-size="11">0.0</text>'
-           f'<line x1="{pad}" y1="{floor_y:.1f}" x2="{width - pad}" y2="{floor_y:.1f}" stroke="#f9a825" stroke-dasharray="4"/>'
-           f'<text x="{width - pad + 4}" y="{floor_y + 4:.1f}" font-size="10">floor</text>'
-           f'<polyline points="{line}" fill="none" stroke="#1565c0" stroke-width="2"/>{dots}{"".join(bars)}'
-           f'<text x="{width / 2}" y="{height + 14}" font-size="11" text-anchor="middle">acts on a time axis (bar width = duration; green = check passed)</text></svg>')
+    svg = (
+        f'<svg width="{width}" height="{height + 20}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">'
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>'
+        f'<text x="8" y="{pad + 4}" font-size="11">1.0</text><text x="8" y="{height - pad + 4}" font-size="11">0.0</text>'
+        f'<line x1="{pad}" y1="{floor_y:.1f}" x2="{width - pad}" y2="{floor_y:.1f}" stroke="#f9a825" stroke-dasharray="4"/>'
+        f'<text x="{width - pad + 4}" y="{floor_y + 4:.1f}" font-size="10">floor</text>'
+        f'<polyline points="{line}" fill="none" stroke="#1565c0" stroke-width="2"/>{dots}{"".join(bars)}'
+        f'<text x="{width / 2}" y="{height + 14}" font-size="11" text-anchor="middle">acts on a time axis (bar width = duration; green = check passed)</text></svg>'
+    )
     rows = "".join(
         f"<tr><td>{a.number}</td><td>{a.title}</td><td>{a.action}</td><td>{a.seconds:.1f}s</td><td>{a.embedded}</td>"
         f"<td class={'ok' if a.check_passed else 'bad'}>{'✓' if a.check_passed else '✗ ' + ', '.join(a.failures)}</td>"
         f"<td>{'' if a.recall is None else f'{a.recall:.2f}'}</td>"
         f"<td>{'' if not a.probe else ('right' if a.probe.get('right') else 'wrong: ' + ', '.join(a.probe.get('top3', [])))}</td></tr>"
-        for a in result.acts)
+        for a in result.acts
+    )
     page = f"""<!doctype html><meta charset="utf-8"><title>lockstep drill</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}}
 .ok{{color:#2e7d32}}.bad{{color:#c62828}}</style>
@@ -342,8 +401,9 @@ def write_html(result: DrillReport, path: Path) -> None:
     path.write_text(page, encoding="utf-8")
 
 
-def run(docs: int, out_dir: Path, keep: bool, progress: bool = True, console: Console | None = None,
-        engine: str = "local") -> DrillReport:
+def run(
+    docs: int, out_dir: Path, keep: bool, progress: bool = True, console: Console | None = None, engine: str = "local"
+) -> DrillReport:
     # In a log (not a terminal) rich would wrap the tables at 80 columns.
     console = console or Console(width=None if sys.stdout.isatty() else 140)
     states = services.up()
@@ -363,5 +423,10 @@ def run(docs: int, out_dir: Path, keep: bool, progress: bool = True, console: Co
     write_html(result, html)
     (drill.root / "report.json").write_text(json.dumps([asdict(a) for a in result.acts], indent=2))
     result.html = str(html)
-    console.print(Panel(f"report: {html}\nrecord: {drill.root / 'report.json'}" + ("\nenvironment left up (--keep): `lockstep services status`" if keep else "")))
+    console.print(
+        Panel(
+            f"report: {html}\nrecord: {drill.root / 'report.json'}"
+            + ("\nenvironment left up (--keep): `lockstep services status`" if keep else "")
+        )
+    )
     return result

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lockstep import plan as release
 from lockstep import services
@@ -122,8 +122,11 @@ class Corpus:
         """The index was synced with exactly this corpus and holds only its own version's
         documents, as many as it had then: nothing to catch up, no need to scan."""
         synced = (state.meta or {}).get("synced") or {}
-        return (self.ref is not None and synced.get("corpus_etag") == self.ref.etag
-                and state.count_by_model_version == {state.version: synced.get("documents")})
+        return (
+            self.ref is not None
+            and synced.get("corpus_etag") == self.ref.etag
+            and state.count_by_model_version == {state.version: synced.get("documents")}
+        )
 
     def delta_since_sync(self, state: index.IndexState) -> reembed.Delta | None:
         """The delta of an index that was synced with an earlier corpus and not written to since
@@ -133,7 +136,9 @@ class Corpus:
         if self.ref is None or state.count_by_model_version != {state.version: synced.get("documents")}:
             return None
         with self.env.reach_aws():
-            version_id = artifacts.corpus_version_with_etag(self.env.s3, self.env.settings, synced.get("corpus_etag", ""))
+            version_id = artifacts.corpus_version_with_etag(
+                self.env.s3, self.env.settings, synced.get("corpus_etag", "")
+            )
             if version_id is None:
                 return None
             if self._index is None:
@@ -157,17 +162,24 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
             if corpus.matches(state):
                 delta = release.Delta()
             elif (known := corpus.delta_since_sync(state)) is not None:
-                delta = release.Delta(missing=len(known.missing), changed=len(known.changed), deleted=len(known.deleted))
+                delta = release.Delta(
+                    missing=len(known.missing), changed=len(known.changed), deleted=len(known.deleted)
+                )
             elif corpus.documents is not None:
                 d = reembed.index_delta(env.opensearch, state.index, version, corpus.documents)
                 delta = release.Delta(missing=len(d.missing), changed=len(d.changed), deleted=len(d.deleted))
             observed_indices[version] = release.ObservedIndex(doc_count=state.doc_count, delta=delta)
     with env.reach_aws():
         # Derived records by version (the lineage of a rollback); an embedded apply creates missing tables.
-        derived_counts = {store.name: derived.count_by_version(settings, catalog, store, missing_ok=settings.embedded)
-                          for store in settings.derived}
-        published = frozenset(v for v in settings.versions
-                              if artifacts.published_version(env.s3, settings.artifacts.bucket, catalog.get(v)))
+        derived_counts = {
+            store.name: derived.count_by_version(settings, catalog, store, missing_ok=settings.embedded)
+            for store in settings.derived
+        }
+        published = frozenset(
+            v
+            for v in settings.versions
+            if artifacts.published_version(env.s3, settings.artifacts.bucket, catalog.get(v))
+        )
     slots_deployed = {}
     for slot in ("blue", "green"):
         described = endpoints.local_slot(settings, slot) if settings.endpoints.backend == "local" else None
@@ -200,9 +212,13 @@ def refuse_before_writing(env: Environment, catalog: Catalog) -> None:
                 artifacts.verified_build(entry)
 
 
-def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
-          say: Callable[[str], None] = print,
-          before_cutover: Callable[[StackSettings], None] | None = None) -> ApplyResult:
+def apply(
+    settings: StackSettings,
+    catalog: Catalog,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    before_cutover: Callable[[StackSettings], None] | None = None,
+) -> ApplyResult:
     """Drive the embedded environment to the stack's config; the check is the last step.
 
     `before_cutover` runs once the new version is provisioned and deployed but not yet live:
@@ -218,7 +234,7 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
     corpus = Corpus(env)
     planned = release.release_plan(catalog, settings, observe(env, catalog, corpus))
     if any(step.kind in ("provision", "catch_up") for step in planned.steps):
-        corpus.documents  # a corpus that cannot be parsed is refused here, before the first write
+        _ = corpus.documents  # a corpus that cannot be parsed is refused here, before the first write
     with env.reach_aws():
         artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
     result = ApplyResult(planned)
@@ -235,9 +251,16 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
                 with env.reach_aws():
                     embedders[entry.version] = artifacts.load_embedder(env.s3, settings.artifacts.bucket, entry)
             with env.reach_opensearch():
-                done = reembed.sync_index(settings, entry, progress=progress, client=env.opensearch,
-                                          embedder=embedders[entry.version], documents=corpus.documents,
-                                          corpus_etag=corpus.ref.etag, known_delta=corpus.deltas.get(entry.version))
+                done = reembed.sync_index(
+                    settings,
+                    entry,
+                    progress=progress,
+                    client=env.opensearch,
+                    embedder=embedders[entry.version],
+                    documents=corpus.documents,
+                    corpus_etag=corpus.ref.etag,
+                    known_delta=corpus.deltas.get(entry.version),
+                )
             result.embedded += done.embedded
             if done.embedded >= 100:
                 record_rate(settings, done.rate)
@@ -249,20 +272,31 @@ def apply(settings: StackSettings, catalog: Catalog, progress: bool = True,
             if before_cutover:
                 before_cutover(settings)
             with env.reach_opensearch(), env.reach_aws():
-                pointer = index.cutover(env.opensearch, env.ssm, settings, entry, endpoints.endpoint_name(settings, settings.live_slot))
+                pointer = index.cutover(
+                    env.opensearch, env.ssm, settings, entry, endpoints.endpoint_name(settings, settings.live_slot)
+                )
             detail = f"alias {settings.opensearch.alias_name} → {pointer.index}, pointer → {pointer.version}"
         elif step.kind == "drop":
             with env.reach_opensearch(), env.reach_aws():
-                index.drop_index(env.opensearch, settings, step.version, index.inventory(env.opensearch, env.ssm, settings, catalog))
+                index.drop_index(
+                    env.opensearch, settings, step.version, index.inventory(env.opensearch, env.ssm, settings, catalog)
+                )
             detail = f"dropped {settings.opensearch.index_name(step.version)}"
         elif step.kind == "repair_derived":
-            repaired = [derived.repair(settings, catalog, store, progress=progress)
-                        for store in settings.derived if any(a.store == store.name and a.records for a in planned.derived)]
+            repaired = [
+                derived.repair(settings, catalog, store, progress=progress)
+                for store in settings.derived
+                if any(a.store == store.name and a.records for a in planned.derived)
+            ]
             detail = "; ".join(r.summary() for r in repaired)
         elif step.kind == "check":
             result.record = check.run(settings, catalog)
             check.store(result.record, settings)
-            detail = "consistent" if result.record.passed else "INCONSISTENT: " + ", ".join(c.name for c in result.record.failures)
+            detail = (
+                "consistent"
+                if result.record.passed
+                else "INCONSISTENT: " + ", ".join(c.name for c in result.record.failures)
+            )
         result.steps.append(StepResult(step, time.monotonic() - started, detail))
         say(f"  {step.kind:<15} {step.version or '':<4} {time.monotonic() - started:6.2f}s  {detail}")
     return result
@@ -303,10 +337,21 @@ def naive_write(settings: StackSettings, documents: list[Document]) -> int:
     live = endpoints.endpoint_for(settings, settings.live_slot)
     version = live.describe()["version"]
     vectors = live.embed([d.text for d in documents])
-    actions = ({"_op_type": "index", "_index": settings.opensearch.alias_name, "_id": d.id,
-                "_source": {"doc_id": d.id, "text": d.text, "model_version": version,
-                            "content_sha256": d.content_sha256, "embedding": v.tolist()}}
-               for d, v in zip(documents, vectors))
+    actions = (
+        {
+            "_op_type": "index",
+            "_index": settings.opensearch.alias_name,
+            "_id": d.id,
+            "_source": {
+                "doc_id": d.id,
+                "text": d.text,
+                "model_version": version,
+                "content_sha256": d.content_sha256,
+                "embedding": v.tolist(),
+            },
+        }
+        for d, v in zip(documents, vectors)
+    )
     with env.reach_opensearch():
         count = reembed.write(env.opensearch, actions)
         env.opensearch.indices.refresh(index=settings.opensearch.alias_name)

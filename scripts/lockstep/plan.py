@@ -12,7 +12,9 @@ from typing import Literal
 from lockstep.config import Catalog, StackSettings
 from lockstep.ops.derived import StoreCounts
 
-StepKind = Literal["ensure_artifact", "provision", "catch_up", "deploy_slot", "cutover", "repair_derived", "check", "drop"]
+StepKind = Literal[
+    "ensure_artifact", "provision", "catch_up", "deploy_slot", "cutover", "repair_derived", "check", "drop"
+]
 
 
 @dataclass(frozen=True)
@@ -85,16 +87,22 @@ class ReleasePlan:
         return [(step.kind, step.version) for step in self.steps]
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"steps": [asdict(step) for step in self.steps],
-                               "derived": [asdict(action) for action in self.derived]}
+        return asdict(self) | {
+            "steps": [asdict(step) for step in self.steps],
+            "derived": [asdict(action) for action in self.derived],
+        }
 
 
 def _index_step(version: str, observed: Observed) -> Step | None:
     """Provision a missing index, catch up one that lags the corpus, or nothing."""
     state = observed.indices.get(version)
     if state is None:
-        return Step("provision", version, docs=observed.corpus_size,
-                    detail=f"create the index and embed the corpus ({observed.corpus_size} documents)")
+        return Step(
+            "provision",
+            version,
+            docs=observed.corpus_size,
+            detail=f"create the index and embed the corpus ({observed.corpus_size} documents)",
+        )
     delta = state.delta
     if delta is None:
         missing = max(observed.corpus_size - state.doc_count, 0)
@@ -105,9 +113,12 @@ def _index_step(version: str, observed: Observed) -> Step | None:
     docs = delta.missing + delta.changed
     if docs == 0 and delta.deleted == 0:
         return None
-    return Step("catch_up", version, docs=docs,
-                detail=f"embed {delta.missing} missing and {delta.changed} changed, "
-                       f"delete {delta.deleted} gone{how}")
+    return Step(
+        "catch_up",
+        version,
+        docs=docs,
+        detail=f"embed {delta.missing} missing and {delta.changed} changed, delete {delta.deleted} gone{how}",
+    )
 
 
 def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) -> ReleasePlan:
@@ -138,16 +149,31 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
     moves = observed.pointer_version != pin or list(observed.alias_targets) != [pin_index]
     if moves:
         was = ", ".join(observed.alias_targets) or "no index"
-        steps.append(Step("cutover", pin, slot=settings.live_slot,
-                          detail=f"alias {search.alias_name}: {was} -> {pin_index}; pointer -> {pin}"))
+        steps.append(
+            Step(
+                "cutover",
+                pin,
+                slot=settings.live_slot,
+                detail=f"alias {search.alias_name}: {was} -> {pin_index}; pointer -> {pin}",
+            )
+        )
     derived = _derived_actions(settings, observed)
     repairs = [a for a in derived if a.records]
     if repairs:
         # After the cutover: the pin's index is complete and live, so recomputed lists are final.
-        steps.append(Step("repair_derived", pin, docs=sum(a.records for a in repairs), detail="; ".join(
-            f"{a.store}: {a.action} {a.records} records of "
-            f"{', '.join(v for v, n in a.records_by_version.items() if v != pin and n > a.quarantined_by_version.get(v, 0))} "
-            f"(table {a.table})" for a in repairs)))
+        steps.append(
+            Step(
+                "repair_derived",
+                pin,
+                docs=sum(a.records for a in repairs),
+                detail="; ".join(
+                    f"{a.store}: {a.action} {a.records} records of "
+                    f"{', '.join(v for v, n in a.records_by_version.items() if v != pin and n > a.quarantined_by_version.get(v, 0))} "
+                    f"(table {a.table})"
+                    for a in repairs
+                ),
+            )
+        )
     steps.append(Step("check", pin))
     for version in sorted(set(observed.indices) - set(kept)):
         index = search.index_name(version)
@@ -183,12 +209,17 @@ def _derived_actions(settings: StackSettings, observed: Observed) -> tuple[Deriv
         if counts is None:
             continue
         stale = sum(counts.stale(settings.pin).values())
-        actions.append(DerivedAction(
-            store=store.name, table=store.table,
-            records_by_version=dict(counts.records_by_version),
-            quarantined_by_version=dict(counts.quarantined_by_version),
-            action=store.repair if stale else "none", records=stale,
-            eta_seconds=round(stale / store.write_rate, 1)))
+        actions.append(
+            DerivedAction(
+                store=store.name,
+                table=store.table,
+                records_by_version=dict(counts.records_by_version),
+                quarantined_by_version=dict(counts.quarantined_by_version),
+                action=store.repair if stale else "none",
+                records=stale,
+                eta_seconds=round(stale / store.write_rate, 1),
+            )
+        )
     return tuple(actions)
 
 

@@ -34,7 +34,10 @@ class Promotion:
     @property
     def body(self) -> str:
         r = self.record
-        rows = "\n".join(f"| {'✓' if c.passed else ('!' if c.severity == 'warn' else '✗')} | {c.name} | {c.observed} |" for c in r.checks)
+        rows = "\n".join(
+            f"| {'✓' if c.passed else ('!' if c.severity == 'warn' else '✗')} | {c.name} | {c.observed} |"
+            for c in r.checks
+        )
         return (
             f"{self.change.summary()}\n\n"
             f"Evidence: the latest check of **{self.source}** passed for `{r.pin}` "
@@ -51,15 +54,23 @@ def promote(source: str, target: str, version: str | None = None, stacks_dir: Pa
     version = version or origin.pin
     catalog.get(version)
     if destination.promoted_from and destination.promoted_from != source:
-        raise UsageError(f"{target} is promoted from {destination.promoted_from} (lockstep:promotedFrom), not {source}; use --from {destination.promoted_from}")
+        raise UsageError(
+            f"{target} is promoted from {destination.promoted_from} (lockstep:promotedFrom), not {source}; use --from {destination.promoted_from}"
+        )
     record = check.latest(origin)
     if record is None:
-        raise PromotionRefused(f"{source} has no check record; run `lockstep check --stack {source}` after deploying {version}")
+        raise PromotionRefused(
+            f"{source} has no check record; run `lockstep check --stack {source}` after deploying {version}"
+        )
     if record.pin != version:
-        raise PromotionRefused(f"{source}'s latest check is for {record.pin}, not {version}; deploy and check {version} in {source} first")
+        raise PromotionRefused(
+            f"{source}'s latest check is for {record.pin}, not {version}; deploy and check {version} in {source} first"
+        )
     if not record.passed:
         failed = ", ".join(c.name for c in record.failures)
-        raise PromotionRefused(f"{source}'s latest check of {version} failed ({failed}); fix {source} and re-run `lockstep check --stack {source}`")
+        raise PromotionRefused(
+            f"{source}'s latest check of {version} failed ({failed}); fix {source} and re-run `lockstep check --stack {source}`"
+        )
     ssm = clients.aws_for(origin, "ssm")
     with clients.reaching("AWS (SSM)", clients.aws_endpoint() or "AWS"):
         pointer = index.read_pointer(ssm, origin.pointer_name)

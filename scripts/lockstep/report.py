@@ -27,45 +27,98 @@ def print_check(record: CheckRecord, console: Console | None = None) -> None:
 
 
 STEP_WORDS = {
-    "ensure_artifact": "publish artifact", "provision": "provision index", "catch_up": "catch up index",
-    "deploy_slot": "deploy slot", "cutover": "cut over", "repair_derived": "repair derived records",
-    "check": "consistency check", "drop": "drop index",
+    "ensure_artifact": "publish artifact",
+    "provision": "provision index",
+    "catch_up": "catch up index",
+    "deploy_slot": "deploy slot",
+    "cutover": "cut over",
+    "repair_derived": "repair derived records",
+    "check": "consistency check",
+    "drop": "drop index",
 }
-CHECK_NAMES = ["alias", "index-meta", "foreign-versions", "doc-count", "pointer", "endpoint-artifact",
-               "artifact", "reembed-probe", "recall", "standby (warning)"]
+CHECK_NAMES = [
+    "alias",
+    "index-meta",
+    "foreign-versions",
+    "doc-count",
+    "pointer",
+    "endpoint-artifact",
+    "artifact",
+    "reembed-probe",
+    "recall",
+    "standby (warning)",
+]
 
 
 def derived_eta(item) -> str:
     return f"~{item.eta_seconds:g}s (throttled write rate)" if item.records else "none"
 
 
-def plan_markdown(plan, *, known: bool = True, rate: float | None = None, counts: dict[str, int] | None = None,
-                  base_pin: str | None = None) -> str:
+def plan_markdown(
+    plan,
+    *,
+    known: bool = True,
+    rate: float | None = None,
+    counts: dict[str, int] | None = None,
+    base_pin: str | None = None,
+) -> str:
     """The PR comment: what the change does to the data, before anyone merges it."""
     source = plan.from_version or base_pin or "nothing"
     lines = [f"### lockstep plan — stack `{plan.stack}`: `{source}` → `{plan.to_version}`", ""]
     if not known:
-        lines += ["> **Data state unknown**: the environment could not be reached, so this is the config-level "
-                  "diff only (no document counts, no index state).", ""]
-    eta = f"~{plan.docs_to_embed / rate:.0f}s at {rate:,.0f} docs/s (measured)" if rate and plan.docs_to_embed else ("none" if not plan.docs_to_embed else "unknown (no measured rate yet)")
+        lines += [
+            "> **Data state unknown**: the environment could not be reached, so this is the config-level "
+            "diff only (no document counts, no index state).",
+            "",
+        ]
+    eta = (
+        f"~{plan.docs_to_embed / rate:.0f}s at {rate:,.0f} docs/s (measured)"
+        if rate and plan.docs_to_embed
+        else ("none" if not plan.docs_to_embed else "unknown (no measured rate yet)")
+    )
     lines += [
-        "| part | action | detail |", "|---|---|---|",
+        "| part | action | detail |",
+        "|---|---|---|",
         f"| index | **{plan.index_action}** | {plan.docs_to_embed} documents to embed · ETA {eta} |",
-        f"| endpoints | **{plan.endpoint_action}** | " + (", ".join(f"{s.slot}: {s.version}" for s in plan.steps if s.kind == "deploy_slot") or "no endpoint changes") + " |",
+        f"| endpoints | **{plan.endpoint_action}** | "
+        + (", ".join(f"{s.slot}: {s.version}" for s in plan.steps if s.kind == "deploy_slot") or "no endpoint changes")
+        + " |",
         f"| pointer | {'moves' if plan.pointer_moves else 'stays'} | → `{plan.to_version}` |",
-        f"| reversible | {'yes — instant flip back' if plan.reversible else 'no'} | " +
-        (f"undo: `lockstep pin --stack {plan.stack} {plan.from_version}` then `lockstep apply --stack {plan.stack}`" if plan.from_version else "") + " |",
-        "", "**Steps**", "",
+        f"| reversible | {'yes — instant flip back' if plan.reversible else 'no'} | "
+        + (
+            f"undo: `lockstep pin --stack {plan.stack} {plan.from_version}` then `lockstep apply --stack {plan.stack}`"
+            if plan.from_version
+            else ""
+        )
+        + " |",
+        "",
+        "**Steps**",
+        "",
     ]
-    lines += [f"{n}. {STEP_WORDS.get(s.kind, s.kind)} `{s.version}`" + (f" ({s.slot})" if s.slot else "") +
-              (f" — {s.docs} {'records' if s.kind == 'repair_derived' else 'docs'}" if s.docs else "") + (f" — {s.detail}" if s.detail else "")
-              for n, s in enumerate(plan.steps, 1)]
+    lines += [
+        f"{n}. {STEP_WORDS.get(s.kind, s.kind)} `{s.version}`"
+        + (f" ({s.slot})" if s.slot else "")
+        + (f" — {s.docs} {'records' if s.kind == 'repair_derived' else 'docs'}" if s.docs else "")
+        + (f" — {s.detail}" if s.detail else "")
+        for n, s in enumerate(plan.steps, 1)
+    ]
     if plan.derived:
-        lines += ["", "**Derived records** (what each version wrote elsewhere, by `model_version`)", "",
-                  "| store | records by version | action | ETA |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "**Derived records** (what each version wrote elsewhere, by `model_version`)",
+            "",
+            "| store | records by version | action | ETA |",
+            "|---|---|---|---|",
+        ]
         for item in plan.derived:
-            held = ", ".join(f"`{v}`: {n}" + (f" ({item.quarantined_by_version[v]} quarantined)" if item.quarantined_by_version.get(v) else "")
-                             for v, n in sorted(item.records_by_version.items())) or "none"
+            held = (
+                ", ".join(
+                    f"`{v}`: {n}"
+                    + (f" ({item.quarantined_by_version[v]} quarantined)" if item.quarantined_by_version.get(v) else "")
+                    for v, n in sorted(item.records_by_version.items())
+                )
+                or "none"
+            )
             action = f"**{item.action}** {item.records} records" if item.records else "none"
             lines.append(f"| `{item.store}` ({item.table}) | {held} | {action} | {derived_eta(item)} |")
     checks = CHECK_NAMES[:-1] + [f"derived:{item.store}" for item in plan.derived] + CHECK_NAMES[-1:]
@@ -73,6 +126,9 @@ def plan_markdown(plan, *, known: bool = True, rate: float | None = None, counts
     if counts:
         others = {v: n for v, n in counts.items() if v != plan.to_version}
         if others:
-            lines += ["", "**Records a rolled-back model wrote** (documents in the live index by `model_version`, "
-                      "to review): " + ", ".join(f"`{v}`: {n}" for v, n in sorted(others.items()))]
+            lines += [
+                "",
+                "**Records a rolled-back model wrote** (documents in the live index by `model_version`, "
+                "to review): " + ", ".join(f"`{v}`: {n}" for v, n in sorted(others.items())),
+            ]
     return "\n".join(lines)

@@ -54,7 +54,9 @@ def parse_inputs(body: bytes, max_batch: int) -> list[str]:
     if not inputs:
         raise BadRequest(400, '"inputs" is empty; send at least one string')
     if len(inputs) > max_batch:
-        raise BadRequest(413, f'"inputs" has {len(inputs)} items, more than the batch limit {max_batch}; split the request')
+        raise BadRequest(
+            413, f'"inputs" has {len(inputs)} items, more than the batch limit {max_batch}; split the request'
+        )
     if not all(isinstance(text, str) for text in inputs):
         raise BadRequest(400, '"inputs" must contain only strings')
     return inputs
@@ -70,8 +72,16 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(404, {"error": f"no route GET {self.path}; use GET /ping or POST /invocations"})
             return
         embedder = self.server.embedder
-        self._reply(200, {"status": "ok", "model": embedder.spec.model, "version": embedder.version,
-                          "artifact_sha256": embedder.artifact_sha256, "dimension": embedder.dimension})
+        self._reply(
+            200,
+            {
+                "status": "ok",
+                "model": embedder.spec.model,
+                "version": embedder.version,
+                "artifact_sha256": embedder.artifact_sha256,
+                "dimension": embedder.dimension,
+            },
+        )
 
     def do_POST(self) -> None:
         self._answer(self._invoke)
@@ -162,8 +172,14 @@ class Handler(BaseHTTPRequestHandler):
 class InferenceServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], embedder: model.Embedder, max_batch: int = DEFAULT_MAX_BATCH,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, access_log: bool = False):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        embedder: model.Embedder,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        access_log: bool = False,
+    ):
         super().__init__(address, Handler)
         self.embedder = embedder
         self.max_batch = max_batch
@@ -181,7 +197,9 @@ class InferenceServer(ThreadingHTTPServer):
 
 def load_from_s3(bucket: str, key: str, expected_sha256: str) -> model.Embedder:
     parsed = artifacts.parse_artifact_url(key)
-    entry = CatalogEntry.model_construct(version=parsed["version"], model=parsed["model"], artifact_sha256=expected_sha256)
+    entry = CatalogEntry.model_construct(
+        version=parsed["version"], model=parsed["model"], artifact_sha256=expected_sha256
+    )
     if entry.artifact_key != key:
         raise UsageError(
             f"LOCKSTEP_ARTIFACT_KEY {key} and LOCKSTEP_ARTIFACT_SHA256 {expected_sha256[:12]}… disagree; "
@@ -200,12 +218,18 @@ def load_from_directory(directory: Path, expected_sha256: str | None) -> model.E
         spec = model.ModelSpec(**json.loads((directory / "model.json").read_text()))
         projection = np.load(directory / "projection.npy", allow_pickle=False)
     except (OSError, ValueError, TypeError) as exc:
-        raise UsageError(f"{directory} holds no readable hashgram model ({exc}); check the endpoint's ModelDataUrl") from None
+        raise UsageError(
+            f"{directory} holds no readable hashgram model ({exc}); check the endpoint's ModelDataUrl"
+        ) from None
     if not np.array_equal(projection, model.projection_for(spec)):
-        raise IntegrityError(f"{directory}/projection.npy does not match its model.json; the artifact was altered — redeploy it from the catalog")
+        raise IntegrityError(
+            f"{directory}/projection.npy does not match its model.json; the artifact was altered — redeploy it from the catalog"
+        )
     sha256 = model.sha256_of(model.build_artifact(spec))
     if expected_sha256 and sha256 != expected_sha256:
-        raise IntegrityError(f"model in {directory} is artifact {sha256[:12]}…, LOCKSTEP_ARTIFACT_SHA256 says {expected_sha256[:12]}…; fix the endpoint's model")
+        raise IntegrityError(
+            f"model in {directory} is artifact {sha256[:12]}…, LOCKSTEP_ARTIFACT_SHA256 says {expected_sha256[:12]}…; fix the endpoint's model"
+        )
     return model.Embedder(spec, projection, sha256)
 
 
@@ -213,7 +237,9 @@ def load_embedder(env: dict[str, str]) -> model.Embedder:
     bucket, key, sha256 = (env.get(f"LOCKSTEP_ARTIFACT_{name}") for name in ("BUCKET", "KEY", "SHA256"))
     if bucket or key:
         if not (bucket and key and sha256):
-            raise UsageError("set LOCKSTEP_ARTIFACT_BUCKET, LOCKSTEP_ARTIFACT_KEY and LOCKSTEP_ARTIFACT_SHA256 together")
+            raise UsageError(
+                "set LOCKSTEP_ARTIFACT_BUCKET, LOCKSTEP_ARTIFACT_KEY and LOCKSTEP_ARTIFACT_SHA256 together"
+            )
         return load_from_s3(bucket, key, sha256)
     directory = Path(env.get("SM_MODEL_DIR", SAGEMAKER_MODEL_DIR))
     if not directory.is_dir():
@@ -230,7 +256,9 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lockstep.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", choices=["serve"], help="accepted for SageMaker, which runs `<image> serve`")
+    parser.add_argument(
+        "command", nargs="?", choices=["serve"], help="accepted for SageMaker, which runs `<image> serve`"
+    )
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")))
     args = parser.parse_args(argv)
@@ -239,15 +267,24 @@ def main(argv: list[str] | None = None) -> int:
         max_batch = _positive_int(env, "LOCKSTEP_MAX_BATCH", DEFAULT_MAX_BATCH)
         max_body = _positive_int(env, "LOCKSTEP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
         embedder = load_embedder(env)
-        server = InferenceServer((args.host, args.port), embedder, max_batch, max_body,
-                                 access_log=env.get("LOCKSTEP_ACCESS_LOG") == "1")
+        server = InferenceServer(
+            (args.host, args.port), embedder, max_batch, max_body, access_log=env.get("LOCKSTEP_ACCESS_LOG") == "1"
+        )
     except LockstepError as exc:
         print(f"lockstep.serve: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except OSError as exc:
-        print(f"lockstep.serve: cannot listen on {args.host}:{args.port} ({exc.strerror}); pick another --port", file=sys.stderr, flush=True)
+        print(
+            f"lockstep.serve: cannot listen on {args.host}:{args.port} ({exc.strerror}); pick another --port",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
-    print(f"lockstep.serve: {embedder.version} (artifact {embedder.artifact_sha256[:12]}…) on {server.url}", file=sys.stderr, flush=True)
+    print(
+        f"lockstep.serve: {embedder.version} (artifact {embedder.artifact_sha256[:12]}…) on {server.url}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

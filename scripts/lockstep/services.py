@@ -134,8 +134,13 @@ def spawn(name: str, argv: list[str], url: str, env: dict | None = None, cwd: Pa
     log_path = run_dir() / f"{name}.log"
     with open(log_path, "wb") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=cwd, start_new_session=True,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
     managed = Managed(name=name, pid=process.pid, url=url, log=str(log_path))
     managed.save()
@@ -166,7 +171,8 @@ def http_ok(url: str) -> bool:
 def _mvn_copy(artifact: str, out: Path) -> None:
     result = subprocess.run(
         ["mvn", "-q", "-B", "dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={out}"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
@@ -180,7 +186,9 @@ def install_opensearch() -> Path:
     if ready.exists():
         return target
     if shutil.which("mvn") is None or shutil.which("java") is None:
-        raise LockstepError("OpenSearch needs `mvn` and a JDK 17 `java` on PATH; install them (apt-get install maven openjdk-17-jdk-headless)")
+        raise LockstepError(
+            "OpenSearch needs `mvn` and a JDK 17 `java` on PATH; install them (apt-get install maven openjdk-17-jdk-headless)"
+        )
     downloads = home() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -213,9 +221,15 @@ def install_opensearch() -> Path:
     )
     env = {**os.environ, "OPENSEARCH_JAVA_HOME": java_home()}
     result = subprocess.run(
-        [str(staging / "bin" / "opensearch-plugin"), "install", "--batch",
-         f"file://{downloads / f'opensearch-knn-{KNN_VERSION}.zip'}"],
-        capture_output=True, text=True, env=env,
+        [
+            str(staging / "bin" / "opensearch-plugin"),
+            "install",
+            "--batch",
+            f"file://{downloads / f'opensearch-knn-{KNN_VERSION}.zip'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if result.returncode != 0:
         raise LockstepError(f"installing the k-NN plugin failed: {result.stderr.strip().splitlines()[-1:]}")
@@ -240,10 +254,14 @@ def start_opensearch() -> Managed:
         path.mkdir(parents=True, exist_ok=True)
     argv = [
         str(install / "bin" / "opensearch"),
-        "-Ediscovery.type=single-node", "-Enetwork.host=127.0.0.1",
-        f"-Ehttp.port={port}", f"-Etransport.port={transport}",
-        f"-Epath.data={data}", f"-Epath.logs={logs}",
-        "-Ecluster.name=lockstep", "-Ecluster.routing.allocation.disk.threshold_enabled=false",
+        "-Ediscovery.type=single-node",
+        "-Enetwork.host=127.0.0.1",
+        f"-Ehttp.port={port}",
+        f"-Etransport.port={transport}",
+        f"-Epath.data={data}",
+        f"-Epath.logs={logs}",
+        "-Ecluster.name=lockstep",
+        "-Ecluster.routing.allocation.disk.threshold_enabled=false",
         "-Eaction.auto_create_index=false",
     ]
     env = {
@@ -258,15 +276,15 @@ def start_opensearch() -> Managed:
         argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
     url = f"http://127.0.0.1:{port}"
     managed = spawn("opensearch", argv, url, env=env, cwd=install)
-    wait_until(
-        lambda: _opensearch_healthy(url), f"OpenSearch on {url}", managed.log, alive=managed.alive
-    )
+    wait_until(lambda: _opensearch_healthy(url), f"OpenSearch on {url}", managed.log, alive=managed.alive)
     return managed
 
 
 def _opensearch_healthy(url: str) -> bool:
     try:
-        response = requests.get(f"{url}/_cluster/health", params={"wait_for_status": "yellow", "timeout": "1s"}, timeout=3)
+        response = requests.get(
+            f"{url}/_cluster/health", params={"wait_for_status": "yellow", "timeout": "1s"}, timeout=3
+        )
         return response.status_code == 200 and response.json().get("status") in {"green", "yellow"}
     except (requests.RequestException, ValueError):
         return False
@@ -280,7 +298,9 @@ def start_moto() -> Managed:
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     managed = spawn("moto", argv, url, env={**os.environ, **DUMMY_CREDENTIALS})
-    wait_until(lambda: http_ok(f"{url}/moto-api/"), f"moto server on {url}", managed.log, timeout=60, alive=managed.alive)
+    wait_until(
+        lambda: http_ok(f"{url}/moto-api/"), f"moto server on {url}", managed.log, timeout=60, alive=managed.alive
+    )
     return managed
 
 
@@ -329,8 +349,13 @@ def _up() -> list[ServiceState]:
         if current and current.alive():
             # Ours and running: a busy node answers slowly, it is never replaced from here
             # (replacing it would wipe its data). Wait for it; say so if it never answers.
-            wait_until(lambda: healthy(current.url), f"{name} (pid {current.pid}, running) on {current.url}",
-                       current.log, timeout=BUSY_TIMEOUT, alive=current.alive)
+            wait_until(
+                lambda current=current, healthy=healthy: healthy(current.url),
+                f"{name} (pid {current.pid}, running) on {current.url}",
+                current.log,
+                timeout=BUSY_TIMEOUT,
+                alive=current.alive,
+            )
             states.append(ServiceState(name, current.url, "running", current.pid, current.log))
             continue
         if current:

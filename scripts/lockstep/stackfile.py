@@ -87,7 +87,9 @@ def write_validated(path: Path, document, stack: str, stacks_dir: Path, catalog:
         try:
             config.load_stack(stack, trial, catalog)
         except (ConfigError, ValidationError) as exc:
-            raise ConfigError(f"{path}: the change would make the stack invalid: {str(exc).split(': ', 1)[-1]}") from None
+            raise ConfigError(
+                f"{path}: the change would make the stack invalid: {str(exc).split(': ', 1)[-1]}"
+            ) from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -44,14 +44,16 @@ def _missing(error: ClientError) -> bool:
 def deny_insecure_transport_policy(bucket: str) -> dict:
     return {
         "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "DenyInsecureTransport",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }],
+        "Statement": [
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ],
     }
 
 
@@ -80,10 +82,14 @@ def ensure_bucket(s3, bucket: str, require_tls: bool | None = None) -> None:
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         s3.put_bucket_encryption(
             Bucket=bucket,
-            ServerSideEncryptionConfiguration={"Rules": [{
-                "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
-                "BucketKeyEnabled": True,
-            }]},
+            ServerSideEncryptionConfiguration={
+                "Rules": [
+                    {
+                        "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+                        "BucketKeyEnabled": True,
+                    }
+                ]
+            },
         )
         if require_tls:
             s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(deny_insecure_transport_policy(bucket)))
@@ -169,8 +175,12 @@ def publish_artifact(s3, settings: StackSettings, entry: CatalogEntry) -> str:
         if existing is not None:
             return existing
         response = s3.put_object(
-            Bucket=bucket, Key=entry.artifact_key, Body=data, ContentType="application/gzip",
-            Metadata={"sha256": actual, "model-version": entry.version}, ChecksumAlgorithm="SHA256",
+            Bucket=bucket,
+            Key=entry.artifact_key,
+            Body=data,
+            ContentType="application/gzip",
+            Metadata={"sha256": actual, "model-version": entry.version},
+            ChecksumAlgorithm="SHA256",
         )
     return response.get("VersionId", "null")
 
@@ -200,7 +210,13 @@ def load_embedder(s3, bucket: str, entry: CatalogEntry) -> model.Embedder:
 
 def artifact_status(s3, bucket: str, entry: CatalogEntry) -> dict:
     """For the consistency check: does the object exist, and do its bytes hash to the catalog's sha256?"""
-    status = {"uri": artifact_uri(bucket, entry), "exists": False, "sha256_ok": False, "sha256": None, "version_id": None}
+    status = {
+        "uri": artifact_uri(bucket, entry),
+        "exists": False,
+        "sha256_ok": False,
+        "sha256": None,
+        "version_id": None,
+    }
     with reaching("S3", _where(s3)):
         try:
             response = s3.get_object(Bucket=bucket, Key=entry.artifact_key)
@@ -209,8 +225,9 @@ def artifact_status(s3, bucket: str, entry: CatalogEntry) -> dict:
                 return status
             raise
         actual = model.sha256_of(response["Body"].read())
-    status.update(exists=True, sha256=actual, sha256_ok=actual == entry.artifact_sha256,
-                  version_id=response.get("VersionId"))
+    status.update(
+        exists=True, sha256=actual, sha256_ok=actual == entry.artifact_sha256, version_id=response.get("VersionId")
+    )
     return status
 
 
@@ -260,8 +277,12 @@ def ensure_corpus(s3, settings: StackSettings, documents: list[Document] | None 
             uploaded.append(corpus_uri(settings))
         if not _exists(s3, bucket, settings.corpus.golden_key):
             documents = documents if documents is not None else read_corpus(s3, settings)
-            s3.put_object(Bucket=bucket, Key=settings.corpus.golden_key,
-                          Body=corpus.to_jsonl(corpus.golden_queries(documents)), ContentType="application/x-ndjson")
+            s3.put_object(
+                Bucket=bucket,
+                Key=settings.corpus.golden_key,
+                Body=corpus.to_jsonl(corpus.golden_queries(documents)),
+                ContentType="application/x-ndjson",
+            )
             uploaded.append(golden_uri(settings))
     return uploaded
 
@@ -272,7 +293,9 @@ def _read(s3, bucket: str, key: str, uri: str) -> bytes:
             return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as exc:
             if _missing(exc):
-                raise UsageError(f"corpus {uri} not found; run `lockstep apply` (seeds the embedded corpus) or upload it") from None
+                raise UsageError(
+                    f"corpus {uri} not found; run `lockstep apply` (seeds the embedded corpus) or upload it"
+                ) from None
             raise
 
 
@@ -290,9 +313,13 @@ def write_corpus(s3, settings: StackSettings, documents: list[Document]) -> str:
     """Replace the corpus JSONL (the golden set is left as is); return the new object's VersionId.
     The document count rides along as object metadata, so a plan can size work without reading."""
     with reaching("S3", _where(s3)):
-        response = s3.put_object(Bucket=settings.corpus.bucket, Key=settings.corpus.key,
-                                 Body=corpus.documents_jsonl(documents), ContentType="application/x-ndjson",
-                                 Metadata={"documents": str(len(documents))})
+        response = s3.put_object(
+            Bucket=settings.corpus.bucket,
+            Key=settings.corpus.key,
+            Body=corpus.documents_jsonl(documents),
+            ContentType="application/x-ndjson",
+            Metadata={"documents": str(len(documents))},
+        )
     return response.get("VersionId", "null")
 
 
@@ -345,7 +372,7 @@ class CorpusIndex:
         out = {}
         for doc_id, start in self._starts.items():
             end = self.data.find(b"\n", start)
-            out[doc_id] = self.data[start:end if end >= 0 else None]
+            out[doc_id] = self.data[start : end if end >= 0 else None]
         return out
 
     def changes_since(self, older: CorpusIndex) -> tuple[list[str], list[str], list[str]] | None:
@@ -367,7 +394,7 @@ class CorpusIndex:
             start = self._starts.get(doc_id)
             if start is not None:
                 end = self.data.find(b"\n", start)
-                row = json.loads(self.data[start:end if end >= 0 else None])
+                row = json.loads(self.data[start : end if end >= 0 else None])
                 found[doc_id] = corpus.content_sha256(str(row["text"]))
         return found
 
@@ -378,14 +405,18 @@ def corpus_index(s3, settings: StackSettings, version_id: str | None = None) -> 
     if version_id is None:
         return CorpusIndex(_read(s3, settings.corpus.bucket, settings.corpus.key, uri), uri)
     with reaching("S3", _where(s3)):
-        body = s3.get_object(Bucket=settings.corpus.bucket, Key=settings.corpus.key, VersionId=version_id)["Body"].read()
+        body = s3.get_object(Bucket=settings.corpus.bucket, Key=settings.corpus.key, VersionId=version_id)[
+            "Body"
+        ].read()
     return CorpusIndex(body, f"{uri}?versionId={version_id}")
 
 
 def corpus_version_with_etag(s3, settings: StackSettings, etag: str) -> str | None:
     """The VersionId of the corpus version whose ETag is `etag` (what an index was synced with)."""
     with reaching("S3", _where(s3)):
-        pages = s3.get_paginator("list_object_versions").paginate(Bucket=settings.corpus.bucket, Prefix=settings.corpus.key)
+        pages = s3.get_paginator("list_object_versions").paginate(
+            Bucket=settings.corpus.bucket, Prefix=settings.corpus.key
+        )
         for page in pages:
             for version in page.get("Versions", []):
                 if version["Key"] == settings.corpus.key and version["ETag"].strip('"') == etag:

@@ -19,7 +19,6 @@ from opensearchpy.exceptions import RequestError
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import IntegrityError, LockstepError
 from lockstep.ops import artifacts, clients, derived, endpoints, index
-from lockstep.ops.corpus import Document
 
 RECORD_PREFIX = "checks"
 
@@ -72,7 +71,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> CheckRecord:
     entry = catalog.get(settings.pin)
-    record = CheckRecord(settings.stack, settings.pin, entry.artifact_sha256, index.now(), tool_version=package_version("lockstep"))
+    record = CheckRecord(
+        settings.stack, settings.pin, entry.artifact_sha256, index.now(), tool_version=package_version("lockstep")
+    )
     client = clients.opensearch(settings.opensearch)
     s3 = clients.aws_for(settings, "s3")
     ssm = clients.aws_for(settings, "ssm")
@@ -85,35 +86,66 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
         # 1. alias → exactly the pin's index
         targets = index.alias_targets(client, alias)
-        add(Check("alias", targets == [live_index], ", ".join(targets) or "(no index)", live_index,
-                  f"run `lockstep apply --stack {settings.stack}` to cut the alias over to {live_index}"))
+        add(
+            Check(
+                "alias",
+                targets == [live_index],
+                ", ".join(targets) or "(no index)",
+                live_index,
+                f"run `lockstep apply --stack {settings.stack}` to cut the alias over to {live_index}",
+            )
+        )
         # Checks 2-4 look at the index the alias really serves: that is what users query.
         served = targets[0] if len(targets) == 1 else live_index
         exists = client.indices.exists(index=served)
 
         # 2. _meta and mapping dimension match the catalog
         meta = index.read_meta(client, served) or {}
-        expected_meta = {"version": entry.version, "artifact_sha256": entry.artifact_sha256, "dimension": entry.dimension}
+        expected_meta = {
+            "version": entry.version,
+            "artifact_sha256": entry.artifact_sha256,
+            "dimension": entry.dimension,
+        }
         differs = {k: meta.get(k) for k, v in expected_meta.items() if meta.get(k) != v}
         mapped_dimension = _mapped_dimension(client, served) if exists else None
         if mapped_dimension != entry.dimension:
             differs["mapping.embedding.dimension"] = mapped_dimension
-        add(Check("index-meta", exists and not differs, json.dumps(differs) if differs else "matches",
-                  f"{entry.version} / {entry.artifact_sha256[:12]}… / dim {entry.dimension}", f"{served} was not built by {entry.version}'s artifact: rebuild it or cut over to {live_index}"))
+        add(
+            Check(
+                "index-meta",
+                exists and not differs,
+                json.dumps(differs) if differs else "matches",
+                f"{entry.version} / {entry.artifact_sha256[:12]}… / dim {entry.dimension}",
+                f"{served} was not built by {entry.version}'s artifact: rebuild it or cut over to {live_index}",
+            )
+        )
 
         # 3. no documents of another version (one aggregation)
         by_version = index.count_by_model_version(client, served)[1] if exists else {}
         foreign = {v: n for v, n in by_version.items() if v != settings.pin}
-        add(Check("foreign-versions", exists and not foreign, json.dumps(foreign) if foreign else "0", "0",
-                  f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to re-embed them"))
+        add(
+            Check(
+                "foreign-versions",
+                exists and not foreign,
+                json.dumps(foreign) if foreign else "0",
+                "0",
+                f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to re-embed them",
+            )
+        )
 
         # 4. document count parity (+ a sample of content hashes)
         corpus = artifacts.corpus_index(s3, settings)
         count = client.count(index=served)["count"] if exists else 0
         stale = _stale_sample(client, served, corpus, settings.check.stale_sample, rng) if exists else 0
-        add(Check("doc-count", count == corpus.count and stale == 0,
-                  f"{count} docs, {stale} stale in sample", f"{corpus.count} docs, 0 stale",
-                  f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to catch up"))
+        add(
+            Check(
+                "doc-count",
+                count == corpus.count and stale == 0,
+                f"{count} docs, {stale} stale in sample",
+                f"{corpus.count} docs, 0 stale",
+                f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to catch up",
+            )
+        )
 
     with clients.reaching("AWS (SSM)", clients.aws_endpoint() or "AWS"):
         # 5. live pointer
@@ -123,25 +155,47 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
             observed_pointer = f"{pointer.version} / {pointer.endpoint} / {pointer.index}" if pointer else "(missing)"
         except IntegrityError:
             pointer, observed_pointer = None, "(not lockstep's JSON)"
-        add(Check("pointer", bool(pointer) and (pointer.version, pointer.endpoint, pointer.index) == (settings.pin, live_endpoint_name, live_index),
-                  observed_pointer, f"{settings.pin} / {live_endpoint_name} / {live_index}",
-                  f"run `lockstep apply --stack {settings.stack}` to write the pointer with the alias"))
+        add(
+            Check(
+                "pointer",
+                bool(pointer)
+                and (pointer.version, pointer.endpoint, pointer.index)
+                == (settings.pin, live_endpoint_name, live_index),
+                observed_pointer,
+                f"{settings.pin} / {live_endpoint_name} / {live_index}",
+                f"run `lockstep apply --stack {settings.stack}` to write the pointer with the alias",
+            )
+        )
 
     with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
         # 7. artifact object exists and its bytes hash to the catalog's sha256
         status = artifacts.artifact_status(s3, settings.artifacts.bucket, entry)
-        add(Check("artifact", bool(status.get("exists") and status.get("sha256_ok")),
-                  "missing" if not status.get("exists") else ("sha256 ok" if status.get("sha256_ok") else "sha256 MISMATCH"),
-                  f"sha256 {entry.artifact_sha256[:12]}…",
-                  "restore the artifact object (the bucket is versioned) or publish it again"))
+        add(
+            Check(
+                "artifact",
+                bool(status.get("exists") and status.get("sha256_ok")),
+                "missing"
+                if not status.get("exists")
+                else ("sha256 ok" if status.get("sha256_ok") else "sha256 MISMATCH"),
+                f"sha256 {entry.artifact_sha256[:12]}…",
+                "restore the artifact object (the bucket is versioned) or publish it again",
+            )
+        )
 
     # 6. live endpoint serves the pin's artifact
     live = endpoints.endpoint_for(settings, settings.live_slot)
     described = _describe(live)
-    add(Check("endpoint-artifact", described.get("artifact_sha256") == entry.artifact_sha256,
-              f"{described.get('version')} ({str(described.get('artifact_sha256'))[:12]}…)" if described else "unreachable",
-              f"{entry.version} ({entry.artifact_sha256[:12]}…)",
-              f"redeploy the {settings.live_slot} slot with {entry.version} (`lockstep apply --stack {settings.stack}`)"))
+    add(
+        Check(
+            "endpoint-artifact",
+            described.get("artifact_sha256") == entry.artifact_sha256,
+            f"{described.get('version')} ({str(described.get('artifact_sha256'))[:12]}…)"
+            if described
+            else "unreachable",
+            f"{entry.version} ({entry.artifact_sha256[:12]}…)",
+            f"redeploy the {settings.live_slot} slot with {entry.version} (`lockstep apply --stack {settings.stack}`)",
+        )
+    )
 
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
         # 8. re-embed probe: stored vectors vs the live endpoint's vectors for the same text
@@ -157,11 +211,26 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
             else:
                 low, observed = len(sample), f"stored dimension {stored.shape[1]} ≠ endpoint {fresh.shape[1]}"
         else:
-            low, observed = 1, ("endpoint unreachable" if not described else
-                                "no documents to sample" if targets else f"alias {alias} points to no index")
-        add(Check("reembed-probe", low == 0, observed, f"0/{settings.check.probe_sample} below {settings.check.probe_min_cosine}",
-                  f"vectors from another model are in {live_index}: rebuild it (`lockstep backfill --stack {settings.stack} --version {settings.pin} --full`) "
-                  "or roll the endpoint back to the index's version"))
+            low, observed = (
+                1,
+                (
+                    "endpoint unreachable"
+                    if not described
+                    else "no documents to sample"
+                    if targets
+                    else f"alias {alias} points to no index"
+                ),
+            )
+        add(
+            Check(
+                "reembed-probe",
+                low == 0,
+                observed,
+                f"0/{settings.check.probe_sample} below {settings.check.probe_min_cosine}",
+                f"vectors from another model are in {live_index}: rebuild it (`lockstep backfill --stack {settings.stack} --version {settings.pin} --full`) "
+                "or roll the endpoint back to the index's version",
+            )
+        )
 
         # 9. recall probe through the alias
         golden = artifacts.read_golden(s3, settings)
@@ -171,10 +240,18 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
                 recall = recall_at_k(client, alias, live, golden, settings.check.k)
                 observed = f"recall@{settings.check.k} {recall:.2f}"
             except RequestError as exc:  # e.g. a query vector of another dimension than the index
-                observed = f"queries fail: {index.one_line(exc.info.get('error', {}).get('reason', exc) if isinstance(exc.info, dict) else exc)}"[:160]
-        add(Check("recall", recall >= settings.check.recall_floor, observed,
-                  f"≥ {settings.check.recall_floor:.2f}",
-                  "the live endpoint and the index disagree: check the re-embed probe, then rebuild or roll back"))
+                observed = f"queries fail: {index.one_line(exc.info.get('error', {}).get('reason', exc) if isinstance(exc.info, dict) else exc)}"[
+                    :160
+                ]
+        add(
+            Check(
+                "recall",
+                recall >= settings.check.recall_floor,
+                observed,
+                f"≥ {settings.check.recall_floor:.2f}",
+                "the live endpoint and the index disagree: check the re-embed probe, then rebuild or roll back",
+            )
+        )
 
     # 10. derived records: none written by another version than the pin, except quarantined ones
     for store in settings.derived:
@@ -184,16 +261,30 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
         observed = ", ".join(f"{n} records of {v}" for v, n in stale.items()) or "0 records of other versions"
         if kept:
             observed += "; quarantined (kept): " + ", ".join(f"{n} of {v}" for v, n in kept.items())
-        add(Check(f"derived:{store.name}", not stale, observed, f"0 records of other versions than {settings.pin} in {store.table}",
-                  f"run `lockstep apply --stack {settings.stack}`: it {store.repair}s them ({store.name}'s repair policy)"))
+        add(
+            Check(
+                f"derived:{store.name}",
+                not stale,
+                observed,
+                f"0 records of other versions than {settings.pin} in {store.table}",
+                f"run `lockstep apply --stack {settings.stack}`: it {store.repair}s them ({store.name}'s repair policy)",
+            )
+        )
 
     # 11. standby slot serves what the config says (warning only)
     if settings.standby:
         standby_entry = catalog.get(settings.standby)
         standby = _describe(endpoints.endpoint_for(settings, settings.standby_slot))
-        add(Check("standby", standby.get("artifact_sha256") == standby_entry.artifact_sha256,
-                  f"{standby.get('version')}" if standby else "not running", settings.standby,
-                  f"deploy {settings.standby} to the {settings.standby_slot} slot (`lockstep apply`)", severity="warn"))
+        add(
+            Check(
+                "standby",
+                standby.get("artifact_sha256") == standby_entry.artifact_sha256,
+                f"{standby.get('version')}" if standby else "not running",
+                settings.standby,
+                f"deploy {settings.standby} to the {settings.standby_slot} slot (`lockstep apply`)",
+                severity="warn",
+            )
+        )
 
     record.finished_at = index.now()
     return record
@@ -215,8 +306,16 @@ def _mapped_dimension(client, index_name: str) -> int | None:
 def _random_docs(client, target: str, size: int, rng: random.Random) -> list[dict]:
     if not client.indices.exists(index=target):
         return []
-    body = {"size": size, "_source": ["text", "embedding", "content_sha256"],
-            "query": {"function_score": {"query": {"match_all": {}}, "random_score": {"seed": rng.randint(0, 2**31), "field": "_seq_no"}}}}
+    body = {
+        "size": size,
+        "_source": ["text", "embedding", "content_sha256"],
+        "query": {
+            "function_score": {
+                "query": {"match_all": {}},
+                "random_score": {"seed": rng.randint(0, 2**31), "field": "_seq_no"},
+            }
+        },
+    }
     hits = client.search(index=target, body=body)["hits"]["hits"]
     return [{"id": h["_id"], **h["_source"]} for h in hits]
 
@@ -225,8 +324,16 @@ def _stale_sample(client, index_name: str, corpus: artifacts.CorpusIndex, size: 
     """Sampled stored documents whose content hash is not the corpus's (only the sample is parsed)."""
     if size == 0:
         return 0
-    body = {"size": size, "_source": ["content_sha256"],
-            "query": {"function_score": {"query": {"match_all": {}}, "random_score": {"seed": rng.randint(0, 2**31), "field": "_seq_no"}}}}
+    body = {
+        "size": size,
+        "_source": ["content_sha256"],
+        "query": {
+            "function_score": {
+                "query": {"match_all": {}},
+                "random_score": {"seed": rng.randint(0, 2**31), "field": "_seq_no"},
+            }
+        },
+    }
     hits = client.search(index=index_name, body=body)["hits"]["hits"]
     truth = corpus.content_sha256([h["_id"] for h in hits])
     return sum(1 for h in hits if truth.get(h["_id"]) != h["_source"].get("content_sha256"))
@@ -260,7 +367,12 @@ def store(record: CheckRecord, settings: StackSettings) -> str:
     key = f"{RECORD_PREFIX}/{settings.stack}/{stamp}-{record.pin}.json"
     with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
         s3.put_object(Bucket=settings.artifacts.bucket, Key=key, Body=body, ContentType="application/json")
-        s3.put_object(Bucket=settings.artifacts.bucket, Key=f"{RECORD_PREFIX}/{settings.stack}/latest.json", Body=body, ContentType="application/json")
+        s3.put_object(
+            Bucket=settings.artifacts.bucket,
+            Key=f"{RECORD_PREFIX}/{settings.stack}/latest.json",
+            Body=body,
+            ContentType="application/json",
+        )
     return key
 
 
@@ -268,10 +380,11 @@ def latest(settings: StackSettings) -> CheckRecord | None:
     s3 = clients.aws("s3", settings.region)
     with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
         try:
-            body = s3.get_object(Bucket=settings.artifacts.bucket, Key=f"{RECORD_PREFIX}/{settings.stack}/latest.json")["Body"].read()
+            body = s3.get_object(Bucket=settings.artifacts.bucket, Key=f"{RECORD_PREFIX}/{settings.stack}/latest.json")[
+                "Body"
+            ].read()
         except s3.exceptions.NoSuchKey:
             return None
         except s3.exceptions.NoSuchBucket:
             return None
     return CheckRecord.from_dict(json.loads(body))
-

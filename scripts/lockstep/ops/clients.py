@@ -47,7 +47,9 @@ def opensearch(settings: OpenSearchSettings | None = None, timeout: float = 30) 
     if settings.auth == "sigv4" and not os.environ.get("OPENSEARCH_URL"):
         credentials = boto3.Session().get_credentials()
         if credentials is None:
-            raise Unreachable(f"cannot sign requests to {url}: opensearch.auth is sigv4 but no AWS credentials were found; configure the AWS credential chain")
+            raise Unreachable(
+                f"cannot sign requests to {url}: opensearch.auth is sigv4 but no AWS credentials were found; configure the AWS credential chain"
+            )
         auth = AWSV4SignerAuth(credentials, settings.region or "us-east-1", "es")
     elif settings.auth == "basic":
         password = os.environ.get(PASSWORD_VARIABLE)
@@ -58,8 +60,13 @@ def opensearch(settings: OpenSearchSettings | None = None, timeout: float = 30) 
             )
         auth = (settings.username, password)
     return OpenSearch(
-        hosts=[url], http_auth=auth, connection_class=RequestsHttpConnection,
-        timeout=timeout, max_retries=3, retry_on_timeout=True, retry_on_status=(502, 503, 504),
+        hosts=[url],
+        http_auth=auth,
+        connection_class=RequestsHttpConnection,
+        timeout=timeout,
+        max_retries=3,
+        retry_on_timeout=True,
+        retry_on_status=(502, 503, 504),
         http_compress=False,
     )
 
@@ -74,7 +81,9 @@ def _session_client(service: str, region: str, endpoint: str | None, key: str | 
     if endpoint and not os.environ.get("AWS_ACCESS_KEY_ID"):
         kwargs = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
     return boto3.session.Session(**kwargs).client(
-        service, region_name=region, endpoint_url=endpoint,
+        service,
+        region_name=region,
+        endpoint_url=endpoint,
         config=BotoConfig(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=30),
     )
 
@@ -107,22 +116,36 @@ def reaching(what: str, where: str):
     except (OSConnectionError, ConnectionTimeout) as exc:
         if not opensearch_context:
             raise
-        raise Unreachable(f"{what} at {where} is unreachable ({type(exc).__name__}); run `lockstep services up` or fix the URL") from None
+        raise Unreachable(
+            f"{what} at {where} is unreachable ({type(exc).__name__}); run `lockstep services up` or fix the URL"
+        ) from None
     except EndpointConnectionError as exc:
         if opensearch_context:  # an SSM/S3 call made while talking to OpenSearch: name AWS, not OpenSearch
             what, where = "AWS", exc.kwargs.get("endpoint_url") or "AWS"
-        raise Unreachable(f"{what} at {where} is unreachable; run `lockstep services up` or fix AWS_ENDPOINT_URL") from None
+        raise Unreachable(
+            f"{what} at {where} is unreachable; run `lockstep services up` or fix AWS_ENDPOINT_URL"
+        ) from None
     except TransportError as exc:
         if not opensearch_context:
             raise
         if exc.status_code in (401, 403):
-            raise UsageError(f"{what} at {where} refused our credentials (HTTP {exc.status_code}); check the OpenSearch user/password or IAM role") from None
+            raise UsageError(
+                f"{what} at {where} refused our credentials (HTTP {exc.status_code}); check the OpenSearch user/password or IAM role"
+            ) from None
         raise
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         # "403"/"Forbidden": a HEAD request's refusal has no body to name the reason.
-        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "UnrecognizedClientException", "AccessDenied",
-                    "ExpiredToken", "InvalidClientTokenId", "403", "Forbidden"}:
+        if code in {
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "UnrecognizedClientException",
+            "AccessDenied",
+            "ExpiredToken",
+            "InvalidClientTokenId",
+            "403",
+            "Forbidden",
+        }:
             raise UsageError(f"{what} at {where} refused our credentials ({code}); check the AWS credentials") from None
         raise
     except BotoCoreError as exc:

@@ -85,7 +85,7 @@ def body(text: str) -> str:
     """The text without its first sentence."""
     head = first_sentence(text)
     flat = " ".join(text.split())
-    return flat[len(head):].strip() if flat.startswith(head) else flat
+    return flat[len(head) :].strip() if flat.startswith(head) else flat
 
 
 def first_sentence(text: str) -> str:
@@ -124,7 +124,9 @@ def parse_documents(data: bytes, source: str) -> list[Document]:
             row = json.loads(line)
             doc = Document(id=str(row["id"]), text=str(row["text"]), updated_at=str(row.get("updated_at", EPOCH)))
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise UsageError(f"{source}: line {number} is not a JSON object with `id` and `text`; fix that line") from None
+            raise UsageError(
+                f"{source}: line {number} is not a JSON object with `id` and `text`; fix that line"
+            ) from None
         if doc.id in ids:
             raise UsageError(f"{source}: line {number}: duplicate id {doc.id!r}; ids must be unique")
         ids.add(doc.id)

@@ -49,14 +49,18 @@ def table_definition(table: str) -> dict:
     declares the same key, attribute and index)."""
     return {
         "TableName": table,
-        "AttributeDefinitions": [{"AttributeName": KEY, "AttributeType": "S"},
-                                 {"AttributeName": VERSION_ATTRIBUTE, "AttributeType": "S"}],
+        "AttributeDefinitions": [
+            {"AttributeName": KEY, "AttributeType": "S"},
+            {"AttributeName": VERSION_ATTRIBUTE, "AttributeType": "S"},
+        ],
         "KeySchema": [{"AttributeName": KEY, "KeyType": "HASH"}],
-        "GlobalSecondaryIndexes": [{
-            "IndexName": VERSION_INDEX,
-            "KeySchema": [{"AttributeName": VERSION_ATTRIBUTE, "KeyType": "HASH"}],
-            "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(PROJECTED)},
-        }],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": VERSION_INDEX,
+                "KeySchema": [{"AttributeName": VERSION_ATTRIBUTE, "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(PROJECTED)},
+            }
+        ],
         "BillingMode": "PAY_PER_REQUEST",
         "SSESpecification": {"Enabled": True},
     }
@@ -81,14 +85,18 @@ def require_table(client, store: DerivedStore) -> None:
     """The table exists and carries lockstep's schema: keyed by doc_id, indexed by model_version."""
     table = _describe(client, store)
     if table is None:
-        raise UsageError(f"derived store {store.name}: DynamoDB table {store.table!r} does not exist; "
-                         "create it (`pulumi up`, or `lockstep apply` on an embedded stack) or fix derived[].table")
+        raise UsageError(
+            f"derived store {store.name}: DynamoDB table {store.table!r} does not exist; "
+            "create it (`pulumi up`, or `lockstep apply` on an embedded stack) or fix derived[].table"
+        )
     indices = {gsi["IndexName"]: gsi for gsi in table.get("GlobalSecondaryIndexes", [])}
     keyed = [k["AttributeName"] for k in indices.get(VERSION_INDEX, {}).get("KeySchema", [])]
     if keyed[:1] != [VERSION_ATTRIBUTE] or [k["AttributeName"] for k in table["KeySchema"]] != [KEY]:
-        raise UsageError(f"derived store {store.name}: table {store.table!r} has no index on the {VERSION_ATTRIBUTE} "
-                         f"attribute (GSI {VERSION_INDEX}, key {KEY}), so its records cannot be counted by version; "
-                         "recreate it with lockstep's schema")
+        raise UsageError(
+            f"derived store {store.name}: table {store.table!r} has no index on the {VERSION_ATTRIBUTE} "
+            f"attribute (GSI {VERSION_INDEX}, key {KEY}), so its records cannot be counted by version; "
+            "recreate it with lockstep's schema"
+        )
 
 
 def ensure_table(settings: StackSettings, store: DerivedStore) -> bool:
@@ -101,8 +109,9 @@ def ensure_table(settings: StackSettings, store: DerivedStore) -> bool:
             return False
         client.create_table(**table_definition(store.table))
         client.get_waiter("table_exists").wait(TableName=store.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-        client.update_continuous_backups(TableName=store.table,
-                                         PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True})
+        client.update_continuous_backups(
+            TableName=store.table, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True}
+        )
         return True
 
 
@@ -133,8 +142,12 @@ class StoreCounts:
 def _query_pages(client, store: DerivedStore, version: str, **extra) -> Iterator[dict]:
     """Pages of the version index for one version."""
     return client.get_paginator("query").paginate(
-        TableName=store.table, IndexName=VERSION_INDEX, KeyConditionExpression=f"{VERSION_ATTRIBUTE} = :v",
-        ExpressionAttributeValues={":v": {"S": version}}, **extra)
+        TableName=store.table,
+        IndexName=VERSION_INDEX,
+        KeyConditionExpression=f"{VERSION_ATTRIBUTE} = :v",
+        ExpressionAttributeValues={":v": {"S": version}},
+        **extra,
+    )
 
 
 def _require_stamps(client, store: DerivedStore, catalog: Catalog) -> None:
@@ -142,23 +155,30 @@ def _require_stamps(client, store: DerivedStore, catalog: Catalog) -> None:
     A filtered scan: only offending items come back."""
     names = {f":v{n}": {"S": version} for n, version in enumerate(catalog.names)}
     pages = client.get_paginator("scan").paginate(
-        TableName=store.table, ProjectionExpression=f"{KEY}, {VERSION_ATTRIBUTE}",
+        TableName=store.table,
+        ProjectionExpression=f"{KEY}, {VERSION_ATTRIBUTE}",
         FilterExpression=f"attribute_not_exists({VERSION_ATTRIBUTE}) OR NOT {VERSION_ATTRIBUTE} IN ({', '.join(names)})",
-        ExpressionAttributeValues=names)
+        ExpressionAttributeValues=names,
+    )
     for page in pages:
         for item in page["Items"]:
             doc_id = item.get(KEY, {}).get("S", "?")
             if VERSION_ATTRIBUTE not in item:
-                raise UsageError(f"derived store {store.name}: item {doc_id!r} in table {store.table!r} has no "
-                                 f"{VERSION_ATTRIBUTE} attribute, so no one can tell which model wrote it; "
-                                 f"stamp it with {VERSION_ATTRIBUTE} or delete it")
-            raise UsageError(f"derived store {store.name}: item {doc_id!r} in table {store.table!r} has "
-                             f"{VERSION_ATTRIBUTE} {item[VERSION_ATTRIBUTE]['S']!r}, which is not in the catalog; "
-                             f"use one of {', '.join(catalog.names)}")
+                raise UsageError(
+                    f"derived store {store.name}: item {doc_id!r} in table {store.table!r} has no "
+                    f"{VERSION_ATTRIBUTE} attribute, so no one can tell which model wrote it; "
+                    f"stamp it with {VERSION_ATTRIBUTE} or delete it"
+                )
+            raise UsageError(
+                f"derived store {store.name}: item {doc_id!r} in table {store.table!r} has "
+                f"{VERSION_ATTRIBUTE} {item[VERSION_ATTRIBUTE]['S']!r}, which is not in the catalog; "
+                f"use one of {', '.join(catalog.names)}"
+            )
 
 
-def count_by_version(settings: StackSettings, catalog: Catalog, store: DerivedStore,
-                     missing_ok: bool = False) -> StoreCounts:
+def count_by_version(
+    settings: StackSettings, catalog: Catalog, store: DerivedStore, missing_ok: bool = False
+) -> StoreCounts:
     """Items per catalog version (GSI Select=COUNT queries) and their quarantined share.
     `missing_ok`: a missing table counts as empty (an embedded stack's apply creates it)."""
     client = dynamodb(settings)
@@ -170,8 +190,9 @@ def count_by_version(settings: StackSettings, catalog: Catalog, store: DerivedSt
         _require_stamps(client, store, catalog)
         for version in catalog.names:
             total = quarantined = 0
-            for page in _query_pages(client, store, version, Select="COUNT",
-                                     FilterExpression=f"attribute_exists({QUARANTINED})"):
+            for page in _query_pages(
+                client, store, version, Select="COUNT", FilterExpression=f"attribute_exists({QUARANTINED})"
+            ):
                 total += page["ScannedCount"]
                 quarantined += page["Count"]
             if total:
@@ -196,16 +217,23 @@ def related(client: OpenSearch, index_name: str, ids: Sequence[str], k: int) -> 
     (one mget and one msearch per batch). None: the document is not in the index."""
     found: dict[str, Related | None] = {}
     for batch in reembed.batched(list(ids), BATCH):
-        docs = client.mget(index=index_name, body={"ids": list(batch)}, _source_includes=["embedding", "content_sha256"])["docs"]
+        docs = client.mget(
+            index=index_name, body={"ids": list(batch)}, _source_includes=["embedding", "content_sha256"]
+        )["docs"]
         stored = [d for d in docs if d.get("found")]
         found.update({d["_id"]: None for d in docs if not d.get("found")})
         if not stored:
             continue
         body: list[dict] = []
         for doc in stored:
-            body += [{"index": index_name},
-                     {"size": k + 1, "_source": False,
-                      "query": {"knn": {"embedding": {"vector": doc["_source"]["embedding"], "k": max(k + 1, 100)}}}}]
+            body += [
+                {"index": index_name},
+                {
+                    "size": k + 1,
+                    "_source": False,
+                    "query": {"knn": {"embedding": {"vector": doc["_source"]["embedding"], "k": max(k + 1, 100)}}},
+                },
+            ]
         for doc, answer in zip(stored, client.msearch(body=body)["responses"]):
             if "error" in answer:
                 raise UsageError(f"k-NN query for {doc['_id']} on {index_name} failed: {answer['error']}")
@@ -261,6 +289,7 @@ def _progress(enabled: bool, description: str, total: int, pacer: Pacer) -> Iter
         def advance(n: int) -> None:
             if bar:
                 bar.update(task, advance=n, rate=f"{pacer.achieved:,.0f} items/s")
+
         yield advance
 
 
@@ -268,8 +297,13 @@ def related_stores(settings: StackSettings) -> list[DerivedStore]:
     return [store for store in settings.derived if store.kind == "related-documents"]
 
 
-def write_related(settings: StackSettings, version: str, documents: Iterable[Document | str] | None = None,
-                  store: DerivedStore | None = None, progress: bool = False) -> int:
+def write_related(
+    settings: StackSettings,
+    version: str,
+    documents: Iterable[Document | str] | None = None,
+    store: DerivedStore | None = None,
+    progress: bool = False,
+) -> int:
     """What the application does while `version` is live: write each document's related-documents
     list, computed on `version`'s index, stamped with `version`. Default: every indexed document,
     into every related-documents store of the stack. Returns the items written."""
@@ -278,10 +312,15 @@ def write_related(settings: StackSettings, version: str, documents: Iterable[Doc
     index_name = settings.opensearch.index_name(version)
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
         if not search.indices.exists(index=index_name):
-            raise UsageError(f"index {index_name} does not exist: related documents of {version} are computed on it; "
-                             f"run `lockstep backfill --stack {settings.stack} --version {version}`")
-        ids = ([d.id if isinstance(d, Document) else d for d in documents] if documents is not None else
-               [hit["_id"] for hit in scan(search, index=index_name, query={"_source": False}, size=1000)])
+            raise UsageError(
+                f"index {index_name} does not exist: related documents of {version} are computed on it; "
+                f"run `lockstep backfill --stack {settings.stack} --version {version}`"
+            )
+        ids = (
+            [d.id if isinstance(d, Document) else d for d in documents]
+            if documents is not None
+            else [hit["_id"] for hit in scan(search, index=index_name, query={"_source": False}, size=1000)]
+        )
     client = dynamodb(settings)
     with reaching_dynamodb(settings):
         for target in stores:  # every table first: a bad one stops the write before anything is written
@@ -308,7 +347,7 @@ def _batch_put(client, table: str, items: list[dict]) -> None:
         requests = client.batch_write_item(RequestItems=requests).get("UnprocessedItems") or {}
         if not requests:
             return
-        time.sleep(min(0.05 * 2 ** attempt, 2))
+        time.sleep(min(0.05 * 2**attempt, 2))
     raise UsageError(f"DynamoDB table {table} kept refusing writes (throttled); lower derived[].writeRate and retry")
 
 
@@ -325,7 +364,7 @@ def read_records(settings: StackSettings, store: DerivedStore) -> dict[str, dict
 
 
 def _plain(value: dict):
-    (kind, inner), = value.items()
+    ((kind, inner),) = value.items()
     if kind == "L":
         return [_plain(v) for v in inner]
     if kind == "N":
@@ -348,8 +387,11 @@ class RepairResult:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        done = (f"{self.rewritten} recomputed with {self.pin}, {self.deleted} deleted (document gone)"
-                if self.action == "recompute" else f"{self.quarantined} quarantined")
+        done = (
+            f"{self.rewritten} recomputed with {self.pin}, {self.deleted} deleted (document gone)"
+            if self.action == "recompute"
+            else f"{self.quarantined} quarantined"
+        )
         return f"{self.store}: {done}" + (f", {self.skipped} changed meanwhile" if self.skipped else "")
 
 
@@ -390,23 +432,34 @@ def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progr
     return result
 
 
-def _repair_item(client, store: DerivedStore, result: RepairResult, doc_id: str, seen: str, fresh: Related | None) -> None:
+def _repair_item(
+    client, store: DerivedStore, result: RepairResult, doc_id: str, seen: str, fresh: Related | None
+) -> None:
     """One conditional write: only if the item still carries the version we read, unquarantined."""
     condition = {"ConditionExpression": f"{VERSION_ATTRIBUTE} = :seen AND attribute_not_exists({QUARANTINED})"}
     values = {":seen": {"S": seen}}
     try:
         if store.repair == "quarantine":
-            client.update_item(TableName=store.table, Key={KEY: {"S": doc_id}},
-                               UpdateExpression=f"SET {QUARANTINED} = :now, quarantined_for = :pin",
-                               ExpressionAttributeValues={**values, ":now": {"S": _now()}, ":pin": {"S": result.pin}},
-                               **condition)
+            client.update_item(
+                TableName=store.table,
+                Key={KEY: {"S": doc_id}},
+                UpdateExpression=f"SET {QUARANTINED} = :now, quarantined_for = :pin",
+                ExpressionAttributeValues={**values, ":now": {"S": _now()}, ":pin": {"S": result.pin}},
+                **condition,
+            )
             result.quarantined += 1
         elif fresh is None:  # the document left the pin's index (and the corpus): nothing to recompute
-            client.delete_item(TableName=store.table, Key={KEY: {"S": doc_id}}, ExpressionAttributeValues=values, **condition)
+            client.delete_item(
+                TableName=store.table, Key={KEY: {"S": doc_id}}, ExpressionAttributeValues=values, **condition
+            )
             result.deleted += 1
         else:
-            client.put_item(TableName=store.table, Item=_item(result.pin, fresh, store.k, repaired_from=seen),
-                            ExpressionAttributeValues=values, **condition)
+            client.put_item(
+                TableName=store.table,
+                Item=_item(result.pin, fresh, store.k, repaired_from=seen),
+                ExpressionAttributeValues=values,
+                **condition,
+            )
             result.rewritten += 1
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":

@@ -27,7 +27,13 @@ from lockstep.ops import artifacts, clients
 
 SLOTS = ("blue", "green")
 START_TIMEOUT = 60.0
-RETRYABLE_AWS_CODES = {"ThrottlingException", "ServiceUnavailable", "InternalFailure", "InternalServerError", "ModelNotReadyException"}
+RETRYABLE_AWS_CODES = {
+    "ThrottlingException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalServerError",
+    "ModelNotReadyException",
+}
 
 
 def endpoint_name(settings: StackSettings, slot: str) -> str:
@@ -70,7 +76,9 @@ class EndpointClient(ABC):
         texts = list(texts)
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        batches = [self._retrying(self._invoke, texts[i : i + self.max_batch]) for i in range(0, len(texts), self.max_batch)]
+        batches = [
+            self._retrying(self._invoke, texts[i : i + self.max_batch]) for i in range(0, len(texts), self.max_batch)
+        ]
         vectors = np.asarray([row for batch in batches for row in batch], dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise IntegrityError(f"endpoint {self.name} returned {vectors.shape} for {len(texts)} texts; redeploy it")
@@ -102,9 +110,23 @@ class EndpointClient(ABC):
 class LocalEndpoint(EndpointClient):
     """A slot process on loopback (`python -m lockstep.serve`). `url` None: the slot is not running."""
 
-    def __init__(self, name: str, url: str | None, max_batch: int = 256, retry: RetryPolicy = RetryPolicy(),
-                 pid: int | None = None, timeout: float = 30):
-        self.name, self.url, self.max_batch, self.retry, self.pid, self.timeout = name, url, max_batch, retry, pid, timeout
+    def __init__(
+        self,
+        name: str,
+        url: str | None,
+        max_batch: int = 256,
+        retry: RetryPolicy = RetryPolicy(),
+        pid: int | None = None,
+        timeout: float = 30,
+    ):
+        self.name, self.url, self.max_batch, self.retry, self.pid, self.timeout = (
+            name,
+            url,
+            max_batch,
+            retry,
+            pid,
+            timeout,
+        )
         self._session = requests.Session()
 
     def __repr__(self) -> str:
@@ -120,7 +142,9 @@ class LocalEndpoint(EndpointClient):
         if response.status_code == 429 or response.status_code >= 500:
             raise Transient(f"HTTP {response.status_code}")
         if response.status_code >= 400:
-            raise UsageError(f"endpoint {self.name} refused the request (HTTP {response.status_code}: {_reason(response)})")
+            raise UsageError(
+                f"endpoint {self.name} refused the request (HTTP {response.status_code}: {_reason(response)})"
+            )
         return response
 
     def _invoke(self, texts: list[str]) -> list:
@@ -165,16 +189,28 @@ class SageMakerEndpoint(EndpointClient):
                 raise Transient(f"{error.get('Code')} HTTP {status}") from None
             message = error.get("Message", "")
             if error.get("Code") == "ResourceNotFound" or "Could not find" in message or "not found" in message:
-                raise Unreachable(f"SageMaker endpoint {self.name} does not exist in {self.region} ({message}); deploy it with `pulumi up`") from None
-            raise LockstepError(f"SageMaker {operation} for {self.name} failed: {error.get('Code')}: {message}") from None
+                raise Unreachable(
+                    f"SageMaker endpoint {self.name} does not exist in {self.region} ({message}); deploy it with `pulumi up`"
+                ) from None
+            raise LockstepError(
+                f"SageMaker {operation} for {self.name} failed: {error.get('Code')}: {message}"
+            ) from None
 
     def _invoke(self, texts: list[str]) -> list:
-        response = self._call("sagemaker-runtime", "invoke_endpoint", EndpointName=self.name, ContentType="application/json",
-                              Accept="application/json", Body=json.dumps({"inputs": texts}))
+        response = self._call(
+            "sagemaker-runtime",
+            "invoke_endpoint",
+            EndpointName=self.name,
+            ContentType="application/json",
+            Accept="application/json",
+            Body=json.dumps({"inputs": texts}),
+        )
         try:
             return json.loads(response["Body"].read())
         except ValueError:
-            raise IntegrityError(f"SageMaker endpoint {self.name} did not answer with JSON vectors; check its image") from None
+            raise IntegrityError(
+                f"SageMaker endpoint {self.name} did not answer with JSON vectors; check its image"
+            ) from None
 
     def _describe(self) -> dict:
         endpoint = self._call("sagemaker", "describe_endpoint", EndpointName=self.name)
@@ -191,8 +227,13 @@ class SageMakerEndpoint(EndpointClient):
             )
         [url] = urls
         parsed = artifacts.parse_artifact_url(url)
-        return {"version": parsed["version"], "artifact_sha256": parsed["sha256"], "model_data_url": url,
-                "status": endpoint.get("EndpointStatus"), "arn": endpoint.get("EndpointArn")}
+        return {
+            "version": parsed["version"],
+            "artifact_sha256": parsed["sha256"],
+            "model_data_url": url,
+            "status": endpoint.get("EndpointStatus"),
+            "arn": endpoint.get("EndpointArn"),
+        }
 
 
 def endpoint_for(settings: StackSettings, slot: str, retry: RetryPolicy = RetryPolicy()) -> EndpointClient:
@@ -202,7 +243,9 @@ def endpoint_for(settings: StackSettings, slot: str, retry: RetryPolicy = RetryP
         raise UsageError(f"slot {slot!r} is neither blue nor green")
     if settings.endpoints.backend == "sagemaker":
         return SageMakerEndpoint(endpoint_name(settings, slot), settings.region, settings.endpoints.max_batch, retry)
-    return local_slot(settings, slot, retry) or LocalEndpoint(endpoint_name(settings, slot), None, settings.endpoints.max_batch, retry)
+    return local_slot(settings, slot, retry) or LocalEndpoint(
+        endpoint_name(settings, slot), None, settings.endpoints.max_batch, retry
+    )
 
 
 # ----------------------------------------------------------------------------------- local slots
@@ -213,7 +256,9 @@ def local_slot(settings: StackSettings, slot: str, retry: RetryPolicy = RetryPol
     managed = services.Managed.load(process_name(settings, slot))
     if managed is None or not managed.alive():
         return None
-    return LocalEndpoint(endpoint_name(settings, slot), managed.url, settings.endpoints.max_batch, retry, pid=managed.pid)
+    return LocalEndpoint(
+        endpoint_name(settings, slot), managed.url, settings.endpoints.max_batch, retry, pid=managed.pid
+    )
 
 
 def _serves(endpoint: LocalEndpoint, entry: CatalogEntry) -> bool:
@@ -223,7 +268,9 @@ def _serves(endpoint: LocalEndpoint, entry: CatalogEntry) -> bool:
         return False
 
 
-def deploy_local_slot(settings: StackSettings, slot: str, entry: CatalogEntry, timeout: float = START_TIMEOUT) -> LocalEndpoint:
+def deploy_local_slot(
+    settings: StackSettings, slot: str, entry: CatalogEntry, timeout: float = START_TIMEOUT
+) -> LocalEndpoint:
     """Run `entry` in the slot: nothing happens if it already serves that artifact; another version is
     stopped and replaced. The process loads the artifact from S3 (which must be published)."""
     name = process_name(settings, slot)
@@ -245,11 +292,18 @@ def deploy_local_slot(settings: StackSettings, slot: str, entry: CatalogEntry, t
         "LOCKSTEP_MAX_BATCH": str(settings.endpoints.max_batch),
         "AWS_DEFAULT_REGION": settings.region,
     }
-    managed = services.spawn(name, [sys.executable, "-m", "lockstep.serve", "--host", "127.0.0.1", "--port", str(port)], url, env=env)
+    managed = services.spawn(
+        name, [sys.executable, "-m", "lockstep.serve", "--host", "127.0.0.1", "--port", str(port)], url, env=env
+    )
     probe = LocalEndpoint(endpoint_name(settings, slot), url, retry=RetryPolicy(attempts=1), timeout=2)
     try:
-        services.wait_until(lambda: _serves(probe, entry), f"endpoint {name} ({entry.version})", managed.log,
-                            timeout=timeout, alive=managed.alive)
+        services.wait_until(
+            lambda: _serves(probe, entry),
+            f"endpoint {name} ({entry.version})",
+            managed.log,
+            timeout=timeout,
+            alive=managed.alive,
+        )
     except Unreachable as exc:
         managed.stop()
         raise Unreachable(f"{exc}{_last_line(managed.log)}") from None
@@ -258,7 +312,9 @@ def deploy_local_slot(settings: StackSettings, slot: str, entry: CatalogEntry, t
 
 def _last_line(log_path: str) -> str:
     try:
-        lines = [line for line in open(log_path, encoding="utf-8", errors="replace").read().splitlines() if line.strip()]
+        lines = [
+            line for line in open(log_path, encoding="utf-8", errors="replace").read().splitlines() if line.strip()
+        ]
     except OSError:
         return ""
     return f" (last line: {lines[-1].strip()[:300]})" if lines else ""

@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from botocore.exceptions import BotoCoreError, ClientError
 from opensearchpy import OpenSearch, helpers
@@ -32,7 +32,7 @@ SETTLE_SECONDS = 12.0
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def one_line(text: object) -> str:
@@ -102,9 +102,7 @@ def meta_differences(observed: dict, expected: dict) -> dict[str, tuple]:
     """{key: (observed, expected)} for every key that differs, ignoring build timestamps."""
     keys = (set(observed) | set(expected)) - VOLATILE_META
     return {
-        key: (observed.get(key), expected.get(key))
-        for key in sorted(keys)
-        if observed.get(key) != expected.get(key)
+        key: (observed.get(key), expected.get(key)) for key in sorted(keys) if observed.get(key) != expected.get(key)
     }
 
 
@@ -135,8 +133,10 @@ def ensure_index(client: OpenSearch, settings: StackSettings, entry: CatalogEntr
             return True
         except RequestError as exc:
             if exc.error != "resource_already_exists_exception":  # a racing creator is checked below
-                raise UsageError(f"index {_short(index)}: OpenSearch rejected it ({_reason(exc, index)}); "
-                                 "fix opensearch.indexPrefix or the catalog entry") from None
+                raise UsageError(
+                    f"index {_short(index)}: OpenSearch rejected it ({_reason(exc, index)}); "
+                    "fix opensearch.indexPrefix or the catalog entry"
+                ) from None
     verify_meta(client, settings, entry)
     return False
 
@@ -192,8 +192,10 @@ class Pointer:
     def from_json(cls, text: str) -> Pointer:
         try:
             data = json.loads(text)
-            return cls(**{key: str(data[key]) for key in ("version", "endpoint", "index", "artifact_sha256")},
-                       switched_at=str(data.get("switched_at", "")))
+            return cls(
+                **{key: str(data[key]) for key in ("version", "endpoint", "index", "artifact_sha256")},
+                switched_at=str(data.get("switched_at", "")),
+            )
         except (ValueError, TypeError, KeyError) as exc:
             raise IntegrityError(
                 f"live pointer is not lockstep's JSON ({type(exc).__name__}: {one_line(exc)}); "
@@ -273,8 +275,9 @@ def _where(client: OpenSearch) -> str:
     return f"{host.get('scheme', 'http')}://{host.get('host', '?')}:{host.get('port', '?')}"
 
 
-def _after_swap_in_doubt(client: OpenSearch, alias: str, index: str, before: dict[str, bool],
-                         pointer_name: str, cause: TransportError) -> None:
+def _after_swap_in_doubt(
+    client: OpenSearch, alias: str, index: str, before: dict[str, bool], pointer_name: str, cause: TransportError
+) -> None:
     """The `_aliases` request failed in transit: it may have been applied with its answer lost.
     Ask OpenSearch where the alias is now. Applied: return, so the pointer follows. Not applied:
     nothing changed, say so. No answer: say exactly what may be split and how it converges."""
@@ -286,28 +289,36 @@ def _after_swap_in_doubt(client: OpenSearch, alias: str, index: str, before: dic
         return  # the swap went through; only its answer was lost
     where, was, why = _where(client), ", ".join(sorted(before)) or "no index", type(cause).__name__
     if now == before:
-        raise Unreachable(f"OpenSearch at {where} failed during the alias swap ({why}); alias {alias} is still on "
-                          f"{was} and the live pointer {pointer_name} was not touched: nothing changed; rerun once it answers")
+        raise Unreachable(
+            f"OpenSearch at {where} failed during the alias swap ({why}); alias {alias} is still on "
+            f"{was} and the live pointer {pointer_name} was not touched: nothing changed; rerun once it answers"
+        )
     if now is None:
         raise Unreachable(
             f"OpenSearch at {where} went away during the alias swap ({why}) and did not answer for "
             f"{SETTLE_SECONDS:.0f} s: alias {alias} may already be on {index} while the live pointer {pointer_name} "
             "still names the previous version; once OpenSearch answers, rerun `lockstep apply` (it finishes the "
-            "cutover; `lockstep check` shows where things are)")
-    raise LockstepError(f"alias {alias} moved to {', '.join(sorted(now)) or 'no index'} during the swap to {index} "
-                        "(another writer?); the live pointer was not touched: rerun `lockstep apply`")
+            "cutover; `lockstep check` shows where things are)"
+        )
+    raise LockstepError(
+        f"alias {alias} moved to {', '.join(sorted(now)) or 'no index'} during the swap to {index} "
+        "(another writer?); the live pointer was not touched: rerun `lockstep apply`"
+    )
 
 
 def _update_aliases(client: OpenSearch, alias: str, actions: list[dict]) -> None:
     try:
         client.indices.update_aliases(body={"actions": actions})
     except RequestError as exc:
-        raise UsageError(f"alias {alias}: OpenSearch refused the swap ({_reason(exc)}); "
-                         "an index may carry the alias' name: set opensearch.alias") from None
+        raise UsageError(
+            f"alias {alias}: OpenSearch refused the swap ({_reason(exc)}); "
+            "an index may carry the alias' name: set opensearch.alias"
+        ) from None
 
 
-def _restore_alias(client: OpenSearch, alias: str, index: str, before: dict[str, bool],
-                   pointer_name: str, cause: Exception) -> None:
+def _restore_alias(
+    client: OpenSearch, alias: str, index: str, before: dict[str, bool], pointer_name: str, cause: Exception
+) -> None:
     """Put the alias back where it was (one request) and raise, saying so."""
     actions = [] if index in before else [{"remove": {"index": index, "alias": alias}}]
     actions += [{"add": {"index": name, "alias": alias, "is_write_index": write}} for name, write in before.items()]
@@ -320,8 +331,10 @@ def _restore_alias(client: OpenSearch, alias: str, index: str, before: dict[str,
             f"live pointer {pointer_name} could not be written ({why}) and restoring alias {alias} "
             f"to {was} failed too ({_reason(exc)}); alias and pointer disagree: rerun `lockstep apply`"
         ) from None
-    message = (f"live pointer {pointer_name} could not be written ({why}); alias {alias} was restored "
-               f"to {was}, nothing changed; fix SSM access and rerun")
+    message = (
+        f"live pointer {pointer_name} could not be written ({why}); alias {alias} was restored "
+        f"to {was}, nothing changed; fix SSM access and rerun"
+    )
     raise (Unreachable if isinstance(cause, BotoCoreError) else UsageError)(message) from None
 
 
@@ -365,11 +378,14 @@ def _stack_indices(client: OpenSearch, settings: StackSettings, catalog: Catalog
 
 def count_by_model_version(client: OpenSearch, index: str) -> tuple[int, dict[str, int]]:
     """(total docs, {model_version: docs}) from one terms aggregation: no scan."""
-    response = client.search(index=index, body={
-        "size": 0,
-        "track_total_hits": True,
-        "aggs": {"versions": {"terms": {"field": "model_version", "size": 1000, "missing": NO_VERSION}}},
-    })
+    response = client.search(
+        index=index,
+        body={
+            "size": 0,
+            "track_total_hits": True,
+            "aggs": {"versions": {"terms": {"field": "model_version", "size": 1000, "missing": NO_VERSION}}},
+        },
+    )
     buckets = response["aggregations"]["versions"]["buckets"]
     return response["hits"]["total"]["value"], {b["key"]: b["doc_count"] for b in buckets}
 
@@ -391,8 +407,9 @@ def inventory(client: OpenSearch, ssm, settings: StackSettings, catalog: Catalog
 # ------------------------------------------------------------------------------------- retention
 
 
-def _protection(settings: StackSettings, version: str, index: str, aliases: list[str],
-                pointer: Pointer | None) -> str | None:
+def _protection(
+    settings: StackSettings, version: str, index: str, aliases: list[str], pointer: Pointer | None
+) -> str | None:
     """Why `version`'s index must stay, or None when it may go."""
     if version == settings.pin:
         return "it is the live pin"
@@ -411,10 +428,16 @@ def droppable(settings: StackSettings, inventory: Inventory) -> list[str]:
     """Versions whose index left the config (pin ∪ slots ∪ retain) and that no alias points to."""
     live_alias = settings.opensearch.alias_name
     return sorted(
-        version for version, state in inventory.indices.items()
-        if _protection(settings, version, state.index,
-                       sorted({*state.aliases, *([live_alias] if state.index in inventory.alias_targets else [])}),
-                       inventory.pointer) is None
+        version
+        for version, state in inventory.indices.items()
+        if _protection(
+            settings,
+            version,
+            state.index,
+            sorted({*state.aliases, *([live_alias] if state.index in inventory.alias_targets else [])}),
+            inventory.pointer,
+        )
+        is None
     )
 
 
@@ -428,8 +451,10 @@ def drop_index(client: OpenSearch, settings: StackSettings, version: str, invent
         return False
     reason = _protection(settings, version, index, aliases, inventory.pointer)
     if reason:
-        raise GuardRefused(f"refusing to delete index {index}: {reason}; remove {version} from the stack "
-                           "config (and move the alias) first")
+        raise GuardRefused(
+            f"refusing to delete index {index}: {reason}; remove {version} from the stack "
+            "config (and move the alias) first"
+        )
     try:
         client.indices.delete(index=index)
     except NotFoundError:

@@ -71,7 +71,7 @@ class Embedder:
         return self.spec.dimension
 
     def _bucket_counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        data = np.frombuffer(f" {text.lower()} ".encode("utf-8"), dtype=np.uint8).astype(np.uint64)
+        data = np.frombuffer(f" {text.lower()} ".encode(), dtype=np.uint8).astype(np.uint64)
         ids: list[np.ndarray] = []
         for n in range(self.spec.ngram_min, self.spec.ngram_max + 1):
             if data.size < n:

@@ -73,14 +73,15 @@ def job_address(address: str) -> str:
         return f"{parts.scheme}://{parts.netloc}"
     if parts.scheme == "ray" and parts.hostname:
         return f"http://{parts.hostname}:{DASHBOARD_PORT}"
-    raise UsageError(f"backfill.address {address!r} is not a Ray address; use http://HOST:8265 (Jobs API) or ray://HOST:10001")
+    raise UsageError(
+        f"backfill.address {address!r} is not a Ray address; use http://HOST:8265 (Jobs API) or ray://HOST:10001"
+    )
 
 
 def job_client(address: str):
     """A JobSubmissionClient for the cluster, or one `Unreachable` line."""
-    from ray.job_submission import JobSubmissionClient
-
     from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
 
     url = job_address(address)
     try:
@@ -149,7 +150,9 @@ def s3_filesystem(settings: StackSettings):
         return fs.S3FileSystem(region=settings.region)
     parts = urlsplit(endpoint)
     return fs.S3FileSystem(
-        endpoint_override=parts.netloc, scheme=parts.scheme or "http", region=settings.region,
+        endpoint_override=parts.netloc,
+        scheme=parts.scheme or "http",
+        region=settings.region,
         access_key=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
         secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
         session_token=os.environ.get("AWS_SESSION_TOKEN"),
@@ -164,7 +167,9 @@ def read_corpus(settings: StackSettings):
     schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in CORPUS_SCHEMA_FIELDS])
     path = f"{settings.corpus.bucket}/{settings.corpus.key}"
     return ray.data.read_json(
-        path, filesystem=s3_filesystem(settings), file_extensions=None,
+        path,
+        filesystem=s3_filesystem(settings),
+        file_extensions=None,
         parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         num_cpus=0.25,
     )
@@ -183,8 +188,10 @@ class Keyed(NamedTuple):
 def content_keys(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Pass 1: (id, content_sha256) of each document — the hash the local engine stamps."""
     docs = [Document(str(i), str(t)) for i, t in zip(batch["id"], batch["text"])]
-    return {"id": np.array([d.id for d in docs], dtype=object),
-            "content_sha256": np.array([d.content_sha256 for d in docs], dtype=object)}
+    return {
+        "id": np.array([d.id for d in docs], dtype=object),
+        "content_sha256": np.array([d.content_sha256 for d in docs], dtype=object),
+    }
 
 
 @dataclass(frozen=True)
@@ -243,15 +250,20 @@ class OpenSearchSink(Datasink):
     def _actions(self, blocks: Iterable) -> Iterator[dict]:
         for block in blocks:
             table = BlockAccessor.for_block(block).to_arrow()
-            for doc_id, source, sha in zip(table["id"].to_pylist(), table["source"].to_pylist(),
-                                           table["artifact_sha256"].to_pylist()):
+            for doc_id, source, sha in zip(
+                table["id"].to_pylist(), table["source"].to_pylist(), table["artifact_sha256"].to_pylist()
+            ):
                 body = json.loads(source)
                 if (body.get("model_version"), sha, len(body.get("embedding", ()))) != (
-                        self.stamp.version, self.stamp.artifact_sha256, self.stamp.dimension):
+                    self.stamp.version,
+                    self.stamp.artifact_sha256,
+                    self.stamp.dimension,
+                ):
                     raise GuardRefused(
                         f"write guard refused {doc_id} for {self.index_name}: stamped "
                         f"{body.get('model_version')!r} / artifact {str(sha)[:12]}…, the index is "
-                        f"{self.stamp.version} / {self.stamp.artifact_sha256[:12]}…")
+                        f"{self.stamp.version} / {self.stamp.artifact_sha256[:12]}…"
+                    )
                 yield {"_op_type": "index", "_index": self.index_name, "_id": doc_id, "_source": body}
 
     def write(self, blocks: Iterable, ctx) -> int:
@@ -285,8 +297,10 @@ def _plain(error: LockstepError) -> LockstepError:
     """A one-line copy of `error` (a RayTaskError subclass carries the remote traceback)."""
     base = next(c for c in type(error).__mro__ if issubclass(c, LockstepError) and c.__module__.startswith("lockstep"))
     lines = [line for line in str(error).splitlines() if line.strip()]
-    message = next((line.split(": ", 1)[1] for line in reversed(lines) if line.startswith(base.__name__ + ": ")),
-                   lines[-1] if lines else base.__name__)
+    message = next(
+        (line.split(": ", 1)[1] for line in reversed(lines) if line.startswith(base.__name__ + ": ")),
+        lines[-1] if lines else base.__name__,
+    )
     return base(message)
 
 
@@ -297,8 +311,13 @@ def workers_cpus(workers: int) -> float:
     return max(0.1, min(1.0, (total - 0.5) / workers))
 
 
-def run_pipeline(settings: StackSettings, entry: CatalogEntry, progress: bool = True, full: bool = False,
-                 corpus_etag: str | None = None) -> reembed.BackfillResult:
+def run_pipeline(
+    settings: StackSettings,
+    entry: CatalogEntry,
+    progress: bool = True,
+    full: bool = False,
+    corpus_etag: str | None = None,
+) -> reembed.BackfillResult:
     """Provision or catch up `entry`'s index on the Ray runtime this process is connected to."""
     started = time.monotonic()
     name = settings.opensearch.index_name(entry.version)
@@ -310,14 +329,19 @@ def run_pipeline(settings: StackSettings, entry: CatalogEntry, progress: bool = 
     dataset = read_corpus(settings)
     try:
         keys = dataset.map_batches(content_keys, batch_format="numpy", batch_size=4096, num_cpus=0.25)
-        documents = [Keyed(i, s) for batch in keys.iter_batches(batch_format="numpy", batch_size=None)
-                     for i, s in zip(batch["id"], batch["content_sha256"])]
+        documents = [
+            Keyed(i, s)
+            for batch in keys.iter_batches(batch_format="numpy", batch_size=None)
+            for i, s in zip(batch["id"], batch["content_sha256"])
+        ]
     except Exception as exc:  # noqa: BLE001 — Ray wraps reader errors; name the corpus
         cause = _lockstep_cause(exc)
         if cause:
             raise cause from None
-        raise UsageError(f"corpus {artifacts.corpus_uri(settings)} could not be read as JSONL of "
-                         f"{{id, text}} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); fix or re-upload it") from None
+        raise UsageError(
+            f"corpus {artifacts.corpus_uri(settings)} could not be read as JSONL of "
+            f"{{id, text}} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); fix or re-upload it"
+        ) from None
     _validate(documents, settings)
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
         plan = reembed.delta(documents, {}) if created else reembed.index_delta(client, name, entry.version, documents)
@@ -335,11 +359,18 @@ def run_pipeline(settings: StackSettings, entry: CatalogEntry, progress: bool = 
             sink = OpenSearchSink(settings, entry, name)
             workers = settings.backfill.workers
             embedded_ds = dataset.map_batches(
-                Embed, batch_format="numpy", batch_size=settings.backfill.batch_size,
-                fn_constructor_kwargs={"settings": settings.model_dump(by_alias=True, mode="json"),
-                                       "entry": entry.model_dump(by_alias=True, mode="json"),
-                                       "index_name": name, "todo": [todo_ref[0]] if todo_ref else [], "env": env},
-                compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=workers_cpus(workers),
+                Embed,
+                batch_format="numpy",
+                batch_size=settings.backfill.batch_size,
+                fn_constructor_kwargs={
+                    "settings": settings.model_dump(by_alias=True, mode="json"),
+                    "entry": entry.model_dump(by_alias=True, mode="json"),
+                    "index_name": name,
+                    "todo": [todo_ref[0]] if todo_ref else [],
+                    "env": env,
+                },
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=workers_cpus(workers),
             )
             try:
                 embedded_ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
@@ -357,8 +388,9 @@ def run_pipeline(settings: StackSettings, entry: CatalogEntry, progress: bool = 
     client.indices.refresh(index=name)
     if corpus_etag:
         index.mark_synced(client, name, corpus_etag, len(documents))
-    return reembed.BackfillResult(entry.version, name, created, embedded, deleted,
-                                  time.monotonic() - started, len(documents))
+    return reembed.BackfillResult(
+        entry.version, name, created, embedded, deleted, time.monotonic() - started, len(documents)
+    )
 
 
 def _validate(documents: list[Keyed], settings: StackSettings) -> None:
@@ -373,8 +405,14 @@ def _validate(documents: list[Keyed], settings: StackSettings) -> None:
         seen.add(doc.id)
 
 
-def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = True, full: bool = False,
-               attach: str | None = None, say: Callable[[str], None] | None = None) -> reembed.BackfillResult:
+def sync_index(
+    settings: StackSettings,
+    entry: CatalogEntry,
+    progress: bool = True,
+    full: bool = False,
+    attach: str | None = None,
+    say: Callable[[str], None] | None = None,
+) -> reembed.BackfillResult:
     """The `ray` engine's entry (reached through reembed.sync_index): a Ray job on
     `backfill.address`, else the pipeline on a local Ray runtime."""
     preflight(settings)
@@ -386,7 +424,9 @@ def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = Tr
     with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
         ref = artifacts.corpus_ref(s3, settings)
         if ref is None:
-            raise UsageError(f"corpus {artifacts.corpus_uri(settings)} not found; run `lockstep apply` (seeds the embedded corpus) or upload it")
+            raise UsageError(
+                f"corpus {artifacts.corpus_uri(settings)} not found; run `lockstep apply` (seeds the embedded corpus) or upload it"
+            )
     with runtime(settings, progress):
         return run_pipeline(settings, entry, progress=progress, full=full, corpus_etag=ref.etag)
 
@@ -395,8 +435,11 @@ def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = Tr
 
 
 def job_metadata(settings: StackSettings, entry: CatalogEntry) -> dict[str, str]:
-    return {"lockstep_stack": settings.stack, "lockstep_version": entry.version,
-            "lockstep_index": settings.opensearch.index_name(entry.version)}
+    return {
+        "lockstep_stack": settings.stack,
+        "lockstep_version": entry.version,
+        "lockstep_index": settings.opensearch.index_name(entry.version),
+    }
 
 
 def running_job(client, settings: StackSettings, entry: CatalogEntry) -> str | None:
@@ -404,28 +447,35 @@ def running_job(client, settings: StackSettings, entry: CatalogEntry) -> str | N
     wanted = job_metadata(settings, entry)
     for job in sorted(client.list_jobs(), key=lambda j: j.start_time or 0, reverse=True):
         metadata = job.metadata or {}
-        if str(job.status) in RUNNING or getattr(job.status, "value", None) in RUNNING:
-            if all(metadata.get(k) == v for k, v in wanted.items()) and job.submission_id:
-                return job.submission_id
+        running = str(job.status) in RUNNING or getattr(job.status, "value", None) in RUNNING
+        if running and all(metadata.get(k) == v for k, v in wanted.items()) and job.submission_id:
+            return job.submission_id
     return None
 
 
 def submit_job(client, settings: StackSettings, entry: CatalogEntry, full: bool) -> str:
-    payload = {"settings": settings.model_dump(by_alias=True, mode="json"),
-               "entry": entry.model_dump(by_alias=True, mode="json"), "full": full}
+    payload = {
+        "settings": settings.model_dump(by_alias=True, mode="json"),
+        "entry": entry.model_dump(by_alias=True, mode="json"),
+        "full": full,
+    }
     job_id = f"lockstep-backfill-{settings.stack}-{entry.version}-{uuid.uuid4().hex[:8]}".lower()
     deadline = time.monotonic() + SUBMIT_WAIT
     while True:
         try:
             return client.submit_job(
-                entrypoint="python -m lockstep.ops.ray_engine", submission_id=job_id,
+                entrypoint="python -m lockstep.ops.ray_engine",
+                submission_id=job_id,
                 runtime_env={"env_vars": {**worker_env(settings), JOB_PAYLOAD: json.dumps(payload)}},
-                metadata=job_metadata(settings, entry), entrypoint_num_cpus=0,
+                metadata=job_metadata(settings, entry),
+                entrypoint_num_cpus=0,
             )
         except RuntimeError as exc:
             # A head node that just started has no job agent yet ("No available agent ... try again").
             if "no available agent" not in str(exc).lower() or time.monotonic() > deadline:
-                raise LockstepError(f"the Ray cluster refused the backfill job: {' '.join(str(exc).split())[:300]}") from None
+                raise LockstepError(
+                    f"the Ray cluster refused the backfill job: {' '.join(str(exc).split())[:300]}"
+                ) from None
             time.sleep(2)
 
 
@@ -434,9 +484,15 @@ def _status(client, job_id: str) -> str:
     return getattr(status, "value", str(status))
 
 
-def run_job(settings: StackSettings, entry: CatalogEntry, progress: bool = True, full: bool = False,
-            attach: str | None = None, say: Callable[[str], None] | None = None,
-            poll: float = 1.0) -> reembed.BackfillResult:
+def run_job(
+    settings: StackSettings,
+    entry: CatalogEntry,
+    progress: bool = True,
+    full: bool = False,
+    attach: str | None = None,
+    say: Callable[[str], None] | None = None,
+    poll: float = 1.0,
+) -> reembed.BackfillResult:
     """Submit the backfill as a Ray job (or re-attach to one) and follow it to the end."""
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
     address = settings.backfill.address or ""
@@ -446,25 +502,33 @@ def run_job(settings: StackSettings, entry: CatalogEntry, progress: bool = True,
             try:
                 _status(client, attach)
             except RuntimeError:
-                raise UsageError(f"--attach {attach}: no such Ray job at {job_address(address)}; "
-                                 "list jobs with `ray job list --address ...`") from None
+                raise UsageError(
+                    f"--attach {attach}: no such Ray job at {job_address(address)}; "
+                    "list jobs with `ray job list --address ...`"
+                ) from None
             job_id, how = attach, "attached to"
         elif job_id := running_job(client, settings, entry):
             how = "re-attached to running"
         else:
             job_id, how = submit_job(client, settings, entry, full), "submitted"
     except (ConnectionError, OSError) as exc:
-        raise Unreachable(f"Ray cluster at {job_address(address)} is unreachable ({type(exc).__name__}); "
-                          "start it or fix backfill.address") from None
+        raise Unreachable(
+            f"Ray cluster at {job_address(address)} is unreachable ({type(exc).__name__}); "
+            "start it or fix backfill.address"
+        ) from None
     try:  # from the moment the id is known, Ctrl-C detaches: the job is the cluster's now
-        say(f"ray job {job_id}: {how} at {job_address(address)} "
-            f"(re-attach: lockstep backfill --stack {settings.stack} --version {entry.version} --attach {job_id})")
+        say(
+            f"ray job {job_id}: {how} at {job_address(address)} "
+            f"(re-attach: lockstep backfill --stack {settings.stack} --version {entry.version} --attach {job_id})"
+        )
         return follow(client, job_id, say, progress, poll)
     except KeyboardInterrupt:
         raise detached(job_id) from None
 
 
-def follow(client, job_id: str, say: Callable[[str], None], progress: bool = True, poll: float = 1.0) -> reembed.BackfillResult:
+def follow(
+    client, job_id: str, say: Callable[[str], None], progress: bool = True, poll: float = 1.0
+) -> reembed.BackfillResult:
     """Print the job's log as it grows until it ends; Ctrl-C detaches (the job keeps running)."""
     try:
         return _follow(client, job_id, say, progress, poll)
@@ -473,8 +537,9 @@ def follow(client, job_id: str, say: Callable[[str], None], progress: bool = Tru
 
 
 def detached(job_id: str) -> Detached:
-    return Detached(f"detached from ray job {job_id}; it keeps running — re-attach with "
-                    f"`lockstep backfill ... --attach {job_id}`")
+    return Detached(
+        f"detached from ray job {job_id}; it keeps running — re-attach with `lockstep backfill ... --attach {job_id}`"
+    )
 
 
 def _follow(client, job_id: str, say: Callable[[str], None], progress: bool, poll: float) -> reembed.BackfillResult:
@@ -490,7 +555,7 @@ def _follow(client, job_id: str, say: Callable[[str], None], progress: bool, pol
         if status not in RUNNING:
             break
         time.sleep(poll)
-    result = next((line[len(RESULT_MARK):] for line in logs.splitlines() if line.startswith(RESULT_MARK)), None)
+    result = next((line[len(RESULT_MARK) :] for line in logs.splitlines() if line.startswith(RESULT_MARK)), None)
     if status != "SUCCEEDED" or result is None:
         said = [line for line in logs.splitlines() if line.startswith("lockstep: ")]
         message = [line for line in (client.get_job_info(job_id).message or status).splitlines() if line.strip()]
@@ -513,8 +578,9 @@ def main() -> None:
         with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
             ref = artifacts.corpus_ref(s3, settings)
         with runtime(settings, progress=True):
-            result = run_pipeline(settings, entry, progress=True, full=payload.get("full", False),
-                                  corpus_etag=ref.etag if ref else None)
+            result = run_pipeline(
+                settings, entry, progress=True, full=payload.get("full", False), corpus_etag=ref.etag if ref else None
+            )
     except LockstepError as exc:
         print(f"lockstep: {exc}", flush=True)
         sys.exit(exc.exit_code)

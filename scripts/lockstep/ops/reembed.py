@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import chain
 
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import TransportError
@@ -103,7 +103,9 @@ def compact(vector) -> list[float]:
     return [round(x, 7) for x in vector.astype(float).tolist()]
 
 
-def index_actions(documents: Sequence[Document], embedder: Embedder, index_name: str, batch_size: int) -> Iterator[dict]:
+def index_actions(
+    documents: Sequence[Document], embedder: Embedder, index_name: str, batch_size: int
+) -> Iterator[dict]:
     """Bulk `index` actions, each document stamped with its version and content hash."""
     for batch in batched(documents, batch_size):
         vectors = embedder.encode([doc.text for doc in batch])
@@ -131,22 +133,32 @@ def write(client: OpenSearch, actions: Iterable[dict], chunk_size: int = 500, on
     """Stream actions; retry 429 rejections with exponential backoff; return the count written."""
     done = 0
     for ok, item in streaming_bulk(
-        client, actions, chunk_size=chunk_size, max_retries=BULK_RETRIES,
-        initial_backoff=0.5, max_backoff=30, raise_on_error=False, raise_on_exception=True,
+        client,
+        actions,
+        chunk_size=chunk_size,
+        max_retries=BULK_RETRIES,
+        initial_backoff=0.5,
+        max_backoff=30,
+        raise_on_error=False,
+        raise_on_exception=True,
     ):
         if not ok:
-            (op, detail), = item.items()
+            ((op, detail),) = item.items()
             if op == "delete" and detail.get("status") == 404:
                 pass  # already gone: a re-run after a crash
             else:
-                raise GuardRefused(f"bulk {op} of {detail.get('_id')} into {detail.get('_index')} failed: {detail.get('error')}")
+                raise GuardRefused(
+                    f"bulk {op} of {detail.get('_id')} into {detail.get('_index')} failed: {detail.get('error')}"
+                )
         done += 1
         if on_done:
             on_done(1)
     return done
 
 
-def write_overlapped(client: OpenSearch, actions: Iterable[dict], chunk_size: int = 500, on_done=None) -> tuple[int, list[str]]:
+def write_overlapped(
+    client: OpenSearch, actions: Iterable[dict], chunk_size: int = 500, on_done=None
+) -> tuple[int, list[str]]:
     """One pass through opensearch-py's `parallel_bulk` with one sender thread: this thread
     embeds and serializes the next chunk while the previous one is being indexed (measured:
     ~1.5× the throughput of sending inline). Returns (written, ids rejected with 429); the
@@ -161,9 +173,16 @@ def write_overlapped(client: OpenSearch, actions: Iterable[dict], chunk_size: in
             yield action
 
     try:
-        for ok, item in parallel_bulk(client, tracked(), thread_count=1, queue_size=2, chunk_size=chunk_size,
-                                      raise_on_error=False, raise_on_exception=True):
-            (op, detail), = item.items()
+        for ok, item in parallel_bulk(
+            client,
+            tracked(),
+            thread_count=1,
+            queue_size=2,
+            chunk_size=chunk_size,
+            raise_on_error=False,
+            raise_on_exception=True,
+        ):
+            ((op, detail),) = item.items()
             unanswered.pop(detail.get("_id"), None)
             if ok:
                 done += 1
@@ -172,7 +191,9 @@ def write_overlapped(client: OpenSearch, actions: Iterable[dict], chunk_size: in
             elif detail.get("status") == 429:
                 rejected.append(detail.get("_id"))
             else:
-                raise GuardRefused(f"bulk {op} of {detail.get('_id')} into {detail.get('_index')} failed: {detail.get('error')}")
+                raise GuardRefused(
+                    f"bulk {op} of {detail.get('_id')} into {detail.get('_index')} failed: {detail.get('error')}"
+                )
     except TransportError as exc:
         if exc.status_code != 429:
             raise
@@ -186,22 +207,35 @@ def progress_bar(enabled: bool):
     if not enabled:
         return nullcontext(None)
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
     )
 
 
 def index_delta(client: OpenSearch, index_name: str, version: str, documents: Sequence[Document]) -> Delta:
     """The delta of an existing index: by content hash, plus documents another version wrote."""
     # A document another version embedded (a naive writer) counts as changed: re-embed it.
-    indexed = {doc_id: sha if stamped == version else "" for doc_id, (sha, stamped) in index.doc_stamps(client, index_name).items()}
+    indexed = {
+        doc_id: sha if stamped == version else ""
+        for doc_id, (sha, stamped) in index.doc_stamps(client, index_name).items()
+    }
     return delta(documents, indexed)
 
 
 def sync_documents(
-    client: OpenSearch, settings: StackSettings, entry: CatalogEntry, embedder: Embedder,
-    documents: Sequence[Document], progress: bool = True, corpus_etag: str | None = None, full: bool = False,
+    client: OpenSearch,
+    settings: StackSettings,
+    entry: CatalogEntry,
+    embedder: Embedder,
+    documents: Sequence[Document],
+    progress: bool = True,
+    corpus_etag: str | None = None,
+    full: bool = False,
     known_delta: Delta | None = None,
 ) -> BackfillResult:
     """Bring the version's index in line with `documents` (create it if needed). With
@@ -234,10 +268,14 @@ def sync_documents(
                     elapsed = max(time.monotonic() - started, 1e-6)
                     bar.update(task, advance=n, rate=f"{bar.tasks[0].completed / elapsed:,.0f} docs/s")
 
-            embedded, rejected = write_overlapped(client, index_actions(todo, embedder, name, settings.backfill.batch_size), on_done=advance)
+            embedded, rejected = write_overlapped(
+                client, index_actions(todo, embedder, name, settings.backfill.batch_size), on_done=advance
+            )
             if rejected:
                 retry = [by_id[doc_id] for doc_id in rejected]
-                embedded += write(client, index_actions(retry, embedder, name, settings.backfill.batch_size), on_done=advance)
+                embedded += write(
+                    client, index_actions(retry, embedder, name, settings.backfill.batch_size), on_done=advance
+                )
         deleted = write(client, delete_actions(plan.deleted, name))
     finally:
         if (full_load and todo) or left_in_bulk_mode:
@@ -266,10 +304,19 @@ def preflight(settings: StackSettings) -> None:
         ray_engine().preflight(settings)
 
 
-def sync_index(settings: StackSettings, entry: CatalogEntry, progress: bool = True, full: bool = False, *,
-               client: OpenSearch | None = None, embedder: Embedder | None = None,
-               documents: Sequence[Document] | None = None, corpus_etag: str | None = None,
-               attach: str | None = None, known_delta: Delta | None = None) -> BackfillResult:
+def sync_index(
+    settings: StackSettings,
+    entry: CatalogEntry,
+    progress: bool = True,
+    full: bool = False,
+    *,
+    client: OpenSearch | None = None,
+    embedder: Embedder | None = None,
+    documents: Sequence[Document] | None = None,
+    corpus_etag: str | None = None,
+    attach: str | None = None,
+    known_delta: Delta | None = None,
+) -> BackfillResult:
     """Provision or catch up one version's index from the corpus in S3, with its own artifact.
 
     The one dispatch every re-embedding path goes through (apply, backfill, the Pulumi Index
