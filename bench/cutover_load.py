@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from opensearchpy import helpers  # noqa: E402
 
 from lockstep import config, services  # noqa: E402
-from lockstep.ops import clients, corpus, model  # noqa: E402
+from lockstep.models import hashgram as model  # noqa: E402
+from lockstep.ops import clients, corpus  # noqa: E402
 from lockstep.ops import index as ix  # noqa: E402
 
 VERSIONS = ("v1", "v2")  # same dimension, different spaces: the dangerous pair

@@ -11,9 +11,9 @@ import pulumi_aws as aws
 
 from lockstep import services
 from lockstep.config import CatalogEntry
-from lockstep.errors import ConfigError, IntegrityError
+from lockstep.errors import IntegrityError
+from lockstep.models import builds, sha256_of
 from lockstep.ops.artifacts import deny_insecure_transport_policy
-from lockstep.ops.model import SPECS, build_artifact, sha256_of
 
 
 def artifact_file(entry: CatalogEntry, cache_dir: Path | None = None) -> Path:
@@ -21,13 +21,7 @@ def artifact_file(entry: CatalogEntry, cache_dir: Path | None = None) -> Path:
     path = (cache_dir or services.home() / "artifacts") / f"{entry.version}.tar.gz"
     if path.exists() and sha256_of(path.read_bytes()) == entry.artifact_sha256:
         return path
-    spec = SPECS.get(entry.version)
-    if spec is None or spec.model != entry.model:
-        raise ConfigError(
-            f"catalog version {entry.version!r} (model {entry.model!r}) has no artifact builder; "
-            f"use one of {', '.join(SPECS)} or add its spec to lockstep.ops.model.SPECS"
-        )
-    data = build_artifact(spec)
+    data = builds.build(entry)
     if sha256_of(data) != entry.artifact_sha256:
         raise IntegrityError(
             f"built artifact of {entry.version} has sha256 {sha256_of(data)[:12]}…, the catalog says "
@@ -109,7 +103,10 @@ class ArtifactStore(pulumi.ComponentResource):
                 content_type="application/gzip",
                 # The same metadata lockstep.ops.artifacts.publish_artifact writes and verifies.
                 metadata={"sha256": entry.artifact_sha256, "model-version": entry.version},
-                opts=pulumi.ResourceOptions(parent=self, depends_on=posture),
+                # Content-addressed, so immutable: a version leaving the stack must not take its
+                # artifact with it (deleting an object removes all of its versions), or rolling back
+                # to it would depend on rebuilding the exact bytes.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=posture, retain_on_delete=True),
             )
             for entry in args.entries
         }

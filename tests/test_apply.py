@@ -112,7 +112,7 @@ def test_killed_provision_resumes_without_duplicates(servers, scratch_stack, cat
 def test_write_guard_refuses_v1_vectors_in_the_v2_index(servers, make_settings, catalog, opensearch):
     settings = make_settings()
     index.ensure_index(opensearch, settings, catalog.get("v2"))
-    from lockstep.ops import model
+    from lockstep.models import hashgram as model
 
     v1 = model.load_artifact(model.build_artifact(model.SPECS["v1"]))
     doc = Document(id="d1", text="Return the lowest index in the list where the value is found.")

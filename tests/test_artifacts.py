@@ -8,7 +8,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from lockstep.errors import IntegrityError, UsageError
-from lockstep.ops import artifacts, corpus, model
+from lockstep.models import hashgram as model
+from lockstep.ops import artifacts, corpus
 
 
 def object_versions(s3, bucket, key):
@@ -85,7 +86,7 @@ def test_sha_mismatch_is_refused_before_anything_is_uploaded(s3, make_settings, 
 def test_version_without_a_build_spec_is_a_usage_error(s3, make_settings, catalog):
     settings = make_settings()
     unknown = catalog.get("v1").model_copy(update={"version": "v9"})
-    with pytest.raises(UsageError, match="no hashgram build spec"):
+    with pytest.raises(UsageError, match="is not an artifact lockstep builds"):
         artifacts.publish_artifact(s3, settings, unknown)
 
 

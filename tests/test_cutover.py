@@ -11,9 +11,9 @@ from botocore.config import Config as BotoConfig
 from opensearchpy import helpers
 
 from lockstep.errors import IntegrityError, Unreachable, UsageError
+from lockstep.models.hashgram import SPECS, build_artifact, load_artifact
 from lockstep.ops import index as ix
 from lockstep.ops.corpus import stdlib_documents
-from lockstep.ops.model import SPECS, build_artifact, load_artifact
 
 
 @pytest.fixture

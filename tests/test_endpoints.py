@@ -22,7 +22,8 @@ import requests
 
 from lockstep import serve, services
 from lockstep.errors import IntegrityError, Unreachable, UsageError
-from lockstep.ops import artifacts, endpoints, model
+from lockstep.models import hashgram as model
+from lockstep.ops import artifacts, endpoints
 
 FAST = endpoints.RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05)
 TEXTS = ["Return the sum of a sequence of numbers.", "Open a file and return a stream.", "x"]

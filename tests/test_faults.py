@@ -33,7 +33,8 @@ from bench import kill_sweep
 from lockstep import cli, config, orchestrator, services, stackfile
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import Unreachable
-from lockstep.ops import artifacts, check, clients, endpoints, index, model, reembed
+from lockstep.models import hashgram as model
+from lockstep.ops import artifacts, check, clients, endpoints, index, reembed
 from lockstep.ops.corpus import Document
 from tests.faultproxy import DROP, FORWARD, LOST, FaultProxy, Request, after_first, answer, late, reject_items
 

@@ -62,10 +62,27 @@ class CatalogEntry(Model):
 
     version: str
     model: str
+    # The model family that loads the artifact (lockstep.models); a catalog may change family
+    # between versions. Absent: the catalog's `model` (catalogs written before families: hashgram).
+    family: str
     artifact_sha256: str
     dimension: int
     space_type: Literal["l2", "cosinesimil", "innerproduct", "l1", "linf"]
     description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("family") and data.get("model"):
+            data = {**data, "family": data["model"]}
+        return data
+
+    @field_validator("family")
+    @classmethod
+    def _family_name(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9_.-]{0,62}$", value):
+            raise ValueError("must be a model family name such as hashgram or sentence-transformers")
+        return value
 
     @field_validator("version")
     @classmethod

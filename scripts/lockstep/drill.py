@@ -21,8 +21,9 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from lockstep import config, orchestrator, report, services, stackfile
-from lockstep.ops import artifacts, check, clients, derived, endpoints, model
+from lockstep import config, models, orchestrator, report, services, stackfile
+from lockstep.models import builds
+from lockstep.ops import artifacts, check, clients, derived, endpoints
 from lockstep.ops.corpus import Document, stdlib_documents
 
 STACK = "drill"
@@ -193,7 +194,7 @@ class Drill:
         ids = [d.id for d in documents]
         ranked = []
         for entry in self.catalog.versions:
-            embedder = model.load_artifact(model.build_artifact(model.SPECS[entry.version]))
+            embedder = models.load_artifact(builds.build(entry), entry.artifact_sha256, entry.family, entry.version)
             vectors = embedder.encode([d.text for d in documents])
             queries = embedder.encode([g["query"] for g in golden])
             ranked.append((queries @ vectors.T).argmax(axis=1))

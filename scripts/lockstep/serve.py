@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lockstep import models
 from lockstep.config import CatalogEntry
 from lockstep.errors import IntegrityError, LockstepError, UsageError
-from lockstep.ops import artifacts, clients, model
+from lockstep.ops import artifacts, clients
 
 SHA_HEADER = "X-Lockstep-Artifact-Sha256"
 VERSION_HEADER = "X-Lockstep-Model-Version"
@@ -76,7 +77,8 @@ class Handler(BaseHTTPRequestHandler):
             200,
             {
                 "status": "ok",
-                "model": embedder.spec.model,
+                "model": embedder.family,
+                "family": embedder.family,
                 "version": embedder.version,
                 "artifact_sha256": embedder.artifact_sha256,
                 "dimension": embedder.dimension,
@@ -175,7 +177,7 @@ class InferenceServer(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        embedder: model.Embedder,
+        embedder: models.Embedder,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         access_log: bool = False,
@@ -195,10 +197,10 @@ class InferenceServer(ThreadingHTTPServer):
 # ------------------------------------------------------------------------------------ loading
 
 
-def load_from_s3(bucket: str, key: str, expected_sha256: str) -> model.Embedder:
+def load_from_s3(bucket: str, key: str, expected_sha256: str, family: str | None = None) -> models.Embedder:
     parsed = artifacts.parse_artifact_url(key)
     entry = CatalogEntry.model_construct(
-        version=parsed["version"], model=parsed["model"], artifact_sha256=expected_sha256
+        version=parsed["version"], model=parsed["model"], family=family, artifact_sha256=expected_sha256
     )
     if entry.artifact_key != key:
         raise UsageError(
@@ -208,43 +210,33 @@ def load_from_s3(bucket: str, key: str, expected_sha256: str) -> model.Embedder:
     return artifacts.load_embedder(clients.aws("s3"), bucket, entry)
 
 
-def load_from_directory(directory: Path, expected_sha256: str | None) -> model.Embedder:
-    """Load the files SageMaker unpacked; report the sha256 of the artifact they are exactly.
-
-    The family is deterministic: the files are accepted only if they equal what their model.json
-    builds, so the rebuilt artifact's sha256 is that of the original model.tar.gz.
-    """
-    try:
-        spec = model.ModelSpec(**json.loads((directory / "model.json").read_text()))
-        projection = np.load(directory / "projection.npy", allow_pickle=False)
-    except (OSError, ValueError, TypeError) as exc:
-        raise UsageError(
-            f"{directory} holds no readable hashgram model ({exc}); check the endpoint's ModelDataUrl"
-        ) from None
-    if not np.array_equal(projection, model.projection_for(spec)):
-        raise IntegrityError(
-            f"{directory}/projection.npy does not match its model.json; the artifact was altered — redeploy it from the catalog"
-        )
-    sha256 = model.sha256_of(model.build_artifact(spec))
+def load_from_directory(
+    directory: Path, expected_sha256: str | None, family: str | None = None, version: str | None = None
+) -> models.Embedder:
+    """Load the files SageMaker unpacked, verified by their family; report the sha256 of the
+    artifact they are exactly (packing is deterministic, so re-packing gives the original bytes)."""
+    sha256 = models.sha256_of(models.pack_directory(directory))
     if expected_sha256 and sha256 != expected_sha256:
         raise IntegrityError(
             f"model in {directory} is artifact {sha256[:12]}…, LOCKSTEP_ARTIFACT_SHA256 says {expected_sha256[:12]}…; fix the endpoint's model"
         )
-    return model.Embedder(spec, projection, sha256)
+    return models.load_directory(directory, family, version, sha256)
 
 
-def load_embedder(env: dict[str, str]) -> model.Embedder:
+def load_embedder(env: dict[str, str]) -> models.Embedder:
+    """The served model: family from LOCKSTEP_MODEL_FAMILY, else recognised from the files."""
     bucket, key, sha256 = (env.get(f"LOCKSTEP_ARTIFACT_{name}") for name in ("BUCKET", "KEY", "SHA256"))
+    family = env.get("LOCKSTEP_MODEL_FAMILY") or None
     if bucket or key:
         if not (bucket and key and sha256):
             raise UsageError(
                 "set LOCKSTEP_ARTIFACT_BUCKET, LOCKSTEP_ARTIFACT_KEY and LOCKSTEP_ARTIFACT_SHA256 together"
             )
-        return load_from_s3(bucket, key, sha256)
+        return load_from_s3(bucket, key, sha256, family)
     directory = Path(env.get("SM_MODEL_DIR", SAGEMAKER_MODEL_DIR))
     if not directory.is_dir():
         raise UsageError(f"no artifact: set LOCKSTEP_ARTIFACT_BUCKET/KEY/SHA256 or mount the model at {directory}")
-    return load_from_directory(directory, sha256)
+    return load_from_directory(directory, sha256, family, env.get("LOCKSTEP_MODEL_VERSION") or None)
 
 
 def _positive_int(env: dict[str, str], name: str, default: int) -> int:

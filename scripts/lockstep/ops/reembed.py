@@ -23,9 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lockstep.config import CatalogEntry, StackSettings
 from lockstep.errors import GuardRefused, UsageError
+from lockstep.models import Embedder
 from lockstep.ops import artifacts, clients, index
 from lockstep.ops.corpus import Document
-from lockstep.ops.model import Embedder
 
 BULK_RETRIES = 8
 

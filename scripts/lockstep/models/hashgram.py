@@ -10,17 +10,17 @@ An artifact is a SageMaker-style `model.tar.gz` holding `model.json` (metadata) 
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import io
 import json
-import tarfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from lockstep import models
 from lockstep.errors import IntegrityError
+from lockstep.models import sha256_of
 
 FAMILY = "hashgram"
 
@@ -49,6 +49,8 @@ SPECS = {
 class Embedder:
     """Loaded model: `encode(texts) -> float32 array (n, dimension)`."""
 
+    family = FAMILY
+
     def __init__(self, spec: ModelSpec, projection: np.ndarray, artifact_sha256: str = ""):
         if projection.shape != (spec.buckets, spec.dimension):
             raise IntegrityError(
@@ -70,6 +72,10 @@ class Embedder:
     def dimension(self) -> int:
         return self.spec.dimension
 
+    @property
+    def normalized(self) -> bool:
+        return self.spec.normalize
+
     def _bucket_counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         data = np.frombuffer(f" {text.lower()} ".encode(), dtype=np.uint8).astype(np.uint64)
         ids: list[np.ndarray] = []
@@ -85,7 +91,7 @@ class Embedder:
         buckets, counts = np.unique(np.concatenate(ids).astype(np.int64), return_counts=True)
         return buckets, (1.0 + np.log(counts)).astype(np.float32)
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.spec.dimension), dtype=np.float32)
         for row, text in enumerate(texts):
             buckets, weights = self._bucket_counts(text)
@@ -104,17 +110,12 @@ def projection_for(spec: ModelSpec) -> np.ndarray:
 
 def build_artifact(spec: ModelSpec) -> bytes:
     """A deterministic model.tar.gz (fixed mtimes and owners), so its sha256 is stable."""
-    files = {
-        "model.json": json.dumps(asdict(spec), sort_keys=True, indent=2).encode(),
-        "projection.npy": _npy_bytes(projection_for(spec)),
-    }
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, payload in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(payload), 0, 0o644
-            tar.addfile(info, io.BytesIO(payload))
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+    return models.pack_files(
+        {
+            "model.json": json.dumps(asdict(spec), sort_keys=True, indent=2).encode(),
+            "projection.npy": _npy_bytes(projection_for(spec)),
+        }
+    )
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -123,30 +124,43 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def load_artifact(data: bytes, expected_sha256: str | None = None) -> Embedder:
-    """Load a model.tar.gz; refuse bytes whose sha256 is not the catalog's."""
-    actual = sha256_of(data)
-    if expected_sha256 and actual != expected_sha256:
-        raise IntegrityError(
-            f"artifact sha256 {actual[:12]}… does not match the catalog's {expected_sha256[:12]}…; "
-            "the object was changed or the catalog entry is wrong — restore the object or fix the catalog"
-        )
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        spec = ModelSpec(**json.loads(_member(tar, "model.json")))
-        projection = np.load(io.BytesIO(_member(tar, "projection.npy")), allow_pickle=False)
-    return Embedder(spec, projection, actual)
+    """Load a hashgram model.tar.gz; refuse bytes whose sha256 is not the catalog's."""
+    embedder = models.load_artifact(data, expected_sha256, FAMILY)
+    assert isinstance(embedder, Embedder)
+    return embedder
 
 
-def _member(tar: tarfile.TarFile, name: str) -> bytes:
-    member = tar.extractfile(name)
-    if member is None:
-        raise IntegrityError(f"artifact has no {name}; rebuild it with `lockstep artifacts build`")
-    return member.read()
+class Hashgram(models.Family):
+    """The family plug-in: `model.json` + `projection.npy`, the projection regenerated from the seed."""
 
+    name = FAMILY
 
-def load_artifact_file(path: Path, expected_sha256: str | None = None) -> Embedder:
-    return load_artifact(path.read_bytes(), expected_sha256)
+    def recognizes(self, directory: Path) -> bool:
+        return (directory / "model.json").is_file() and (directory / "projection.npy").is_file()
+
+    def _read(self, directory: Path) -> tuple[ModelSpec, np.ndarray]:
+        try:
+            spec = ModelSpec(**json.loads((directory / "model.json").read_text()))
+            projection = np.load(directory / "projection.npy", allow_pickle=False)
+        except (OSError, ValueError, TypeError) as exc:
+            raise IntegrityError(
+                f"{directory} holds no readable hashgram model ({exc}); rebuild the artifact"
+            ) from None
+        return spec, projection
+
+    def verify(self, directory: Path) -> None:
+        """The family is deterministic: the files must equal what their model.json builds."""
+        spec, projection = self._read(directory)
+        if spec.model != FAMILY or not np.array_equal(projection, projection_for(spec)):
+            raise IntegrityError(
+                f"{directory}: projection.npy does not match its model.json; the artifact was altered — rebuild it"
+            )
+
+    def load(self, directory: Path, version: str | None, artifact_sha256: str) -> Embedder:
+        spec, projection = self._read(directory)
+        if version is not None and version != spec.version:
+            raise IntegrityError(
+                f"artifact holds hashgram {spec.version}, not {version}; fix the catalog entry or the artifact"
+            )
+        return Embedder(spec, projection, artifact_sha256 or sha256_of(build_artifact(spec)))
