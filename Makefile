@@ -16,6 +16,7 @@ $(UV):
 setup: $(UV)
 	$(UV) sync --frozen
 	$(VENV)/bin/lockstep services install
+	$(VENV)/bin/python -m lockstep.models.minilm
 
 lock: $(UV)
 	$(UV) lock
