@@ -83,13 +83,15 @@ def apply_command(stack: str, quiet: bool) -> None:
 def check_command(stack: str, as_json: bool) -> None:
     """Exit 0 consistent, 1 inconsistent, 2 could not check."""
     settings, catalog = stack_settings(stack)
-    record = check.run(settings, catalog)
-    check.store(record, settings)
+    outcome = check.evaluate(settings, catalog)  # could not check: nothing stored, one line, exit 2
+    if outcome.record is None:
+        click.echo(f"lockstep: {outcome.reason}", err=True)
+        sys.exit(outcome.exit_code)
     if as_json:
-        click.echo(json.dumps(record.to_dict(), indent=2))
+        click.echo(json.dumps(outcome.record.to_dict(), indent=2))
     else:
-        report.print_check(record)
-    sys.exit(0 if record.passed else 1)
+        report.print_check(outcome.record)
+    sys.exit(outcome.exit_code)
 
 
 @cli.command("backfill")

@@ -1,23 +1,27 @@
 """The post-deploy consistency check: prove the pin's unit is whole after every deploy and rollback.
 
-Each check compares an observed value with the expected one and says what to do when they
-differ. Checks 8 and 9 re-embed through the live endpoint: they are the only ones that can see
-vectors of another same-dimension model whose `model_version` field claims the pin.
-A server we cannot reach raises `Unreachable` (exit 2): "could not check" is never "consistent".
+A list of named checks (`checks_for`), each a small function that compares an observed value with
+the expected one and says what to do when they differ. The re-embed probe and recall re-embed
+through the live endpoint: they are the only ones that can see vectors of another same-dimension
+model whose `model_version` field claims the pin. A part that could not be read raises
+(`Unreachable`/`UsageError`, exit 2): "could not check" is never "consistent" nor "inconsistent",
+and it is never stored. `evaluate` is the one entry point that runs, stores and gives the exit code.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from importlib.metadata import version as package_version
 
 import numpy as np
 from opensearchpy.exceptions import RequestError
 
-from lockstep.config import Catalog, StackSettings
-from lockstep.errors import IntegrityError, LockstepError
+from lockstep.config import Catalog, DerivedStore, StackSettings
+from lockstep.errors import IntegrityError, LockstepError, Unreachable
 from lockstep.ops import artifacts, clients, derived, endpoints, index
 
 RECORD_PREFIX = "checks"
@@ -69,225 +73,312 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1)
 
 
-def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> CheckRecord:
-    entry = catalog.get(settings.pin)
-    record = CheckRecord(
-        settings.stack, settings.pin, entry.artifact_sha256, index.now(), tool_version=package_version("lockstep")
+class Reading:
+    """What the checks read from the servers, each fact read once (lazily) and shared."""
+
+    def __init__(self, settings: StackSettings, catalog: Catalog, seed: int | None):
+        self.settings, self.catalog = settings, catalog
+        self.entry = catalog.get(settings.pin)
+        self.client = clients.opensearch(settings.opensearch)
+        self.s3 = clients.aws_for(settings, "s3")
+        self.ssm = clients.aws_for(settings, "ssm")
+        self.alias = settings.opensearch.alias_name
+        self.live_index = settings.opensearch.index_name(settings.pin)
+        self.rng = random.Random(seed)
+
+    def opensearch(self):
+        return clients.reaching("OpenSearch", clients.opensearch_url(self.settings.opensearch))
+
+    def aws(self, service: str):
+        return clients.reaching(f"AWS ({service})", clients.aws_endpoint() or "AWS")
+
+    @cached_property
+    def targets(self) -> list[str]:
+        with self.opensearch():
+            return index.alias_targets(self.client, self.alias)
+
+    @cached_property
+    def served(self) -> str:
+        """The index the alias really serves (what users query), else the pin's."""
+        return self.targets[0] if len(self.targets) == 1 else self.live_index
+
+    @cached_property
+    def exists(self) -> bool:
+        with self.opensearch():
+            return bool(self.client.indices.exists(index=self.served))
+
+    @cached_property
+    def live(self):
+        return endpoints.endpoint_for(self.settings, self.settings.live_slot)
+
+    @cached_property
+    def described(self) -> dict:
+        """The live endpoint's own description; {} when it does not answer (an observation: it is down)."""
+        return _describe(self.live)
+
+
+def check_alias(r: Reading) -> Check:
+    return Check(
+        "alias",
+        r.targets == [r.live_index],
+        ", ".join(r.targets) or "(no index)",
+        r.live_index,
+        f"run `lockstep apply --stack {r.settings.stack}` to cut the alias over to {r.live_index}",
     )
-    client = clients.opensearch(settings.opensearch)
-    s3 = clients.aws_for(settings, "s3")
-    ssm = clients.aws_for(settings, "ssm")
-    alias = settings.opensearch.alias_name
-    live_index = settings.opensearch.index_name(settings.pin)
-    live_endpoint_name = endpoints.endpoint_name(settings, settings.live_slot)
-    rng = random.Random(seed)
-    add = record.checks.append
 
-    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
-        # 1. alias → exactly the pin's index
-        targets = index.alias_targets(client, alias)
-        add(
-            Check(
-                "alias",
-                targets == [live_index],
-                ", ".join(targets) or "(no index)",
-                live_index,
-                f"run `lockstep apply --stack {settings.stack}` to cut the alias over to {live_index}",
-            )
-        )
-        # Checks 2-4 look at the index the alias really serves: that is what users query.
-        served = targets[0] if len(targets) == 1 else live_index
-        exists = client.indices.exists(index=served)
 
-        # 2. _meta and mapping dimension match the catalog
-        meta = index.read_meta(client, served) or {}
-        expected_meta = {
-            "version": entry.version,
-            "artifact_sha256": entry.artifact_sha256,
-            "dimension": entry.dimension,
-        }
-        differs = {k: meta.get(k) for k, v in expected_meta.items() if meta.get(k) != v}
-        mapped_dimension = _mapped_dimension(client, served) if exists else None
-        if mapped_dimension != entry.dimension:
-            differs["mapping.embedding.dimension"] = mapped_dimension
-        add(
-            Check(
-                "index-meta",
-                exists and not differs,
-                json.dumps(differs) if differs else "matches",
-                f"{entry.version} / {entry.artifact_sha256[:12]}… / dim {entry.dimension}",
-                f"{served} was not built by {entry.version}'s artifact: rebuild it or cut over to {live_index}",
-            )
-        )
+def check_index_meta(r: Reading) -> Check:
+    """`_meta` and the mapping's dimension match the catalog."""
+    entry = r.entry
+    with r.opensearch():
+        meta = index.read_meta(r.client, r.served) or {}
+        mapped_dimension = _mapped_dimension(r.client, r.served) if r.exists else None
+    expected = {"version": entry.version, "artifact_sha256": entry.artifact_sha256, "dimension": entry.dimension}
+    differs = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
+    if mapped_dimension != entry.dimension:
+        differs["mapping.embedding.dimension"] = mapped_dimension
+    return Check(
+        "index-meta",
+        r.exists and not differs,
+        json.dumps(differs) if differs else "matches",
+        f"{entry.version} / {entry.artifact_sha256[:12]}… / dim {entry.dimension}",
+        f"{r.served} was not built by {entry.version}'s artifact: rebuild it or cut over to {r.live_index}",
+    )
 
-        # 3. no documents of another version (one aggregation)
-        by_version = index.count_by_model_version(client, served)[1] if exists else {}
-        foreign = {v: n for v, n in by_version.items() if v != settings.pin}
-        add(
-            Check(
-                "foreign-versions",
-                exists and not foreign,
-                json.dumps(foreign) if foreign else "0",
-                "0",
-                f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to re-embed them",
-            )
-        )
 
-        # 4. document count parity (+ a sample of content hashes)
-        corpus = artifacts.corpus_index(s3, settings)
-        count = client.count(index=served)["count"] if exists else 0
-        stale = _stale_sample(client, served, corpus, settings.check.stale_sample, rng) if exists else 0
-        add(
-            Check(
-                "doc-count",
-                count == corpus.count and stale == 0,
-                f"{count} docs, {stale} stale in sample",
-                f"{corpus.count} docs, 0 stale",
-                f"run `lockstep backfill --stack {settings.stack} --version {settings.pin}` to catch up",
-            )
-        )
+def check_foreign_versions(r: Reading) -> Check:
+    """No documents of another version (one aggregation)."""
+    with r.opensearch():
+        by_version = index.count_by_model_version(r.client, r.served)[1] if r.exists else {}
+    foreign = {v: n for v, n in by_version.items() if v != r.settings.pin}
+    return Check(
+        "foreign-versions",
+        r.exists and not foreign,
+        json.dumps(foreign) if foreign else "0",
+        "0",
+        f"run `lockstep backfill --stack {r.settings.stack} --version {r.settings.pin}` to re-embed them",
+    )
 
-    with clients.reaching("AWS (SSM)", clients.aws_endpoint() or "AWS"):
-        # 5. live pointer
-        # A pointer that is not lockstep's JSON is a broken deployment to report, not a reason to stop.
+
+def check_doc_count(r: Reading) -> Check:
+    """Document count parity with the corpus, plus a sample of content hashes."""
+    with r.aws("S3"):
+        corpus = artifacts.corpus_index(r.s3, r.settings)
+    with r.opensearch():
+        count = r.client.count(index=r.served)["count"] if r.exists else 0
+        stale = _stale_sample(r.client, r.served, corpus, r.settings.check.stale_sample, r.rng) if r.exists else 0
+    return Check(
+        "doc-count",
+        count == corpus.count and stale == 0,
+        f"{count} docs, {stale} stale in sample",
+        f"{corpus.count} docs, 0 stale",
+        f"run `lockstep backfill --stack {r.settings.stack} --version {r.settings.pin}` to catch up",
+    )
+
+
+def check_pointer(r: Reading) -> Check:
+    """The live pointer names the pin, its endpoint and its index. A pointer that is not
+    lockstep's JSON is a broken deployment to report, not a reason to stop."""
+    settings = r.settings
+    endpoint = endpoints.endpoint_name(settings, settings.live_slot)
+    with r.aws("SSM"):
         try:
-            pointer = index.read_pointer(ssm, settings.pointer_name)
-            observed_pointer = f"{pointer.version} / {pointer.endpoint} / {pointer.index}" if pointer else "(missing)"
+            pointer = index.read_pointer(r.ssm, settings.pointer_name)
+            observed = f"{pointer.version} / {pointer.endpoint} / {pointer.index}" if pointer else "(missing)"
         except IntegrityError:
-            pointer, observed_pointer = None, "(not lockstep's JSON)"
-        add(
-            Check(
-                "pointer",
-                bool(pointer)
-                and (pointer.version, pointer.endpoint, pointer.index)
-                == (settings.pin, live_endpoint_name, live_index),
-                observed_pointer,
-                f"{settings.pin} / {live_endpoint_name} / {live_index}",
-                f"run `lockstep apply --stack {settings.stack}` to write the pointer with the alias",
-            )
-        )
-
-    with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
-        # 7. artifact object exists and its bytes hash to the catalog's sha256
-        status = artifacts.artifact_status(s3, settings.artifacts.bucket, entry)
-        add(
-            Check(
-                "artifact",
-                bool(status.get("exists") and status.get("sha256_ok")),
-                "missing"
-                if not status.get("exists")
-                else ("sha256 ok" if status.get("sha256_ok") else "sha256 MISMATCH"),
-                f"sha256 {entry.artifact_sha256[:12]}…",
-                "restore the artifact object (the bucket is versioned) or publish it again",
-            )
-        )
-
-    # 6. live endpoint serves the pin's artifact
-    live = endpoints.endpoint_for(settings, settings.live_slot)
-    described = _describe(live)
-    add(
-        Check(
-            "endpoint-artifact",
-            described.get("artifact_sha256") == entry.artifact_sha256,
-            f"{described.get('version')} ({str(described.get('artifact_sha256'))[:12]}…)"
-            if described
-            else "unreachable",
-            f"{entry.version} ({entry.artifact_sha256[:12]}…)",
-            f"redeploy the {settings.live_slot} slot with {entry.version} (`lockstep apply --stack {settings.stack}`)",
-        )
+            pointer, observed = None, "(not lockstep's JSON)"
+    return Check(
+        "pointer",
+        pointer is not None
+        and (pointer.version, pointer.endpoint, pointer.index) == (settings.pin, endpoint, r.live_index),
+        observed,
+        f"{settings.pin} / {endpoint} / {r.live_index}",
+        f"run `lockstep apply --stack {settings.stack}` to write the pointer with the alias",
     )
 
-    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
-        # 8. re-embed probe: stored vectors vs the live endpoint's vectors for the same text
-        # With the alias on no index, users' queries fail: probe and recall fail, they do not crash.
-        sample = _random_docs(client, alias, settings.check.probe_sample, rng) if targets else []
-        if sample and described:
-            fresh = live.embed([d["text"] for d in sample])
-            stored = np.array([d["embedding"] for d in sample], dtype=np.float32)
-            if stored.shape == fresh.shape:
-                cosines = _cosine(stored, fresh)
-                low = int(np.sum(cosines < settings.check.probe_min_cosine))
-                observed = f"{low}/{len(sample)} below {settings.check.probe_min_cosine} (min {cosines.min():.3f})"
-            else:
-                low, observed = len(sample), f"stored dimension {stored.shape[1]} ≠ endpoint {fresh.shape[1]}"
+
+def check_artifact(r: Reading) -> Check:
+    """The artifact object exists and its bytes hash to the catalog's sha256."""
+    with r.aws("S3"):
+        status = artifacts.artifact_status(r.s3, r.settings.artifacts.bucket, r.entry)
+    observed = (
+        "missing" if not status.get("exists") else ("sha256 ok" if status.get("sha256_ok") else "sha256 MISMATCH")
+    )
+    return Check(
+        "artifact",
+        bool(status.get("exists") and status.get("sha256_ok")),
+        observed,
+        f"sha256 {r.entry.artifact_sha256[:12]}…",
+        "restore the artifact object (the bucket is versioned) or publish it again",
+    )
+
+
+def check_endpoint_artifact(r: Reading) -> Check:
+    """The live endpoint serves the pin's artifact."""
+    entry, described = r.entry, r.described
+    return Check(
+        "endpoint-artifact",
+        described.get("artifact_sha256") == entry.artifact_sha256,
+        f"{described.get('version')} ({str(described.get('artifact_sha256'))[:12]}…)" if described else "unreachable",
+        f"{entry.version} ({entry.artifact_sha256[:12]}…)",
+        f"redeploy the {r.settings.live_slot} slot with {entry.version} (`lockstep apply --stack {r.settings.stack}`)",
+    )
+
+
+def check_reembed_probe(r: Reading) -> Check:
+    """Stored vectors vs the live endpoint's vectors for the same texts: the only check that sees
+    vectors of another same-dimension model. With the alias on no index, users' queries fail:
+    the probe fails, it does not crash."""
+    settings = r.settings
+    floor = settings.check.probe_min_cosine
+    with r.opensearch():
+        sample = _random_docs(r.client, r.alias, settings.check.probe_sample, r.rng) if r.targets else []
+    if not r.described:
+        low, observed = 1, "endpoint unreachable"
+    elif not sample:
+        low, observed = 1, "no documents to sample" if r.targets else f"alias {r.alias} points to no index"
+    else:
+        fresh = r.live.embed([d["text"] for d in sample])
+        stored = np.array([d["embedding"] for d in sample], dtype=np.float32)
+        if stored.shape == fresh.shape:
+            cosines = _cosine(stored, fresh)
+            low = int(np.sum(cosines < floor))
+            observed = f"{low}/{len(sample)} below {floor} (min {cosines.min():.3f})"
         else:
-            low, observed = (
-                1,
-                (
-                    "endpoint unreachable"
-                    if not described
-                    else "no documents to sample"
-                    if targets
-                    else f"alias {alias} points to no index"
-                ),
-            )
-        add(
-            Check(
-                "reembed-probe",
-                low == 0,
-                observed,
-                f"0/{settings.check.probe_sample} below {settings.check.probe_min_cosine}",
-                f"vectors from another model are in {live_index}: rebuild it (`lockstep backfill --stack {settings.stack} --version {settings.pin} --full`) "
-                "or roll the endpoint back to the index's version",
-            )
-        )
+            low, observed = len(sample), f"stored dimension {stored.shape[1]} ≠ endpoint {fresh.shape[1]}"
+    return Check(
+        "reembed-probe",
+        low == 0,
+        observed,
+        f"0/{settings.check.probe_sample} below {floor}",
+        f"vectors from another model are in {r.live_index}: rebuild it (`lockstep backfill --stack {settings.stack} "
+        f"--version {settings.pin} --full`) or roll the endpoint back to the index's version",
+    )
 
-        # 9. recall probe through the alias
-        golden = artifacts.read_golden(s3, settings)
-        recall, observed = 0.0, "endpoint unreachable" if not described else f"alias {alias} points to no index"
-        if golden and described and targets:
-            try:
-                recall = recall_at_k(client, alias, live, golden, settings.check.k)
-                observed = f"recall@{settings.check.k} {recall:.2f}"
-            except RequestError as exc:  # e.g. a query vector of another dimension than the index
-                observed = f"queries fail: {index.one_line(exc.info.get('error', {}).get('reason', exc) if isinstance(exc.info, dict) else exc)}"[
-                    :160
-                ]
-        add(
-            Check(
-                "recall",
-                recall >= settings.check.recall_floor,
-                observed,
-                f"≥ {settings.check.recall_floor:.2f}",
-                "the live endpoint and the index disagree: check the re-embed probe, then rebuild or roll back",
-            )
-        )
 
-    # 10. derived records: none written by another version than the pin, except quarantined ones
-    for store in settings.derived:
-        counts = derived.count_by_version(settings, catalog, store)
+def check_recall(r: Reading) -> Check:
+    """Golden queries, embedded by the live endpoint, find their documents through the alias."""
+    settings = r.settings
+    with r.aws("S3"):
+        golden = artifacts.read_golden(r.s3, settings)
+    recall, observed = 0.0, "endpoint unreachable" if not r.described else f"alias {r.alias} points to no index"
+    if golden and r.described and r.targets:
+        try:
+            with r.opensearch():
+                recall = recall_at_k(r.client, r.alias, r.live, golden, settings.check.k)
+            observed = f"recall@{settings.check.k} {recall:.2f}"
+        except RequestError as exc:  # e.g. a query vector of another dimension than the index
+            reason = exc.info.get("error", {}).get("reason", exc) if isinstance(exc.info, dict) else exc
+            observed = f"queries fail: {index.one_line(reason)}"[:160]
+    return Check(
+        "recall",
+        recall >= settings.check.recall_floor,
+        observed,
+        f"≥ {settings.check.recall_floor:.2f}",
+        "the live endpoint and the index disagree: check the re-embed probe, then rebuild or roll back",
+    )
+
+
+def check_derived(store: DerivedStore) -> Callable[[Reading, CheckRecord], Check]:
+    """No records of another version than the pin in `store`, except quarantined ones."""
+
+    def derived_check(r: Reading, record: CheckRecord) -> Check:
+        counts = derived.count_by_version(r.settings, r.catalog, store)
         record.derived[store.name] = counts.to_dict()
-        stale, kept = counts.stale(settings.pin), counts.quarantined(settings.pin)
+        stale, kept = counts.stale(r.settings.pin), counts.quarantined(r.settings.pin)
         observed = ", ".join(f"{n} records of {v}" for v, n in stale.items()) or "0 records of other versions"
         if kept:
             observed += "; quarantined (kept): " + ", ".join(f"{n} of {v}" for v, n in kept.items())
-        add(
-            Check(
-                f"derived:{store.name}",
-                not stale,
-                observed,
-                f"0 records of other versions than {settings.pin} in {store.table}",
-                f"run `lockstep apply --stack {settings.stack}`: it {store.repair}s them ({store.name}'s repair policy)",
-            )
+        return Check(
+            f"derived:{store.name}",
+            not stale,
+            observed,
+            f"0 records of other versions than {r.settings.pin} in {store.table}",
+            f"run `lockstep apply --stack {r.settings.stack}`: it {store.repair}s them ({store.name}'s repair policy)",
         )
 
-    # 11. standby slot serves what the config says (warning only)
+    return derived_check
+
+
+def check_standby(r: Reading) -> Check:
+    """The standby slot serves what the config says (a warning: it never fails a deployment)."""
+    settings = r.settings
+    standby_entry = r.catalog.get(settings.standby or "")
+    standby = _describe(endpoints.endpoint_for(settings, settings.standby_slot))
+    return Check(
+        "standby",
+        standby.get("artifact_sha256") == standby_entry.artifact_sha256,
+        f"{standby.get('version')}" if standby else "not running",
+        settings.standby or "",
+        f"deploy {settings.standby} to the {settings.standby_slot} slot (`lockstep apply`)",
+        severity="warn",
+    )
+
+
+def checks_for(settings: StackSettings) -> list[tuple[str, Callable[..., Check]]]:
+    """The named checks of a stack, in the order they run and are reported."""
+    named: list[tuple[str, Callable[..., Check]]] = [
+        ("alias", check_alias),
+        ("index-meta", check_index_meta),
+        ("foreign-versions", check_foreign_versions),
+        ("doc-count", check_doc_count),
+        ("pointer", check_pointer),
+        ("artifact", check_artifact),
+        ("endpoint-artifact", check_endpoint_artifact),
+        ("reembed-probe", check_reembed_probe),
+        ("recall", check_recall),
+    ]
+    named += [(f"derived:{store.name}", check_derived(store)) for store in settings.derived]
     if settings.standby:
-        standby_entry = catalog.get(settings.standby)
-        standby = _describe(endpoints.endpoint_for(settings, settings.standby_slot))
-        add(
-            Check(
-                "standby",
-                standby.get("artifact_sha256") == standby_entry.artifact_sha256,
-                f"{standby.get('version')}" if standby else "not running",
-                settings.standby,
-                f"deploy {settings.standby} to the {settings.standby_slot} slot (`lockstep apply`)",
-                severity="warn",
-            )
-        )
+        named.append(("standby", check_standby))
+    return named
 
+
+def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> CheckRecord:
+    """Every named check, in order. A part that could not be read stops the run with one line
+    (`Unreachable`/`UsageError`, exit 2): a record is only ever made of observations."""
+    reading = Reading(settings, catalog, seed)
+    record = CheckRecord(
+        settings.stack,
+        settings.pin,
+        reading.entry.artifact_sha256,
+        index.now(),
+        tool_version=package_version("lockstep"),
+    )
+    for name, function in checks_for(settings):
+        try:
+            result = function(reading, record) if name.startswith("derived:") else function(reading)
+        except Unreachable as exc:
+            raise Unreachable(f"could not check {name}: {exc}") from None
+        record.checks.append(result)
     record.finished_at = index.now()
     return record
+
+
+@dataclass
+class Outcome:
+    """The check as a deployment step sees it: the record (None when it could not check), the
+    exit code (0 consistent, 1 inconsistent, 2 could not check), the one line when it could not,
+    and where the record was stored."""
+
+    record: CheckRecord | None
+    exit_code: int
+    reason: str = ""
+    key: str | None = None
+
+
+def evaluate(settings: StackSettings, catalog: Catalog, seed: int | None = None, keep: bool = True) -> Outcome:
+    """The public entry point (CLI, apply, lockstep's provider): run the checks and, with `keep`,
+    store the record. A check that could not be made stores nothing, so the record promotion
+    reads is never replaced by a result that was not established."""
+    try:
+        record = run(settings, catalog, seed)
+        key = store(record, settings) if keep else None
+    except LockstepError as exc:
+        if exc.exit_code != 2:
+            raise
+        return Outcome(None, 2, str(exc))
+    return Outcome(record, 0 if record.passed else 1, key=key)
 
 
 def _describe(endpoint) -> dict:

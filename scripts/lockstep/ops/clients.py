@@ -4,18 +4,32 @@
 `lockstep services up` is used; otherwise real AWS (boto3's own credential chain) and the stack's
 OpenSearch URL. Credentials: SigV4 from boto3's chain for Amazon OpenSearch, or basic auth with
 the password from `LOCKSTEP_OPENSEARCH_PASSWORD` (set from a Pulumi secret).
+
+Every server is identified before the first request made to it (once per process and address):
+OpenSearch must say it is OpenSearch and have the k-NN plugin; an AWS endpoint override must
+answer STS GetCallerIdentity as AWS does. Anything else is one line naming the variable, what
+answered and the fix (exit 2), before lockstep has read or written anything there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from contextlib import contextmanager
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from botocore.parsers import ResponseParserError
 from opensearchpy import AWSV4SignerAuth, OpenSearch, RequestsHttpConnection
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import ConnectionTimeout, TransportError
@@ -25,6 +39,18 @@ from lockstep.config import OpenSearchSettings, StackSettings
 from lockstep.errors import Unreachable, UsageError
 
 PASSWORD_VARIABLE = "LOCKSTEP_OPENSEARCH_PASSWORD"
+# AWS error codes that mean "your credentials were refused"; "403"/"Forbidden": a HEAD request's
+# refusal has no body to name the reason.
+CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "AccessDenied",
+    "ExpiredToken",
+    "InvalidClientTokenId",
+    "403",
+    "Forbidden",
+}
 
 
 def _env(name: str, embedded: bool = True) -> str | None:
@@ -32,18 +58,34 @@ def _env(name: str, embedded: bool = True) -> str | None:
     return os.environ.get(name) or (services.environment().get(name) if embedded else None)
 
 
-def opensearch_url(settings: OpenSearchSettings | None = None) -> str:
-    explicit = settings.url if settings else None
-    url = os.environ.get("OPENSEARCH_URL") or explicit or _env("OPENSEARCH_URL")
+def _opensearch_source(settings: OpenSearchSettings | None = None) -> tuple[str, str]:
+    """(url, where it came from): OPENSEARCH_URL wins over the stack's opensearch.url, then the embedded node."""
+    if os.environ.get("OPENSEARCH_URL"):
+        return os.environ["OPENSEARCH_URL"], "OPENSEARCH_URL"
+    if settings and settings.url:
+        return settings.url, "the stack's opensearch.url"
+    url = _env("OPENSEARCH_URL")
     if not url:
         raise Unreachable("OpenSearch is not configured: run `lockstep services up` or set OPENSEARCH_URL")
+    return url, "the embedded OpenSearch (`lockstep services up`)"
+
+
+def _require_url(url: str, source: str) -> str:
+    """A malformed address (no scheme, no host) is bad input, not a server to try."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{source} is {redact(url)!r}, not an http(s) URL; set it to http://host:port or https://host")
     return url.rstrip("/")
+
+
+def opensearch_url(settings: OpenSearchSettings | None = None) -> str:
+    return _require_url(*_opensearch_source(settings))
 
 
 def opensearch(settings: OpenSearchSettings | None = None, timeout: float = 30) -> OpenSearch:
     settings = settings or OpenSearchSettings()
     url = opensearch_url(settings)
-    auth = None
+    auth: AWSV4SignerAuth | tuple[str, str] | None = None
     if settings.auth == "sigv4" and not os.environ.get("OPENSEARCH_URL"):
         credentials = boto3.Session().get_credentials()
         if credentials is None:
@@ -59,7 +101,7 @@ def opensearch(settings: OpenSearchSettings | None = None, timeout: float = 30) 
                 "from the Pulumi secret `lockstep:opensearchPassword`"
             )
         auth = (settings.username, password)
-    return OpenSearch(
+    client = OpenSearch(
         hosts=[url],
         http_auth=auth,
         connection_class=RequestsHttpConnection,
@@ -69,22 +111,144 @@ def opensearch(settings: OpenSearchSettings | None = None, timeout: float = 30) 
         retry_on_status=(502, 503, 504),
         http_compress=False,
     )
+    if url not in _IDENTIFIED:
+        _identify_first(client, url, _opensearch_source(settings)[1])
+    return client
+
+
+# Addresses whose server answered as it should, in this process (one round trip per address).
+_IDENTIFIED: set[str] = set()
+KNN_PLUGIN = "opensearch-knn"
+
+
+def _identify_first(client: OpenSearch, url: str, source: str) -> None:
+    """Identify the server on the client's first request, then get out of the way."""
+    transport = client.transport
+    send = transport.perform_request
+
+    def first(*args, **kwargs):
+        if url not in _IDENTIFIED:
+            identify_opensearch(client, url, source)
+        transport.perform_request = send  # type: ignore[method-assign]
+        return send(*args, **kwargs)
+
+    transport.perform_request = first  # type: ignore[method-assign]
+
+
+def _answer(status: int, headers, body: bytes | str) -> str:
+    """What a server answered, in a few words: status, content type, server, start of the body."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    kind = (headers or {}).get("Content-Type") or (headers or {}).get("content-type") or "no content type"
+    server = (headers or {}).get("Server") or (headers or {}).get("server")
+    title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    snippet = " ".join((title.group(1) if title else text).split())[:60]
+    return f"HTTP {status} {kind}" + (f" from {server}" if server else "") + (f": {snippet!r}" if snippet else "")
+
+
+def identify_opensearch(client: OpenSearch, url: str, source: str) -> None:
+    """The root answer names the OpenSearch distribution and version, and the k-NN plugin is
+    installed; otherwise one line (exit 2). 401/403 and transport failures raise as any request
+    does, so `reaching` names them ("refused our credentials", "unreachable")."""
+    connection = client.transport.get_connection()
+    not_auth = [code for code in range(300, 600) if code not in (401, 403)]
+    status, headers, body = connection.perform_request("GET", "/", ignore=not_auth)
+    fix = f"point {source.split(' (')[0]} at an OpenSearch 2.x node with the k-NN plugin"
+    try:
+        root = json.loads(body) if status == 200 else None
+    except ValueError:
+        root = None
+    version = root.get("version") if isinstance(root, dict) else None
+    if not isinstance(version, dict) or version.get("distribution") != "opensearch":
+        seen = (
+            f"{version.get('distribution') or 'elasticsearch'} {version.get('number')}"
+            if isinstance(version, dict)
+            else _answer(status, headers, body)
+        )
+        raise UsageError(f"{source} ({redact(url)}) is not OpenSearch: it answered {seen}; {fix}")
+    status, headers, body = connection.perform_request(
+        "GET", "/_cat/plugins", params={"format": "json"}, ignore=not_auth
+    )
+    try:
+        plugins = {p.get("component") for p in json.loads(body)} if status == 200 else set()
+    except (ValueError, AttributeError, TypeError):
+        plugins = set()
+    if KNN_PLUGIN not in plugins:
+        raise UsageError(
+            f"{source} ({redact(url)}) is OpenSearch {version.get('number')} without the k-NN plugin "
+            f"({KNN_PLUGIN}); install it there or {fix}"
+        )
+    _IDENTIFIED.add(url)
+
+
+def _aws_source() -> str:
+    return "AWS_ENDPOINT_URL" if os.environ.get("AWS_ENDPOINT_URL") else "the embedded moto server's AWS_ENDPOINT_URL"
 
 
 def aws_endpoint(embedded: bool = True) -> str | None:
-    return _env("AWS_ENDPOINT_URL", embedded)
+    endpoint = _env("AWS_ENDPOINT_URL", embedded)
+    return _require_url(endpoint, _aws_source()) if endpoint else None
+
+
+def _session(endpoint: str | None) -> boto3.session.Session:
+    kwargs = {}
+    if endpoint and not os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    return boto3.session.Session(**kwargs)
 
 
 @lru_cache(maxsize=32)
 def _session_client(service: str, region: str, endpoint: str | None, key: str | None):
-    kwargs = {}
-    if endpoint and not os.environ.get("AWS_ACCESS_KEY_ID"):
-        kwargs = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-    return boto3.session.Session(**kwargs).client(
+    client = _session(endpoint).client(
         service,
         region_name=region,
         endpoint_url=endpoint,
         config=BotoConfig(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+    )
+    if endpoint:  # an override: identify what answers there before the first call (real AWS is AWS)
+        source = _aws_source()
+
+        def before_call(**_):
+            if (endpoint, key) not in _IDENTIFIED_AWS:
+                identify_aws(endpoint, region, source)
+                _IDENTIFIED_AWS.add((endpoint, key))
+
+        client.meta.events.register("before-call", before_call)
+    return client
+
+
+_IDENTIFIED_AWS: set[tuple[str, str | None]] = set()
+
+
+def identify_aws(endpoint: str, region: str, source: str) -> None:
+    """STS GetCallerIdentity must answer as AWS does (an account and an ARN); otherwise one line
+    (exit 2). An unreachable endpoint or refused credentials raise as any call does, so `reaching`
+    names them the way it names every other AWS failure."""
+    sts = _session(endpoint).client(
+        "sts",
+        region_name=region,
+        endpoint_url=endpoint,
+        config=BotoConfig(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=15),
+    )
+    raw: dict = {}
+    sts.meta.events.register("before-parse", lambda response_dict, **_: raw.update(response_dict))
+    seen = ""
+    try:
+        answer = sts.get_caller_identity()
+        if answer.get("Account") and answer.get("Arn"):
+            return
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "") in CREDENTIAL_CODES:
+            raise
+        seen = f"{exc.response.get('Error', {}).get('Code')}"
+    except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError):
+        raise
+    except (BotoCoreError, ResponseParserError) as exc:
+        seen = type(exc).__name__
+    if raw:
+        seen = _answer(raw.get("status_code", 0), raw.get("headers"), raw.get("body", b""))
+    raise UsageError(
+        f"{source} ({redact(endpoint)}) is not an AWS API: STS GetCallerIdentity was answered with {seen or 'no identity'}; "
+        f"point {source.split()[-1]} at AWS or an AWS emulator (`lockstep services up` starts moto), or unset it"
     )
 
 
@@ -135,17 +299,7 @@ def reaching(what: str, where: str):
         raise
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        # "403"/"Forbidden": a HEAD request's refusal has no body to name the reason.
-        if code in {
-            "InvalidAccessKeyId",
-            "SignatureDoesNotMatch",
-            "UnrecognizedClientException",
-            "AccessDenied",
-            "ExpiredToken",
-            "InvalidClientTokenId",
-            "403",
-            "Forbidden",
-        }:
+        if code in CREDENTIAL_CODES:
             raise UsageError(f"{what} at {where} refused our credentials ({code}); check the AWS credentials") from None
         raise
     except BotoCoreError as exc:
