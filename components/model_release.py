@@ -15,34 +15,36 @@ from collections.abc import Awaitable
 from typing import Any
 
 import pulumi
-import pulumi_command as command
 from pulumi.provider.experimental.util import camel_case
 from pydantic import ValidationError
 
 from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.derived_store import derived_table
+from components.embedded import EmbeddedArtifactStore, EmbeddedEndpointSlot, embedded_table
 from components.endpoints import EndpointSlot, EndpointSlotArgs
-from components.providers import Cutover, CutoverArgs, Index, IndexArgs
-from components.providers.derived import DerivedRepair, DerivedRepairArgs
+from components.providers import (
+    Check,
+    CheckArgs,
+    Cutover,
+    CutoverArgs,
+    DerivedRepair,
+    DerivedRepairArgs,
+    Index,
+    IndexArgs,
+)
 from components.release_args import ModelReleaseArgs
-from lockstep.config import SETTINGS_VARIABLE, Catalog, StackSettings, describe_validation_error, settings_from_config
+from lockstep.config import Catalog, StackSettings, describe_validation_error, settings_from_config
 from lockstep.errors import ConfigError
-from lockstep.ops.clients import PASSWORD_VARIABLE
 
 TOKEN = "lockstep:index:ModelRelease"
 NAMESPACE = "lockstep"
-# Not a stack setting: a secret that only the check's environment receives.
+# Not a stack setting: a secret input of every resource that talks to OpenSearch.
 SECRET_ARGS = ("opensearch_password",)
 
 
-def require_aws_stack(settings: StackSettings) -> None:
-    """The component declares AWS resources; an embedded stack is driven by `lockstep apply`."""
-    if settings.endpoints.backend != "sagemaker":
-        raise ConfigError(
-            f"lockstep:endpoints.backend: is {settings.endpoints.backend!r}; ModelRelease deploys SageMaker "
-            "endpoints, so set it to 'sagemaker' or drive this stack with `lockstep apply`"
-        )
-    if not settings.opensearch.url:
+def require_reachable(settings: StackSettings) -> None:
+    """An AWS stack names its OpenSearch domain; an embedded one uses the embedded node."""
+    if not settings.embedded and not settings.opensearch.url:
         raise ConfigError(
             "lockstep:opensearch.url: is required for an AWS stack; set it to the OpenSearch domain's "
             "endpoint (https://search-…es.amazonaws.com)"
@@ -57,10 +59,6 @@ def settings_document(settings: StackSettings, catalog: Catalog) -> str:
         },
         sort_keys=True,
     )
-
-
-def check_command(stack: str) -> str:
-    return f"lockstep check --stack {stack} --json"
 
 
 # ------------------------------------------------------------------------- args -> validated settings
@@ -164,7 +162,7 @@ def release_settings(args: ModelReleaseArgs) -> tuple[StackSettings, Catalog]:
         settings = settings_from_config(stack, wire, catalog)
     except ValidationError as exc:
         raise ConfigError(f"{NAMESPACE}:{describe_validation_error(exc)}") from None
-    require_aws_stack(settings)
+    require_reachable(settings)
     return settings, catalog
 
 
@@ -211,22 +209,29 @@ class ModelRelease(pulumi.ComponentResource):
         super().__init__(TOKEN, name, None, opts)
         entries = {version: catalog.get(version) for version in settings.versions}
 
-        self.artifacts = ArtifactStore(
-            f"{name}-artifacts",
-            ArtifactStoreArgs(settings.artifacts.bucket, list(entries.values())),
-            pulumi.ResourceOptions(parent=self),
-        )
+        child = pulumi.ResourceOptions(parent=self)
+        # The leaves: AWS resources, or lockstep's own against the embedded servers (same shapes).
+        if settings.embedded:
+            self.artifacts = EmbeddedArtifactStore(f"{name}-artifacts", settings, list(entries.values()), child)
+        else:
+            self.artifacts = ArtifactStore(
+                f"{name}-artifacts",
+                ArtifactStoreArgs(settings.artifacts.bucket, list(entries.values())),
+                child,
+            )
+        password = pulumi.Output.secret(opensearch_password) if opensearch_password is not None else None
         self.indices = {
             version: Index(
                 f"{name}-index-{version}",
-                IndexArgs(settings, entry),
+                IndexArgs(settings, entry, password),
                 # The provider embeds the corpus with the artifact it reads from the bucket.
                 pulumi.ResourceOptions(parent=self, depends_on=[self.artifacts.objects[version]]),
             )
             for version, entry in entries.items()
         }
+        slot_class = EmbeddedEndpointSlot if settings.embedded else EndpointSlot
         self.endpoint_slots = {
-            slot: EndpointSlot(
+            slot: slot_class(
                 f"{name}-{slot}",
                 EndpointSlotArgs(
                     stack=settings.stack,
@@ -246,41 +251,38 @@ class ModelRelease(pulumi.ComponentResource):
         pin_entry, pin_index = entries[settings.pin], self.indices[settings.pin]
         self.cutover = Cutover(
             f"{name}-cutover",
-            CutoverArgs(settings, pin_entry, endpoint=live.endpoint.name),
+            CutoverArgs(settings, pin_entry, endpoint=live.endpoint.name, opensearch_password=password),
             pulumi.ResourceOptions(parent=self, depends_on=[pin_index, live.endpoint]),
         )
         # Derived records belong to the unit: after the flip, what other versions wrote is repaired.
         self.derived_tables = {
-            store.name: derived_table(f"{name}-derived-{store.name}", store, pulumi.ResourceOptions(parent=self))
+            store.name: (
+                embedded_table(f"{name}-derived-{store.name}", settings, store, child)
+                if settings.embedded
+                else derived_table(f"{name}-derived-{store.name}", store, child)
+            )
             for store in settings.derived
         }
         self.derived_repairs = [
             DerivedRepair(
                 f"{name}-repair-{store.name}",
-                DerivedRepairArgs(settings, catalog, store, table=self.derived_tables[store.name].name),
+                DerivedRepairArgs(settings, catalog, store, self.derived_tables[store.name].name, password),
                 pulumi.ResourceOptions(parent=self, depends_on=[self.cutover]),
             )
             for store in settings.derived
         ]
-        # The check reads the unit's settings from its environment, so it runs where no stack
-        # file exists (a program in another repository or language using the package).
-        environment = {SETTINGS_VARIABLE: settings_document(settings, catalog)}
-        if opensearch_password is not None:
-            environment[PASSWORD_VARIABLE] = opensearch_password
-        self.check = command.local.Command(
+        # Runs in the provider, in-process; any change of what is live re-runs it (every cutover
+        # changes switched_at; a redeployed live slot changes its revision).
+        revision = live.revision if settings.embedded else live.config.name
+        self.check = Check(
             f"{name}-check",
-            create=check_command(settings.stack),
-            update=check_command(settings.stack),
-            environment=environment,
-            # Any change of what is live re-runs the check (a trigger change replaces the command).
-            triggers=[
-                settings.pin,
-                live.config.name,
-                live.model_data_url,
-                pin_index.index,
-                pin_entry.artifact_sha256,
-            ],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.cutover, *self.derived_repairs]),
+            CheckArgs(
+                settings,
+                catalog,
+                [settings.pin, live.endpoint.name, revision, pin_index.index, self.cutover.switched_at],
+                password,
+            ),
+            pulumi.ResourceOptions(parent=self, depends_on=[self.cutover, *self.derived_repairs]),
         )
 
         self.pin = pulumi.Output.from_input(settings.pin)
@@ -288,7 +290,7 @@ class ModelRelease(pulumi.ComponentResource):
         self.live_index = pin_index.index
         self.slots = pulumi.Output.from_input(settings.slots.filled)
         self.retained_indices = pulumi.Output.all(*(self.indices[v].index for v in settings.retain))
-        self.check_record = self.check.stdout
+        self.check_record = self.check.record
         self.register_outputs(
             {
                 "pin": self.pin,

@@ -1,8 +1,10 @@
-"""The lockstep component package: hosts `lockstep:index:ModelRelease` for programs in any language.
+"""The lockstep plugin: the `ModelRelease` component and lockstep's custom resources, for any language.
 
-The Pulumi language host runs components/__main__.py (next to components/PulumiPlugin.yaml), which
-calls `main()`: `component_provider_host` infers the package schema from ModelRelease's type
-annotations (components/release_args.py) and serves `construct` over gRPC to the engine.
+The engine starts `components/pulumi-resource-lockstep` (the repository's .venv python running
+`main()`), or the Python language host runs components/__main__.py (next to PulumiPlugin.yaml):
+both serve the same provider (components/providers/provider.py). The component's schema is
+inferred from ModelRelease's type annotations (components/release_args.py); the custom resources'
+(Index, Cutover, DerivedRepair, Check and the embedded leaves) come from their handlers.
 
 `python -m components.plugin --schema [FILE]` prints (or writes) the schema the host serves; the
 checked-in schema.json is that output (`make schema`), and tests/test_plugin.py fails when they differ.
@@ -15,10 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-from pulumi.provider.experimental import component_provider_host
 from pulumi.provider.experimental.component import ComponentProvider
 
 from components.model_release import ModelRelease
+from components.providers.provider import package_schema, serve
 
 PACKAGE = "lockstep"
 # The public components. ArtifactStore and EndpointSlot are parts of a ModelRelease, not a product.
@@ -36,7 +38,7 @@ def build_provider() -> ComponentProvider:
 
 
 def schema() -> dict:
-    return json.loads(build_provider().schema or "{}")
+    return package_schema(json.loads(build_provider().schema or "{}"))
 
 
 def schema_text() -> str:
@@ -44,7 +46,7 @@ def schema_text() -> str:
 
 
 def main() -> None:
-    component_provider_host(COMPONENTS, PACKAGE, version=package_version())
+    serve(sys.argv[1:], package_version(), build_provider())
 
 
 if __name__ == "__main__":

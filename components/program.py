@@ -55,17 +55,17 @@ def load_settings(stack: str, config: pulumi.Config) -> tuple[StackSettings, Cat
         raise pulumi.RunError(str(exc)) from None
 
 
-def main() -> ModelRelease | None:
-    stack = pulumi.get_stack()
+def main() -> ModelRelease:
+    """`pulumi up`: the stack's config (stacks/Pulumi.<stack>.yaml) -> the release."""
     config = pulumi.Config(NAMESPACE)
-    settings, catalog = load_settings(stack, config)
-    if settings.endpoints.backend == "local":
-        pulumi.log.info(
-            f"stack {stack} uses the embedded backend (endpoints.backend: local): it is driven by "
-            f"`lockstep apply --stack {stack}`; this program declares nothing for it"
-        )
-        return None
+    settings, catalog = load_settings(pulumi.get_stack(), config)
     password = config.require_secret(PASSWORD_KEY) if settings.opensearch.auth == "basic" else None
+    return declare(settings, catalog, password)
+
+
+def declare(settings: StackSettings, catalog: Catalog, password: pulumi.Input[str] | None) -> ModelRelease:
+    """One ModelRelease and the stack outputs; an embedded stack's leaves are lockstep's own
+    resources (`lockstep up` runs this as an inline program)."""
     try:
         release = ModelRelease(NAMESPACE, release_args(settings, catalog, opensearch_password=password))
     except LockstepError as exc:

@@ -1,5 +1,33 @@
-"""Dynamic providers (serialized into the stack state with dill): they call lockstep.ops only."""
+"""lockstep's custom resources: program-side classes (resources.py) and the provider's handlers."""
 
-from components.providers.opensearch import Cutover, CutoverArgs, Index, IndexArgs
+from components.providers.resources import (
+    Artifact,
+    Bucket,
+    Check,
+    CheckArgs,
+    Corpus,
+    Cutover,
+    CutoverArgs,
+    DerivedRepair,
+    DerivedRepairArgs,
+    DerivedTable,
+    EndpointSlot,
+    Index,
+    IndexArgs,
+)
 
-__all__ = ["Cutover", "CutoverArgs", "Index", "IndexArgs"]
+__all__ = [
+    "Artifact",
+    "Bucket",
+    "Check",
+    "CheckArgs",
+    "Corpus",
+    "Cutover",
+    "CutoverArgs",
+    "DerivedRepair",
+    "DerivedRepairArgs",
+    "DerivedTable",
+    "EndpointSlot",
+    "Index",
+    "IndexArgs",
+]

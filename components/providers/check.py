@@ -1,0 +1,62 @@
+"""`lockstep:index:Check`: the post-deploy consistency check as a resource of the release.
+
+Its create and update run lockstep.ops.check in-process (the same checks as `lockstep check`),
+store the record where `lockstep promote` reads it, and fail the update when the system is
+inconsistent (exit 1) or could not be checked (exit 2). Its inputs include the cutover's
+`switchedAt`, so every cutover re-runs it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from components.providers.base import PASSWORD, Handler, Property, credentials, failures, settings_of
+from components.providers.derived import catalog_of
+from components.providers.opensearch import PASSWORD_PROPERTY
+from lockstep.errors import LockstepError
+from lockstep.ops import check
+
+
+class CheckFailed(LockstepError):
+    """The deployment is not consistent, or could not be checked: the update fails."""
+
+
+class CheckHandler(Handler):
+    TOKEN = "lockstep:index:Check"
+    DESCRIPTION = (
+        "The post-deploy consistency check (alias, index _meta, foreign versions, document count, pointer, "
+        "artifact, endpoint, re-embed and recall probes, derived records). Its create/update fail the deployment "
+        "on an inconsistent or uncheckable system; the record, the pin and the failed checks are its outputs."
+    )
+    PROPERTIES = {
+        "stack": Property("The stack checked."),
+        "pin": Property("The version that must be live."),
+        "settings": Property("The stack settings.", "any"),
+        "catalog": Property("The catalog.", "any"),
+        "triggers": Property("What is live (a change re-runs the check).", "array"),
+        PASSWORD: PASSWORD_PROPERTY,
+        "record": Property("The check's result record (JSON), what `lockstep promote` reads.", output_only=True),
+        "passed": Property("Whether every check passed.", "boolean", output_only=True),
+        "failed": Property("Names of the failed checks.", "array", output_only=True),
+    }
+    OBSERVED = frozenset({"record", "passed", "failed"})
+
+    def check(self, news: dict) -> list[tuple[str, str]]:
+        return failures(news, ("settings", settings_of), ("catalog", catalog_of))
+
+    def create(self, urn: str, news: dict) -> tuple[str, dict]:
+        with credentials(news):
+            settings, catalog = settings_of(news), catalog_of(news)
+            outcome = check.evaluate(settings, catalog)  # stores the record (not when uncheckable)
+        if outcome.record is None:
+            raise CheckFailed(f"could not check stack {settings.stack} (exit {outcome.exit_code}): {outcome.reason}")
+        record = outcome.record
+        failed = [c.name for c in record.failures]
+        if outcome.exit_code != 0:
+            fixes = "; ".join(dict.fromkeys(c.fix for c in record.failures if c.fix))
+            raise CheckFailed(
+                f"stack {settings.stack} is inconsistent after the deploy of {settings.pin} (exit {outcome.exit_code}): "
+                f"failed checks {', '.join(failed)}" + (f"; {fixes}" if fixes else "")
+            )
+        outputs = {"record": json.dumps(record.to_dict(), sort_keys=True), "passed": record.passed, "failed": failed}
+        return f"{settings.stack}:{settings.pin}", {**news, **outputs}
