@@ -15,6 +15,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/lockstep
 
 # The same uv as the Makefile, and the locked dependency set (uv.lock), not a fresh resolution.
+# It holds what the built-in model families need (lockstep.models): numpy (hashgram), onnx +
+# onnxruntime + tokenizers (sentence-transformers, no torch), requests + tenacity (endpoint). The
+# weights are not in the image: SageMaker unpacks the version's model.tar.gz into /opt/ml/model.
+# LOCKSTEP_ENCODE_THREADS sets onnxruntime's threads (default: min(2, CPUs)).
 RUN pip install uv==0.13.8
 COPY pyproject.toml uv.lock README.md ./
 COPY scripts/ scripts/
