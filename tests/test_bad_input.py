@@ -126,6 +126,16 @@ def catalog_sha_not_the_artifacts(s: Scratch) -> list[str]:
     return apply(s)
 
 
+def catalog_dimension_not_the_models(command) -> Callable[[Scratch], list[str]]:
+    """v1's entry claims 128 dimensions; its (sha256-correct) artifact produces 192."""
+
+    def setup(s: Scratch) -> list[str]:
+        edit(s.stacks / "catalog.yaml", lambda d: d["versions"]["v1"].__setitem__("dimension", 128))
+        return command(s)
+
+    return setup
+
+
 def check_without_a_corpus_bucket(s: Scratch) -> list[str]:
     return ["check", "--stack", s.stack]
 
@@ -204,6 +214,14 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
     "catalog: sha256 is not the built artifact's": (
         catalog_sha_not_the_artifacts,
         ("v1", "sha256", "catalog", "nothing was uploaded"),
+    ),
+    "catalog: dimension is not what the artifact produces (apply)": (
+        catalog_dimension_not_the_models(apply),
+        ("v1", "dimension 128", "192-dimensional", "fix versions.v1 in the catalog"),
+    ),
+    "catalog: dimension is not what the artifact produces (backfill)": (
+        catalog_dimension_not_the_models(backfill),
+        ("v1", "dimension 128", "192-dimensional", "fix versions.v1 in the catalog"),
     ),
     # the stack file
     "invalid index prefix": (
@@ -393,6 +411,7 @@ def test_the_table_covers_every_kind_of_bad_input_the_issue_names():
         "negative dimension",
         "listed twice",
         "not the built artifact",
+        "dimension is not what the artifact produces",
         "empty corpus",
         "duplicate id",
         "not UTF-8",

@@ -121,8 +121,8 @@ def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | No
     # artifact that does not build to the catalog's sha256, a corpus that cannot be parsed.
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
         clients.opensearch(settings.opensearch).info()
-    artifacts.verified_build(entry)
     s3 = clients.aws_for(settings, "s3")
+    artifacts.verify_model(s3, settings.artifacts.bucket, entry)  # sha256, dimension: before the first write
     documents, corpus_etag = None, None
     with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
         if settings.embedded:

@@ -202,14 +202,12 @@ def plan_for(settings: StackSettings, catalog: Catalog) -> tuple[Environment, re
 
 def refuse_before_writing(env: Environment, catalog: Catalog) -> None:
     """What can be known to fail is refused before anything is written: OpenSearch unreachable
-    or refusing our credentials, and an artifact whose build is not the catalog's sha256."""
+    or refusing our credentials, and an artifact that is not what its catalog entry says."""
     with env.reach_opensearch():
         env.opensearch.info()
     with env.reach_aws():
-        for version in env.settings.versions:
-            entry = catalog.get(version)
-            if artifacts.published_version(env.s3, env.settings.artifacts.bucket, entry) is None:
-                artifacts.verified_build(entry)
+        for version in env.settings.versions:  # sha256, and the dimension its model really produces
+            artifacts.verify_model(env.s3, env.settings.artifacts.bucket, catalog.get(version))
 
 
 def apply(

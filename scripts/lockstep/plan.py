@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from lockstep.config import Catalog, StackSettings
+from lockstep.errors import ConfigError
 from lockstep.ops.derived import StoreCounts
 
 StepKind = Literal[
@@ -134,6 +135,7 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
         for version in kept
         if observed.artifacts is None or version not in observed.artifacts
     ]
+    _refuse_replacing_the_live_slot(settings, observed)
     deploys = 0
     for version in kept:
         slot = settings.slots.slot_of(version)
@@ -199,6 +201,28 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
         reversible=_reversible(settings, observed, [s.version for s in steps if s.kind == "drop"]),
         derived=derived,
     )
+
+
+def _refuse_replacing_the_live_slot(settings: StackSettings, observed: Observed) -> None:
+    """Refuse deploying another version into the slot that serves the live version: slots are
+    deployed before the cutover, so the live pointer would name an endpoint that no longer serves
+    the live index's model (the window lockstep exists to close). No step order avoids it for the
+    pin, which must be deployed before it goes live; a new version goes into the standby slot."""
+    live = observed.pointer_version
+    for slot, version in settings.slots.filled.items():
+        if live is None or version == live or observed.slots_deployed.get(slot) != live:
+            continue
+        other = "green" if slot == "blue" else "blue"
+        fix = (
+            f"put {version} in the {other} slot and keep {slot}: {live} "
+            f"(what `lockstep pin --stack {settings.stack} {version}` writes)"
+            if version == settings.pin
+            else f"keep {slot}: {live} until {settings.pin} is live, then replace it in a second change"
+        )
+        raise ConfigError(
+            f"slots.{slot}: {version} would replace the live {live} in the {slot} slot before the cutover, "
+            f"a window where the live endpoint and the live index disagree; {fix}"
+        )
 
 
 def _derived_actions(settings: StackSettings, observed: Observed) -> tuple[DerivedAction, ...]:

@@ -206,6 +206,39 @@ def load_embedder(s3, bucket: str, entry: CatalogEntry) -> models.Embedder:
     return models.load_artifact(fetch_artifact(s3, bucket, entry), entry.artifact_sha256, entry.family, entry.version)
 
 
+# A text every family can encode: the catalog's claims about a model are checked on its answer.
+PROBE_TEXT = "lockstep probe: does this model produce what its catalog entry says?"
+_TRUTHFUL: set[CatalogEntry] = set()  # entries verified in this process (a model load each)
+
+
+def verify_model(s3, bucket: str, entry: CatalogEntry) -> None:
+    """The catalog entry tells the truth about its artifact (the published object, else the
+    build): sha256, and — by loading it and encoding one probe text — its dimension and, where
+    the family declares one, its space type. Callers run it before their first write, so a
+    catalog that lies creates no index of the wrong dimension."""
+    if entry in _TRUTHFUL:
+        return
+    with reaching("S3", _where(s3)):
+        published = published_version(s3, bucket, entry) is not None
+    data = fetch_artifact(s3, bucket, entry) if published else verified_build(entry)
+    embedder = models.load_artifact(data, entry.artifact_sha256, entry.family, entry.version)
+    produced = embedder.encode([PROBE_TEXT]).shape[-1]
+    space = getattr(embedder, "space_type", None)
+    claims = [f"dimension {entry.dimension}"] if produced != entry.dimension else []
+    claims += [f"spaceType {entry.space_type}"] if space not in (None, entry.space_type) else []
+    if claims:
+        actual = ", ".join(
+            ([f"{produced}-dimensional vectors"] if produced != entry.dimension else [])
+            + ([f"space {space}"] if space not in (None, entry.space_type) else [])
+        )
+        raise IntegrityError(
+            f"catalog version {entry.version} says {' and '.join(claims)}, but its artifact "
+            f"({entry.artifact_sha256[:12]}…) produces {actual}; fix versions.{entry.version} in the catalog "
+            "(nothing was created)"
+        )
+    _TRUTHFUL.add(entry)
+
+
 def artifact_status(s3, bucket: str, entry: CatalogEntry) -> dict:
     """For the consistency check: does the object exist, and do its bytes hash to the catalog's sha256?"""
     status = {
