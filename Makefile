@@ -7,7 +7,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup test demo bench lock services-up services-down clean schema engine
+.PHONY: setup test demo bench lock services-up services-down clean schema engine sdks
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -26,6 +26,11 @@ lock: $(UV)
 # need it. A failed build does not stop `test`: the engine tests then fail with build.sh's line.
 engine:
 	@scripts/engine/build.sh >/dev/null
+
+# lockstep's TypeScript and Go SDKs generated from schema.json by Pulumi's codegen into build/sdk,
+# compiled, and examples/typescript type-checked against them (tests/test_sdks.py runs the same).
+sdks:
+	sdkgen/build.sh
 
 test: setup
 	@scripts/engine/build.sh >/dev/null || export LOCKSTEP_ENGINE_FAILED=1; \
