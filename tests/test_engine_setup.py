@@ -1,0 +1,76 @@
+"""The engine set-up (scripts/engine/build.sh + lockstep.engine): a pulumi on PATH is used as it is,
+its YAML host beside it or else the cached build; the cached build is reused; a build that cannot run
+is one line, and lockstep.engine raises that line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from lockstep import engine
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "scripts" / "engine" / "build.sh"
+SYSTEM_PATH = "/usr/bin:/bin"  # bash and coreutils; no go, no pulumi
+
+
+def run_build(path: str, cache: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": path}
+    if cache is not None:
+        env["LOCKSTEP_ENGINE_CACHE"] = str(cache)
+    return subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, env=env)
+
+
+def wrapper(directory: Path, name: str, target: Path) -> Path:
+    """A stand-in for a user's install: a script that runs the real binary."""
+    directory.mkdir(exist_ok=True)
+    script = directory / name
+    script.write_text(f'#!/bin/sh\nexec "{target}" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_the_cached_build_is_reused_and_says_where():
+    """Without a pulumi on PATH: the pinned build (made by the first run if `make test` did not), then reused."""
+    path = f"{Path(shutil.which('go') or '/nonexistent').parent}:{SYSTEM_PATH}"
+    first = run_build(path)
+    assert first.returncode == 0, first.stderr
+    again = run_build(path)
+    assert again.returncode == 0, again.stderr
+    pulumi, yaml_host = again.stdout.split()
+    assert again.stdout == first.stdout and Path(pulumi).parent == Path(yaml_host).parent
+    assert again.stderr.count("\n") == 1 and "building" not in again.stderr
+    assert again.stderr.startswith(f"lockstep engine: pulumi v3.274.1 at {pulumi} (built from the Go module proxy)")
+    version = subprocess.run([pulumi, "version"], capture_output=True, text=True)
+    assert version.stdout.strip() == "v3.274.1"
+
+
+def test_a_pulumi_on_path_is_used_with_the_yaml_host_beside_it_or_the_cached_one(tmp_path):
+    built = engine.engine()
+    user = wrapper(tmp_path / "user", "pulumi", built.pulumi)
+    proc = run_build(f"{user.parent}:{os.environ['PATH']}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(user), str(built.yaml_host)]
+    assert "(user's install on PATH)" in proc.stderr
+
+    yaml_host = wrapper(user.parent, "pulumi-language-yaml", built.yaml_host)
+    proc = run_build(f"{user.parent}:{os.environ['PATH']}")
+    assert proc.stdout.split() == [str(user), str(yaml_host)]
+
+
+def test_a_build_that_cannot_run_is_one_line_and_engine_raises_it(tmp_path):
+    proc = run_build(SYSTEM_PATH, tmp_path)
+    line = "lockstep engine: cannot build pulumi v3.274.1: go is not on PATH"
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(line)
+    assert (tmp_path / "last-failure").read_text() == proc.stderr
+
+    # What the tests see after `make test` recorded the failure (LOCKSTEP_ENGINE_FAILED): the same line.
+    probe = "from lockstep import engine\ntry:\n    engine.pulumi_bin()\nexcept engine.EngineUnavailable as e:\n    print(e)"
+    env = {**os.environ, "LOCKSTEP_ENGINE_CACHE": str(tmp_path), "LOCKSTEP_ENGINE_FAILED": "1"}
+    raised = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert raised.stdout == proc.stderr
