@@ -316,6 +316,21 @@ def services_status() -> None:
         click.echo(f"{slot.name:<12} running    {slot.url} pid {slot.pid}")
 
 
+@cli.command("up")
+@click.option("--stack", required=True)
+@click.option("--preview", is_flag=True, help="Show what the engine would do; change nothing.")
+def up_command(stack: str, preview: bool) -> None:
+    """The stack's release through the real Pulumi engine (inline program, file backend in the lockstep cache).
+
+    Exit 1 when the engine fails the update (e.g. the consistency check), 2 on bad input."""
+    from lockstep import up
+
+    settings, catalog = stack_settings(stack)
+    steps = up.run(settings, catalog, preview=preview, say=lambda line: click.echo(line.rstrip("\n")))
+    kinds = steps.classify()
+    click.echo(f"{stack}: index {kinds['index_action']}, endpoints {kinds['endpoint_action']}")
+
+
 def stacks_dir() -> Path:
     """Where stack files live: `LOCKSTEP_STACKS_DIR` or the project's `stacks/`."""
     return Path(os.environ.get("LOCKSTEP_STACKS_DIR", config.STACKS_DIR))

@@ -23,8 +23,11 @@ PLUGIN_DIR = ROOT / "components"
 PROJECT = "lockstep"
 # The local backend's secrets are encrypted with this unless PULUMI_CONFIG_PASSPHRASE is set.
 LOCAL_PASSPHRASE = "lockstep-local"
-# Resource types whose create/update/replace deploys an endpoint (a slot), by backend.
-SLOT_TYPES = ("lockstep:embedded:EndpointSlot", "aws:sagemaker/endpoint:Endpoint")
+# A slot's resource (by backend) and the properties whose change deploys another model there.
+SLOT_TYPES = {
+    "lockstep:embedded:EndpointSlot": {"version", "artifactSha256"},
+    "aws:sagemaker/endpoint:Endpoint": {"endpointConfigName"},
+}
 CHANGES = ("create", "update", "replace", "create-replacement", "delete", "delete-replaced")
 
 
@@ -90,9 +93,9 @@ def stack_for(settings: StackSettings, catalog: Catalog, backend: Path | None = 
 
 @dataclass
 class Steps:
-    """What the engine said it would do (preview) or did (up) per resource: (op, type, name)."""
+    """What the engine said it would do (preview) or did (up) per resource: (op, type, name, diffs)."""
 
-    steps: list[tuple[str, str, str]] = field(default_factory=list)
+    steps: list[tuple[str, str, str, tuple[str, ...]]] = field(default_factory=list)
 
     def on_event(self, event) -> None:
         pre = getattr(event, "resource_pre_event", None)
@@ -100,24 +103,31 @@ class Steps:
             return
         meta = pre.metadata
         op = getattr(meta.op, "value", str(meta.op))
-        self.steps.append((op, meta.type, meta.urn.rsplit("::", 1)[-1]))
+        self.steps.append((op, meta.type, meta.urn.rsplit("::", 1)[-1], tuple(meta.diffs or ())))
 
     def changed(self) -> dict[str, str]:
         """{resource name: op} of every step that is not `same`."""
-        return {name: op for op, _, name in self.steps if op in CHANGES}
+        return {name: op for op, _, name, _ in self.steps if op in CHANGES}
 
     def of_type(self, token: str) -> dict[str, str]:
-        return {name: op for op, typ, name in self.steps if typ == token and op in CHANGES}
+        return {name: op for op, typ, name, _ in self.steps if typ == token and op in CHANGES}
+
+    def deploys(self) -> bool:
+        """A slot gets another model: created, replaced, or updated in what it serves."""
+        return any(
+            op in CHANGES and (op != "update" or set(diffs) & SLOT_TYPES[typ])
+            for op, typ, _, diffs in self.steps
+            if typ in SLOT_TYPES
+        )
 
     def classify(self) -> dict[str, str]:
         """The release plan's words for these steps: index_action (provision / reattach / none) and
         endpoint_action (deploy / flip / none), as `lockstep plan` uses them."""
         created = {op for op in self.of_type("lockstep:index:Index").values()} & {"create", "create-replacement"}
         cutover = bool(self.of_type("lockstep:index:Cutover"))
-        deploys = any(self.of_type(token) for token in SLOT_TYPES)
         return {
             "index_action": "provision" if created else "reattach" if cutover else "none",
-            "endpoint_action": "deploy" if deploys else "flip" if cutover else "none",
+            "endpoint_action": "deploy" if self.deploys() else "flip" if cutover else "none",
         }
 
 
@@ -128,7 +138,7 @@ def error_lines(exc: Exception) -> list[str]:
     for line in text.splitlines():
         match = re.search(r"error: (.*)", line)
         if match:
-            message = match.group(1).strip()
+            message = match.group(1).strip().removeprefix("lockstep: ")
             message = re.sub(r"^(update failed|preview failed)$", "", message)
             if message and message not in found:
                 found.append(message)
