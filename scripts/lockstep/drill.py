@@ -204,8 +204,11 @@ class Drill:
         return golden[0]
 
     def related_job(self, version: str) -> None:
-        """What the application does while `version` is live: write every document's related list."""
-        written = derived.write_related(self.settings(), version, progress=self.progress)
+        """What the application does while `version` is live: write every document's related list,
+        through the application's guarded writer (lockstep.derived), as an application would."""
+        from lockstep import derived as application
+
+        written = application.write_related(self.settings(), version, progress=self.progress).written
         self.say(f"  the related-documents job writes {written} lists computed on {version}'s index, stamped {version}")
 
     def inspect_related(self, act: Act, answering: str) -> None:

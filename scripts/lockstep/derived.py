@@ -1,0 +1,210 @@
+"""`lockstep.derived`: the application's side of derived records — a guarded writer.
+
+lockstep counts, repairs and quarantines derived records after a rollback, but the application
+writes them. A worker still running a rolled-back model would keep writing records of the wrong
+version. `Writer` stamps every record with the writing version, the content hash and the time,
+and before each write compares its version with the live pointer's:
+
+- the version is live → written;
+- it is not → the store's policy (`derived[].repair` in the stack file): a `recompute` store
+  refuses the write (`StaleWriter`, nothing written: the worker must be restarted on the live
+  version), a `quarantine` store writes the record quarantined (`quarantined_at`,
+  `quarantined_for`) — kept for audit, never counted as live, so the check stays green.
+
+The pointer is read through a cache of `ttl` seconds (default 2): one SSM read per `ttl`, not
+one per record. **Stale cache, explicitly:** for at most `ttl` seconds after a cutover a writer
+may still hold the old pointer, and its writes pass as if the old version were live (they are
+stamped with their version, so the check's `derived:<store>` row counts them and `lockstep apply`
+repairs them). Once the cache is older than `ttl` the pointer is read again before the next write;
+if it cannot be read the write is refused (fail closed). Example (docs/derived-writer.md):
+
+    from lockstep import derived
+
+    writer = derived.writer("prod", "related", version="v2")      # the model this worker runs
+    writer.put("doc-17", {"neighbours": ["doc-3", "doc-9"], "k": 2}, text=document_text)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from boto3.dynamodb.types import TypeSerializer
+
+from lockstep import config
+from lockstep.config import DerivedStore, StackSettings
+from lockstep.errors import GuardRefused, UsageError
+from lockstep.ops import clients, index, reembed
+from lockstep.ops import derived as store_ops
+from lockstep.ops.corpus import Document, content_sha256
+
+DEFAULT_TTL = 2.0
+BATCH = 25  # DynamoDB BatchWriteItem's limit; the guard is asked once per batch
+_SERIALIZE = TypeSerializer().serialize
+
+
+class StaleWriter(GuardRefused):
+    """A write by a version that is not live, refused by a `recompute` store (nothing written)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One derived record as the application computed it: plain attribute values (str, int,
+    bool, lists and maps of them; no floats — DynamoDB wants Decimal)."""
+
+    doc_id: str
+    content_sha256: str
+    attributes: dict = field(default_factory=dict)
+
+
+@dataclass
+class WriteResult:
+    written: int = 0
+    quarantined: int = 0
+
+
+class PointerCache:
+    """The live pointer, read at most once per `ttl` seconds (`clock`: seconds, monotonic)."""
+
+    def __init__(self, settings: StackSettings, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.monotonic):
+        self.settings, self.ttl, self.clock = settings, ttl, clock
+        self.ssm = clients.aws_for(settings, "ssm")
+        self.reads = 0
+        self._pointer: index.Pointer | None = None
+        self._read_at: float | None = None
+
+    def live(self) -> index.Pointer | None:
+        now = self.clock()
+        if self._read_at is None or now - self._read_at >= self.ttl:
+            self._read_at = None  # a failed read leaves no answer behind: the next write asks again
+            with clients.reaching("AWS (SSM)", clients.aws_endpoint(self.settings.embedded) or "AWS"):
+                self._pointer = index.read_pointer(self.ssm, self.settings.pointer_name)
+            self._read_at, self.reads = now, self.reads + 1
+        return self._pointer
+
+
+class Writer:
+    """Writes one store's records for one model version, guarded by the live pointer."""
+
+    def __init__(
+        self,
+        settings: StackSettings,
+        store: str,
+        version: str,
+        *,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        found = [s for s in settings.derived if s.name == store]
+        if not found:
+            names = ", ".join(s.name for s in settings.derived) or "none"
+            raise UsageError(f"stack {settings.stack} has no derived store {store!r} (its stores: {names})")
+        self.settings, self.store, self.version = settings, found[0], version
+        self.pointer = PointerCache(settings, ttl, clock)
+        self.dynamodb = store_ops.dynamodb(settings)
+
+    @property
+    def policy(self) -> str:
+        """What happens to a write whose version is not live: the store's repair policy decides."""
+        return "refuse" if self.store.repair == "recompute" else "quarantine"
+
+    def put(self, doc_id: str, attributes: dict, *, text: str | None = None, sha256: str | None = None) -> str:
+        """Write one record ("written" or "quarantined"); the content hash comes from `text` or `sha256`."""
+        if (text is None) == (sha256 is None):
+            raise UsageError("give the record's content as text= or its hash as sha256= (one of them)")
+        digest = sha256 if sha256 is not None else content_sha256(text or "")
+        result = self.put_many([Record(doc_id, digest, attributes)])
+        return "quarantined" if result.quarantined else "written"
+
+    def put_many(self, records: Iterable[Record]) -> WriteResult:
+        """Write records in batches; the guard (cached pointer) is asked before each batch."""
+        result = WriteResult()
+        for batch in reembed.batched(list(records), BATCH):
+            live = self._guard()
+            stamp = datetime.now(UTC).isoformat(timespec="microseconds")
+            items = [self._item(record, stamp, live) for record in batch]
+            with store_ops.reaching_dynamodb(self.settings):
+                store_ops._batch_put(self.dynamodb, self.store.table, items)
+            if live is None:
+                result.written += len(items)
+            else:
+                result.quarantined += len(items)
+        return result
+
+    def _guard(self) -> str | None:
+        """None when this version is live; else the live version (quarantine) — or refuse."""
+        pointer = self.pointer.live()
+        if pointer is not None and pointer.version == self.version:
+            return None
+        live = pointer.version if pointer else "no version"
+        if self.policy == "quarantine" and pointer is not None:
+            return pointer.version
+        raise StaleWriter(
+            f"derived store {self.store.name}: this writer runs {self.version} but {live} is live"
+            + (f" (since {pointer.switched_at})" if pointer and pointer.switched_at else "")
+            + f"; nothing was written — restart the worker with {live}"
+            if pointer
+            else f"derived store {self.store.name}: no version is live in stack {self.settings.stack} "
+            f"(no pointer {self.settings.pointer_name}); nothing was written — deploy first"
+        )
+
+    def _item(self, record: Record, stamp: str, quarantined_for: str | None) -> dict:
+        item = {name: _SERIALIZE(value) for name, value in record.attributes.items()}
+        item.update(
+            {
+                store_ops.KEY: {"S": record.doc_id},
+                store_ops.VERSION_ATTRIBUTE: {"S": self.version},
+                "written_at": {"S": stamp},
+                "content_sha256": {"S": record.content_sha256},
+            }
+        )
+        if quarantined_for:
+            item[store_ops.QUARANTINED] = {"S": stamp}
+            item["quarantined_for"] = {"S": quarantined_for}
+        return item
+
+
+def writer(stack: str, store: str, version: str, *, ttl: float = DEFAULT_TTL) -> Writer:
+    """A guarded writer for `store` of `stack` (the stack's settings handed to the process in
+    LOCKSTEP_STACK_SETTINGS, else stacks/Pulumi.<stack>.yaml)."""
+    handed_over = config.settings_from_environment(stack)
+    settings = handed_over[0] if handed_over else config.load_stack(stack)
+    return Writer(settings, store, version, ttl=ttl)
+
+
+def write_related(
+    settings: StackSettings,
+    version: str,
+    documents: Sequence[Document | str] | None = None,
+    progress: bool = False,
+    ttl: float = DEFAULT_TTL,
+) -> WriteResult:
+    """What the application does while `version` is live, through the guard: each document's
+    related-documents list on `version`'s index, into every related-documents store."""
+    search = clients.opensearch(settings.opensearch)
+    name = settings.opensearch.index_name(version)
+    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
+        ids = (
+            [d.id if isinstance(d, Document) else d for d in documents]
+            if documents is not None
+            else sorted(index.doc_hashes(search, name))
+        )
+    total = WriteResult()
+    for store in store_ops.related_stores(settings):
+        guarded = Writer(settings, store.name, version, ttl=ttl)
+        pacer = store_ops.Pacer(store.write_rate)
+        with store_ops._progress(progress, f"related {version} → {store.table}", len(ids), pacer) as advance:
+            for batch in reembed.batched(ids, store_ops.BATCH):
+                with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
+                    lists = [r for r in store_ops.related(search, name, batch, store.k).values() if r]
+                done = guarded.put_many(_records(lists, store))
+                total.written, total.quarantined = total.written + done.written, total.quarantined + done.quarantined
+                pacer.wrote(len(lists))
+                advance(len(lists))
+    return total
+
+
+def _records(lists: Iterable[store_ops.Related], store: DerivedStore) -> list[Record]:
+    return [Record(r.doc_id, r.content_sha256, {"neighbours": list(r.neighbours), "k": store.k}) for r in lists]
