@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from bench import cutover_load, kill_sweep, rollback
+from bench import cutover_load, kill_sweep, rollback, writer_guard
 from lockstep import config, services
 from lockstep.ops import check
 
@@ -150,6 +150,16 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
                 True,
             )
         )
+    if "writer_guard" in figures:
+        guard = figures["writer_guard"]
+        out.append(
+            (
+                f"guarded derived-record writes vs unguarded, {guard['records']:,} records",
+                f"{guard['ratio']:.2f} ({guard['guarded_per_s']:,.0f}/s vs {guard['unguarded_per_s']:,.0f}/s)",
+                "≥ 0.95",
+                guard["ratio"] >= 0.95,
+            )
+        )
     return out
 
 
@@ -160,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-repeats", type=int, default=3)
     parser.add_argument("--kill-points", type=int, default=20, help="0 skips the kill sweep")
     parser.add_argument("--ray-docs", type=int, default=5000, help="0 skips local-vs-Ray")
+    parser.add_argument("--guard-records", type=int, default=2000, help="0 skips the writer guard")
     args = parser.parse_args(argv)
 
     began = time.perf_counter()
@@ -193,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"local vs Ray ({args.ray_docs:,} docs):", flush=True)
         subprocess.run([sys.executable, "-m", "bench.ray_scaling", "--docs", str(args.ray_docs)], check=True)
         figures["ray"] = json.loads((rollback.RESULTS / "ray_scaling.json").read_text())
+    if args.guard_records:
+        print(f"guarded vs unguarded derived-record writes ({args.guard_records:,} records):", flush=True)
+        figures["writer_guard"] = writer_guard.run(args.guard_records)
     machine = f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · OpenSearch {services.OPENSEARCH_VERSION}"
     figures["meta"] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
