@@ -36,7 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from lockstep import config, services, stackfile  # noqa: E402
-from lockstep.ops import artifacts, clients, endpoints, index, reembed  # noqa: E402
+from lockstep.ops import artifacts, clients, endpoints, index  # noqa: E402
+from lockstep.ops.backfill import engine as backfill_engine  # noqa: E402
 from lockstep.ops.corpus import Document  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kill_sweep.json"
@@ -123,7 +124,7 @@ def go_live_on_v1(settings: config.StackSettings, catalog: config.Catalog) -> No
     artifacts.ensure_corpus(s3, settings)
     entry = catalog.get("v1")
     artifacts.publish_artifact(s3, settings, entry)
-    reembed.sync_index(settings, entry, progress=False)
+    backfill_engine.sync_index(settings, entry, progress=False)
     index.cutover(
         clients.opensearch(settings.opensearch),
         clients.aws_for(settings, "ssm"),

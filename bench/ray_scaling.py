@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lockstep import config, services
 from lockstep.ops import artifacts, clients, index, reembed
+from lockstep.ops.backfill import engine as backfill_engine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ray_scaling.json"
 
@@ -115,7 +116,7 @@ def main() -> None:
         figures[f"bulk_ceiling_docs_per_s_{threads}_writers"] = round(rate, 1)
         print(f"  OpenSearch bulk alone, {threads} writer(s): {rate:,.0f} docs/s", flush=True)
 
-    local = reembed.sync_index(with_prefix(base, f"{name}-local", engine="local"), entry, progress=False)
+    local = backfill_engine.sync_index(with_prefix(base, f"{name}-local", engine="local"), entry, progress=False)
     figures["local_docs_per_s"] = round(local.rate, 1)
     print(f"  local engine: {local.rate:,.0f} docs/s ({local.seconds:.1f}s)", flush=True)
 
@@ -130,7 +131,7 @@ def main() -> None:
     )
     figures["ray_start_s"] = round(time.perf_counter() - started, 1)
     for workers in (1, 2):
-        result = reembed.sync_index(
+        result = backfill_engine.sync_index(
             with_prefix(base, f"{name}-ray{workers}", engine="ray", workers=workers), entry, progress=False
         )
         assert result.embedded == len(documents)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lockstep import config, orchestrator, services, stackfile
 from lockstep.ops import artifacts, clients, endpoints, reembed
+from lockstep.ops.backfill.local import sync_documents
 from lockstep.ops.corpus import stdlib_documents
 
 RESULTS = Path(__file__).parent / "results"
@@ -105,7 +106,7 @@ def throughput(size: int, root: Path, catalog) -> dict:
         embedder.encode([d.text for d in batch])
     encode = time.perf_counter() - started
     client = clients.opensearch(settings.opensearch)
-    result = reembed.sync_documents(client, settings, entry, embedder, documents, progress=False)
+    result = sync_documents(client, settings, entry, embedder, documents, progress=False)
     ratio = (len(documents) / result.seconds) / (len(documents) / encode)
     print(
         f"  backfill {len(documents) / result.seconds:,.0f} docs/s vs raw encode {len(documents) / encode:,.0f} docs/s → {ratio:.2f}",
@@ -116,7 +117,7 @@ def throughput(size: int, root: Path, catalog) -> dict:
     step = 100
     edited = [replace(d, text=d.text + " (edited)") if n % step == 0 else d for n, d in enumerate(documents)]
     artifacts.write_corpus(s3, settings, edited)
-    catch_up = reembed.sync_documents(client, settings, entry, embedder, edited, progress=False)
+    catch_up = sync_documents(client, settings, entry, embedder, edited, progress=False)
     assert catch_up.embedded == len(documents[::step])
     print(
         f"  catch-up of {catch_up.embedded} changed docs {catch_up.seconds:.2f}s vs rebuild {result.seconds:.2f}s → {catch_up.seconds / result.seconds:.1%}",

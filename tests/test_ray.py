@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from opensearchpy import helpers
 
-from lockstep.ops import artifacts, corpus, index, reembed
+from lockstep.ops import artifacts, corpus, index
+from lockstep.ops.backfill import engine as backfill_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -91,8 +92,8 @@ def test_ray_index_equals_local_index(ray_runtime, make_settings, s3, opensearch
         update={"opensearch": local.opensearch.model_copy(update={"index_prefix": f"{unique}-ray"})}
     )
 
-    built_local = reembed.sync_index(local, entry, progress=False)
-    built_ray = reembed.sync_index(ray_settings, entry, progress=False)
+    built_local = backfill_engine.sync_index(local, entry, progress=False)
+    built_ray = backfill_engine.sync_index(ray_settings, entry, progress=False)
 
     assert (built_local.embedded, built_ray.embedded) == (300, 300)
     assert built_ray.created and built_ray.deleted == 0
@@ -120,7 +121,7 @@ def test_catch_up_on_ray_embeds_only_the_delta(ray_runtime, make_settings, s3, o
     settings = seeded(make_settings, s3, 200)
     publish(s3, settings, catalog, "v1")
     entry = catalog.get("v1")
-    first = reembed.sync_index(settings, entry, progress=False)
+    first = backfill_engine.sync_index(settings, entry, progress=False)
     assert (first.created, first.embedded, first.deleted) == (True, 200, 0)
 
     documents = artifacts.read_corpus(s3, settings)
@@ -137,7 +138,7 @@ def test_catch_up_on_ray_embeds_only_the_delta(ray_runtime, make_settings, s3, o
     artifacts.write_corpus(s3, settings, new_corpus)
     untouched = documents[50].id
 
-    second = reembed.sync_index(settings, entry, progress=False)
+    second = backfill_engine.sync_index(settings, entry, progress=False)
     assert (second.created, second.embedded, second.deleted) == (False, 5 + 4, 7)
     docs = stored(opensearch, second.index)
     assert set(docs) == {d.id for d in new_corpus}
@@ -147,7 +148,7 @@ def test_catch_up_on_ray_embeds_only_the_delta(ray_runtime, make_settings, s3, o
     meta = index.read_meta(opensearch, second.index)
     assert meta["synced"]["documents"] == len(new_corpus)
 
-    third = reembed.sync_index(settings, entry, progress=False)  # nothing left to do
+    third = backfill_engine.sync_index(settings, entry, progress=False)  # nothing left to do
     assert (third.embedded, third.deleted) == (0, 0)
 
 
@@ -188,7 +189,7 @@ def test_worker_killed_mid_run_still_finishes_exactly_once(ray_runtime, make_set
 
     def run():
         try:
-            outcome["result"] = reembed.sync_index(settings, entry, progress=False)
+            outcome["result"] = backfill_engine.sync_index(settings, entry, progress=False)
         except BaseException as exc:  # noqa: BLE001 — reported by the assertion below
             outcome["error"] = exc
 
@@ -449,7 +450,7 @@ def test_backfill_as_a_ray_job_on_a_ray_start_cluster(head_cluster, scratch_stac
             )
         }
     )
-    reference = reembed.sync_index(local, catalog.get("v1"), progress=False)
+    reference = backfill_engine.sync_index(local, catalog.get("v1"), progress=False)
     a, b = stored(opensearch, reference.index), stored(opensearch, name)
     assert set(a) == set(b) and len(b) == 400
     for doc_id, source in a.items():

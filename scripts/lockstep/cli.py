@@ -14,7 +14,8 @@ import click
 
 from lockstep import config, drill, orchestrator, promote, report, services, stackfile
 from lockstep.errors import LockstepError, Unreachable, UsageError
-from lockstep.ops import artifacts, check, clients, index, reembed
+from lockstep.ops import artifacts, check, clients, index
+from lockstep.ops.backfill import engine as backfill_engine
 from lockstep.plan import release_plan
 
 
@@ -116,7 +117,7 @@ def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | No
         raise UsageError(
             f"{version} is not in stack {stack}'s pin, slots or retain; add it there first so its index is kept"
         )
-    reembed.preflight(settings)
+    backfill_engine.preflight(settings)
     # Bad input is refused before the first write: OpenSearch unreachable or refusing us, an
     # artifact that does not build to the catalog's sha256, a corpus that cannot be parsed.
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
@@ -133,7 +134,7 @@ def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | No
         if settings.embedded:
             artifacts.ensure_bucket(s3, settings.artifacts.bucket)
         artifacts.publish_artifact(s3, settings, entry)
-    result = reembed.sync_index(
+    result = backfill_engine.sync_index(
         settings, entry, progress=not quiet, full=full, attach=attach, documents=documents, corpus_etag=corpus_etag
     )
     click.echo(

@@ -17,6 +17,7 @@ from lockstep import services
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import UsageError
 from lockstep.ops import artifacts, check, clients, derived, endpoints, index, reembed
+from lockstep.ops.backfill import engine as backfill_engine
 from lockstep.ops.corpus import Document
 
 
@@ -222,7 +223,7 @@ def apply(
     `before_cutover` runs once the new version is provisioned and deployed but not yet live:
     the validation window (the drill dual-writes arriving documents there)."""
     require_local(settings)
-    reembed.preflight(settings)  # backfill.engine ray: Ray importable, cluster reachable, before any write
+    backfill_engine.preflight(settings)  # backfill.engine ray: Ray importable, cluster reachable, before any write
     env = Environment(settings)
     refuse_before_writing(env, catalog)
     for store in settings.derived:  # first: a table of the wrong schema stops the apply before any write
@@ -249,7 +250,7 @@ def apply(
                 with env.reach_aws():
                     embedders[entry.version] = artifacts.load_embedder(env.s3, settings.artifacts.bucket, entry)
             with env.reach_opensearch():
-                done = reembed.sync_index(
+                done = backfill_engine.sync_index(
                     settings,
                     entry,
                     progress=progress,

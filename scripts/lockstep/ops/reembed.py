@@ -1,19 +1,19 @@
-"""Re-embedding: build (provision) or catch up (reattach) a version's index from the corpus.
+"""Re-embedding helpers: documents → vectors → bulk actions → OpenSearch, behind the write guard.
 
 Small composable generators in the style of opensearch-py's helpers: `delta` decides what to do,
 `index_actions` / `delete_actions` turn documents into bulk actions, `write` streams them through
 `streaming_bulk` (429s are retried with backoff there). Document ids are the corpus ids, so a
 re-run after a crash continues where it stopped and never duplicates. Nothing here touches the
-live alias: an interrupted provision leaves the live system as it was.
+live alias. A whole backfill (provision or catch-up, on either engine) is ops/backfill.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import chain
+from typing import Protocol
 
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import TransportError
@@ -21,13 +21,20 @@ from opensearchpy.helpers import parallel_bulk, streaming_bulk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lockstep.config import CatalogEntry, StackSettings
-from lockstep.errors import GuardRefused, UsageError
+from lockstep.errors import GuardRefused
 from lockstep.models import Embedder
-from lockstep.ops import artifacts, clients, index
+from lockstep.ops import index
 from lockstep.ops.corpus import Document
 
 BULK_RETRIES = 8
+
+
+class Stamped(Protocol):
+    """What the write guard compares with an index's `_meta`: an embedder's identity."""
+
+    version: str
+    artifact_sha256: str
+    dimension: int
 
 
 @dataclass
@@ -46,21 +53,6 @@ class Delta:
         return {"missing": len(self.missing), "changed": len(self.changed), "deleted": len(self.deleted)}
 
 
-@dataclass
-class BackfillResult:
-    version: str
-    index: str
-    created: bool
-    embedded: int
-    deleted: int
-    seconds: float
-    corpus_size: int
-
-    @property
-    def rate(self) -> float:
-        return self.embedded / self.seconds if self.seconds > 0 else 0.0
-
-
 def delta(documents: Sequence[Document], indexed: dict[str, str]) -> Delta:
     """Compare by content hash: a changed text is a changed document, whatever its timestamp."""
     result = Delta()
@@ -76,7 +68,7 @@ def delta(documents: Sequence[Document], indexed: dict[str, str]) -> Delta:
     return result
 
 
-def guard(client: OpenSearch, index_name: str, embedder: Embedder) -> None:
+def guard(client: OpenSearch, index_name: str, embedder: Stamped) -> None:
     """The write guard: vectors of one model version never enter another version's index."""
     meta = index.read_meta(client, index_name) or {}
     problems = []
@@ -225,117 +217,6 @@ def index_delta(client: OpenSearch, index_name: str, version: str, documents: Se
         for doc_id, (sha, stamped) in index.doc_stamps(client, index_name).items()
     }
     return delta(documents, indexed)
-
-
-def sync_documents(
-    client: OpenSearch,
-    settings: StackSettings,
-    entry: CatalogEntry,
-    embedder: Embedder,
-    documents: Sequence[Document],
-    progress: bool = True,
-    corpus_etag: str | None = None,
-    full: bool = False,
-    known_delta: Delta | None = None,
-) -> BackfillResult:
-    """Bring the version's index in line with `documents` (create it if needed). With
-    `corpus_etag`, the index records which corpus it now matches (see index.mark_synced).
-    `full` re-embeds every document: the repair for vectors that are wrong although their
-    stamps are right (what the check's re-embed probe finds). `known_delta` is a delta the
-    caller established without scanning the index (orchestrator.Corpus.delta_since_sync)."""
-    started = time.monotonic()
-    name = settings.opensearch.index_name(entry.version)
-    created = index.ensure_index(client, settings, entry)
-    guard(client, name, embedder)
-    if created:
-        plan = delta(documents, {})
-    else:
-        plan = known_delta if known_delta is not None else index_delta(client, name, entry.version, documents)
-    if full:
-        plan = Delta(missing=[d.id for d in documents], deleted=plan.deleted)
-    by_id = {doc.id: doc for doc in documents}
-    todo = [by_id[i] for i in plan.missing + plan.changed]
-    full_load = created or len(todo) > len(documents) // 2
-    left_in_bulk_mode = not created and index.in_bulk_mode(client, name)  # by a run that was killed
-    if full_load and todo:
-        index.set_bulk_mode(client, name, True, settings)
-    try:
-        with progress_bar(progress and bool(todo)) as bar:
-            task = bar.add_task(f"embed {entry.version} → {name}", total=len(todo), rate="") if bar else None
-
-            def advance(n: int) -> None:
-                if bar:
-                    elapsed = max(time.monotonic() - started, 1e-6)
-                    bar.update(task, advance=n, rate=f"{bar.tasks[0].completed / elapsed:,.0f} docs/s")
-
-            embedded, rejected = write_overlapped(
-                client, index_actions(todo, embedder, name, settings.backfill.batch_size), on_done=advance
-            )
-            if rejected:
-                retry = [by_id[doc_id] for doc_id in rejected]
-                embedded += write(
-                    client, index_actions(retry, embedder, name, settings.backfill.batch_size), on_done=advance
-                )
-        deleted = write(client, delete_actions(plan.deleted, name))
-    finally:
-        if (full_load and todo) or left_in_bulk_mode:
-            index.set_bulk_mode(client, name, False, settings)
-    client.indices.refresh(index=name)
-    if corpus_etag:
-        index.mark_synced(client, name, corpus_etag, len(documents))
-    return BackfillResult(entry.version, name, created, embedded, deleted, time.monotonic() - started, len(documents))
-
-
-def ray_engine():
-    """The `ray` engine's module; one line (exit 2) when Ray cannot be imported."""
-    try:
-        from lockstep.ops import ray_engine as engine
-    except ImportError as exc:
-        raise UsageError(
-            f"backfill.engine is 'ray' but Ray cannot be imported ({exc}); run `make setup` "
-            "(installs ray[data]) or set backfill.engine: local"
-        ) from None
-    return engine
-
-
-def preflight(settings: StackSettings) -> None:
-    """Fail before anything is written when the stack's engine cannot run (Ray missing, cluster down)."""
-    if settings.backfill.engine == "ray":
-        ray_engine().preflight(settings)
-
-
-def sync_index(
-    settings: StackSettings,
-    entry: CatalogEntry,
-    progress: bool = True,
-    full: bool = False,
-    *,
-    client: OpenSearch | None = None,
-    embedder: Embedder | None = None,
-    documents: Sequence[Document] | None = None,
-    corpus_etag: str | None = None,
-    attach: str | None = None,
-    known_delta: Delta | None = None,
-) -> BackfillResult:
-    """Provision or catch up one version's index from the corpus in S3, with its own artifact.
-
-    The one dispatch every re-embedding path goes through (apply, backfill, the Pulumi Index
-    provider, the drill): `backfill.engine: ray` runs the Ray Data pipeline (ops/ray_engine, which
-    reads the corpus and the artifact on its workers: `documents`/`embedder` are not used);
-    `local` runs here, on `documents`/`embedder` when the caller already holds them."""
-    if settings.backfill.engine == "ray":
-        return ray_engine().sync_index(settings, entry, progress=progress, full=full, attach=attach)
-    if attach:
-        raise UsageError("--attach follows a Ray job: set backfill.engine: ray and backfill.address")
-    s3 = clients.aws_for(settings, "s3")
-    client = client or clients.opensearch(settings.opensearch)
-    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
-        embedder = embedder or artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
-        if documents is None:
-            ref = artifacts.corpus_ref(s3, settings)
-            corpus_etag = ref.etag if ref else None
-            documents = artifacts.read_corpus(s3, settings)
-        return sync_documents(client, settings, entry, embedder, documents, progress, corpus_etag, full, known_delta)
 
 
 def write_documents(client: OpenSearch, index_name: str, embedder: Embedder, documents: Sequence[Document]) -> int:
