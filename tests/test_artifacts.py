@@ -153,7 +153,7 @@ def test_default_corpus_is_generated_and_cached(s3, make_settings, tmp_path, mon
     monkeypatch.setenv("LOCKSTEP_HOME", str(tmp_path))
     settings = make_settings(corpus={"size": 12})
     artifacts.ensure_corpus(s3, settings)
-    assert (tmp_path / "corpus-12.jsonl").exists()
+    assert (tmp_path / f"corpus-r{corpus.REVISION}-12.jsonl").exists()
     assert artifacts.read_corpus(s3, settings) == corpus.stdlib_documents(12)
 
 

@@ -57,6 +57,14 @@ class Model(BaseModel):
 # --------------------------------------------------------------------------------------- catalog
 
 
+class RecallFloor(Model):
+    """A version's recall@k floor per golden set (lockstep.ops.corpus.SETS), chosen from what the
+    version measured on the embedded corpus: a regression of that model fails the check."""
+
+    easy: float | None = Field(default=None, ge=0, le=1)
+    hard: float | None = Field(default=None, ge=0, le=1)
+
+
 class CatalogEntry(Model):
     """One model version: what its artifact is and what its index must look like."""
 
@@ -69,6 +77,7 @@ class CatalogEntry(Model):
     dimension: int
     space_type: Literal["l2", "cosinesimil", "innerproduct", "l1", "linf"]
     description: str = ""
+    recall_floor: RecallFloor = RecallFloor()
 
     @model_validator(mode="before")
     @classmethod
@@ -264,6 +273,13 @@ class CheckSettings(Model):
     probe_sample: int = Field(default=64, ge=1)
     probe_min_cosine: float = Field(default=0.999, ge=-1, le=1)
     stale_sample: int = Field(default=200, ge=0)
+
+    def recall_floors(self, entry: CatalogEntry) -> dict[str, float]:
+        """The floor per golden set for `entry`: the catalog version's, and for `easy` the higher
+        of it and recallFloor (a stack may demand more of a version, never less)."""
+        floors = entry.recall_floor.model_dump(exclude_none=True)
+        floors["easy"] = max(self.recall_floor, floors.get("easy", 0.0))
+        return floors
 
 
 class BackfillSettings(Model):

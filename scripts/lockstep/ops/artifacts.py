@@ -285,7 +285,7 @@ def _exists(s3, bucket: str, key: str) -> bool:
 
 def _default_documents(size: int) -> list[Document]:
     """The stdlib corpus of `size` documents, cached on disk: generating it takes seconds."""
-    cache = services.home() / f"corpus-{size}.jsonl"
+    cache = services.home() / f"corpus-r{corpus.REVISION}-{size}.jsonl"
     if cache.exists():
         return corpus.parse_documents(cache.read_bytes(), str(cache))
     documents = corpus.stdlib_documents(size)

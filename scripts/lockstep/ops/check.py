@@ -22,7 +22,7 @@ from opensearchpy.exceptions import RequestError
 
 from lockstep.config import Catalog, DerivedStore, StackSettings
 from lockstep.errors import IntegrityError, LockstepError, Unreachable
-from lockstep.ops import artifacts, clients, derived, endpoints, index
+from lockstep.ops import artifacts, clients, corpus, derived, endpoints, index
 
 RECORD_PREFIX = "checks"
 
@@ -257,24 +257,30 @@ def check_reembed_probe(r: Reading) -> Check:
 
 
 def check_recall(r: Reading) -> Check:
-    """Golden queries, embedded by the live endpoint, find their documents through the alias."""
+    """Both golden sets, embedded by the live endpoint, find their documents through the alias;
+    each set against the pin's floor for it (the catalog version's, see CheckSettings.recall_floors).
+    The easy set is reported last (its figure ends the observation)."""
     settings = r.settings
+    floors = settings.check.recall_floors(r.entry)
     with r.aws("S3"):
         golden = artifacts.read_golden(r.s3, settings)
-    recall, observed = 0.0, "endpoint unreachable" if not r.described else f"alias {r.alias} points to no index"
+    recalls: dict[str, float] = {}
+    observed = "endpoint unreachable" if not r.described else f"alias {r.alias} points to no index"
     if golden and r.described and r.targets:
         try:
             with r.opensearch():
-                recall = recall_at_k(r.client, r.alias, r.live, golden, settings.check.k)
-            observed = f"recall@{settings.check.k} {recall:.2f}"
+                recalls = recall_by_set(r.client, r.alias, r.live, golden, settings.check.k)
+            shown = sorted(recalls, key=lambda name: name == "easy")
+            observed = f"recall@{settings.check.k} " + ", ".join(f"{name} {recalls[name]:.2f}" for name in shown)
         except RequestError as exc:  # e.g. a query vector of another dimension than the index
             reason = exc.info.get("error", {}).get("reason", exc) if isinstance(exc.info, dict) else exc
             observed = f"queries fail: {index.one_line(reason)}"[:160]
+    checked = {name: floor for name, floor in floors.items() if name in recalls or name == "easy"}
     return Check(
         "recall",
-        recall >= settings.check.recall_floor,
+        bool(recalls) and all(recalls.get(name, 0.0) >= floor for name, floor in checked.items()),
         observed,
-        f"≥ {settings.check.recall_floor:.2f}",
+        ", ".join(f"{name} ≥ {floor:.2f}" for name, floor in sorted(checked.items(), key=lambda i: i[0] == "easy")),
         "the live endpoint and the index disagree: check the re-embed probe, then rebuild or roll back",
     )
 
@@ -437,14 +443,26 @@ def nearest(client, target: str, vector: np.ndarray, k: int) -> list[str]:
     return [h["_id"] for h in client.search(index=target, body=body)["hits"]["hits"]]
 
 
+def _hits(client, alias: str, live, golden: list[dict], k: int) -> list[float]:
+    """Per golden query, the share of its expected documents found in its top k through `alias`."""
+    vectors = live.embed([g["query"] for g in golden])
+    return [
+        len(set(nearest(client, alias, vector, k)) & set(query["expected"])) / max(len(query["expected"]), 1)
+        for query, vector in zip(golden, vectors)
+    ]
+
+
 def recall_at_k(client, alias: str, live, golden: list[dict], k: int) -> float:
     """Mean share of each golden query's expected documents found in its top k through `alias`."""
-    vectors = live.embed([g["query"] for g in golden])
-    found = 0.0
-    for query, vector in zip(golden, vectors):
-        expected = set(query["expected"])
-        found += len(set(nearest(client, alias, vector, k)) & expected) / max(len(expected), 1)
-    return found / len(golden)
+    return sum(_hits(client, alias, live, golden, k)) / len(golden)
+
+
+def recall_by_set(client, alias: str, live, golden: list[dict], k: int) -> dict[str, float]:
+    """recall_at_k of each golden set (corpus.SETS) present in `golden`, with one embed call."""
+    found: dict[str, list[float]] = {}
+    for query, hit in zip(golden, _hits(client, alias, live, golden, k)):
+        found.setdefault(corpus.golden_set(query), []).append(hit)
+    return {name: sum(hits) / len(hits) for name, hits in found.items()}
 
 
 # ---------------------------------------------------------------------------------- records

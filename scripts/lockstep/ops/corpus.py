@@ -1,8 +1,13 @@
 """The corpus: real text already on the machine (Python standard library docstrings) as JSONL.
 
 Documents are `{"id", "text", "updated_at"}`; `content_sha256` is derived from the text, so a
-changed document is found by comparing hashes, never timestamps. Golden queries are each
-document's first sentence with the document as the expected answer.
+changed document is found by comparing hashes, never timestamps.
+
+Two golden query sets, both a docstring's first sentence as the query:
+- `easy`: the document is the whole docstring, so the query's words are in it (nearly lexical:
+  hashed n-grams and a transformer both find it, R@10 ~0.95-0.99);
+- `hard`: the document is the docstring *without* its first sentence (id `<id>~body`), so the
+  query must be matched by meaning (what separates a real model from hashed n-grams).
 """
 
 from __future__ import annotations
@@ -14,11 +19,17 @@ import re
 import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from lockstep.errors import UsageError
 
 EPOCH = "2026-01-01T00:00:00Z"
+# Bumped whenever stdlib_documents() yields other texts (on-disk corpus caches are keyed by it).
+REVISION = 2
+SETS = ("easy", "hard")
+BODY = "~body"  # id suffix of a document that is a docstring without its first sentence
+BODY_EVERY = 4  # every 4th docstring (with a body long enough) is stored without its first sentence
 
 
 @dataclass(frozen=True)
@@ -49,14 +60,12 @@ def _docstrings(path: Path, module: str) -> Iterator[tuple[str, str]]:
                 yield name, text
 
 
-def stdlib_documents(size: int) -> list[Document]:
-    """`size` distinct docstrings of the standard library, in a stable order.
-
-    Past the ~2,800 docstrings there are, documents are numbered variants of them (for
-    benchmarks at 10k-100k documents): distinct ids and texts, the same kind of language."""
+@cache
+def _docstrings_of_stdlib() -> tuple[tuple[str, str], ...]:
+    """(id, text) of every usable standard-library docstring, in a stable order."""
     root = Path(sysconfig.get_paths()["stdlib"])
     seen: set[str] = set()
-    documents: list[Document] = []
+    found: list[tuple[str, str]] = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
         if any(part in {"test", "tests", "idlelib", "site-packages", "lib2to3"} for part in rel.parts):
@@ -67,16 +76,33 @@ def stdlib_documents(size: int) -> list[Document]:
             if len(text) < 120 or text in seen or len(first_sentence(text)) < 30:
                 continue
             seen.add(text)
-            documents.append(Document(id=re.sub(r"[^A-Za-z0-9._:-]", "_", name), text=text[:4000]))
-            if len(documents) >= size:
-                return documents
-    distinct = list(documents)
-    for n in range(size - len(distinct)):
-        # Each extra document joins the bodies (all but the first sentence) of two docstrings:
-        # new text that never repeats an original's first sentence, which is what the golden
-        # queries ask for, so the recall probe keeps meaning the same thing at any size.
-        first = distinct[n % len(distinct)]
-        second = distinct[(n % len(distinct) + 1 + n // len(distinct)) % len(distinct)]
+            found.append((re.sub(r"[^A-Za-z0-9._:-]", "_", name), text[:4000]))
+    return tuple(found)
+
+
+def stdlib_documents(size: int) -> list[Document]:
+    """`size` distinct docstrings of the standard library, in a stable order (a document's text
+    never depends on `size`). Every BODY_EVERY-th one is stored without its first sentence: the
+    `hard` golden set's answers.
+
+    Past the ~2,800 docstrings there are, documents are joined variants of them (for benchmarks
+    at 10k-100k documents): distinct ids and texts, the same kind of language."""
+    documents: list[Document] = []
+    for position, (doc_id, text) in enumerate(_docstrings_of_stdlib()):
+        if len(documents) >= size:
+            return documents
+        rest = body(text)
+        if position % BODY_EVERY == BODY_EVERY - 1 and len(rest) >= 80:
+            documents.append(Document(id=doc_id + BODY, text=rest))
+        else:
+            documents.append(Document(id=doc_id, text=text))
+    whole = [d for d in documents if not d.id.endswith(BODY)]
+    for n in range(size - len(documents)):
+        # Each extra document joins the bodies (all but the first sentence) of two whole docstrings:
+        # new text that never repeats an original's first sentence nor a `hard` answer's text, so
+        # both golden sets keep meaning the same thing at any size.
+        first = whole[n % len(whole)]
+        second = whole[(n % len(whole) + 1 + n // len(whole)) % len(whole)]
         documents.append(Document(id=f"{first.id}+{second.id}", text=f"{body(second.text)}\n\n{body(first.text)}"))
     return documents
 
@@ -94,11 +120,27 @@ def first_sentence(text: str) -> str:
 
 
 def golden_queries(documents: list[Document], count: int = 40) -> list[dict]:
-    """Every n-th original document's first sentence, expected to retrieve that document."""
-    originals = [d for d in documents if "+" not in d.id]
-    step = max(1, len(originals) // count)
-    picked = originals[::step][:count]
-    return [{"query": first_sentence(d.text), "expected": [d.id]} for d in picked]
+    """Up to `count` queries per set, spread over the original documents: `{"query", "expected",
+    "set"}`; a `hard` query is the first sentence its document was stored without."""
+    originals = {doc_id: text for doc_id, text in _docstrings_of_stdlib()}
+    pool: dict[str, list[tuple[str, str]]] = {name: [] for name in SETS}
+    for d in documents:
+        if "+" in d.id:
+            continue
+        if d.id.endswith(BODY) and d.id.removesuffix(BODY) in originals:
+            pool["hard"].append((d.id, first_sentence(originals[d.id.removesuffix(BODY)])))
+        elif not d.id.endswith(BODY):
+            pool["easy"].append((d.id, first_sentence(d.text)))
+    queries = []
+    for name in SETS:
+        step = max(1, len(pool[name]) // count)
+        queries += [{"query": q, "expected": [i], "set": name} for i, q in pool[name][::step][:count]]
+    return queries
+
+
+def golden_set(query: dict) -> str:
+    """The set a golden query belongs to (files written before there were two: `easy`)."""
+    return str(query.get("set", "easy"))
 
 
 def to_jsonl(rows: Iterable[dict]) -> bytes:
