@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from lockstep.errors import ConfigError
+from lockstep.ops import clients, index
 from lockstep.plan import Observed, ObservedIndex, release_plan
 from tests.test_bad_input import edit
 from tests.test_servers_identity import deployed, world  # noqa: F401  (the deployed stack fixture)
@@ -105,3 +106,36 @@ def test_a_catalog_dimension_the_artifact_does_not_produce_is_refused_on_a_deplo
         assert world(stacks, settings) == before
     finally:
         catalog_file.write_bytes(original)
+
+
+@pytest.mark.parametrize("command", ["plan", "apply", "backfill"])
+def test_an_index_an_earlier_run_built_with_a_wrong_dimension_is_named_with_the_fix(
+    deployed,  # noqa: F811
+    catalog,
+    command,
+):
+    """What a lying catalog left behind before lockstep refused it: v3's index with dimension 64
+    (the catalog, now corrected, says 128). plan, apply and backfill name it and the fix."""
+    stacks, settings = deployed
+    path = stacks / f"Pulumi.{settings.stack}.yaml"
+    original = path.read_bytes()
+    name = settings.opensearch.index_name("v3")
+    search = clients.opensearch()
+    search.indices.create(
+        index=name, body=index.index_body(settings, catalog.get("v3").model_copy(update={"dimension": 64}))
+    )
+    edit(path, lambda d: d["config"].__setitem__("lockstep:retain", ["v3"]))
+    try:
+        before = world(stacks, settings)
+        argv = {
+            "plan": ["plan", "--stack", settings.stack],
+            "apply": ["apply", "--stack", settings.stack, "--quiet"],
+            "backfill": ["backfill", "--stack", settings.stack, "--version", "v3", "--quiet"],
+        }[command]
+        line = one_line(lockstep(stacks, *argv))
+        for word in (f"index {name}", "dimension 64 where the catalog says 128", f"DELETE /{name}", "lockstep apply"):
+            assert word in line, f"{word!r} not in {line!r}"
+        assert world(stacks, settings) == before
+    finally:
+        path.write_bytes(original)
+        search.indices.delete(index=name)

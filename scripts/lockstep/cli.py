@@ -124,6 +124,8 @@ def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | No
         clients.opensearch(settings.opensearch).info()
     s3 = clients.aws_for(settings, "s3")
     artifacts.verify_model(s3, settings.artifacts.bucket, entry)  # sha256, dimension: before the first write
+    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
+        check.refuse_misbuilt_indices(clients.opensearch(settings.opensearch), settings, catalog, [version])
     documents, corpus_etag = None, None
     with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
         if settings.embedded:
@@ -163,6 +165,8 @@ def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str)
     counts = None
     try:
         env, planned = orchestrator.plan_for(target, catalog)
+        with env.reach_opensearch():  # an earlier run's index of another build: named, with the fix
+            check.refuse_misbuilt_indices(env.opensearch, target, catalog)
         known = True
         live = index.alias_targets(env.opensearch, settings.opensearch.alias_name)
         counts = index.count_by_model_version(env.opensearch, live[0])[1] if len(live) == 1 else None

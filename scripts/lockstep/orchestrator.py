@@ -209,6 +209,8 @@ def refuse_before_writing(env: Environment, catalog: Catalog) -> None:
     with env.reach_aws():
         for version in env.settings.versions:  # sha256, and the dimension its model really produces
             artifacts.verify_model(env.s3, env.settings.artifacts.bucket, catalog.get(version))
+    with env.reach_opensearch():  # an index an earlier run built for another entry: named, with the fix
+        check.refuse_misbuilt_indices(env.opensearch, env.settings, catalog)
 
 
 def apply(

@@ -387,6 +387,35 @@ def evaluate(settings: StackSettings, catalog: Catalog, seed: int | None = None,
     return Outcome(record, 0 if record.passed else 1, key=key)
 
 
+# `_meta` keys that say which model built an index (engine and corpus may change without a rebuild).
+BUILD_KEYS = ("model", "version", "artifact_sha256", "dimension", "space_type")
+
+
+def refuse_misbuilt_indices(
+    client, settings: StackSettings, catalog: Catalog, versions: list[str] | None = None
+) -> None:
+    """An index of a kept version that was built for another catalog entry (an earlier run with a
+    catalog that lied about the dimension, say) can be neither caught up nor cut over to: name it
+    and the fix, before anything is written (plan, apply, backfill)."""
+    live = index.alias_targets(client, settings.opensearch.alias_name)
+    for version in versions or settings.versions:
+        name = settings.opensearch.index_name(version)
+        meta = index.read_meta(client, name)
+        if meta is None:
+            continue
+        expected = index.index_meta(settings, catalog.get(version))
+        differs = {k: (meta.get(k), expected[k]) for k in BUILD_KEYS if k in expected and meta.get(k) != expected[k]}
+        if not differs:
+            continue
+        what = "; ".join(f"{k} {seen!r} where the catalog says {want!r}" for k, (seen, want) in differs.items())
+        fix = (
+            "it is live: fix the catalog or roll back to another version first"
+            if name in live
+            else f"it is not live: delete it (DELETE /{name}), then `lockstep apply --stack {settings.stack}` builds it again"
+        )
+        raise IntegrityError(f"index {name} was built for another catalog entry than {version}'s ({what}); {fix}")
+
+
 def _describe(endpoint) -> dict:
     try:
         return endpoint.describe() if endpoint else {}
