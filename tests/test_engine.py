@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -164,19 +165,20 @@ def test_the_engines_preview_of_a_rollback_classifies_it_as_lockstep_plan_does(r
 def test_a_contaminated_index_fails_the_check_resource_and_a_backfill_lets_up_converge(release, opensearch):
     release.deploy(pin="v1", slots={"blue": "v1", "green": "v2"})
     live, standby = f"{release.unique}-v1", f"{release.unique}-v2"
-    # Documents embedded by v1 land in v2's index (a writer that ignored the version).
-    hits = opensearch.search(index=live, body={"size": 5, "query": {"match_all": {}}})["hits"]["hits"]
+    # A writer that embedded with v1 but stamped v2: the stamps look right (the cutover's catch-up
+    # sees nothing to do), only the check's re-embedding probes can tell.
+    hits = opensearch.search(index=live, body={"size": SIZE, "query": {"match_all": {}}})["hits"]["hits"]
     for hit in hits:
-        opensearch.index(index=standby, id=hit["_id"], body=hit["_source"])
+        opensearch.index(index=standby, id=hit["_id"], body={**hit["_source"], "model_version": "v2"})
     opensearch.indices.refresh(index=standby)
 
     with pytest.raises(up.EngineFailed) as failed:
         release.deploy(pin="v2")
     message = str(failed.value)
-    assert "inconsistent after the deploy of v2" in message and "foreign-versions" in message, message
+    assert "inconsistent after the deploy of v2" in message and "reembed-probe" in message, message
     assert "\n" not in message
 
-    result = release.lockstep("backfill", "--stack", release.unique, "--version", "v2", "--quiet")
+    result = release.lockstep("backfill", "--stack", release.unique, "--version", "v2", "--full", "--quiet")
     assert result.exit_code == 0, result.output
     converged = release.deploy()
     assert converged.changed() == {"lockstep-check": "update"}
@@ -194,7 +196,7 @@ def test_refresh_shows_an_alias_moved_by_hand_as_drift_on_the_cutover_and_up_res
     refreshed = up.Steps()
     result = release.stack().refresh(on_event=refreshed.on_event, on_output=release.output.append, color="never")
     assert result.summary.resource_changes.get("update") == 1, result.summary.resource_changes
-    drifted = [line for line in result.stdout.splitlines() if "updated" in line]
+    drifted = [line for line in result.stdout.splitlines() if re.match(r"^\s*~\s+lockstep:\S+ \S+ updated", line)]
     assert len(drifted) == 1 and "lockstep-cutover" in drifted[0], result.stdout
 
     restored = release.deploy()

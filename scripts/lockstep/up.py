@@ -72,10 +72,11 @@ def stack_for(settings: StackSettings, catalog: Catalog, backend: Path | None = 
             raise UsageError(
                 f"opensearch.auth is basic: set {PASSWORD_VARIABLE} (it reaches the resources as a secret)"
             )
-        password = pulumi.Output.secret(secret)
+        password = secret
 
     def declare() -> None:
-        program.declare(settings, catalog, password)
+        # The secret is made inside the program: an Output belongs to the program's event loop.
+        program.declare(settings, catalog, pulumi.Output.secret(password) if password else None)
 
     return auto.create_or_select_stack(
         stack_name=settings.stack,
