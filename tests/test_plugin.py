@@ -29,7 +29,6 @@ import grpc
 import pulumi
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
-from pulumi.provider.experimental import host
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.server import ComponentInitError, ProviderServicer
 from pulumi.runtime.proto import provider_pb2_grpc
@@ -51,23 +50,18 @@ TS_EXAMPLE = ROOT / "examples" / "typescript" / "index.ts"
 
 @pytest.fixture(scope="module")
 def hosted(request) -> ComponentProvider:
-    """The ComponentProvider that components/plugin.main() hands to the SDK's gRPC server."""
-    captured: list = []
-    original_main, original_hosting = host.main, host.is_hosting
-    host.main = lambda provider, args: captured.append(provider)
-    host.is_hosting = False
-    try:
-        plugin.main()
-    finally:
-        host.main, host.is_hosting = original_main, original_hosting
-    (provider,) = captured
+    """The ComponentProvider whose `construct` components/plugin.main()'s server delegates to."""
+    provider = plugin.build_provider()
     assert isinstance(provider, ComponentProvider)
     return provider
 
 
 @pytest.fixture(scope="module")
 def schema(hosted) -> dict:
-    return json.loads(hosted.schema)
+    """What the plugin serves: the component's inferred schema plus the custom resources."""
+    served = plugin.schema()
+    assert served["resources"][TOKEN] == json.loads(hosted.schema)["resources"][TOKEN]
+    return served
 
 
 def resolve(prop: dict, schema: dict) -> dict:
@@ -79,10 +73,27 @@ def resolve(prop: dict, schema: dict) -> dict:
 def test_the_host_serves_one_component_at_the_package_version(hosted, schema):
     assert hosted.version == importlib.metadata.version("lockstep") == schema["version"]
     assert schema["name"] == "lockstep"
-    assert list(schema["resources"]) == [TOKEN]
+    assert set(schema["resources"]) == {TOKEN, *CUSTOM_RESOURCES}
     assert schema["resources"][TOKEN]["isComponent"] is True
+    assert not [token for token in CUSTOM_RESOURCES if schema["resources"][token].get("isComponent")]
+    check = schema["resources"]["lockstep:index:Check"]["properties"]
+    assert {"record", "passed", "failed", "pin"} <= set(check)
+    for token in ("lockstep:index:Index", "lockstep:index:Cutover", "lockstep:index:Check"):
+        assert schema["resources"][token]["inputProperties"]["opensearchPassword"]["secret"] is True, token
     assert "blue/green" in schema["resources"][TOKEN]["description"]
 
+
+CUSTOM_RESOURCES = {
+    "lockstep:index:Index",
+    "lockstep:index:Cutover",
+    "lockstep:index:DerivedRepair",
+    "lockstep:index:Check",
+    "lockstep:embedded:Bucket",
+    "lockstep:embedded:Corpus",
+    "lockstep:embedded:Artifact",
+    "lockstep:embedded:EndpointSlot",
+    "lockstep:embedded:DerivedTable",
+}
 
 # What another language sees: name -> (type or $ref, required). Plain: decides the graph.
 EXPECTED_INPUTS = {
@@ -315,7 +326,7 @@ def test_construct_registers_the_same_graph_as_the_python_program(hosted):
         "lockstep-artifacts-v1",
         "lockstep-artifacts-v2",
     }
-    indices = constructed.of_type("pulumi-python:dynamic/opensearch:Index")
+    indices = constructed.of_type("lockstep:index:Index")
     assert {n: (i["index"], i["dimension"]) for n, i in indices.items()} == {
         "lockstep-index-v1": ("docs-v1", 192),
         "lockstep-index-v2": ("docs-v2", 192),
@@ -326,7 +337,7 @@ def test_construct_registers_the_same_graph_as_the_python_program(hosted):
     }
     cutover = constructed.inputs("lockstep-cutover")
     assert (cutover["version"], cutover["index"], cutover["endpoint"]) == ("v2", "docs-v2", "lockstep-dev-green")
-    assert constructed.inputs("lockstep-check")["create"] == "lockstep check --stack dev --json"
+    assert constructed.inputs("lockstep-check")["stack"] == "dev"
 
     assert constructed.state["urn"].endswith(f"{TOKEN}::lockstep")
     assert {k: v for k, v in constructed.state.items() if k != "urn"} == {
@@ -353,7 +364,7 @@ def test_a_rollback_pin_through_the_package_is_a_flip(hosted):
 
 def test_the_stack_name_defaults_to_the_consumer_stack(hosted):
     constructed = construct(hosted, dev_properties(), name="search", stack="staging")
-    assert constructed.inputs("search-check")["create"] == "lockstep check --stack staging --json"
+    assert constructed.inputs("search-check")["stack"] == "staging"
     assert constructed.inputs("search-cutover")["pointer"] == "/lockstep/staging/live"
     assert constructed.state["liveEndpoint"] == "lockstep-staging-green"
 
@@ -428,7 +439,7 @@ def test_the_yaml_example_uses_only_what_the_schema_declares_and_constructs(host
     constructed = construct(hosted, resource["properties"], name=name, stack="example")
     assert constructed.state["liveIndex"] == "docs-v2"
     assert constructed.state["liveEndpoint"] == "lockstep-example-green"
-    assert set(constructed.of_type("pulumi-python:dynamic/opensearch:Index")) == {
+    assert set(constructed.of_type("lockstep:index:Index")) == {
         "release-index-v1",
         "release-index-v2",
     }
@@ -543,15 +554,12 @@ def test_an_output_where_a_plain_value_decides_the_graph_is_refused_by_name(host
     assert "\n" not in message
 
 
-def test_a_local_backend_is_refused_like_the_program_refuses_it(hosted):
-    properties = {
-        **dev_properties(),
-        "endpoints": {
-            "backend": "local",
-            "imageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/lockstep-serve:0.1.0",
-        },
-    }
-    message, _ = construct_failure(hosted, properties)
-    assert message.startswith("lockstep:endpoints.backend: is 'local'; ModelRelease deploys SageMaker endpoints"), (
-        message
-    )
+def test_a_local_backend_constructs_the_embedded_leaves_and_no_aws_resource(hosted):
+    # The schema asks for an image (SageMaker's); the embedded slots do not use it.
+    properties = {**dev_properties(), "endpoints": {**dev_properties()["endpoints"], "backend": "local"}}
+    properties["opensearch"] = {"url": "http://127.0.0.1:9200", "indexPrefix": "docs"}
+    constructed = construct(hosted, properties)
+    types = {r["type"] for r in constructed.resources.values()}
+    assert not [t for t in types if t.startswith("aws:")]
+    assert {"lockstep:embedded:EndpointSlot", "lockstep:index:Index", "lockstep:index:Check"} <= types
+    assert constructed.state["liveEndpoint"] == "lockstep-dev-green"

@@ -19,9 +19,9 @@ from ruamel.yaml import YAML
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "__main__.py"
 ACCOUNT = "123456789012"
-DYNAMIC_INDEX = "pulumi-python:dynamic/opensearch:Index"
-DYNAMIC_CUTOVER = "pulumi-python:dynamic/opensearch:Cutover"
-CHECK = "command:local:Command"
+INDEX = "lockstep:index:Index"
+CUTOVER = "lockstep:index:Cutover"
+CHECK = "lockstep:index:Check"
 CHECK_STDOUT = '{"consistent": true, "checks": []}'
 
 
@@ -48,7 +48,7 @@ class CaptureMocks(pulumi.runtime.Mocks):
         if args.typ == "aws:s3/bucket:Bucket":
             state["arn"] = f"arn:aws:s3:::{args.inputs['bucket']}"
         if args.typ == CHECK:
-            state["stdout"] = CHECK_STDOUT
+            state["record"] = CHECK_STDOUT
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -161,7 +161,7 @@ def test_first_deploy_declares_the_whole_unit():
     assert v2_object["checksumAlgorithm"] == "SHA256"
     assert v2_object["source"][0] == "FileAsset" and Path(v2_object["source"][1]).is_file()
 
-    indices = run.of_type(DYNAMIC_INDEX)
+    indices = run.of_type(INDEX)
     assert set(indices) == {"lockstep-index-v1", "lockstep-index-v2"}
     assert indices["lockstep-index-v2"]["index"] == "docs-v2"
     assert indices["lockstep-index-v2"]["dimension"] == 192
@@ -188,12 +188,13 @@ def test_first_deploy_declares_the_whole_unit():
     ]
 
     cutover = run.inputs("lockstep-cutover")
-    assert run.resources["lockstep-cutover"]["type"] == DYNAMIC_CUTOVER
+    assert run.resources["lockstep-cutover"]["type"] == CUTOVER
     assert (cutover["version"], cutover["index"], cutover["endpoint"]) == ("v2", "docs-v2", "lockstep-dev-green")
     assert cutover["pointer"] == "/lockstep/dev/live"
 
     check = run.inputs("lockstep-check")
-    assert check["create"] == check["update"] == "lockstep check --stack dev --json"
+    assert run.resources["lockstep-check"]["type"] == CHECK
+    assert (check["stack"], check["pin"], check["settings"]["pin"]) == ("dev", "v2", "v2")
     assert check["triggers"][0] == "v2" and "docs-v2" in check["triggers"]
 
     assert run.outputs == {
@@ -232,7 +233,7 @@ def test_rollback_to_the_standby_is_a_flip():
         "aws:sagemaker/endpoint:Endpoint",
         "aws:sagemaker/model:Model",
         "aws:sagemaker/endpointConfiguration:EndpointConfiguration",
-        DYNAMIC_INDEX,
+        INDEX,
     ):
         assert before.of_type(kind) == after.of_type(kind), kind
 
@@ -327,23 +328,22 @@ def test_execution_role_reads_only_its_versions_artifacts():
     assert blue["Resource"].endswith("/models/hashgram/v1/*")
 
 
-def test_basic_auth_password_reaches_only_the_check_environment():
+def test_basic_auth_password_reaches_every_resource_that_talks_to_opensearch_as_a_secret():
     password = "s3cr3t-Pa55"
     opensearch = {**dev_values()["lockstep:opensearch"], "auth": "basic", "username": "lockstep"}
     run = evaluate(with_values(opensearch=opensearch), secrets={"lockstep:opensearchPassword": password})
 
-    kind, environment = run.inputs("lockstep-check")["environment"]
-    assert kind == "secret" and environment["LOCKSTEP_OPENSEARCH_PASSWORD"] == password
-    assert password not in environment["LOCKSTEP_STACK_SETTINGS"]  # the settings the check reads
-    holders = [name for name, r in run.resources.items() if password in json.dumps(r["inputs"], default=str)]
-    assert holders == ["lockstep-check"]
+    holders = {name for name, r in run.resources.items() if password in json.dumps(r["inputs"], default=str)}
+    assert holders == {"lockstep-index-v1", "lockstep-index-v2", "lockstep-cutover", "lockstep-check"}
+    for name in holders:
+        assert run.inputs(name)["opensearchPassword"] == ("secret", password), name
+        assert password not in json.dumps(run.inputs(name)["settings"])  # never inside the settings
 
 
 # ---------------------------------------------------------------------------------- bad config
 
 
-def test_local_backend_declares_nothing(caplog):
-    caplog.set_level("INFO")
+def test_the_embedded_stack_declares_the_same_release_with_lockstep_leaves_and_no_aws_resource():
     values = {
         f"lockstep:{k}": v
         for k, v in {
@@ -352,11 +352,34 @@ def test_local_backend_declares_nothing(caplog):
             "artifacts": {"bucket": "lockstep-local-artifacts"},
             "corpus": {"bucket": "lockstep-local-corpus"},
             "endpoints": {"backend": "local"},
+            "derived": [{"name": "related", "kind": "related-documents", "table": "lockstep-local-related"}],
         }.items()
     }
     run = evaluate(values, stack="local")
-    assert run.resources == {} and run.outputs is None
-    assert any("lockstep apply --stack local" in r.getMessage() for r in caplog.records)
+
+    types = {r["type"] for r in run.resources.values()}
+    assert not [t for t in types if t.startswith("aws:")]
+    assert {INDEX, CUTOVER, CHECK, "lockstep:index:DerivedRepair"} <= types
+    assert set(run.of_type("lockstep:embedded:Artifact")) == {"lockstep-artifacts-v1", "lockstep-artifacts-v2"}
+    slots = run.of_type("lockstep:embedded:EndpointSlot")
+    assert {s["slot"]: s["version"] for s in slots.values()} == {"blue": "v1", "green": "v2"}
+    assert run.inputs("lockstep-derived-related")["name"] == "lockstep-local-related"
+    cutover = run.inputs("lockstep-cutover")
+    assert (cutover["version"], cutover["endpoint"]) == ("v1", "lockstep-local-blue")
+    assert run.outputs["live_index"] == "docs-v1" and run.outputs["check_record"] == CHECK_STDOUT
+
+
+def test_an_embedded_rollback_to_the_standby_is_a_flip():
+    values = {
+        "lockstep:pin": "v2",
+        "lockstep:slots": {"blue": "v1", "green": "v2"},
+        "lockstep:artifacts": {"bucket": "lockstep-local-artifacts"},
+        "lockstep:corpus": {"bucket": "lockstep-local-corpus"},
+        "lockstep:endpoints": {"backend": "local"},
+    }
+    before = evaluate(values, stack="local")
+    after = evaluate({**values, "lockstep:pin": "v1"}, stack="local")
+    assert changed_resources(before, after) == {"lockstep-cutover", "lockstep-check"}
 
 
 @pytest.mark.parametrize(
