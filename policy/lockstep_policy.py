@@ -4,7 +4,7 @@ A floating tag (`latest`, `stable`, …) or a missing sha256 in prod means nobod
 artifact built an index or serves an endpoint — and a rollback then has nothing to return to.
 The rules read what components/ declares:
 
-- the dynamic `Index` and `Cutover` resources carry `version`, `artifact_sha256` and the catalog
+- lockstep's `Index` and `Cutover` resources carry `version`, `artifactSha256` and the catalog
   `entry` (camelCase, as pydantic dumps it);
 - SageMaker `Model`, `EndpointConfiguration` and `Endpoint` carry the `lockstep:version` tag; the
   model's `modelDataUrl` is the content-addressed key `models/<model>/<version>/<sha256>/model.tar.gz`.
@@ -28,8 +28,8 @@ from pulumi_policy import EnforcementLevel, PolicyConfigSchema, ResourceValidati
 from lockstep import config
 from lockstep.errors import ConfigError
 
-INDEX_TYPE = "pulumi-python:dynamic/opensearch:Index"
-CUTOVER_TYPE = "pulumi-python:dynamic/opensearch:Cutover"
+INDEX_TYPE = "lockstep:index:Index"
+CUTOVER_TYPE = "lockstep:index:Cutover"
 SAGEMAKER_MODEL_TYPE = "aws:sagemaker/model:Model"
 SAGEMAKER_ENDPOINT_TYPES = (
     "aws:sagemaker/endpointConfiguration:EndpointConfiguration",
@@ -166,8 +166,8 @@ def production_rule(*resource_types: str):
 
 @production_rule(INDEX_TYPE, CUTOVER_TYPE)
 def validate_index(props: Mapping[str, Any], catalog: config.Catalog | None) -> list[str]:
-    """Index and Cutover: `version`, `artifact_sha256` and the catalog `entry` name one version."""
-    version, sha = _get(props, "version"), _get(props, "artifact_sha256")
+    """Index and Cutover: `version`, `artifactSha256` and the catalog `entry` name one version."""
+    version, sha = _get(props, "version"), _get(props, "artifactSha256")
     problems = pinned_problems(version, sha, "inputs", catalog)
     entry = _get(props, "entry")
     if not isinstance(entry, Mapping):

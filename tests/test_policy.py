@@ -100,14 +100,14 @@ def test_a_floating_tag_on_an_index_is_refused(prod_program, resource_type, tag)
 @pytest.mark.parametrize("sha", [None, "", "abc123", V1_SHA.upper(), V1_SHA[:-1], V1_SHA + "0"])
 def test_an_index_without_a_real_sha256_is_refused(prod_program, sha):
     _, inputs = of_type(prod_program, rules.INDEX_TYPE)
-    props = {**inputs, "artifact_sha256": sha}
+    props = {**inputs, "artifactSha256": sha}
     assert any("artifact sha256" in v and "64 lowercase hex" in v for v in violations(Args(rules.INDEX_TYPE, props)))
 
 
 def test_an_index_with_a_sha_the_catalog_does_not_have_is_refused(prod_program):
     _, inputs = of_type(prod_program, rules.INDEX_TYPE)
     forged = "0" * 64
-    props = {**inputs, "artifact_sha256": forged, "entry": {**inputs["entry"], "artifactSha256": forged}}
+    props = {**inputs, "artifactSha256": forged, "entry": {**inputs["entry"], "artifactSha256": forged}}
     found = violations(Args(rules.INDEX_TYPE, props))
     assert any("differs from the catalog" in v for v in found), found
 
