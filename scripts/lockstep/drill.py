@@ -2,9 +2,11 @@
 
 Acts: deploy v1; upgrade to v2 with dual writes; the naive rollback (endpoint back to v1, index
 left on v2, documents still arriving) that the check catches; the lockstep rollback (plan, pin,
-apply); rollback to a version whose index was dropped. Each act runs the same commands a person
-would (`pin`, `plan`, `apply`, `check`) on a scratch stack, and the drill ends with a table and an
-HTML timeline of recall across the acts.
+apply); rollback to a version whose index was dropped; then the real model: upgrade to v4
+(all-MiniLM-L6-v2, another family and dimension), its naive rollback, its lockstep rollback. Each
+act runs the same commands a person would (`pin`, `plan`, `apply`, `check`) on a scratch stack,
+and the drill ends with a table and an HTML timeline of recall (both golden sets) across the acts
+and what each re-embed cost.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from opensearchpy.exceptions import RequestError
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from lockstep import config, models, orchestrator, report, services, stackfile
 from lockstep.models import builds
-from lockstep.ops import artifacts, check, clients, derived, endpoints
+from lockstep.ops import artifacts, check, clients, corpus, derived, endpoints
 from lockstep.ops.corpus import Document, stdlib_documents
 
 STACK = "drill"
 ARRIVALS = 20  # documents that arrive during each of acts 2 and 3
+REAL_MODEL = "v4"  # the catalog's real model (sentence-transformers); acts 6a-6c
 
 
 @dataclass
@@ -39,8 +43,11 @@ class Act:
     embedded: int = 0
     check_passed: bool | None = None
     failures: list[str] = field(default_factory=list)
-    recall: float | None = None
+    # recall@k per golden set (corpus.SETS) through the alias; empty when queries fail.
+    recall: dict[str, float] = field(default_factory=dict)
     probe: dict = field(default_factory=dict)
+    # What the act's re-embedding cost: {version, family, docs, seconds, docs_per_s}; {} when none.
+    reembed: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)
     # Related-document lists after the act: records by version, agreement with a fresh computation.
     related: dict = field(default_factory=dict)
@@ -94,7 +101,7 @@ class Drill:
                 "opensearch": {"engine": "lucene", "indexPrefix": name},
                 "corpus": {"bucket": f"lockstep-{name}-corpus", "size": self.docs},
                 "endpoints": {"backend": "local"},
-                "check": {"recallFloor": 0.7, "k": 10},
+                "check": {"k": 10},
                 "pointerParameter": f"/lockstep/{name}/live",
                 "backfill": {"engine": self.engine},
                 "derived": [
@@ -139,6 +146,21 @@ class Drill:
             settings, self.catalog, progress=self.progress, say=self.say, before_cutover=before_cutover
         )
         act.embedded += result.embedded
+        embedding = [s for s in result.steps if s.step.kind in ("provision", "catch_up")]
+        if result.embedded and embedding:
+            entry = self.catalog.get(embedding[0].step.version)
+            seconds = sum(s.seconds for s in embedding)
+            act.reembed = {
+                "version": entry.version,
+                "family": entry.family,
+                "docs": result.embedded,
+                "seconds": round(seconds, 2),
+                "docs_per_s": round(result.embedded / max(seconds, 1e-9), 1),
+            }
+            self.say(
+                f"  re-embedded {result.embedded} documents with {entry.version} ({entry.family}) in {seconds:.1f}s: "
+                f"{act.reembed['docs_per_s']:,.1f} docs/s"
+            )
         self.record_check(act, result.record)
 
     def check(self, act: Act) -> None:
@@ -163,18 +185,26 @@ class Drill:
         artifacts.write_corpus(s3, settings, current + documents)
 
     def measure(self, act: Act) -> None:
-        """Recall of the golden queries through the alias, embedded by the live endpoint, and
-        the answer to one probe query that a person can read."""
+        """Recall of both golden sets through the alias, embedded by the live endpoint, and the
+        answer to one probe query that a person can read. Queries that OpenSearch refuses (a
+        vector of another dimension than the index) are the observation."""
         settings = self.settings()
         s3 = clients.aws_for(settings, "s3")
         client = clients.opensearch(settings.opensearch)
         golden = artifacts.read_golden(s3, settings)
         live = endpoints.endpoint_for(settings, self.serving_slot(settings))
-        act.recall = check.recall_at_k(client, settings.opensearch.alias_name, live, golden, settings.check.k)
         if self.probe_query is None:
-            self.probe_query = self.pick_probe(s3, settings, golden)
+            self.probe_query = self.pick_probe(s3, settings, [g for g in golden if corpus.golden_set(g) == "easy"])
         query = self.probe_query
-        top = check.nearest(client, settings.opensearch.alias_name, live.embed([query["query"]])[0], 3)
+        try:
+            act.recall = check.recall_by_set(client, settings.opensearch.alias_name, live, golden, settings.check.k)
+            top = check.nearest(client, settings.opensearch.alias_name, live.embed([query["query"]])[0], 3)
+        except RequestError as exc:
+            reason = exc.info.get("error", {}).get("reason", exc) if isinstance(exc.info, dict) else exc
+            act.probe = {"query": query["query"], "expected": query["expected"][0], "top3": [], "right": False}
+            act.probe["error"] = " ".join(str(reason).split())[:120]
+            self.say(f"probe query “{query['query'][:70]}” → [red]the query fails[/]: {act.probe['error']}")
+            return
         act.probe = {
             "query": query["query"],
             "expected": query["expected"][0],
@@ -184,16 +214,20 @@ class Drill:
         verdict = "[green]right[/]" if act.probe["right"] else "[red]WRONG[/]"
         self.say(
             f"probe query “{query['query'][:70]}” → {', '.join(top)}  {verdict} (expected {query['expected'][0]} first)"
-            f"\nrecall@{settings.check.k} over {len(golden)} golden queries: {act.recall:.2f}"
+            f"\nrecall@{settings.check.k}: {recall_text(act.recall)}"
         )
 
     def pick_probe(self, s3, settings: config.StackSettings, golden: list[dict]) -> dict:
-        """A golden query every catalog version answers right on its own index, so a wrong
-        answer in the drill can only come from a mismatch of endpoint and index."""
+        """A golden query every hashgram version answers right on its own index, so a wrong
+        answer in the drill can only come from a mismatch of endpoint and index. (The real model
+        is left out: ranking the corpus with it costs as much as its own act; it answers the
+        easy set at recall@10 1.0.)"""
         documents = artifacts.read_corpus(s3, settings)
         ids = [d.id for d in documents]
         ranked = []
         for entry in self.catalog.versions:
+            if entry.version == REAL_MODEL:
+                continue
             embedder = models.load_artifact(builds.build(entry), entry.artifact_sha256, entry.family, entry.version)
             vectors = embedder.encode([d.text for d in documents])
             queries = embedder.encode([g["query"] for g in golden])
@@ -252,6 +286,22 @@ class Drill:
             return pointer.endpoint.rsplit("-", 1)[1]
         return settings.live_slot
 
+    def plan(self, act: Act, version: str) -> None:
+        """`lockstep plan --to VERSION`, printed and kept in the act."""
+        target = self.settings().with_pin(version)
+        self.say(f"$ lockstep plan --stack {STACK} --to {version}")
+        _, planned = orchestrator.plan_for(target, self.catalog)
+        self.console.print(report.plan_markdown(planned), markup=False, highlight=False)
+        act.plan = {
+            "index_action": planned.index_action,
+            "docs_to_embed": planned.docs_to_embed,
+            "endpoint_action": planned.endpoint_action,
+            "reversible": planned.reversible,
+            "derived": {
+                a.store: {"records_by_version": a.records_by_version, "action": a.action} for a in planned.derived
+            },
+        }
+
     def finish(self, act: Act) -> None:
         act.seconds = time.monotonic() - self.began - act.started_at
 
@@ -299,19 +349,7 @@ class Drill:
         self.finish(act)
 
         act = self.begin("4", "lockstep rollback to v1", "reattach")
-        target = self.settings().with_pin("v1")
-        self.say(f"$ lockstep plan --stack {STACK} --to v1")
-        _, planned = orchestrator.plan_for(target, self.catalog)
-        self.console.print(report.plan_markdown(planned), markup=False, highlight=False)
-        act.plan = {
-            "index_action": planned.index_action,
-            "docs_to_embed": planned.docs_to_embed,
-            "endpoint_action": planned.endpoint_action,
-            "reversible": planned.reversible,
-            "derived": {
-                a.store: {"records_by_version": a.records_by_version, "action": a.action} for a in planned.derived
-            },
-        }
+        self.plan(act, "v1")
         self.pin("v1")
         self.apply(act)
         self.measure(act)
@@ -329,7 +367,64 @@ class Drill:
         self.apply(act)
         self.measure(act)
         self.finish(act)
+
+        self.real_model_acts()
         return self.report
+
+    def real_model_acts(self) -> None:
+        """The upgrade users fear most: another family and another dimension (v2 → v4), its naive
+        rollback (loud this time: the query vectors do not fit the index) and the lockstep one."""
+        real = self.catalog.get(REAL_MODEL)
+        act = self.begin("6a", f"upgrade to {REAL_MODEL}: {real.family}, dimension {real.dimension}", "provision")
+        self.pin(REAL_MODEL)
+        self.apply(act)
+        self.measure(act)
+        self.finish(act)
+
+        act = self.begin("6b", f"naive rollback: endpoint v2, index {REAL_MODEL}", "naive rollback")
+        settings = self.settings()
+        self.say(
+            f"redeploy the live {settings.live_slot} endpoint with v2's artifact (dimension "
+            f"{self.catalog.get('v2').dimension}); the alias stays on {settings.opensearch.index_name(REAL_MODEL)} "
+            f"(dimension {real.dimension})"
+        )
+        endpoints.deploy_local_slot(settings, settings.live_slot, self.catalog.get("v2"))
+        self.check(act)
+        self.measure(act)
+        self.finish(act)
+
+        act = self.begin("6c", "lockstep rollback to v2", "reattach")
+        self.plan(act, "v2")
+        self.pin("v2")
+        self.apply(act)
+        self.measure(act)
+        self.finish(act)
+
+
+def recall_text(recall: dict[str, float]) -> str:
+    """`easy 0.95 · hard 0.30`, or that the queries failed."""
+    return " · ".join(f"{name} {recall[name]:.2f}" for name in corpus.SETS if name in recall) or "queries fail"
+
+
+def cost_text(reembed: dict) -> str:
+    """What an act's re-embed cost: `2040 docs, 51.0s, 40.0 docs/s (sentence-transformers)`."""
+    if not reembed:
+        return "0"
+    return (
+        f"{reembed['docs']} docs, {reembed['seconds']:.1f}s, {reembed['docs_per_s']:,.1f} docs/s ({reembed['family']})"
+    )
+
+
+def cost_by_family(result: DrillReport) -> dict[str, float]:
+    """Re-embed docs/s per model family over the drill's acts (all documents / all seconds)."""
+    docs: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for act in result.acts:
+        if act.reembed:
+            family = act.reembed["family"]
+            docs[family] = docs.get(family, 0) + act.reembed["docs"]
+            seconds[family] = seconds.get(family, 0) + act.reembed["seconds"]
+    return {family: docs[family] / max(seconds[family], 1e-9) for family in docs}
 
 
 def summary_table(result: DrillReport) -> Table:
@@ -348,19 +443,26 @@ def summary_table(result: DrillReport) -> Table:
             act.title,
             act.action,
             f"{act.seconds:.1f}s",
-            str(act.embedded),
+            cost_text(act.reembed),
             verdict,
-            "" if act.recall is None else f"{act.recall:.2f}",
+            recall_text(act.recall),
             probe,
         )
+    rates = cost_by_family(result)
+    if rates:
+        table.caption = "re-embed: " + ", ".join(f"{family} {rate:,.1f} docs/s" for family, rate in rates.items())
     return table
 
 
 def write_html(result: DrillReport, path: Path) -> None:
-    """A self-contained page: the act table and an SVG timeline of recall across the acts."""
+    """A self-contained page: the act table, an SVG timeline of recall (one line per golden set)
+    across the acts, and what each re-embed cost."""
     width, height, pad = 760, 260, 50
+    colours = {"easy": "#1565c0", "hard": "#8e24aa"}
     total = max(sum(a.seconds for a in result.acts), 1e-6)
-    x, points, bars = pad, [], []
+    x: float = pad
+    points: list[tuple[str, float, float, Act, float]] = []
+    bars: list[str] = []
     for act in result.acts:
         w = max((width - 2 * pad) * act.seconds / total, 4)
         colour = "#2e7d32" if act.check_passed else "#c62828"
@@ -368,40 +470,49 @@ def write_html(result: DrillReport, path: Path) -> None:
             f'<rect x="{x:.1f}" y="{height - pad + 8}" width="{w:.1f}" height="14" fill="{colour}"><title>Act {act.number}: {act.seconds:.1f}s</title></rect>'
             f'<text x="{x + w / 2:.1f}" y="{height - pad + 38}" font-size="11" text-anchor="middle">{act.number}</text>'
         )
-        if act.recall is not None:
-            y = height - pad - act.recall * (height - 2 * pad)
-            points.append((x + w, y, act))
+        for name, value in act.recall.items():
+            points.append((name, x + w, height - pad - value * (height - 2 * pad), act, value))
+        if not act.recall:  # the queries failed: recall is nothing
+            points += [(name, x + w, height - pad, act, 0.0) for name in corpus.SETS]
         x += w
-    line = " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in points)
-    dots = "".join(
-        f'<circle cx="{px:.1f}" cy="{py:.1f}" r="5" fill="{"#2e7d32" if a.check_passed else "#c62828"}"><title>Act {a.number}: recall {a.recall:.2f}</title></circle>'
-        f'<text x="{px:.1f}" y="{py - 10:.1f}" font-size="11" text-anchor="middle">{a.recall:.2f}</text>'
-        for px, py, a in points
+    lines = "".join(
+        f'<polyline points="{" ".join(f"{px:.1f},{py:.1f}" for n, px, py, _, _ in points if n == name)}" '
+        f'fill="none" stroke="{colour}" stroke-width="2"/>'
+        f'<text x="{width - pad + 4}" y="{pad + 14 * position:.1f}" font-size="11" fill="{colour}">{name}</text>'
+        for position, (name, colour) in enumerate(colours.items())
     )
-    floor_y = height - pad - 0.7 * (height - 2 * pad)
+    dots = "".join(
+        f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="{"#2e7d32" if a.check_passed else "#c62828"}" stroke="{colours.get(name, "#333")}">'
+        f"<title>Act {a.number}: {name} recall {value:.2f}</title></circle>"
+        f'<text x="{px:.1f}" y="{py - 8:.1f}" font-size="10" text-anchor="middle" fill="{colours.get(name, "#333")}">{value:.2f}</text>'
+        for name, px, py, a, value in points
+    )
     svg = (
         f'<svg width="{width}" height="{height + 20}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">'
         f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
         f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>'
         f'<text x="8" y="{pad + 4}" font-size="11">1.0</text><text x="8" y="{height - pad + 4}" font-size="11">0.0</text>'
-        f'<line x1="{pad}" y1="{floor_y:.1f}" x2="{width - pad}" y2="{floor_y:.1f}" stroke="#f9a825" stroke-dasharray="4"/>'
-        f'<text x="{width - pad + 4}" y="{floor_y + 4:.1f}" font-size="10">floor</text>'
-        f'<polyline points="{line}" fill="none" stroke="#1565c0" stroke-width="2"/>{dots}{"".join(bars)}'
+        f"{lines}{dots}{''.join(bars)}"
         f'<text x="{width / 2}" y="{height + 14}" font-size="11" text-anchor="middle">acts on a time axis (bar width = duration; green = check passed)</text></svg>'
     )
     rows = "".join(
-        f"<tr><td>{a.number}</td><td>{a.title}</td><td>{a.action}</td><td>{a.seconds:.1f}s</td><td>{a.embedded}</td>"
+        f"<tr><td>{a.number}</td><td>{a.title}</td><td>{a.action}</td><td>{a.seconds:.1f}s</td><td>{cost_text(a.reembed)}</td>"
         f"<td class={'ok' if a.check_passed else 'bad'}>{'✓' if a.check_passed else '✗ ' + ', '.join(a.failures)}</td>"
-        f"<td>{'' if a.recall is None else f'{a.recall:.2f}'}</td>"
-        f"<td>{'' if not a.probe else ('right' if a.probe.get('right') else 'wrong: ' + ', '.join(a.probe.get('top3', [])))}</td></tr>"
+        f"<td>{recall_text(a.recall) if a.probe else ''}</td>"
+        f"<td>{'' if not a.probe else ('right' if a.probe.get('right') else 'wrong: ' + (a.probe.get('error') or ', '.join(a.probe.get('top3', []))))}</td></tr>"
         for a in result.acts
     )
+    rates = cost_by_family(result)
+    costs = "".join(f"<tr><td>{family}</td><td>{rate:,.1f} docs/s</td></tr>" for family, rate in rates.items())
     page = f"""<!doctype html><meta charset="utf-8"><title>lockstep drill</title>
-<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}}
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}}
 .ok{{color:#2e7d32}}.bad{{color:#c62828}}</style>
 <h1>lockstep drill</h1><p>{result.docs} documents · stack files in <code>{result.stack_dir}</code></p>
-<h2>Recall of the golden queries across the acts</h2>{svg}
-<h2>Acts</h2><table><tr><th>act</th><th>what</th><th>action</th><th>time</th><th>re-embedded</th><th>check</th><th>recall@k</th><th>probe query</th></tr>{rows}</table>"""
+<h2>Recall of the golden queries across the acts</h2>
+<p><b>easy</b>: a docstring's first sentence retrieves the docstring; <b>hard</b>: it retrieves the docstring
+stored without that sentence (only meaning finds it). The check holds each set to the live version's floor.</p>{svg}
+<h2>Acts</h2><table><tr><th>act</th><th>what</th><th>action</th><th>time</th><th>re-embed cost</th><th>check</th><th>recall@k</th><th>probe query</th></tr>{rows}</table>
+<h2>Re-embedding rate by model family</h2><table><tr><th>family</th><th>documents per second (embed + write)</th></tr>{costs}</table>"""
     path.write_text(page, encoding="utf-8")
 
 
