@@ -22,7 +22,7 @@ from lockstep.ops import artifacts, check, clients, derived, endpoints, index
 from tests.test_program import evaluate, with_values
 
 SIZE = 120
-DYNAMIC_REPAIR = "pulumi-python:dynamic/dynamodb:DerivedRepair"
+REPAIR = "lockstep:index:DerivedRepair"
 
 
 def lockstep(*args):
@@ -220,26 +220,28 @@ def test_the_cutover_unit_in_pulumi_declares_the_table_and_repairs_after_the_fli
             "nonKeyAttributes": list(derived.PROJECTED),
         }
     ]
-    (repair,) = run.of_type(DYNAMIC_REPAIR).values()
+    (repair,) = run.of_type(REPAIR).values()
     assert repair["pin"] == "v2" and repair["table"] == "acme-dev-related" and repair["store"]["repair"] == "recompute"
 
     flipped = evaluate(with_values(derived=[store], pin="v1"))
-    (after,) = flipped.of_type(DYNAMIC_REPAIR).values()
+    (after,) = flipped.of_type(REPAIR).values()
     assert after["pin"] == "v1", "a rollback re-runs the repair"
     assert flipped.of_type("aws:dynamodb/table:Table") == run.of_type("aws:dynamodb/table:Table"), "the table stays"
 
 
-def test_the_repair_provider_makes_the_same_ops_call(upgraded, catalog):
-    from components.providers.derived import DerivedRepairArgs, DerivedRepairProvider
+def test_the_repair_resource_makes_the_same_ops_call(upgraded, catalog):
+    from components.providers.derived import DerivedRepairHandler
+    from components.providers.provider import plain_map, wire_map
+    from components.providers.resources import DerivedRepairArgs
 
     stacks, stack = upgraded(quarantine=False)
     settings = config.load_stack(stack, stacks).with_pin("v1")
     store = settings.derived[0]
-    props = DerivedRepairArgs(settings, catalog, store, table=store.table).inputs()
-    created = DerivedRepairProvider().create(props)
-    assert created.outs["records_by_version"] == {"v1": SIZE}
-    assert created.outs["repaired"].startswith(f"related: {SIZE} recomputed with v1")
-    assert DerivedRepairProvider().diff(created.id, created.outs, {**props, "repaired": None}).changes is False
+    props = plain_map(wire_map(DerivedRepairArgs(settings, catalog, store, table=store.table).inputs()))
+    _, outputs = DerivedRepairHandler().create("urn", props)
+    assert outputs["recordsByVersion"] == {"v1": SIZE}
+    assert outputs["repaired"].startswith(f"related: {SIZE} recomputed with v1")
+    assert DerivedRepairHandler().diff(outputs, props).changes is False
 
 
 # -------------------------------------------------------------------------------- bad input
