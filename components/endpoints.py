@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
-from lockstep.config import CatalogEntry, DeploymentSettings, EndpointSettings
+from lockstep.config import CatalogEntry, DeploymentSettings, StackSettings
 from lockstep.errors import ConfigError
 from lockstep.ops.artifacts import artifact_uri
+from lockstep.ops.endpoints import endpoint_name
 
 ECR_IMAGE = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[a-z0-9._/-]+?)(?::[\w.-]+|@sha256:[0-9a-f]{64})?$"
 )
-# SageMaker's limit for both the traffic wait interval and the old fleet's termination wait.
-MAX_WAIT_SECONDS = 3600
-
-
-def endpoint_name(stack: str, slot: str) -> str:
-    return f"lockstep-{stack}-{slot}"
+# The variant every slot's endpoint configuration declares (the alarms' dimension).
+VARIANT = "primary"
 
 
 def partition(region: str) -> str:
@@ -61,7 +59,7 @@ def assume_role_policy() -> str:
 def execution_policy(
     *, bucket: str, entry: CatalogEntry, image_uri: str, region: str, account: str, endpoint: str
 ) -> str:
-    """Least privilege: this version's artifacts, this image's repository, this endpoint's logs."""
+    """Least privilege: this version's artifacts, this image's repository, this endpoint's logs and alarms."""
     arn = partition(region)
     return json.dumps(
         {
@@ -91,54 +89,87 @@ def execution_policy(
                     ],
                     "Resource": f"arn:{arn}:logs:{region}:{account}:log-group:/aws/sagemaker/Endpoints/{endpoint}*",
                 },
+                {
+                    # SageMaker reads the rollback alarms with the execution role during an update.
+                    "Sid": "ReadRollbackAlarms",
+                    "Effect": "Allow",
+                    "Action": "cloudwatch:DescribeAlarms",
+                    "Resource": f"arn:{arn}:cloudwatch:{region}:{account}:alarm:*",
+                },
             ],
         }
     )
 
 
-def deployment_config(deployment: DeploymentSettings) -> dict:
+def alarm_names(endpoint: str) -> dict[str, str]:
+    """lockstep's rollback alarms of one endpoint, by metric. Their names never change, so editing a
+    threshold updates the alarm in place and never touches the endpoint (whose alarm list would
+    force its replacement)."""
+    return {"Invocation5XXErrors": f"{endpoint}-5xx", "ModelLatency": f"{endpoint}-latency"}
+
+
+def deployment_config(deployment: DeploymentSettings, endpoint: str) -> dict:
     """Blue/green update policy (SageMaker shifts traffic to the new fleet) plus alarm-driven auto-rollback."""
-    for key, value in (
-        ("waitSeconds", deployment.wait_seconds),
-        ("terminationWaitSeconds", deployment.termination_wait_seconds),
-    ):
-        if value > MAX_WAIT_SECONDS:
-            raise ConfigError(
-                f"lockstep:endpoints.deployment.{key}: {value} exceeds SageMaker's {MAX_WAIT_SECONDS} s; lower it"
-            )
     routing: dict = {"type": deployment.traffic_routing, "wait_interval_in_seconds": deployment.wait_seconds}
     step = {"type": "CAPACITY_PERCENT", "value": deployment.canary_percent}
     if deployment.traffic_routing == "CANARY":
         routing["canary_size"] = step
     elif deployment.traffic_routing == "LINEAR":
         routing["linear_step_size"] = step
-    config: dict = {
+    alarms = [*alarm_names(endpoint).values(), *deployment.rollback_alarms]
+    return {
         "blue_green_update_policy": {
             "traffic_routing_configuration": routing,
             "termination_wait_in_seconds": deployment.termination_wait_seconds,
-        }
+        },
+        "auto_rollback_configuration": {"alarms": [{"alarm_name": alarm} for alarm in alarms]},
     }
-    if deployment.rollback_alarms:
-        config["auto_rollback_configuration"] = {
-            "alarms": [{"alarm_name": alarm} for alarm in deployment.rollback_alarms]
-        }
-    return config
+
+
+def endpoint_timeouts(deployment: DeploymentSettings) -> pulumi.CustomTimeouts:
+    """How long the engine lets a create or update of the endpoint run: the deployment's longest time."""
+    minutes = f"{math.ceil(deployment.seconds / 60)}m"
+    return pulumi.CustomTimeouts(create=minutes, update=minutes, delete="20m")
+
+
+def declare_alarms(name: str, endpoint: str, deployment: DeploymentSettings, parent: pulumi.Resource) -> list:
+    """The CloudWatch alarms the endpoint rolls back on: server errors and model latency, thresholds from config."""
+    limits = deployment.alarms
+    thresholds = {
+        "Invocation5XXErrors": ("Sum", limits.max_5xx_errors),
+        "ModelLatency": ("Average", limits.max_latency_ms * 1000),
+    }
+    return [
+        aws.cloudwatch.MetricAlarm(
+            f"{name}-alarm-{metric}",
+            name=alarm,
+            namespace="AWS/SageMaker",
+            metric_name=metric,
+            dimensions={"EndpointName": endpoint, "VariantName": VARIANT},
+            statistic=thresholds[metric][0],
+            threshold=thresholds[metric][1],  # ModelLatency is in microseconds
+            comparison_operator="GreaterThanThreshold",
+            period=limits.period_seconds,
+            evaluation_periods=limits.evaluation_periods,
+            treat_missing_data="notBreaching",
+            alarm_description=f"lockstep: SageMaker rolls an update of {endpoint} back when this fires",
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        for metric, alarm in alarm_names(endpoint).items()
+    ]
 
 
 @dataclass
 class EndpointSlotArgs:
-    stack: str
+    settings: StackSettings
     slot: str
     entry: CatalogEntry
-    bucket: str
-    endpoints: EndpointSettings
-    region: str
     # The version's uploaded artifact: SageMaker reads it when the model is created.
     artifact: pulumi.Resource | None = None
 
 
 class EndpointSlot(pulumi.ComponentResource):
-    """Execution role, model, endpoint configuration and the slot's endpoint.
+    """Execution role, model, endpoint configuration, rollback alarms and the slot's endpoint.
 
     The endpoint's name is fixed per slot; a new version in the slot replaces the model and the
     configuration (auto-named) and updates the endpoint in place through its blue/green policy.
@@ -152,26 +183,29 @@ class EndpointSlot(pulumi.ComponentResource):
     def __init__(self, name: str, args: EndpointSlotArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("lockstep:index:EndpointSlot", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        entry, endpoints = args.entry, args.endpoints
+        settings, entry = args.settings, args.entry
+        endpoints = settings.endpoints
         if not endpoints.image_uri:
             raise ConfigError(
                 "lockstep:endpoints.imageUri: is required when backend is 'sagemaker'; set the serving image"
             )
-        endpoint = endpoint_name(args.stack, args.slot)
-        self.model_data_url = artifact_uri(args.bucket, entry)
-        deployment = deployment_config(endpoints.deployment)
+        endpoint = endpoint_name(settings, args.slot)
+        self.model_data_url = artifact_uri(settings.artifacts.bucket, entry)
 
         role = aws.iam.Role(f"{name}-role", assume_role_policy=assume_role_policy(), opts=child)
         account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
+        # One policy per version the slot serves: a new version adds its grant and the old one goes
+        # only when the update is over (deletes come last), so while SageMaker shifts traffic, or
+        # rolls the update back, the role can read both models.
         policy = aws.iam.RolePolicy(
-            f"{name}-policy",
+            f"{name}-policy-{entry.version}",
             role=role.id,
             policy=account.apply(
                 lambda account_id: execution_policy(
-                    bucket=args.bucket,
+                    bucket=settings.artifacts.bucket,
                     entry=entry,
-                    image_uri=endpoints.image_uri,
-                    region=args.region,
+                    image_uri=endpoints.image_uri or "",
+                    region=settings.region,
                     account=account_id,
                     endpoint=endpoint,
                 )
@@ -197,7 +231,7 @@ class EndpointSlot(pulumi.ComponentResource):
             f"{name}-config",
             production_variants=[
                 {
-                    "variant_name": "primary",
+                    "variant_name": VARIANT,
                     "model_name": self.model.name,
                     "initial_instance_count": endpoints.instance_count,
                     "instance_type": endpoints.instance_type,
@@ -206,13 +240,16 @@ class EndpointSlot(pulumi.ComponentResource):
             tags={"lockstep:version": entry.version, "lockstep:slot": args.slot},
             opts=child,
         )
+        self.alarms = declare_alarms(name, endpoint, endpoints.deployment, self)
         self.endpoint = aws.sagemaker.Endpoint(
             f"{name}-endpoint",
             name=endpoint,
             endpoint_config_name=self.config.name,
-            deployment_config=deployment,
+            deployment_config=deployment_config(endpoints.deployment, endpoint),
             tags={"lockstep:version": entry.version, "lockstep:slot": args.slot},
-            opts=child,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=self.alarms, custom_timeouts=endpoint_timeouts(endpoints.deployment)
+            ),
         )
         self.register_outputs(
             {

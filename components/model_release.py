@@ -33,7 +33,7 @@ from components.providers import (
     IndexArgs,
 )
 from components.release_args import ModelReleaseArgs
-from lockstep.config import Catalog, StackSettings, describe_validation_error, settings_from_config
+from lockstep.config import Catalog, StackSettings, describe_validation_error, one_region, settings_from_config
 from lockstep.errors import ConfigError
 
 TOKEN = "lockstep:index:ModelRelease"
@@ -154,8 +154,9 @@ def release_settings(args: ModelReleaseArgs) -> tuple[StackSettings, Catalog]:
         raise ConfigError(f"{NAMESPACE}:catalog: is required; pass the catalog of model versions (stacks/catalog.yaml)")
     catalog = catalog_from_wire(wire.pop("catalog"))
     stack = wire.pop("stack", None) or pulumi.get_stack()
-    if "region" not in wire and (region := pulumi.Config("aws").get("region")):
-        wire["region"] = region
+    if region := pulumi.Config("aws").get("region"):
+        wire["region"] = one_region(wire.get("region"), region)
+    wire.setdefault("namePrefix", re.sub(r"[^a-z0-9-]+", "-", pulumi.get_project().lower()).strip("-")[:30])
     if isinstance(wire.get("endpoints"), dict):
         wire["endpoints"].setdefault("backend", "sagemaker")  # the component deploys SageMaker endpoints
     try:
@@ -233,15 +234,7 @@ class ModelRelease(pulumi.ComponentResource):
         self.endpoint_slots = {
             slot: slot_class(
                 f"{name}-{slot}",
-                EndpointSlotArgs(
-                    stack=settings.stack,
-                    slot=slot,
-                    entry=entries[version],
-                    bucket=settings.artifacts.bucket,
-                    endpoints=settings.endpoints,
-                    region=settings.region,
-                    artifact=self.artifacts.objects[version],
-                ),
+                EndpointSlotArgs(settings, slot, entries[version], artifact=self.artifacts.objects[version]),
                 pulumi.ResourceOptions(parent=self),
             )
             for slot, version in settings.slots.filled.items()

@@ -10,7 +10,14 @@ import pulumi
 from pydantic import ValidationError
 
 from components.model_release import ModelRelease, release_args
-from lockstep.config import Catalog, StackSettings, describe_validation_error, load_catalog, settings_from_config
+from lockstep.config import (
+    Catalog,
+    StackSettings,
+    describe_validation_error,
+    load_catalog,
+    one_region,
+    settings_from_config,
+)
 from lockstep.errors import LockstepError
 
 NAMESPACE = "lockstep"
@@ -39,8 +46,8 @@ def read_values(config: pulumi.Config) -> dict[str, Any]:
             ) from None
         if value is not None:
             values[key] = value
-    if "region" not in values and (region := pulumi.Config("aws").get("region")):
-        values["region"] = region
+    if region := pulumi.Config("aws").get("region"):
+        values["region"] = one_region(values.get("region"), region)
     return values
 
 

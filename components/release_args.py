@@ -17,6 +17,15 @@ from typing import NotRequired, TypedDict
 import pulumi
 
 
+class VersionRecallFloor(TypedDict):
+    """A version's recall@k floor per golden set: a regression of that model fails the check."""
+
+    easy: NotRequired[float]
+    """Floor on the easy golden set, 0-1."""
+    hard: NotRequired[float]
+    """Floor on the hard golden set, 0-1."""
+
+
 class CatalogVersion(TypedDict):
     """One immutable model version of the catalog (stacks/catalog.yaml's `versions.<name>`)."""
 
@@ -26,6 +35,10 @@ class CatalogVersion(TypedDict):
     """Length of the vectors this version produces; the version's k-NN index is created with it."""
     space_type: str
     """Vector space of the k-NN index: l2, cosinesimil, innerproduct, l1 or linf (the engine must support it)."""
+    family: NotRequired[str]
+    """Model family that loads the artifact (hashgram, sentence-transformers, …; default: the catalog's model)."""
+    recall_floor: NotRequired[VersionRecallFloor]
+    """Recall floors this version must keep in the check, per golden set."""
     description: NotRequired[str]
     """Free text for people (what changed in this version)."""
 
@@ -97,19 +110,34 @@ class CorpusLocation(TypedDict):
     """Number of documents the embedded default generates (ignored on AWS; default 2000)."""
 
 
+class RollbackAlarmThresholds(TypedDict):
+    """Thresholds of the CloudWatch alarms the component declares per endpoint; SageMaker rolls an update back when one fires."""
+
+    max_5xx_errors: NotRequired[int]
+    """Invocation5XXErrors (sum per period) above which the update rolls back (default 5)."""
+    max_latency_ms: NotRequired[int]
+    """Average ModelLatency in milliseconds above which the update rolls back (default 1000)."""
+    period_seconds: NotRequired[int]
+    """Seconds per evaluated period, at least 10 (default 60)."""
+    evaluation_periods: NotRequired[int]
+    """Periods over the threshold before the alarm fires (default 2)."""
+
+
 class BlueGreenDeployment(TypedDict):
     """SageMaker's blue/green update policy for a slot's endpoint, with alarm-driven auto-rollback."""
 
     traffic_routing: NotRequired[str]
     """ALL_AT_ONCE (default), CANARY or LINEAR."""
     canary_percent: NotRequired[int]
-    """Capacity percent of the canary or of each linear step, 1-100 (default 10)."""
+    """Capacity percent of the canary or of each linear step: 1-50 for CANARY, 10-50 for LINEAR (default 10); both need instanceCount 2 or more."""
     wait_seconds: NotRequired[int]
-    """Seconds between traffic shifts, at most 3600 (default 300)."""
+    """Seconds between traffic shifts, at most 3600 (default 300); the whole update must fit the aws provider's 3600 s endpoint wait."""
     termination_wait_seconds: NotRequired[int]
     """Seconds the old fleet is kept after the shift, at most 3600 (default 300)."""
+    alarms: NotRequired[RollbackAlarmThresholds]
+    """Thresholds of the rollback alarms the component declares (5xx errors and model latency)."""
     rollback_alarms: NotRequired[list[str]]
-    """CloudWatch alarm names that roll the endpoint update back."""
+    """Further CloudWatch alarm names (declared elsewhere) that roll the endpoint update back; editing this list replaces the endpoints."""
 
 
 class SageMakerEndpoints(TypedDict):
@@ -202,7 +230,11 @@ class ModelReleaseArgs(TypedDict):
     stack: NotRequired[str]
     """Name under which endpoints, the live pointer and the check are named (default: the Pulumi stack's name)."""
     pointer_parameter: NotRequired[str]
-    """SSM parameter of the live pointer (default /lockstep/<stack>/live)."""
+    """SSM parameter of the live pointer (default /<namePrefix>/<stack>/live)."""
+    name_prefix: NotRequired[str]
+    """First part of the endpoint names (<namePrefix>-<stack>-<slot>) and of the live pointer (default: the Pulumi project's name)."""
+    auto_revert: NotRequired[bool]
+    """`lockstep apply` only: flip back to the last version whose check passed when the post-deploy check fails."""
     promoted_from: NotRequired[str]
     """Stack this pin was promoted from (recorded only)."""
     derived: NotRequired[list[DerivedRecordStore]]

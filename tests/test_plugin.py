@@ -112,6 +112,8 @@ EXPECTED_INPUTS = {
     "stack": ("string", False),
     "pointerParameter": ("string", False),
     "promotedFrom": ("string", False),
+    "namePrefix": ("string", False),
+    "autoRevert": ("boolean", False),
     "opensearchPassword": ("string", False),
 }
 
@@ -137,6 +139,8 @@ def test_every_input_with_its_type_requiredness_and_description(schema):
         "artifactSha256": "string",
         "dimension": "integer",
         "spaceType": "string",
+        "family": "string",
+        "recallFloor": "VersionRecallFloor",
         "description": "string",
     }
     assert set(version["required"]) == {"artifactSha256", "dimension", "spaceType"}
@@ -207,7 +211,9 @@ def test_inputs_mirror_the_stack_config_models_field_for_field(schema):
         got = {n: ("object" if "$ref" in p else p["type"]) for n, p in definition["properties"].items()}
         assert got == expected, name
     deployment = schema["types"]["lockstep:index:BlueGreenDeployment"]["properties"]
-    assert {n: p["type"] for n, p in deployment.items()} == fields_by_alias(lockstep_config.DeploymentSettings)
+    assert {n: ("object" if "$ref" in p else p["type"]) for n, p in deployment.items()} == fields_by_alias(
+        lockstep_config.DeploymentSettings
+    )
     entry = fields_by_alias(lockstep_config.CatalogEntry)
     version = schema["types"]["lockstep:index:CatalogVersion"]["properties"]
     # version and model come from the map key and the catalog's model, as in stacks/catalog.yaml.
@@ -305,6 +311,7 @@ def dev_properties() -> dict:
     values = dev_values()
     properties = {key.removeprefix("lockstep:"): value for key, value in values.items() if key.startswith("lockstep:")}
     properties["region"] = values["aws:region"]
+    properties["namePrefix"] = "lockstep"  # the Python program's project (a consumer's names carry its own)
     properties["catalog"] = catalog_document()
     return properties
 
@@ -367,6 +374,10 @@ def test_the_stack_name_defaults_to_the_consumer_stack(hosted):
     assert constructed.inputs("search-check")["stack"] == "staging"
     assert constructed.inputs("search-cutover")["pointer"] == "/lockstep/staging/live"
     assert constructed.state["liveEndpoint"] == "lockstep-staging-green"
+    # Without namePrefix, fixed names carry the consumer's project: two projects never share one.
+    own = construct(hosted, {k: v for k, v in dev_properties().items() if k != "namePrefix"}, stack="staging")
+    assert own.inputs("lockstep-cutover")["pointer"] == "/consumer/staging/live"
+    assert own.state["liveEndpoint"] == "consumer-staging-green"
 
 
 # -------------------------------------------------------------------------------- the examples
@@ -438,7 +449,7 @@ def test_the_yaml_example_uses_only_what_the_schema_declares_and_constructs(host
 
     constructed = construct(hosted, resource["properties"], name=name, stack="example")
     assert constructed.state["liveIndex"] == "docs-v2"
-    assert constructed.state["liveEndpoint"] == "lockstep-example-green"
+    assert constructed.state["liveEndpoint"] == "consumer-example-green"
     assert set(constructed.of_type("lockstep:index:Index")) == {
         "release-index-v1",
         "release-index-v2",

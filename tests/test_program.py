@@ -177,14 +177,10 @@ def test_first_deploy_declares_the_whole_unit():
 
     deployment = endpoints["lockstep-green-endpoint"]["deploymentConfig"]
     routing = deployment["blueGreenUpdatePolicy"]["trafficRoutingConfiguration"]
-    assert routing == {
-        "type": "CANARY",
-        "waitIntervalInSeconds": 600,
-        "canarySize": {"type": "CAPACITY_PERCENT", "value": 10},
-    }
+    assert routing == {"type": "ALL_AT_ONCE", "waitIntervalInSeconds": 600}
     assert [a["alarmName"] for a in deployment["autoRollbackConfiguration"]["alarms"]] == [
-        "acme-dev-embed-5xx",
-        "acme-dev-embed-latency",
+        "lockstep-dev-green-5xx",
+        "lockstep-dev-green-latency",
     ]
 
     cutover = run.inputs("lockstep-cutover")
@@ -214,7 +210,7 @@ def test_upgrade_to_a_new_version_rebuilds_only_the_standby_slot():
     assert "lockstep-index-v2" in after.resources and "lockstep-index-v2" not in before.resources
     assert "lockstep-index-v3" in before.resources and "lockstep-index-v3" not in after.resources
     changed = changed_resources(before, after)
-    assert {"lockstep-green-model", "lockstep-green-config", "lockstep-green-policy"} <= changed
+    assert {"lockstep-green-model", "lockstep-green-config", "lockstep-green-policy-v2"} <= changed
     assert not {name for name in changed if name.startswith("lockstep-blue-")}
     assert "lockstep-index-v1" not in changed
     assert after.inputs("lockstep-cutover")["endpoint"] == "lockstep-dev-green"
@@ -312,7 +308,7 @@ def test_execution_role_reads_only_its_versions_artifacts():
     trust = json.loads(run.inputs("lockstep-green-role")["assumeRolePolicy"])
     assert trust["Statement"][0]["Principal"] == {"Service": "sagemaker.amazonaws.com"}
 
-    statements = {s["Sid"]: s for s in json.loads(run.inputs("lockstep-green-policy")["policy"])["Statement"]}
+    statements = {s["Sid"]: s for s in json.loads(run.inputs("lockstep-green-policy-v2")["policy"])["Statement"]}
     s3_read = statements["ReadThisVersionsArtifact"]
     assert s3_read["Action"] == "s3:GetObject"
     assert s3_read["Resource"] == "arn:aws:s3:::acme-lockstep-dev-artifacts/models/hashgram/v2/*"
@@ -324,7 +320,7 @@ def test_execution_role_reads_only_its_versions_artifacts():
     assert statements["WriteEndpointLogs"]["Resource"] == (
         f"arn:aws:logs:eu-west-1:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/lockstep-dev-green*"
     )
-    blue = json.loads(run.inputs("lockstep-blue-policy")["policy"])["Statement"][0]
+    blue = json.loads(run.inputs("lockstep-blue-policy-v1")["policy"])["Statement"][0]
     assert blue["Resource"].endswith("/models/hashgram/v1/*")
 
 

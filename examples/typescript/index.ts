@@ -42,6 +42,7 @@ const release = new lockstep.ModelRelease("release", {
     endpoints: {
         imageUri: "123456789012.dkr.ecr.eu-west-1.amazonaws.com/lockstep-serve:0.1.0",
         instanceType: "ml.m5.large",
+        instanceCount: 2,
         deployment: { trafficRouting: "CANARY", canaryPercent: 10, waitSeconds: 600 },
     },
     check: { recallFloor: 0.7 },

@@ -242,14 +242,47 @@ class CorpusSettings(Model):
     size: int = Field(default=2000, ge=1)
 
 
+# SageMaker's limit for the traffic wait interval and for the old fleet's termination wait.
+MAX_WAIT_SECONDS = 3600
+# The aws provider waits at most this long for an endpoint to be InService after a create or an
+# update (a constant in its code: no custom timeout lengthens it), so a blue/green deployment must fit.
+PROVIDER_ENDPOINT_WAIT_SECONDS = 3600
+# What lockstep allows for SageMaker to provision the new fleet before traffic starts shifting.
+PROVISIONING_SECONDS = 900
+
+
+class RollbackAlarms(Model):
+    """The CloudWatch alarms lockstep declares per endpoint; SageMaker rolls an update back on them."""
+
+    max_5xx_errors: int = Field(default=5, ge=0, alias="max5xxErrors")
+    max_latency_ms: int = Field(default=1000, ge=1)
+    period_seconds: int = Field(default=60, ge=10)
+    evaluation_periods: int = Field(default=2, ge=1)
+
+
 class DeploymentSettings(Model):
     """SageMaker endpoint deployment_config: blue/green traffic routing and auto-rollback."""
 
     traffic_routing: Literal["ALL_AT_ONCE", "CANARY", "LINEAR"] = "ALL_AT_ONCE"
     canary_percent: int = Field(default=10, ge=1, le=100)
-    wait_seconds: int = Field(default=300, ge=0)
-    termination_wait_seconds: int = Field(default=300, ge=0)
+    wait_seconds: int = Field(default=300, ge=0, le=MAX_WAIT_SECONDS)
+    termination_wait_seconds: int = Field(default=300, ge=0, le=MAX_WAIT_SECONDS)
+    alarms: RollbackAlarms = RollbackAlarms()
+    # Further alarms (declared elsewhere) that roll an update back, besides lockstep's own.
     rollback_alarms: tuple[str, ...] = ()
+
+    @property
+    def shifts(self) -> int:
+        """Traffic shifts of one deployment, each followed by a wait (the baking period)."""
+        if self.traffic_routing == "LINEAR":
+            return -(-100 // self.canary_percent)
+        return 2 if self.traffic_routing == "CANARY" else 1
+
+    @property
+    def seconds(self) -> int:
+        """Longest time a blue/green update keeps the endpoint Updating: provisioning, the waits
+        after each shift, and the old fleet's termination wait."""
+        return PROVISIONING_SECONDS + self.shifts * self.wait_seconds + self.termination_wait_seconds
 
 
 class EndpointSettings(Model):
@@ -264,6 +297,30 @@ class EndpointSettings(Model):
     def _image(self) -> EndpointSettings:
         if self.backend == "sagemaker" and not self.image_uri:
             raise ValueError("imageUri is required when backend is 'sagemaker' (the serving image in ECR)")
+        return self
+
+    @model_validator(mode="after")
+    def _deployment(self) -> EndpointSettings:
+        """What SageMaker or the aws provider would refuse only in the middle of `pulumi up`."""
+        deployment, routing = self.deployment, self.deployment.traffic_routing
+        if routing != "ALL_AT_ONCE" and self.instance_count < 2:
+            raise ValueError(
+                f"deployment.trafficRouting: {routing} shifts part of the fleet, which one instance cannot be "
+                "split into; set instanceCount to 2 or more, or trafficRouting to ALL_AT_ONCE"
+            )
+        low = 10 if routing == "LINEAR" else 1
+        if routing != "ALL_AT_ONCE" and not low <= deployment.canary_percent <= 50:
+            raise ValueError(
+                f"deployment.canaryPercent: SageMaker takes {low}-50 percent of the fleet per {routing} step "
+                f"(got {deployment.canary_percent}); set it in that range"
+            )
+        if deployment.seconds > PROVIDER_ENDPOINT_WAIT_SECONDS:
+            raise ValueError(
+                f"deployment: an update can take {deployment.seconds} s ({PROVISIONING_SECONDS} s provisioning + "
+                f"{deployment.shifts} x waitSeconds + terminationWaitSeconds), longer than the aws provider's "
+                f"fixed {PROVIDER_ENDPOINT_WAIT_SECONDS} s wait for the endpoint; lower waitSeconds or "
+                "terminationWaitSeconds"
+            )
         return self
 
 
@@ -345,7 +402,29 @@ class StackSettings(Model):
     check: CheckSettings = CheckSettings()
     backfill: BackfillSettings = BackfillSettings()
     pointer_parameter: str | None = None
+    # First part of every fixed name (endpoints, live pointer), so two projects with the same stack
+    # names never share one; default: the Pulumi project's name.
+    name_prefix: str = PROJECT
     derived: tuple[DerivedStore, ...] = ()
+    # When the post-deploy check fails, `lockstep apply` flips back to the last version whose check passed.
+    auto_revert: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_region(cls, data: Any) -> Any:
+        """The region signs OpenSearch requests too, unless opensearch.region names another one."""
+        if isinstance(data, dict) and isinstance(data.get("opensearch"), dict) and data.get("region"):
+            search = data["opensearch"]
+            if search.get("auth") == "sigv4" and not search.get("region"):
+                data = {**data, "opensearch": {**search, "region": data["region"]}}
+        return data
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _name_prefix(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9-]{0,29}$", value):
+            raise ValueError("must be 1-30 lowercase letters, digits or '-' (it starts endpoint names)")
+        return value
 
     @model_validator(mode="after")
     def _cross_fields(self, info: ValidationInfo) -> StackSettings:
@@ -420,7 +499,7 @@ class StackSettings(Model):
 
     @property
     def pointer_name(self) -> str:
-        return self.pointer_parameter or f"/lockstep/{self.stack}/live"
+        return self.pointer_parameter or f"/{self.name_prefix}/{self.stack}/live"
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -518,6 +597,16 @@ def settings_from_yaml_text(stack: str, text: str, catalog: Catalog, source: str
     return settings_from_document(stack, data, catalog, source)
 
 
+def one_region(region: Any, aws_region: Any, source: str = "the stack config") -> Any:
+    """lockstep:region and aws:region name one region (the aws: provider's, where the resources go)."""
+    if region is not None and region != aws_region:
+        raise ConfigError(
+            f"{source}: lockstep:region is {region!r} but aws:region is {aws_region!r}; remove lockstep:region "
+            "(aws:region is the one source) or make them equal"
+        )
+    return aws_region
+
+
 def settings_from_document(stack: str, data: Any, catalog: Catalog, path: str) -> StackSettings:
     config = data.get("config") if isinstance(data, dict) else None
     if not isinstance(config, dict):
@@ -534,8 +623,8 @@ def settings_from_document(stack: str, data: Any, catalog: Catalog, path: str) -
             )
         if namespace == PROJECT and not encrypted:
             values[name] = value
-        elif key == "aws:region":
-            values.setdefault("region", value)
+    if (aws_region := config.get("aws:region")) is not None:
+        values["region"] = one_region(values.get("region"), aws_region, path)
     try:
         return settings_from_config(stack, values, catalog)
     except ValidationError as exc:

@@ -37,8 +37,9 @@ RETRYABLE_AWS_CODES = {
 
 
 def endpoint_name(settings: StackSettings, slot: str) -> str:
-    """The SageMaker endpoint name of a slot; also the name local clients report."""
-    return f"lockstep-{settings.stack}-{slot}"
+    """The SageMaker endpoint name of a slot (the program names it so), also the name local clients
+    report: the one home of that name."""
+    return f"{settings.name_prefix}-{settings.stack}-{slot}"
 
 
 def process_name(settings: StackSettings, slot: str) -> str:
