@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+import pulumi
 from pulumi.provider.experimental.component import ComponentProvider
 
 from components.model_release import ModelRelease
@@ -24,7 +25,7 @@ from components.providers.provider import package_schema, serve
 
 PACKAGE = "lockstep"
 # The public components. ArtifactStore and EndpointSlot are parts of a ModelRelease, not a product.
-COMPONENTS = [ModelRelease]
+COMPONENTS: list[type[pulumi.ComponentResource]] = [ModelRelease]
 
 
 def package_version() -> str:

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,7 +81,8 @@ class Release:
         return up.stack_for(settings or self.settings, self.catalog, self.backend)
 
     def lockstep(self, *args: str):
-        return CliRunner().invoke(cli, list(args), env={"LOCKSTEP_STACKS_DIR": str(self.stacks)})
+        env = {"LOCKSTEP_STACKS_DIR": str(self.stacks), "LOCKSTEP_PULUMI_BACKEND": str(self.backend)}
+        return CliRunner().invoke(cli, list(args), env=env)
 
     def state_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.backend.rglob("*.json") if p.is_file())
@@ -137,6 +140,12 @@ def test_first_up_then_a_new_version_then_the_rollback_is_exactly_the_flip(relea
     outputs = release.stack().outputs()
     assert json.loads(outputs["checkRecord"].value)["passed"] is True
     assert outputs["verifiedVersions"].value == ["v1"]
+
+    # The same stack through the command: the engine's progress, then what the preview would do.
+    previewed = release.lockstep("up", "--stack", release.unique, "--preview")
+    assert previewed.exit_code == 0, previewed.output
+    assert "Previewing update" in previewed.output
+    assert previewed.output.strip().splitlines()[-1] == f"{release.unique}: index none, endpoints none"
 
 
 def plan_kinds(release, version: str) -> dict[str, str]:
@@ -243,3 +252,37 @@ def test_the_opensearch_password_is_a_secret_in_the_state_never_plain_text(relea
     assert release.unique in state and "opensearchPassword" in state
     assert password not in state
     assert "ciphertext" in state
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def run_lockstep(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+
+
+def test_lockstep_up_on_a_stack_without_a_file_is_one_line_exit_2(tmp_path):
+    shutil.copy(config.STACKS_DIR / config.CATALOG_FILE, tmp_path / config.CATALOG_FILE)
+    result = run_lockstep("up", "--stack", "nosuch", env={"LOCKSTEP_STACKS_DIR": str(tmp_path)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "nosuch" in line
+
+
+def test_lockstep_up_without_the_engine_is_one_line_exit_2_naming_the_fix(tmp_path, servers, scratch_stack):
+    stacks, stack = scratch_stack()
+    shutil.copy(config.STACKS_DIR / config.CATALOG_FILE, stacks / config.CATALOG_FILE)
+    cache = tmp_path / "engine"
+    cache.mkdir()
+    (cache / "last-failure").write_text("lockstep engine: go build of pulumi v3.274.1 failed (see build.log)\n")
+    env = {"LOCKSTEP_STACKS_DIR": str(stacks), "LOCKSTEP_ENGINE_CACHE": str(cache), "LOCKSTEP_ENGINE_FAILED": "1"}
+    result = run_lockstep("up", "--stack", stack, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "go build of pulumi v3.274.1 failed" in line and "make engine" in line
