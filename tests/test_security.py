@@ -219,7 +219,7 @@ def test_the_opensearch_password_is_never_printed_stored_or_handed_on(servers, s
 
 def test_the_program_keeps_a_plain_config_password_secret_and_out_of_every_other_input():
     """`pulumi config set lockstep:opensearchPassword x` without --secret: the program still
-    hands it on only as a secret, only to the check command."""
+    hands it on only as a secret, only to the resources that talk to OpenSearch."""
     from tests.test_program import dev_values, evaluate, with_values
 
     password = f"plain-{uuid.uuid4().hex[:8]}"
@@ -228,11 +228,12 @@ def test_the_program_keeps_a_plain_config_password_secret_and_out_of_every_other
     values["lockstep:opensearchPassword"] = password  # not in secret_keys: a plain config value
     run = evaluate(values)
 
-    kind, environment = run.inputs("lockstep-check")["environment"]
-    assert kind == "secret" and environment[clients.PASSWORD_VARIABLE] == password
-    assert not [k for k, v in environment.items() if k != clients.PASSWORD_VARIABLE and password in str(v)]
-    holders = [name for name, r in run.resources.items() if password in json.dumps(r["inputs"], default=str)]
-    assert holders == ["lockstep-check"]
+    holders = {name for name, r in run.resources.items() if password in json.dumps(r["inputs"], default=str)}
+    assert holders == {"lockstep-index-v1", "lockstep-index-v2", "lockstep-cutover", "lockstep-check"}
+    for name in holders:
+        inputs = run.inputs(name)
+        assert inputs["opensearchPassword"] == ("secret", password), name
+        assert not [k for k, v in inputs.items() if k != "opensearchPassword" and password in str(v)], name
     assert password not in json.dumps(run.outputs, default=str)
 
 
