@@ -272,10 +272,10 @@ def apply(
         elif step.kind == "cutover":
             if before_cutover:
                 before_cutover(settings)
+            # The live slot must serve the pin's artifact before the alias follows it (issue 18, defect 5).
+            endpoint = endpoints.require_serving(settings, settings.live_slot, entry)
             with env.reach_opensearch(), env.reach_aws():
-                pointer = index.cutover(
-                    env.opensearch, env.ssm, settings, entry, endpoints.endpoint_name(settings, settings.live_slot)
-                )
+                pointer = index.cutover(env.opensearch, env.ssm, settings, entry, endpoint)
             detail = f"alias {settings.opensearch.alias_name} → {pointer.index}, pointer → {pointer.version}"
         elif step.kind == "drop":
             with env.reach_opensearch(), env.reach_aws():

@@ -249,6 +249,25 @@ def endpoint_for(settings: StackSettings, slot: str, retry: RetryPolicy = RetryP
     )
 
 
+def require_serving(settings: StackSettings, slot: str, entry: CatalogEntry) -> str:
+    """The slot's endpoint name, once the endpoint itself says it serves `entry`'s artifact; else refuse.
+
+    The cutover asks this before it moves the alias: an update that SageMaker rolled back (alarm)
+    leaves the endpoint InService on the old model, which a wait for InService takes for success.
+    """
+    endpoint = endpoint_for(settings, slot)
+    described = endpoint.describe()
+    status = described.get("status", "InService")  # SageMaker reports it; a local slot that answers is serving
+    if described.get("artifact_sha256") != entry.artifact_sha256 or status != "InService":
+        served = f"{described.get('version')} (artifact {str(described.get('artifact_sha256'))[:12]}…, {status})"
+        raise IntegrityError(
+            f"endpoint {endpoint.name} serves {served}, not {entry.version} (artifact {entry.artifact_sha256[:12]}…): "
+            f"refusing to point the live alias at {entry.version}; nothing was switched — redeploy the {slot} slot "
+            "(its update may have been rolled back) and rerun"
+        )
+    return endpoint.name
+
+
 # ----------------------------------------------------------------------------------- local slots
 
 
