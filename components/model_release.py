@@ -176,7 +176,11 @@ def release_args(
     args["catalog"] = {
         "model": catalog.model,
         "versions": {
-            entry.version: entry.model_dump(mode="json", exclude={"version", "model"}) for entry in catalog.versions
+            # A version's own model (its artifact key's folder) only when it differs from the catalog's.
+            entry.version: entry.model_dump(
+                mode="json", exclude={"version"} | ({"model"} if entry.model == catalog.model else set())
+            )
+            for entry in catalog.versions
         },
     }
     if opensearch_password is not None:
