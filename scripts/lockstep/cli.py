@@ -14,8 +14,7 @@ import click
 
 from lockstep import config, drill, orchestrator, promote, report, services, stackfile
 from lockstep.errors import LockstepError, Unreachable, UsageError
-from lockstep.ops import artifacts, check, clients, index
-from lockstep.ops.backfill import engine as backfill_engine
+from lockstep.ops import check, index
 from lockstep.plan import release_plan
 
 
@@ -112,33 +111,7 @@ def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | No
     With backfill.engine ray and backfill.address, the backfill runs as a Ray job that outlives
     this command: Ctrl-C detaches, `--attach JOB_ID` (or the same command again) re-attaches."""
     settings, catalog = stack_settings(stack)
-    entry = catalog.get(version)
-    if version not in settings.versions:
-        raise UsageError(
-            f"{version} is not in stack {stack}'s pin, slots or retain; add it there first so its index is kept"
-        )
-    backfill_engine.preflight(settings)
-    # Bad input is refused before the first write: OpenSearch unreachable or refusing us, an
-    # artifact that does not build to the catalog's sha256, a corpus that cannot be parsed.
-    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
-        clients.opensearch(settings.opensearch).info()
-    s3 = clients.aws_for(settings, "s3")
-    artifacts.verify_model(s3, settings.artifacts.bucket, entry)  # sha256, dimension: before the first write
-    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
-        check.refuse_misbuilt_indices(clients.opensearch(settings.opensearch), settings, catalog, [version])
-    documents, corpus_etag = None, None
-    with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
-        if settings.embedded:
-            artifacts.ensure_corpus(s3, settings)
-        if settings.backfill.engine == "local":  # read once here, handed to the sync below
-            ref = artifacts.corpus_ref(s3, settings)
-            documents, corpus_etag = artifacts.read_corpus(s3, settings), ref.etag if ref else None
-        if settings.embedded:
-            artifacts.ensure_bucket(s3, settings.artifacts.bucket)
-        artifacts.publish_artifact(s3, settings, entry)
-    result = backfill_engine.sync_index(
-        settings, entry, progress=not quiet, full=full, attach=attach, documents=documents, corpus_etag=corpus_etag
-    )
+    result = orchestrator.backfill(settings, catalog, version, progress=not quiet, full=full, attach=attach)
     click.echo(
         f"{result.index}: {'created, ' if result.created else ''}{result.embedded} embedded, "
         f"{result.deleted} deleted in {result.seconds:.1f}s ({result.rate:,.0f} docs/s)"

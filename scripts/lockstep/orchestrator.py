@@ -18,6 +18,7 @@ from lockstep.config import Catalog, StackSettings
 from lockstep.errors import UsageError
 from lockstep.ops import artifacts, check, clients, derived, endpoints, index, reembed
 from lockstep.ops.backfill import engine as backfill_engine
+from lockstep.ops.backfill.core import BackfillResult
 from lockstep.ops.corpus import Document
 
 
@@ -301,6 +302,51 @@ def apply(
         result.steps.append(StepResult(step, time.monotonic() - started, detail))
         say(f"  {step.kind:<15} {step.version or '':<4} {time.monotonic() - started:6.2f}s  {detail}")
     return result
+
+
+def backfill(
+    settings: StackSettings,
+    catalog: Catalog,
+    version: str,
+    progress: bool = True,
+    full: bool = False,
+    attach: str | None = None,
+) -> BackfillResult:
+    """`lockstep backfill`: provision or catch up one version's index (never moves the live alias).
+
+    Bad input is refused before the first write: a version the stack does not keep, an engine
+    that cannot run, OpenSearch unreachable or refusing us, a model that is not the catalog's,
+    a corpus that cannot be parsed. Then the artifact is published and the index synced."""
+    entry = catalog.get(version)
+    if version not in settings.versions:
+        raise UsageError(
+            f"{version} is not in stack {settings.stack}'s pin, slots or retain; add it there first so its index is kept"
+        )
+    backfill_engine.preflight(settings)
+    env = Environment(settings)
+    with env.reach_opensearch():
+        env.opensearch.info()
+    artifacts.verify_model(env.s3, settings.artifacts.bucket, entry)  # sha256, dimension: before the first write
+    documents, corpus_etag = None, None
+    with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
+        if settings.embedded:
+            artifacts.ensure_corpus(env.s3, settings)
+        if settings.backfill.engine == "local":  # read once here, handed to the sync below
+            ref = artifacts.corpus_ref(env.s3, settings)
+            documents, corpus_etag = artifacts.read_corpus(env.s3, settings), ref.etag if ref else None
+        if settings.embedded:
+            artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
+        artifacts.publish_artifact(env.s3, settings, entry)
+    return backfill_engine.sync_index(
+        settings,
+        entry,
+        progress=progress,
+        full=full,
+        attach=attach,
+        client=env.opensearch,
+        documents=documents,
+        corpus_etag=corpus_etag,
+    )
 
 
 class EndpointEmbedder:
