@@ -70,27 +70,44 @@ def main() -> ModelRelease:
     return declare(settings, catalog, password)
 
 
-def declare(settings: StackSettings, catalog: Catalog, password: pulumi.Input[str] | None) -> ModelRelease:
+def declare(
+    settings: StackSettings, catalog: Catalog, password: pulumi.Input[str] | None
+) -> ModelRelease | pulumi.Output[ModelRelease]:
     """One ModelRelease and the stack outputs; an embedded stack's leaves are lockstep's own
-    resources (`lockstep up` runs this as an inline program)."""
-    try:
-        release = ModelRelease(NAMESPACE, release_args(settings, catalog, opensearch_password=password))
-    except LockstepError as exc:
-        raise pulumi.RunError(str(exc)) from None
+    resources (`lockstep up` runs this as an inline program).
+
+    A promoted stack's release is registered only once the promotion gate passed: a refused gate
+    registers nothing (no index, endpoint, cutover or check changes)."""
+    release: ModelRelease | pulumi.Output[ModelRelease]
+    if settings.promoted_from:
+        release = require_verified_upstream(settings).apply(lambda _: _release(settings, catalog, password))
+    else:
+        release = _release(settings, catalog, password)
     pulumi.export("pin", release.pin)
     pulumi.export("liveEndpoint", release.live_endpoint)
     pulumi.export("liveIndex", release.live_index)
     pulumi.export("slots", release.slots)
     pulumi.export("retainedIndices", release.retained_indices)
     pulumi.export("checkRecord", release.check_record)
-    pulumi.export("verifiedVersions", release.check_record.apply(verified_versions))
-    if settings.promoted_from:
-        require_verified_upstream(settings)
+    pulumi.export(
+        "verifiedVersions",
+        pulumi.Output.all(release.check_record, release.check.verified).apply(
+            lambda got: sorted(set(verified_versions(got[0])) | set(got[1] or []))
+        ),
+    )
     return release
 
 
+def _release(settings: StackSettings, catalog: Catalog, password: pulumi.Input[str] | None) -> ModelRelease:
+    try:
+        return ModelRelease(NAMESPACE, release_args(settings, catalog, opensearch_password=password))
+    except LockstepError as exc:
+        raise pulumi.RunError(str(exc)) from None
+
+
 def verified_versions(check_record: str | None) -> list[str]:
-    """The versions this stack proved consistent: its pin, when the post-deploy check passed."""
+    """The version the last check proved consistent: its pin, when it passed (the Check resource's
+    `verified` output adds every version the stack's earlier check records proved)."""
     try:
         record = json.loads(check_record or "")
     except ValueError:
@@ -99,20 +116,24 @@ def verified_versions(check_record: str | None) -> list[str]:
 
 
 def require_verified_upstream(settings: StackSettings) -> pulumi.Output:
-    """Invariant 7 at evaluation time: a stack promoted from A runs only a pin A verified."""
+    """Invariant 7 at evaluation time: a stack promoted from A runs only a pin A ever verified, or
+    one this stack already deployed in a slot (so it can stay on, or flip back to, what it runs)."""
     source = settings.promoted_from
     # A self-managed backend's organization is literally "organization".
     organization = pulumi.get_organization() or "organization"
-    reference = pulumi.StackReference(f"{organization}/{pulumi.get_project()}/{source}")
+    project = pulumi.get_project()
+    upstream = pulumi.StackReference(f"{organization}/{project}/{source}")
+    # This stack's own outputs of its last deployment: the slots it runs now.
+    deployed = pulumi.StackReference(f"{organization}/{project}/{pulumi.get_stack()}")
 
-    def require(versions) -> list[str]:
-        versions = list(versions or [])
-        if settings.pin not in versions:
+    def require(outputs: list) -> list[str]:
+        versions, slots = list(outputs[0] or []), outputs[1] or {}
+        if settings.pin not in versions and settings.pin not in set(slots.values()):
             raise pulumi.RunError(
                 f"{NAMESPACE}:pin: {settings.pin} is not verified in {source} (verified there: "
-                f"{', '.join(versions) or 'nothing'}); deploy and check it in {source}, then "
-                f"`lockstep promote --from {source} --to {settings.stack}`"
+                f"{', '.join(versions) or 'nothing'}) and is in none of {settings.stack}'s deployed slots; "
+                f"deploy and check it in {source}, then `lockstep promote --from {source} --to {settings.stack}`"
             )
         return versions
 
-    return reference.get_output("verifiedVersions").apply(require)
+    return pulumi.Output.all(upstream.get_output("verifiedVersions"), deployed.get_output("slots")).apply(require)

@@ -139,6 +139,7 @@ def test_every_input_with_its_type_requiredness_and_description(schema):
         "artifactSha256": "string",
         "dimension": "integer",
         "spaceType": "string",
+        "model": "string",
         "family": "string",
         "recallFloor": "VersionRecallFloor",
         "description": "string",
@@ -216,8 +217,8 @@ def test_inputs_mirror_the_stack_config_models_field_for_field(schema):
     )
     entry = fields_by_alias(lockstep_config.CatalogEntry)
     version = schema["types"]["lockstep:index:CatalogVersion"]["properties"]
-    # version and model come from the map key and the catalog's model, as in stacks/catalog.yaml.
-    assert set(version) == set(entry) - {"version", "model"}
+    # version comes from the map key, as in stacks/catalog.yaml (model defaults to the catalog's).
+    assert set(version) == set(entry) - {"version"}
 
 
 def test_checked_in_schema_is_the_inferred_one(schema):

@@ -13,6 +13,7 @@ import json
 from components.providers.base import PASSWORD, Handler, Property, credentials, failures, settings_of
 from components.providers.derived import catalog_of
 from components.providers.opensearch import PASSWORD_PROPERTY
+from lockstep import promote
 from lockstep.errors import LockstepError
 from lockstep.ops import check
 
@@ -38,6 +39,11 @@ class CheckHandler(Handler):
         "record": Property("The check's result record (JSON), what `lockstep promote` reads.", output_only=True),
         "passed": Property("Whether every check passed.", "boolean", output_only=True),
         "failed": Property("Names of the failed checks.", "array", output_only=True),
+        "verified": Property(
+            "Every version this stack's check records show verified: what a stack promoted from it may run.",
+            "array",
+            output_only=True,
+        ),
     }
     OBSERVED = frozenset({"record", "passed", "failed"})
 
@@ -48,6 +54,7 @@ class CheckHandler(Handler):
         with credentials(news):
             settings, catalog = settings_of(news), catalog_of(news)
             outcome = check.evaluate(settings, catalog)  # stores the record (not when uncheckable)
+            verified = promote.verified_versions(settings) if outcome.exit_code == 0 else []
         if outcome.record is None:
             raise CheckFailed(f"could not check stack {settings.stack} (exit {outcome.exit_code}): {outcome.reason}")
         record = outcome.record
@@ -58,5 +65,10 @@ class CheckHandler(Handler):
                 f"stack {settings.stack} is inconsistent after the deploy of {settings.pin} (exit {outcome.exit_code}): "
                 f"failed checks {', '.join(failed)}" + (f"; {fixes}" if fixes else "")
             )
-        outputs = {"record": json.dumps(record.to_dict(), sort_keys=True), "passed": record.passed, "failed": failed}
+        outputs = {
+            "record": json.dumps(record.to_dict(), sort_keys=True),
+            "passed": record.passed,
+            "failed": failed,
+            "verified": verified,
+        }
         return f"{settings.stack}:{settings.pin}", {**news, **outputs}

@@ -7,6 +7,7 @@ pointer last moved proves nothing about what is live now).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,29 @@ class Promotion:
             f"| | check | observed |\n|---|---|---|\n{rows}\n\n"
             f"Before merging, review `lockstep plan --stack {self.target}` (posted by the preview workflow)."
         )
+
+
+def verified_versions(settings: config.StackSettings) -> list[str]:
+    """Every version this stack ever proved consistent: the pins of its passing check records
+    (s3://<artifacts>/checks/<stack>/), so a stack promoted from it may stay on, or return to, a
+    version it has since moved past. Each pin's records are read until one passed."""
+    s3 = clients.aws_for(settings, "s3")
+    prefix = f"{check.RECORD_PREFIX}/{settings.stack}/"
+    verified: set[str] = set()
+    with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
+        try:
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.artifacts.bucket, Prefix=prefix)
+            keys = sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+        except s3.exceptions.NoSuchBucket:
+            return []
+        for key in reversed(keys):  # newest first (keys are timestamped)
+            pin = key.removeprefix(prefix).removesuffix(".json").partition("-")[2]
+            if not pin or pin in verified:  # latest.json has no pin in its name
+                continue
+            record = json.loads(s3.get_object(Bucket=settings.artifacts.bucket, Key=key)["Body"].read())
+            if record.get("passed") and record.get("pin") == pin:
+                verified.add(pin)
+    return sorted(verified)
 
 
 def promote(source: str, target: str, version: str | None = None, stacks_dir: Path = config.STACKS_DIR) -> Promotion:

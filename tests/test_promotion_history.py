@@ -1,0 +1,75 @@
+"""The promotion gate keeps history and is a precondition (issue 18, defect 6).
+
+Mock runtime for the program (the source stack's outputs and the target's own last outputs are
+answered per StackReference name); moto for the check records the history is read from.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lockstep import promote
+from lockstep.ops import check
+from tests.test_program import CaptureMocks, evaluate, with_values
+
+INDEX = "lockstep:index:Index"
+CUTOVER = "lockstep:index:Cutover"
+
+
+class References(CaptureMocks):
+    """Answers the source stack's verifiedVersions and the target's own deployed slots."""
+
+    def __init__(self, verified: list[str], deployed_slots: dict | None = None):
+        super().__init__(upstream_verified=tuple(verified))
+        self.deployed_slots = deployed_slots
+
+    def new_resource(self, args):
+        answer = super().new_resource(args)
+        if args.typ == "pulumi:pulumi:StackReference" and args.inputs.get("name", "").endswith("/prod"):
+            return answer[0], {"name": args.inputs["name"], "outputs": {"slots": self.deployed_slots}}
+        return answer
+
+
+def prod(pin: str, mocks: References, slots: dict | None = None):
+    values = with_values(pin=pin, slots=slots or {"blue": "v1", "green": "v2"}, promotedFrom="staging")
+    return evaluate(values, stack="prod", mocks=mocks)
+
+
+def test_prod_on_a_version_staging_verified_earlier_evaluates():
+    # staging has moved on to v2 since it verified v1; prod stays on v1.
+    run = prod("v1", References(verified=["v1", "v2"]))
+    assert run.outputs["pin"] == "v1"
+    assert run.inputs("lockstep-cutover")["version"] == "v1"
+
+
+def test_a_version_prod_already_runs_in_a_slot_is_exempt():
+    # staging's history does not hold v1 (say, prod ran it before promotion existed): flipping back to it passes.
+    run = prod("v1", References(verified=["v3"], deployed_slots={"blue": "v1", "green": "v2"}))
+    assert run.inputs("lockstep-cutover")["version"] == "v1"
+
+
+def test_a_refused_gate_registers_nothing_of_the_release():
+    mocks = References(verified=["v1"], deployed_slots={"blue": "v1", "green": "v3"})
+    with pytest.raises(Exception, match=r"lockstep:pin: v2 is not verified in staging \(verified there: v1\)"):
+        prod("v2", mocks)
+    kinds = {resource["type"] for resource in mocks.resources.values()}
+    assert kinds == {"pulumi:pulumi:StackReference"}, kinds
+    assert CUTOVER not in kinds and INDEX not in kinds and not any(k.startswith("aws:") for k in kinds)
+
+
+def test_verified_versions_are_every_pin_a_passing_record_names(servers, make_settings):
+    from lockstep.ops import artifacts, clients
+
+    settings = make_settings()
+    artifacts.ensure_bucket(clients.aws("s3"), settings.artifacts.bucket)
+    assert promote.verified_versions(settings) == []
+
+    def record(pin: str, passed: bool, at: str) -> None:
+        checks = [check.Check("alias", passed, "docs-x", "docs-x")]
+        check.store(check.CheckRecord(settings.stack, pin, "0" * 64, at, at, "test", checks), settings)
+
+    record("v1", True, "2026-11-01T10:00:00Z")
+    record("v2", False, "2026-11-02T10:00:00Z")
+    record("v3", True, "2026-11-03T10:00:00Z")
+    record("v3", False, "2026-11-04T10:00:00Z")  # a later failure does not unverify what passed
+    assert promote.verified_versions(settings) == ["v1", "v3"]
