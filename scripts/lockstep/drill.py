@@ -76,6 +76,8 @@ class Drill:
         self.progress = progress
         self.engine = engine  # backfill.engine of the scratch stack: local, or ray (a local Ray runtime)
         self.run_id = uuid.uuid4().hex[:8]
+        # Named per run: two drills at once (a demo beside a test run) never share slot processes.
+        self.stack = f"{STACK}-{self.run_id}"
         self.root = out_dir / f"drill-{datetime.now(UTC):%Y%m%d-%H%M%S}-{self.run_id}"
         self.stacks = self.root / "stacks"
         self.docs = docs
@@ -91,7 +93,7 @@ class Drill:
         name = f"drill-{self.run_id}"
         stackfile.write_stack(
             self.stacks,
-            STACK,
+            self.stack,
             {
                 "aws:region": services.REGION,
                 "pin": "v1",
@@ -118,7 +120,7 @@ class Drill:
         )
 
     def settings(self) -> config.StackSettings:
-        return config.load_stack(STACK, self.stacks)
+        return config.load_stack(self.stack, self.stacks)
 
     @property
     def catalog(self) -> config.Catalog:
@@ -136,12 +138,12 @@ class Drill:
         return act
 
     def pin(self, version: str) -> None:
-        change = stackfile.set_pin(STACK, version, self.stacks)
-        self.say(f"$ lockstep pin --stack {STACK} {version}\n  {change.summary()}")
+        change = stackfile.set_pin(self.stack, version, self.stacks)
+        self.say(f"$ lockstep pin --stack {self.stack} {version}\n  {change.summary()}")
 
     def apply(self, act: Act, before_cutover=None) -> None:
         settings = self.settings()
-        self.say(f"$ lockstep apply --stack {STACK}")
+        self.say(f"$ lockstep apply --stack {self.stack}")
         result = orchestrator.apply(
             settings, self.catalog, progress=self.progress, say=self.say, before_cutover=before_cutover
         )
@@ -164,7 +166,7 @@ class Drill:
         self.record_check(act, result.record)
 
     def check(self, act: Act) -> None:
-        self.say(f"$ lockstep check --stack {STACK}")
+        self.say(f"$ lockstep check --stack {self.stack}")
         record = check.run(self.settings(), self.catalog)
         check.store(record, self.settings())
         self.record_check(act, record)
@@ -289,7 +291,7 @@ class Drill:
     def plan(self, act: Act, version: str) -> None:
         """`lockstep plan --to VERSION`, printed and kept in the act."""
         target = self.settings().with_pin(version)
-        self.say(f"$ lockstep plan --stack {STACK} --to {version}")
+        self.say(f"$ lockstep plan --stack {self.stack} --to {version}")
         _, planned = orchestrator.plan_for(target, self.catalog)
         self.console.print(report.plan_markdown(planned), markup=False, highlight=False)
         act.plan = {
@@ -309,7 +311,9 @@ class Drill:
 
     def run(self) -> DrillReport:
         self.write_stack()
-        self.say(f"scratch stack: {self.stacks / f'Pulumi.{STACK}.yaml'}  ({self.docs} documents of stdlib docstrings)")
+        self.say(
+            f"scratch stack: {self.stacks / f'Pulumi.{self.stack}.yaml'}  ({self.docs} documents of stdlib docstrings)"
+        )
 
         act = self.begin("1", "deploy v1", "provision")
         self.apply(act)
