@@ -228,6 +228,29 @@ def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
     )
 
 
+def _sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("inherited", [signal.SIG_IGN, signal.SIG_DFL], ids=["ignored", "default"])
+def test_following_a_job_any_interrupt_detaches_and_handlers_come_back(sig, inherited):
+    """While a job is followed, SIGINT and SIGTERM raise KeyboardInterrupt (run_job turns it into
+    `detached`), also when SIGINT was inherited ignored; the handlers before are restored after."""
+    from lockstep.ops.backfill import ray_jobs
+
+    before = signal.signal(signal.SIGINT, inherited)
+    term_before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt), ray_jobs.interrupts_detach():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler interrupts this sleep
+        assert signal.getsignal(signal.SIGINT) == inherited
+        assert signal.getsignal(signal.SIGTERM) == term_before
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_driver_killed_mid_run_then_rerun_finishes_and_alias_never_moves(
     ray_runtime, scratch_stack, s3, opensearch, catalog
 ):
@@ -418,7 +441,9 @@ def test_backfill_as_a_ray_job_on_a_ray_start_cluster(head_cluster, scratch_stac
     artifacts.ensure_corpus(s3, settings)
     publish(s3, settings, catalog, "v1")
 
-    first = _cli("backfill", "--stack", stack, "--version", "v1", env=auth)
+    # Started with SIGINT ignored, as a shell starts a background command (how CI ran it when this
+    # test caught a swallowed Ctrl-C): the client must detach all the same.
+    first = _cli("backfill", "--stack", stack, "--version", "v1", env=auth, preexec_fn=_sigint_ignored)
     job_id, lines = None, []
     deadline = time.monotonic() + 120
     while job_id is None and time.monotonic() < deadline and first.poll() is None:

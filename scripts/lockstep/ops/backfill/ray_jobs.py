@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict
 from urllib.parse import urlsplit
 
@@ -154,13 +157,36 @@ def run_job(
             "start it or fix backfill.address"
         ) from None
     try:  # from the moment the id is known, Ctrl-C detaches: the job is the cluster's now
-        say(
-            f"ray job {job_id}: {how} at {job_address(address)} "
-            f"(re-attach: lockstep backfill --stack {settings.stack} --version {entry.version} --attach {job_id})"
-        )
-        return follow(client, job_id, say, progress, poll)
+        with interrupts_detach():
+            say(
+                f"ray job {job_id}: {how} at {job_address(address)} "
+                f"(re-attach: lockstep backfill --stack {settings.stack} --version {entry.version} --attach {job_id})"
+            )
+            return follow(client, job_id, say, progress, poll)
     except KeyboardInterrupt:
         raise detached(job_id) from None
+
+
+@contextmanager
+def interrupts_detach():
+    """SIGINT and SIGTERM raise KeyboardInterrupt here, whatever this process inherited. A shell
+    starts a background command (`lockstep backfill ... &`, a CI step) with SIGINT ignored and
+    Python keeps it so: a Ctrl-C or `kill -INT` was swallowed and the client followed the job to
+    its end; a TERM (a CI cancel) ended it without saying how to re-attach. Stopping to follow is
+    always safe (the job keeps running). Only the main thread takes signals; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def detached(job_id: str) -> Detached:
