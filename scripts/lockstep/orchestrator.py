@@ -327,6 +327,8 @@ def backfill(
     with env.reach_opensearch():
         env.opensearch.info()
     artifacts.verify_model(env.s3, settings.artifacts.bucket, entry)  # sha256, dimension: before the first write
+    with env.reach_opensearch():  # an index an earlier run built for another entry: named, with the fix
+        check.refuse_misbuilt_indices(env.opensearch, settings, catalog, [version])
     documents, corpus_etag = None, None
     with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
         if settings.embedded:
