@@ -139,7 +139,7 @@ def test_first_up_then_a_new_version_then_the_rollback_is_exactly_the_flip(relea
     assert pointer_version(release.settings) == "v1"
     outputs = release.stack().outputs()
     assert json.loads(outputs["checkRecord"].value)["passed"] is True
-    assert outputs["verifiedVersions"].value == ["v1"]
+    assert "v1" in outputs["verifiedVersions"].value
 
     # The same stack through the command: the engine's progress, then what the preview would do.
     previewed = release.lockstep("up", "--stack", release.unique, "--preview")

@@ -118,6 +118,45 @@ def backfill(stack: str, version: str, full: bool, quiet: bool, attach: str | No
     )
 
 
+@cli.command("publish")
+@click.option(
+    "--stack",
+    required=True,
+    help="Stack whose artifact bucket receives the model (and whose stacks/ holds the catalog).",
+)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("version")
+@click.option("--family", help="Model family (default: the installed family that recognises the files).")
+@click.option("--dimension", type=int, help="Declared dimension; refused if the model's differs.")
+@click.option("--space-type", default="cosinesimil", show_default=True, help="k-NN space of the version's index.")
+@click.option("--model", "model_name", help="Artifact key folder (models/<model>/…); default: the catalog's model.")
+@click.option("--description", default="", help="Free text for people.")
+def publish_command(
+    stack: str,
+    source: Path,
+    version: str,
+    family: str | None,
+    dimension: int | None,
+    space_type: str,
+    model_name: str | None,
+    description: str,
+) -> None:
+    """Package SOURCE (a model directory or model.tar.gz) as catalog VERSION: verify it by encoding a
+    probe, upload it content-addressed, add it to the catalog. Bad input: exit 2, nothing written."""
+    from lockstep import publish
+
+    settings, catalog = stack_settings(stack)
+    done = publish.publish(
+        settings, catalog, stacks_dir(), source, version, family, dimension, space_type, model_name, description
+    )
+    entry = done.entry
+    click.echo(
+        f"{entry.version}: {entry.family}, dimension {entry.dimension}, artifact {entry.artifact_sha256[:12]}… "
+        f"at s3://{settings.artifacts.bucket}/{entry.artifact_key} "
+        f"({'added to the catalog' if done.catalog_changed else 'already in the catalog'})"
+    )
+
+
 @cli.command("plan")
 @click.option("--stack", required=True)
 @click.option("--to", "to_version", help="Plan a change of the pin to this version (default: the stack file as it is).")

@@ -241,6 +241,11 @@ class CorpusSettings(Model):
     # How many documents the embedded default generates (stdlib docstrings).
     size: int = Field(default=2000, ge=1)
 
+    @property
+    def uri(self) -> str:
+        """Where the corpus is; an index's `_meta.corpus` records the one it was built from."""
+        return f"s3://{self.bucket}/{self.key}"
+
 
 # SageMaker's limit for the traffic wait interval and for the old fleet's termination wait.
 MAX_WAIT_SECONDS = 3600

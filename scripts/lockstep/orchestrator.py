@@ -170,7 +170,9 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
             elif corpus.documents is not None:
                 d = reembed.index_delta(env.opensearch, state.index, version, corpus.documents)
                 delta = release.Delta(missing=len(d.missing), changed=len(d.changed), deleted=len(d.deleted))
-            observed_indices[version] = release.ObservedIndex(doc_count=state.doc_count, delta=delta)
+            observed_indices[version] = release.ObservedIndex(
+                doc_count=state.doc_count, delta=delta, corpus=(state.meta or {}).get("corpus")
+            )
     with env.reach_aws():
         # Derived records by version (the lineage of a rollback); an embedded apply creates missing tables.
         derived_counts = {
@@ -267,6 +269,11 @@ def apply(
             if done.embedded >= 100:
                 record_rate(settings, done.rate)
             detail = f"{done.embedded} embedded, {done.deleted} deleted"
+        elif step.kind == "restamp":
+            # The corpus moved: the index (caught up, or with the same content) now names the new location.
+            with env.reach_opensearch():
+                before = index.restamp_corpus(env.opensearch, settings, entry)
+            detail = f"_meta.corpus {before} -> {settings.corpus.uri}" if before else "already stamped"
         elif step.kind == "deploy_slot":
             slot = endpoints.deploy_local_slot(settings, step.slot, entry)
             detail = f"{step.slot} → {slot.url}"

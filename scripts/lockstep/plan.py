@@ -14,7 +14,7 @@ from lockstep.errors import ConfigError
 from lockstep.ops.derived import StoreCounts
 
 StepKind = Literal[
-    "ensure_artifact", "provision", "catch_up", "deploy_slot", "cutover", "repair_derived", "check", "drop"
+    "ensure_artifact", "provision", "catch_up", "restamp", "deploy_slot", "cutover", "repair_derived", "check", "drop"
 ]
 
 
@@ -32,6 +32,7 @@ class ObservedIndex:
     doc_count: int
     # None: not computed (the plan then estimates missing documents from the counts).
     delta: Delta | None = None
+    corpus: str | None = None  # `_meta.corpus`: the corpus location the index was built from
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,16 @@ def _index_step(version: str, observed: Observed) -> Step | None:
     )
 
 
+def _restamp_step(version: str, state: ObservedIndex | None, corpus: str, caught_up: bool) -> Step | None:
+    """A moved corpus (corpus.bucket/key) is an explicit step: `_meta.corpus` is re-stamped once the
+    index holds that corpus's content (same content, or after this plan's catch-up); a retained
+    index that lags is re-stamped when it is reattached."""
+    if state is None or state.corpus in (None, corpus) or not (caught_up or state.delta == Delta()):
+        return None
+    how = "after the catch-up" if caught_up else "same content"
+    return Step("restamp", version, detail=f"_meta.corpus {state.corpus} -> {corpus} ({how})")
+
+
 def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) -> ReleasePlan:
     pin = settings.pin
     search = settings.opensearch
@@ -143,6 +154,11 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
         # A retained index catches up when it is reattached; until then only its existence is kept.
         if index_step is not None and (slot or index_step.kind == "provision"):
             steps.append(index_step)
+        caught_up = index_step is not None and index_step in steps
+        if (
+            restamp := _restamp_step(version, observed.indices.get(version), settings.corpus.uri, caught_up)
+        ) is not None:
+            steps.append(restamp)
         if slot and observed.slots_deployed.get(slot) != version:
             was = observed.slots_deployed.get(slot) or "nothing"
             steps.append(Step("deploy_slot", version, slot=slot, detail=f"{slot} serves {was} now"))

@@ -164,9 +164,17 @@ def publish_artifact(s3, settings: StackSettings, entry: CatalogEntry) -> str:
     Idempotent: an object already holding these bytes is left alone. The bucket must exist
     (`ensure_bucket`, or the Pulumi component in AWS stacks).
     """
-    data = verified_build(entry)
-    actual = entry.artifact_sha256
-    bucket = settings.artifacts.bucket
+    return upload_artifact(s3, settings.artifacts.bucket, entry, verified_build(entry))
+
+
+def upload_artifact(s3, bucket: str, entry: CatalogEntry, data: bytes) -> str:
+    """Put `data` (whose sha256 must be the entry's) at the entry's content-addressed key, with
+    its sha256 as metadata and checksum; an object already holding these bytes is left alone."""
+    actual = models.sha256_of(data)
+    if actual != entry.artifact_sha256:
+        raise IntegrityError(
+            f"artifact bytes have sha256 {actual[:12]}…, the entry says {entry.artifact_sha256[:12]}…; nothing was uploaded"
+        )
     with reaching("S3", _where(s3)):
         existing = published_version(s3, bucket, entry)
         if existing is not None:
@@ -266,7 +274,7 @@ def artifact_status(s3, bucket: str, entry: CatalogEntry) -> dict:
 
 
 def corpus_uri(settings: StackSettings) -> str:
-    return f"s3://{settings.corpus.bucket}/{settings.corpus.key}"
+    return settings.corpus.uri
 
 
 def golden_uri(settings: StackSettings) -> str:

@@ -50,7 +50,7 @@ def index_meta(settings: StackSettings, entry: CatalogEntry, built_at: str | Non
         "dimension": entry.dimension,
         "space_type": entry.space_type,
         "engine": settings.opensearch.engine,
-        "corpus": f"s3://{settings.corpus.bucket}/{settings.corpus.key}",
+        "corpus": settings.corpus.uri,
         "built_at": built_at or now(),
     }
 
@@ -110,13 +110,24 @@ def _describe(differences: dict[str, tuple]) -> str:
     return "; ".join(f"{key} is {seen!r}, expected {want!r}" for key, (seen, want) in differences.items())
 
 
-def verify_meta(client: OpenSearch, settings: StackSettings, entry: CatalogEntry) -> None:
-    """Refuse an index that was not built for exactly this catalog entry."""
+def verify_meta(
+    client: OpenSearch, settings: StackSettings, entry: CatalogEntry, corpus_moved_ok: bool = False
+) -> None:
+    """Refuse an index that was not built for exactly this catalog entry. A corpus that moved
+    (corpus.bucket/key) is not a wrong build: it is named with its fix, the `restamp` step, and
+    a catch-up (`corpus_moved_ok`) may bring the index in line with the new corpus first."""
     index = settings.opensearch.index_name(entry.version)
     observed = read_meta(client, index)
     if observed is None:
         raise IntegrityError(f"index {index} of {entry.version} does not exist; provision it (`lockstep apply`) first")
     differences = meta_differences(observed, index_meta(settings, entry))
+    moved = differences.pop("corpus", None)
+    if moved and not differences and not corpus_moved_ok:
+        raise IntegrityError(
+            f"index {index} was built from corpus {moved[0]}, the stack names {moved[1]}: the corpus moved; "
+            "`lockstep plan` shows the restamp (after a catch-up if the content differs) and `lockstep apply` "
+            "carries it out"
+        )
     if differences:
         raise IntegrityError(
             f"index {index} was not built for {entry.version} as the catalog describes it: "
@@ -137,7 +148,7 @@ def ensure_index(client: OpenSearch, settings: StackSettings, entry: CatalogEntr
                     f"index {_short(index)}: OpenSearch rejected it ({_reason(exc, index)}); "
                     "fix opensearch.indexPrefix or the catalog entry"
                 ) from None
-    verify_meta(client, settings, entry)
+    verify_meta(client, settings, entry, corpus_moved_ok=True)  # the catch-up that follows brings it in line
     return False
 
 
@@ -154,6 +165,20 @@ def _reason(exc: TransportError, index: str = "") -> str:
         reason = str(reason).replace(index, "<index>")
     text = one_line(f"{exc.error}: {reason}" if reason else exc.error)
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def restamp_corpus(client: OpenSearch, settings: StackSettings, entry: CatalogEntry) -> str | None:
+    """Record in `_meta.corpus` that the index now belongs to the stack's corpus location; return
+    the location it named before (None when nothing changed). The caller brought the index in
+    line with that corpus first (the plan's catch-up); an index of another build is refused."""
+    index = settings.opensearch.index_name(entry.version)
+    verify_meta(client, settings, entry, corpus_moved_ok=True)
+    meta = read_meta(client, index) or {}
+    before, meta["corpus"] = meta.get("corpus"), settings.corpus.uri
+    if before == meta["corpus"]:
+        return None
+    client.indices.put_mapping(index=index, body={"_meta": meta})
+    return before
 
 
 # ------------------------------------------------------------------------------ alias and pointer

@@ -1,0 +1,133 @@
+"""`lockstep publish`: a team's model becomes a catalog version.
+
+From a model directory (or an existing model.tar.gz) and a version name: find the family (named,
+or the one installed family that recognises the files), pack deterministically, verify by loading
+and encoding a probe (shape, finite values, unit norm where the family promises it, the declared
+dimension), upload to the content-addressed key, and add the entry to stacks/catalog.yaml with a
+comment-preserving edit. Every check runs before the first write: bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ruamel.yaml import YAML
+
+from lockstep import config, models
+from lockstep.config import Catalog, CatalogEntry, StackSettings
+from lockstep.errors import UsageError
+from lockstep.ops import artifacts, clients
+
+PROBE = [
+    "This is an example sentence",
+    "Rolling back a model must roll back its index too.",
+    "Return the absolute value of a number.",
+]
+
+
+@dataclass(frozen=True)
+class Published:
+    entry: CatalogEntry
+    version_id: str
+    catalog_changed: bool  # False: the version was already in the catalog with these bytes
+
+
+def artifact_of(source: Path) -> bytes:
+    """The model.tar.gz for a directory (packed) or a file (read as is)."""
+    if source.is_dir():
+        return models.pack_directory(source)
+    if source.is_file():
+        return source.read_bytes()
+    raise UsageError(f"{source}: no such model directory or model.tar.gz; pass a path that exists")
+
+
+def verify(data: bytes, family: str | None, version: str, dimension: int | None) -> tuple[str, int]:
+    """Load the artifact and encode the probe: (family, dimension) or a one-line error."""
+    with tempfile.TemporaryDirectory(prefix="lockstep-publish-") as tmp:
+        directory = Path(tmp)
+        models.unpack(data, directory)
+        name = family or models.detect(directory)
+        embedder = models.load_directory(directory, name, version, models.sha256_of(data))
+        vectors = embedder.encode(PROBE)
+    if vectors.shape != (len(PROBE), embedder.dimension) or not np.isfinite(vectors).all():
+        raise UsageError(
+            f"the {name} model encoded {len(PROBE)} probe texts as {vectors.shape}, not ({len(PROBE)}, "
+            f"{embedder.dimension}) finite values; fix the model"
+        )
+    if embedder.normalized and not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3):
+        raise UsageError(f"the {name} family promises unit-norm vectors but the model's are not; fix the model")
+    if dimension is not None and dimension != embedder.dimension:
+        raise UsageError(
+            f"--dimension {dimension} differs from the model's {embedder.dimension}; declare {embedder.dimension}"
+        )
+    return name, embedder.dimension
+
+
+def catalog_entry(catalog: Catalog, version: str, fields: dict) -> tuple[CatalogEntry, bool]:
+    """The new entry validated, and whether the catalog needs it (False: already there, same bytes)."""
+    if version in catalog:
+        existing = catalog.get(version)
+        if existing.artifact_sha256 != fields["artifactSha256"]:
+            raise UsageError(
+                f"version {version!r} is already in the catalog with artifact {existing.artifact_sha256[:12]}…, "
+                f"these bytes are {fields['artifactSha256'][:12]}…; versions are immutable — publish under a new name"
+            )
+        return existing, False
+    data = {"version": version, "model": fields.pop("model", None) or catalog.model, **fields}
+    try:
+        return CatalogEntry.model_validate(data), True
+    except ValueError as exc:
+        raise UsageError(f"catalog entry {version}: {config.describe_validation_error(exc)}") from None  # type: ignore[arg-type]
+
+
+def add_to_catalog(stacks_dir: Path, version: str, fields: dict) -> None:
+    """Append `versions.<version>` to catalog.yaml, keeping its comments; re-validated before writing."""
+    path = stacks_dir / config.CATALOG_FILE
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    document = yaml.load(path.read_text(encoding="utf-8"))
+    document["versions"][version] = fields
+    buffer = io.StringIO()
+    yaml.dump(document, buffer)
+    config.Catalog.model_validate(YAML(typ="safe").load(buffer.getvalue()))
+    partial = path.with_suffix(".partial")
+    partial.write_text(buffer.getvalue(), encoding="utf-8")
+    partial.replace(path)
+
+
+def publish(
+    settings: StackSettings,
+    catalog: Catalog,
+    stacks_dir: Path,
+    source: Path,
+    version: str,
+    family: str | None = None,
+    dimension: int | None = None,
+    space_type: str = "cosinesimil",
+    model: str | None = None,
+    description: str = "",
+) -> Published:
+    data = artifact_of(source)
+    try:
+        name, dim = verify(data, family, version, dimension)
+    except UsageError as exc:  # missing files, unknown family, a model that does not encode
+        raise UsageError(f"{source}: {exc}") from None
+    fields: dict = {"family": name, "artifactSha256": models.sha256_of(data), "dimension": dim, "spaceType": space_type}
+    if model:
+        fields = {"model": model, **fields}
+    if description:
+        fields["description"] = description
+    entry, new = catalog_entry(catalog, version, dict(fields))
+    s3 = clients.aws("s3")
+    if settings.embedded:
+        artifacts.ensure_bucket(s3, settings.artifacts.bucket)
+    version_id = artifacts.upload_artifact(s3, settings.artifacts.bucket, entry, data)
+    if new:
+        add_to_catalog(stacks_dir, version, fields)
+    return Published(entry, version_id, new)

@@ -1,0 +1,118 @@
+"""`lockstep publish`: a team's model directory becomes a catalog version that apply can deploy;
+bad input is one line, exit 2, nothing uploaded, catalog untouched."""
+
+from __future__ import annotations
+
+import pytest
+from ruamel.yaml import YAML
+
+from lockstep import config, models
+from lockstep.models import hashgram, minilm
+from lockstep.ops import clients, endpoints
+from tests.conftest import lockstep
+
+TEAM_SPEC = hashgram.ModelSpec("team-1", dimension=128, seed=77)
+
+
+@pytest.fixture
+def team_model(tmp_path):
+    """A hashgram model directory lockstep has no recipe for."""
+    directory = tmp_path / "team-model"
+    directory.mkdir()
+    models.unpack(hashgram.build_artifact(TEAM_SPEC), directory)
+    return directory
+
+
+def objects(s3, bucket: str) -> list[str]:
+    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        return []
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_publish_then_pin_apply_check(servers, scratch_stack, team_model):
+    stacks, stack = scratch_stack(corpus={"size": 60})
+    catalog_file = stacks / "catalog.yaml"
+    result = lockstep("publish", "--stack", stack, str(team_model), "team-1", "--dimension", "128", "--model", "team")
+    assert result.returncode == 0, result.stderr
+    sha = models.sha256_of(hashgram.build_artifact(TEAM_SPEC))
+    assert f"artifact {sha[:12]}" in result.stdout and "added to the catalog" in result.stdout
+
+    text = catalog_file.read_text()
+    assert text.startswith("# The catalog of model versions")  # comments kept
+    entry = config.load_catalog(stacks).get("team-1")
+    assert (entry.family, entry.dimension, entry.artifact_sha256, entry.model) == ("hashgram", 128, sha, "team")
+    settings = config.load_stack(stack, stacks)
+    assert objects(clients.aws("s3"), settings.artifacts.bucket) == [entry.artifact_key]
+
+    again = lockstep("publish", "--stack", stack, str(team_model), "team-1")
+    assert again.returncode == 0 and "already in the catalog" in again.stdout
+    assert catalog_file.read_text() == text
+
+    assert lockstep("pin", "--stack", stack, "team-1").returncode == 0
+    applied = lockstep("apply", "--stack", stack, "--quiet")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    checked = lockstep("check", "--stack", stack)
+    assert checked.returncode == 0, checked.stdout
+    endpoints.stop_local_slots(config.load_stack(stack, stacks))
+
+
+def test_publish_a_model_tar_gz_detects_its_family(servers, scratch_stack, tmp_path):
+    stacks, stack = scratch_stack()
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(minilm.artifact_bytes())
+    result = lockstep("publish", "--stack", stack, str(archive), "minilm-copy", "--dimension", "384")
+    assert result.returncode == 0, result.stderr
+    entry = config.load_catalog(stacks).get("minilm-copy")
+    assert (entry.family, entry.dimension, entry.artifact_sha256) == (
+        "sentence-transformers",
+        384,
+        minilm.ARTIFACT_SHA256,
+    )
+
+
+def _without(directory, name):
+    (directory / name).unlink()
+    return directory
+
+
+def _spec_dir(tmp_path, spec):
+    directory = tmp_path / spec.version
+    directory.mkdir()
+    models.unpack(hashgram.build_artifact(spec), directory)
+    return directory
+
+
+BAD = {
+    "missing path": (lambda d, t: [str(t / "nowhere"), "team-1"], "no such model directory"),
+    "missing file": (
+        lambda d, t: [str(_without(d, "projection.npy")), "team-1", "--family", "hashgram"],
+        "projection.npy",
+    ),
+    "nothing recognised": (lambda d, t: [str(_without(d, "model.json")), "team-1"], "no installed family"),
+    "unknown family": (lambda d, t: [str(d), "team-1", "--family", "onnx-magic"], "'onnx-magic' is not installed"),
+    "dimension differs": (
+        lambda d, t: [str(d), "team-1", "--dimension", "100"],
+        "--dimension 100 differs from the model's 128",
+    ),
+    "version exists, other bytes": (
+        lambda d, t: [str(_spec_dir(t, hashgram.ModelSpec("v1", dimension=128, seed=5))), "v1"],
+        "already in the catalog",
+    ),
+    "another version's model": (lambda d, t: [str(d), "team-2"], "holds hashgram team-1, not team-2"),
+    "bad space type": (lambda d, t: [str(d), "team-1", "--space-type", "hamming"], "spaceType"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_and_changes_nothing(case, servers, scratch_stack, team_model, tmp_path):
+    stacks, stack = scratch_stack()
+    before = (stacks / "catalog.yaml").read_text()
+    arguments, expected = BAD[case]
+    result = lockstep("publish", "--stack", stack, *arguments(team_model, tmp_path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert (stacks / "catalog.yaml").read_text() == before
+    settings = config.load_stack(stack, stacks)
+    assert objects(clients.aws("s3"), settings.artifacts.bucket) == []
+    assert set(YAML(typ="safe").load(before)["versions"]) == set(config.load_catalog(stacks).names)
