@@ -73,6 +73,8 @@ def apply_command(stack: str, quiet: bool) -> None:
     result = orchestrator.apply(settings, catalog, progress=not quiet, say=click.echo)
     if result.record:
         report.print_check(result.record)
+    if result.revert:  # autoRevert: the deploy's check failed; the exit stays 1 whatever the flip did
+        click.echo(result.revert.summary())
     if result.record is None or not result.record.passed:
         sys.exit(1)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockstep import plan as release
-from lockstep import services
+from lockstep import promote, services
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import UsageError
 from lockstep.ops import artifacts, check, clients, derived, endpoints, index, reembed
@@ -35,6 +35,7 @@ class ApplyResult:
     steps: list[StepResult] = field(default_factory=list)
     record: check.CheckRecord | None = None
     embedded: int = 0
+    revert: Revert | None = None  # autoRevert's outcome, when the check failed
 
     @property
     def seconds(self) -> float:
@@ -308,6 +309,8 @@ def apply(
             )
         result.steps.append(StepResult(step, time.monotonic() - started, detail))
         say(f"  {step.kind:<15} {step.version or '':<4} {time.monotonic() - started:6.2f}s  {detail}")
+    if settings.auto_revert and result.record is not None and not result.record.passed:
+        result.revert = auto_revert(env, catalog, corpus, result.record)
     return result
 
 
@@ -356,6 +359,63 @@ def backfill(
         documents=documents,
         corpus_etag=corpus_etag,
     )
+
+
+@dataclass
+class Revert:
+    """What autoRevert did after the deploy's check failed: the flip back, and the check after it."""
+
+    stack: str
+    failed: check.CheckRecord
+    to_version: str | None = None  # None: not reverted (see why)
+    why: str = ""
+    record: check.CheckRecord | None = None
+
+    def summary(self) -> str:
+        """One screen: what failed, what autoRevert did, where things are, what to do."""
+        failed = ", ".join(c.name for c in self.failed.failures)
+        lines = [f"autoRevert: the check of {self.failed.pin} failed ({failed})."]
+        if self.to_version is None:
+            lines.append(f"Not reverted: {self.why}. {self.failed.pin} is live and inconsistent: fix it or roll back.")
+        else:
+            outcome = "passed" if self.record and self.record.passed else "FAILED too"
+            lines.append(f"Flipped back to {self.to_version} ({self.why}); its check {outcome}.")
+            lines.append(
+                f"Live is {self.to_version}; stacks/Pulumi.{self.stack}.yaml still pins {self.failed.pin}: fix "
+                f"{self.failed.pin} and apply again, or `lockstep pin --stack {self.stack} {self.to_version}`."
+            )
+        lines.append("Both check records are stored (what `lockstep promote` reads).")
+        return "\n".join(lines)
+
+
+def auto_revert(env: Environment, catalog: Catalog, corpus: Corpus, failed: check.CheckRecord) -> Revert:
+    """autoRevert: flip back to the last version whose check passed, only when it is the warm
+    standby (its slot serves it) and its index is synced with the corpus, then check again; both
+    records are stored. Never reverts into an index that lags the corpus."""
+    settings = env.settings
+    revert = Revert(settings.stack, failed)
+    target = next((v for v in promote.passed_newest_first(settings) if v != failed.pin), None)
+    if target is None or target != settings.standby:
+        revert.why = f"the last version whose check passed ({target or 'none'}) is not the standby {settings.standby}"
+        return revert
+    back = settings.with_pin(target)
+    entry = catalog.get(target)
+    with env.reach_opensearch():
+        state = index.inventory(env.opensearch, env.ssm, settings, catalog).indices.get(target)
+        synced = state is not None and (
+            corpus.matches(state)
+            or not any(vars(reembed.index_delta(env.opensearch, state.index, target, corpus.documents or [])).values())
+        )
+    if not synced:
+        revert.why = f"the index of {target} is not synced with the corpus"
+        return revert
+    endpoint = endpoints.require_serving(back, back.live_slot, entry)
+    with env.reach_opensearch(), env.reach_aws():
+        index.cutover(env.opensearch, env.ssm, back, entry, endpoint)
+    revert.to_version, revert.why = target, f"the {back.live_slot} standby, index synced"
+    revert.record = check.run(back, catalog)
+    check.store(revert.record, back)
+    return revert
 
 
 class EndpointEmbedder:

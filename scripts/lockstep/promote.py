@@ -51,10 +51,16 @@ class Promotion:
 def verified_versions(settings: config.StackSettings) -> list[str]:
     """Every version this stack ever proved consistent: the pins of its passing check records
     (s3://<artifacts>/checks/<stack>/), so a stack promoted from it may stay on, or return to, a
-    version it has since moved past. Each pin's records are read until one passed."""
+    version it has since moved past."""
+    return sorted(passed_newest_first(settings))
+
+
+def passed_newest_first(settings: config.StackSettings) -> list[str]:
+    """The pins of the stack's passing check records, the most recently verified first. Each pin's
+    records are read newest first until one passed."""
     s3 = clients.aws_for(settings, "s3")
     prefix = f"{check.RECORD_PREFIX}/{settings.stack}/"
-    verified: set[str] = set()
+    verified: list[str] = []
     with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
         try:
             pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.artifacts.bucket, Prefix=prefix)
@@ -67,8 +73,8 @@ def verified_versions(settings: config.StackSettings) -> list[str]:
                 continue
             record = json.loads(s3.get_object(Bucket=settings.artifacts.bucket, Key=key)["Body"].read())
             if record.get("passed") and record.get("pin") == pin:
-                verified.add(pin)
-    return sorted(verified)
+                verified.append(pin)
+    return verified
 
 
 def promote(source: str, target: str, version: str | None = None, stacks_dir: Path = config.STACKS_DIR) -> Promotion:

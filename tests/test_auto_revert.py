@@ -1,0 +1,76 @@
+"""autoRevert (issue 18): a failed post-deploy check flips back to the last version whose check
+passed, when it is the warm standby with a synced index; the check runs again; both are recorded.
+
+Real servers: OpenSearch, moto, local endpoint slots. The contamination is what a writer without
+lockstep does during the cutover window: vectors stamped with another version in the new index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lockstep import config, orchestrator, promote, stackfile
+from lockstep.ops import clients, endpoints, index
+
+SIZE = 40
+
+
+def contaminate(settings: config.StackSettings) -> None:
+    """Documents of v1 written into v2's index just before it goes live (a naive writer)."""
+    client = clients.opensearch(settings.opensearch)
+    name = settings.opensearch.index_name("v2")
+    rng = np.random.default_rng(7)
+    for n in range(5):
+        vector = rng.normal(size=192)
+        client.index(
+            index=name,
+            id=f"foreign-{n}",
+            body={
+                "doc_id": f"foreign-{n}",
+                "text": f"foreign document {n}",
+                "model_version": "v1",
+                "content_sha256": "0" * 64,
+                "embedding": (vector / np.linalg.norm(vector)).tolist(),
+            },
+        )
+    client.indices.refresh(index=name)
+
+
+def test_auto_revert_flips_back_after_a_contaminated_cutover(servers, scratch_stack, catalog, opensearch):
+    stacks, stack = scratch_stack(corpus={"size": SIZE}, autoRevert=True)  # pin v1 (blue), v2 in green
+    first = orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=lambda _: None)
+    assert first.record.passed and first.revert is None
+
+    stackfile.set_pin(stack, "v2", stacks)
+    settings = config.load_stack(stack, stacks)
+    result = orchestrator.apply(settings, catalog, progress=False, say=lambda _: None, before_cutover=contaminate)
+
+    assert not result.record.passed and result.record.pin == "v2"
+    assert "foreign-versions" in {c.name for c in result.record.failures}
+    revert = result.revert
+    assert revert.to_version == "v1" and revert.record.passed and revert.record.pin == "v1"
+    assert index.alias_targets(opensearch, settings.opensearch.alias_name) == [settings.opensearch.index_name("v1")]
+    assert index.read_pointer(clients.aws("ssm"), settings.pointer_name).version == "v1"
+    summary = revert.summary()
+    assert "the check of v2 failed (foreign-versions" in summary and "Flipped back to v1" in summary
+    assert f"`lockstep pin --stack {stack} v1`" in summary and len(summary.splitlines()) <= 10
+    # Both outcomes are recorded: the failed v2 check and the passing v1 check after the flip.
+    assert promote.passed_newest_first(settings) == ["v1"]
+    assert config.load_stack(stack, stacks).pin == "v2"  # the stack file is the team's to change
+    endpoints.stop_local_slots(settings)
+
+
+def test_auto_revert_never_flips_into_a_version_that_is_not_the_standby(servers, scratch_stack, catalog):
+    stacks, stack = scratch_stack(corpus={"size": SIZE}, slots={"blue": "v1", "green": None}, autoRevert=True)
+    assert orchestrator.apply(
+        config.load_stack(stack, stacks), catalog, progress=False, say=lambda _: None
+    ).record.passed
+    # v2 goes live in green and blue is emptied: v1, the last version that passed, is no standby.
+    stackfile.set_pin(stack, "v2", stacks)
+    settings = config.load_stack(stack, stacks).with_pin("v2")
+    settings = settings.model_copy(update={"slots": config.Slots(blue=None, green="v2")})
+    result = orchestrator.apply(settings, catalog, progress=False, say=lambda _: None, before_cutover=contaminate)
+    assert not result.record.passed
+    assert result.revert.to_version is None and "is not the standby" in result.revert.why
+    assert "Not reverted" in result.revert.summary()
+    endpoints.stop_local_slots(settings)
