@@ -220,3 +220,11 @@ def test_sigv4_signs_in_the_stacks_region():
     values["region"] = "ap-south-1"
     resolved = config.settings_from_config("dev", values, config.load_catalog())
     assert resolved.opensearch.region == "ap-south-1"
+
+
+def test_the_opensearch_password_is_a_secret_in_the_served_schema():
+    from components import plugin
+
+    inputs = plugin.schema()["resources"]["lockstep:index:ModelRelease"]["inputProperties"]
+    assert inputs["opensearchPassword"].get("secret") is True
+    assert not any(prop.get("secret") for name, prop in inputs.items() if name != "opensearchPassword")

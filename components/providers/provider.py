@@ -118,6 +118,9 @@ def resource_schema(handler: Handler) -> dict:
 def package_schema(component_schema: dict) -> dict:
     """The component's inferred schema plus the custom resources."""
     schema = json.loads(json.dumps(component_schema))
+    for component in schema.get("resources", {}).values():  # the analyzer cannot mark an input secret
+        for name in SECRET_KEYS & set(component.get("inputProperties", {})):
+            component["inputProperties"][name]["secret"] = True
     schema["resources"] = {
         **schema.get("resources", {}),
         **{handler.TOKEN: resource_schema(handler) for handler in HANDLERS},
