@@ -1,14 +1,15 @@
 """Issue #19: stale writers of derived records. A worker pinned to a version that was rolled back,
 writing through `lockstep.derived` after the rollback, is refused (a `recompute` store) or
-quarantined (a `quarantine` store) on its first write after the pointer moved, and the check stays
-green. The guard reads the pointer through a TTL cache; its behaviour with a stale cache (the
-window of at most `ttl` after a cutover) is asserted too. A fake clock drives the cache: no test
-here depends on how long anything takes.
+quarantined (a `quarantine` store) on its first write after the pointer moved — with its pointer
+cache still naming the old version (a fake clock that never advances) — and the check stays green:
+the cutover moves each table's fence and every guarded write is conditional on it. No test here
+depends on how long anything takes.
 """
 
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import ClientError
 
 from lockstep import config, orchestrator, stackfile
 from lockstep import derived as application
@@ -62,10 +63,15 @@ def records(settings, store: str) -> dict[str, dict]:
     return derived.read_records(settings, next(s for s in settings.derived if s.name == store))
 
 
-def test_a_worker_of_the_rolled_back_version_is_refused_or_quarantined_and_the_check_stays_green(stack, catalog):
+def fences(settings) -> dict[str, str | None]:
+    client = derived.dynamodb(settings)
+    return {s.name: (derived.read_fence(client, s.table) or (None,))[0] for s in settings.derived}
+
+
+def test_a_worker_of_the_rolled_back_version_is_stopped_on_its_first_write_with_its_cache_still_stale(stack, catalog):
     stacks, name, apply = stack
     settings = config.load_stack(name, stacks)
-    clock = Clock()
+    clock = Clock()  # never advances: the writers' caches keep saying v2 is live
     related = application.Writer(settings, "related", "v2", ttl=TTL, clock=clock)
     audit = application.Writer(settings, "audit", "v2", ttl=TTL, clock=clock)
     assert (related.policy, audit.policy) == ("refuse", "quarantine")
@@ -76,12 +82,13 @@ def test_a_worker_of_the_rolled_back_version_is_refused_or_quarantined_and_the_c
     stored = records(settings, "related")["doc-a"]
     assert stored["model_version"] == "v2" and stored["content_sha256"] == application.content_sha256("alpha")
 
-    rolled_back = apply("v1")  # the rollback: the pointer moves to v1; the repair handles doc-a
+    rolled_back = apply("v1")  # the rollback: fences, alias and pointer move to v1; the repair handles doc-a
     assert rolled_back.passed
     settings = config.load_stack(name, stacks)
+    assert fences(settings) == {"related": "v1", "audit": "v1"}
     before = records(settings, "related")
 
-    clock.now += TTL  # the worker's next write after the pointer moved, its cache expired
+    assert related.pointer.live().version == "v2", "the cache must still be stale for this test to mean anything"
     with pytest.raises(application.StaleWriter, match=r"runs v2 but v1 is live .*nothing was written"):
         related.put("doc-b", {"neighbours": ["x"], "k": 1}, text="beta")
     assert records(settings, "related") == before, "a refused write wrote something"
@@ -89,7 +96,7 @@ def test_a_worker_of_the_rolled_back_version_is_refused_or_quarantined_and_the_c
     assert audit.put("doc-b", {"neighbours": ["x"], "k": 1}, text="beta") == "quarantined"
     kept = records(settings, "audit")["doc-b"]
     assert (kept["model_version"], kept["quarantined_for"]) == ("v2", "v1") and kept["quarantined_at"]
-    assert related.pointer.reads == 2 and audit.pointer.reads == 2, "one pointer read per TTL, not per record"
+    assert related.pointer.reads == 1 and audit.pointer.reads == 1, "decided by the fence, not a new pointer read"
 
     after = check.run(settings, catalog)
     assert after.passed, [c.observed for c in after.failures]
@@ -97,33 +104,66 @@ def test_a_worker_of_the_rolled_back_version_is_refused_or_quarantined_and_the_c
     assert next(c for c in after.checks if c.name == "derived:audit").observed.endswith("quarantined (kept): 2 of v2")
 
 
-def test_a_stale_cache_lets_writes_pass_for_at_most_the_ttl_and_the_check_and_apply_see_them(stack, catalog):
-    """The explicit stale-cache behaviour: a worker whose cache was filled before the cutover keeps
-    writing as the old version until the cache is `ttl` old; those records carry their version,
-    so the check fails on them (it never hides them) and the next apply repairs them."""
+def test_a_live_version_worker_is_never_refused_even_with_a_cache_naming_another_version(stack, catalog):
     stacks, name, apply = stack
     settings = config.load_stack(name, stacks)
     clock = Clock()
-    related = application.Writer(settings, "related", "v2", ttl=TTL, clock=clock)
-    assert related.put("doc-a", {"neighbours": [], "k": 0}, sha256="ab" * 32) == "written"
+    live = application.Writer(settings, "related", "v2", ttl=TTL, clock=clock)
+    early = application.Writer(settings, "related", "v1", ttl=TTL, clock=clock)
+    assert early.pointer.live().version == "v2"  # filled before the rollback to v1
+
+    ids = sorted(index.doc_hashes(clients.opensearch(), settings.opensearch.index_name("v2")))
+    many = [application.Record(i, "ab" * 32, {"neighbours": [], "k": 0}) for i in ids[:SIZE]]
+    assert live.put_many(many).written == SIZE  # more than one record per transaction
 
     assert apply("v1").passed
-    late = sorted(index.doc_hashes(clients.opensearch(), settings.opensearch.index_name("v1")))[0]
-    clock.now += TTL / 2  # within the TTL: the cache still says v2 is live
-    assert related.put(late, {"neighbours": [], "k": 0}, text="late") == "written"
-    assert related.pointer.reads == 1
-    clock.now += TTL / 2  # the cache is TTL old: the next write reads the pointer and is refused
-    with pytest.raises(application.StaleWriter):
-        related.put("doc-later", {"neighbours": [], "k": 0}, text="later")
-    assert "doc-later" not in records(settings, "related")
-
     settings = config.load_stack(name, stacks)
-    seen = check.run(settings, catalog)
-    row = next(c for c in seen.checks if c.name == "derived:related")
-    assert not row.passed and "1 records of v2" in row.observed
-    assert apply("v1").passed  # the repair recomputes the late record with v1
-    repaired = records(settings, "related")[late]
-    assert (repaired["model_version"], repaired["repaired_from"]) == ("v1", "v2")
+    # v1 is live now; the v1 worker's cache still says v2: the fence is read, and the write goes through.
+    assert early.put(ids[0], {"neighbours": [], "k": 0}, sha256="cd" * 32) == "written"
+    assert records(settings, "related")[ids[0]]["model_version"] == "v1"
+    assert "quarantined_at" not in records(settings, "related")[ids[0]]
+    assert check.run(settings, catalog).passed
+
+
+def test_the_fence_survives_a_re_apply_and_is_never_counted_as_a_record(stack, catalog):
+    stacks, name, apply = stack
+    settings = config.load_stack(name, stacks)
+    assert fences(settings) == {"related": "v2", "audit": "v2"}
+    table = derived.read_records(settings, settings.derived[0])
+    assert derived.FENCE_KEY not in table
+
+    assert apply("v2").passed  # the re-apply: nothing to cut over, the fence stays
+    settings = config.load_stack(name, stacks)
+    assert fences(settings) == {"related": "v2", "audit": "v2"}
+    for store in settings.derived:  # the fence is in the table, yet no count, check row or repair sees it
+        counts = derived.count_by_version(settings, catalog, store)
+        assert sum(counts.records_by_version.values()) == len(derived.read_records(settings, store))
+        assert (
+            derived.repair(settings, catalog, store, progress=False)
+            .summary()
+            .endswith("0 deleted (document gone)" if store.repair == "recompute" else "0 quarantined")
+        )
+    assert check.run(settings, catalog).passed
+    assert fences(settings) == {"related": "v2", "audit": "v2"}
+
+    with pytest.raises(application.UsageError, match="reserved"):
+        application.Writer(settings, "related", "v2").put(derived.FENCE_KEY, {"k": 0}, text="x")
+
+
+def test_a_failed_cutover_puts_the_fences_back_where_the_pointer_is(stack, monkeypatch):
+    stacks, name, apply = stack
+
+    def refuse(*_):
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "PutParameter")
+
+    monkeypatch.setattr(index, "write_pointer", refuse)
+    with pytest.raises(Exception, match="could not be written"):
+        apply("v1")
+    monkeypatch.undo()
+    settings = config.load_stack(name, stacks)
+    assert index.read_pointer(clients.aws_for(settings, "ssm"), settings.pointer_name).version == "v2"
+    assert fences(settings) == {"related": "v2", "audit": "v2"}
+    assert application.Writer(settings, "related", "v2").put("doc-z", {"k": 0}, text="z") == "written"
 
 
 def test_a_write_is_refused_when_the_pointer_cannot_be_read(stack, monkeypatch):

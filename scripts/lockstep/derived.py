@@ -11,12 +11,17 @@ and before each write compares its version with the live pointer's:
   version), a `quarantine` store writes the record quarantined (`quarantined_at`,
   `quarantined_for`) — kept for audit, never counted as live, so the check stays green.
 
-The pointer is read through a cache of `ttl` seconds (default 2): one SSM read per `ttl`, not
-one per record. **Stale cache, explicitly:** for at most `ttl` seconds after a cutover a writer
-may still hold the old pointer, and its writes pass as if the old version were live (they are
-stamped with their version, so the check's `derived:<store>` row counts them and `lockstep apply`
-repairs them). Once the cache is older than `ttl` the pointer is read again before the next write;
-if it cannot be read the write is refused (fail closed). Example (docs/derived-writer.md):
+The decision is atomic with the write: each batch is ONE DynamoDB TransactWriteItems whose first
+item is a ConditionCheck on the table's fence item (written by the cutover before the alias and
+the pointer move: `lockstep.ops.index.cutover`), the rest the records' puts. A live write is
+conditional on the fence naming this version; a quarantined one on the fence naming another.
+So a worker of the rolled-back version is refused (or quarantined) on its first write after the
+fence moved, whatever its cache says. (A per-item ConditionExpression cannot do this: it sees
+only the item it writes, not the fence.) The pointer, read through a cache of `ttl` seconds
+(one SSM read per `ttl`), is only a fast path: when it says this version is not live, the fence
+is read before anything is sent, so a write bound to fail is not sent. If the pointer cannot be
+read the write is refused (fail closed); a table without a fence refuses every write.
+Example (docs/derived-writer.md):
 
     from lockstep import derived
 
@@ -35,13 +40,14 @@ from boto3.dynamodb.types import TypeSerializer
 
 from lockstep import config
 from lockstep.config import DerivedStore, StackSettings
-from lockstep.errors import GuardRefused, UsageError
+from lockstep.errors import GuardRefused, LockstepError, UsageError
 from lockstep.ops import clients, index, reembed
 from lockstep.ops import derived as store_ops
 from lockstep.ops.corpus import Document, content_sha256
 
 DEFAULT_TTL = 2.0
-BATCH = 25  # DynamoDB BatchWriteItem's limit; the guard is asked once per batch
+BATCH = 99  # TransactWriteItems takes 100 items: the fence's ConditionCheck and 99 records
+ATTEMPTS = 4  # transactions cancelled by a conflict or throttling are retried this often
 _SERIALIZE = TypeSerializer().serialize
 
 
@@ -119,35 +125,85 @@ class Writer:
         return "quarantined" if result.quarantined else "written"
 
     def put_many(self, records: Iterable[Record]) -> WriteResult:
-        """Write records in batches; the guard (cached pointer) is asked before each batch."""
+        """Write records in batches of BATCH, each one transaction conditional on the fence."""
         result = WriteResult()
         for batch in reembed.batched(list(records), BATCH):
-            live = self._guard()
-            stamp = datetime.now(UTC).isoformat(timespec="microseconds")
-            items = [self._item(record, stamp, live) for record in batch]
-            with store_ops.reaching_dynamodb(self.settings):
-                store_ops._batch_put(self.dynamodb, self.store.table, items)
-            if live is None:
-                result.written += len(items)
+            if any(record.doc_id == store_ops.FENCE_KEY for record in batch):
+                raise UsageError(f"doc_id {store_ops.FENCE_KEY!r} is reserved for lockstep's fence item; rename it")
+            quarantined_for = self._write(batch)
+            if quarantined_for is None:
+                result.written += len(batch)
             else:
-                result.quarantined += len(items)
+                result.quarantined += len(batch)
         return result
 
-    def _guard(self) -> str | None:
-        """None when this version is live; else the live version (quarantine) — or refuse."""
+    def _write(self, batch: Sequence[Record]) -> str | None:
+        """Write one batch: None when written live, else the live version it was quarantined for.
+        The cached pointer picks the likely outcome; the fence, checked in the same transaction,
+        decides it. A failed condition means the fence moved: read it and decide again."""
         pointer = self.pointer.live()
-        if pointer is not None and pointer.version == self.version:
-            return None
-        live = pointer.version if pointer else "no version"
-        if self.policy == "quarantine" and pointer is not None:
-            return pointer.version
-        raise StaleWriter(
-            f"derived store {self.store.name}: this writer runs {self.version} but {live} is live"
-            + (f" (since {pointer.switched_at})" if pointer and pointer.switched_at else "")
-            + f"; nothing was written — restart the worker with {live}"
-            if pointer
-            else f"derived store {self.store.name}: no version is live in stack {self.settings.stack} "
-            f"(no pointer {self.settings.pointer_name}); nothing was written — deploy first"
+        if pointer is None:  # nothing deployed (or the pointer was removed): nothing is live
+            raise self._refusal(None)
+        live: tuple[str, str] | None = (pointer.version, pointer.switched_at)
+        with store_ops.reaching_dynamodb(self.settings):
+            if pointer.version != self.version:  # bound to fail as a live write: ask the fence first
+                live = store_ops.read_fence(self.dynamodb, self.store.table)
+            for _ in range(ATTEMPTS):
+                if live is not None and live[0] == self.version:
+                    if self._transact(batch, None):
+                        return None
+                elif live is None or self.policy == "refuse":
+                    raise self._refusal(live)
+                elif self._transact(batch, live[0]):
+                    return live[0]
+                live = store_ops.read_fence(self.dynamodb, self.store.table)
+        raise LockstepError(
+            f"derived store {self.store.name}: the fence in table {self.store.table!r} kept moving "
+            f"({ATTEMPTS} conditional writes refused); nothing of this batch was written — retry"
+        )
+
+    def _transact(self, batch: Sequence[Record], quarantined_for: str | None) -> bool:
+        """One transaction: the fence check and the batch's puts. False: the fence condition failed."""
+        if quarantined_for is None:
+            condition = f"{store_ops.FENCE_ATTRIBUTE} = :v"
+        else:
+            condition = f"attribute_exists({store_ops.FENCE_ATTRIBUTE}) AND {store_ops.FENCE_ATTRIBUTE} <> :v"
+        check = {
+            "TableName": self.store.table,
+            "Key": {store_ops.KEY: {"S": store_ops.FENCE_KEY}},
+            "ConditionExpression": condition,
+            "ExpressionAttributeValues": {":v": {"S": self.version}},
+        }
+        stamp = datetime.now(UTC).isoformat(timespec="microseconds")
+        puts = [{"Put": {"TableName": self.store.table, "Item": self._item(r, stamp, quarantined_for)}} for r in batch]
+        for attempt in range(ATTEMPTS):
+            try:
+                self.dynamodb.transact_write_items(TransactItems=[{"ConditionCheck": check}, *puts])
+                return True
+            except self.dynamodb.exceptions.TransactionCanceledException as exc:
+                reasons = [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])]
+                if reasons[:1] == ["ConditionalCheckFailed"]:
+                    return False
+                if not set(reasons) <= {"None", "TransactionConflict", "ThrottlingError"}:
+                    raise
+            time.sleep(0.05 * 2**attempt)
+        raise LockstepError(
+            f"derived store {self.store.name}: table {self.store.table!r} kept cancelling the write "
+            "(conflicts or throttling); nothing of this batch was written — lower derived[].writeRate and retry"
+        )
+
+    def _refusal(self, live: tuple[str, str] | None) -> StaleWriter:
+        if live is None:
+            return StaleWriter(
+                f"derived store {self.store.name}: no version is live in stack {self.settings.stack} (no pointer "
+                f"{self.settings.pointer_name}, or no fence in table {self.store.table!r}: the cutover writes both); "
+                "nothing was written — deploy first (`lockstep apply`)"
+            )
+        version, since = live
+        return StaleWriter(
+            f"derived store {self.store.name}: this writer runs {self.version} but {version} is live"
+            + (f" (since {since})" if since else "")
+            + f"; nothing was written — restart the worker with {version}"
         )
 
     def _item(self, record: Record, stamp: str, quarantined_for: str | None) -> dict:

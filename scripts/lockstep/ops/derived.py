@@ -13,6 +13,9 @@ rolled-back version's items behind; they still answer, and point at the wrong ne
   "items of another version, not quarantined", and every write is conditional on the version it
   read: a killed repair re-run touches only what is left, and never writes an item twice.
 - Writes are paced to the store's `writeRate` (items/s) and shown with reembed's progress bar.
+- Each table holds one fence item (`doc_id` FENCE_KEY, no `model_version`): the live version, written
+  by the cutover (`write_fences`). `lockstep.derived` makes every guarded write conditional on it.
+  It is not a derived record: the version index never holds it and counting, repair and reads skip it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ KEY = "doc_id"
 VERSION_ATTRIBUTE = "model_version"
 VERSION_INDEX = "by_model_version"
 QUARANTINED = "quarantined_at"
+FENCE_KEY = "__lockstep_live_fence__"  # reserved doc_id of the fence item
+FENCE_ATTRIBUTE = "live_version"  # the fence's version: not model_version, so it is never counted
 # Projected into the version index so the quarantined share is counted without reading items.
 PROJECTED = (QUARANTINED,)
 BATCH = 50  # documents per k-NN msearch / per DynamoDB round of writes
@@ -154,11 +159,12 @@ def _require_stamps(client, store: DerivedStore, catalog: Catalog) -> None:
     """Every item carries a catalog version: otherwise nobody can say which model wrote it.
     A filtered scan: only offending items come back."""
     names = {f":v{n}": {"S": version} for n, version in enumerate(catalog.names)}
+    unstamped = f"attribute_not_exists({VERSION_ATTRIBUTE}) OR NOT {VERSION_ATTRIBUTE} IN ({', '.join(names)})"
     pages = client.get_paginator("scan").paginate(
         TableName=store.table,
         ProjectionExpression=f"{KEY}, {VERSION_ATTRIBUTE}",
-        FilterExpression=f"attribute_not_exists({VERSION_ATTRIBUTE}) OR NOT {VERSION_ATTRIBUTE} IN ({', '.join(names)})",
-        ExpressionAttributeValues=names,
+        FilterExpression=f"{KEY} <> :fence AND ({unstamped})",
+        ExpressionAttributeValues={**names, ":fence": {"S": FENCE_KEY}},
     )
     for page in pages:
         for item in page["Items"]:
@@ -359,8 +365,35 @@ def read_records(settings: StackSettings, store: DerivedStore) -> dict[str, dict
         require_table(client, store)
         for page in client.get_paginator("scan").paginate(TableName=store.table):
             for item in page["Items"]:
-                records[item[KEY]["S"]] = {name: _plain(value) for name, value in item.items()}
+                if item[KEY]["S"] != FENCE_KEY:
+                    records[item[KEY]["S"]] = {name: _plain(value) for name, value in item.items()}
     return records
+
+
+# ------------------------------------------------------------------------------------- fences
+
+
+def write_fences(settings: StackSettings, version: str, switched_at: str) -> None:
+    """Every derived table's fence names `version` (the cutover calls this). A table that does not
+    exist yet is skipped: until a cutover writes its fence, every guarded write to it is refused."""
+    if not settings.derived:
+        return
+    client = dynamodb(settings)
+    fence = {KEY: {"S": FENCE_KEY}, FENCE_ATTRIBUTE: {"S": version}, "switched_at": {"S": switched_at}}
+    with reaching_dynamodb(settings):
+        for store in settings.derived:
+            try:
+                client.put_item(TableName=store.table, Item=fence)
+            except client.exceptions.ResourceNotFoundException:
+                continue
+
+
+def read_fence(client, table: str) -> tuple[str, str] | None:
+    """(live version, switched_at) from the table's fence item (a strongly consistent read)."""
+    item = client.get_item(TableName=table, Key={KEY: {"S": FENCE_KEY}}, ConsistentRead=True).get("Item")
+    if not item or FENCE_ATTRIBUTE not in item:
+        return None
+    return item[FENCE_ATTRIBUTE]["S"], item.get("switched_at", {}).get("S", "")
 
 
 def _plain(value: dict):

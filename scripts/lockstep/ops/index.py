@@ -2,7 +2,8 @@
 
 The cutover is the one place where the live state changes: the alias moves in ONE `_aliases`
 request (never remove-then-add in two calls), then the SSM pointer names the same version. If the
-pointer cannot be written the alias goes back, so alias and pointer never stay apart.
+pointer cannot be written the alias goes back, so alias and pointer never stay apart. Before
+either moves, each derived table's fence item is set to the new version (see `cutover`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -245,8 +247,18 @@ def write_pointer(ssm, name: str, pointer: Pointer) -> None:
 def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntry, endpoint: str) -> Pointer:
     """Move the live alias and the live pointer to `entry`'s version together.
 
-    Idempotent: when the alias is already on the target only a stale pointer is rewritten.
+    The derived tables' fences (`lockstep.derived` writes only if the fence names the writer's
+    version, in the same request) move FIRST: from that moment a writer of the old version is
+    refused or quarantined, even if its pointer cache still names the old version. Fence first
+    fails closed: until the pointer follows, the old version's writers are refused while
+    readers still see it live — refused writes, never wrong ones. If the swap or the pointer write
+    fails, the fences go back to whatever the pointer then names (or stay, failing closed).
+
+    Idempotent: when the alias is already on the target only a stale pointer is rewritten (and
+    the fences are rewritten, so a re-apply restores a lost one).
     """
+    from lockstep.ops import derived  # here: ops.derived imports reembed, which imports this module
+
     alias = settings.opensearch.alias_name
     index = settings.opensearch.index_name(entry.version)
     verify_meta(client, settings, entry)
@@ -258,23 +270,41 @@ def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntr
         except IntegrityError:  # malformed: rewriting it is the repair
             current = None
         if current is not None and asdict(current) | {"switched_at": ""} == asdict(target) | {"switched_at": ""}:
+            derived.write_fences(settings, current.version, current.switched_at)
             return current
+        derived.write_fences(settings, target.version, target.switched_at)
         write_pointer(ssm, settings.pointer_name, target)
         return target
 
     actions = [{"remove": {"index": name, "alias": alias}} for name in before if name != index]
     actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
+    derived.write_fences(settings, target.version, target.switched_at)
     try:
-        _update_aliases(client, alias, actions)
-    except TransportError as exc:
-        if not _transient(exc):
-            raise
-        _after_swap_in_doubt(client, alias, index, before, settings.pointer_name, exc)
-    try:
-        write_pointer(ssm, settings.pointer_name, target)
-    except (ClientError, BotoCoreError) as exc:
-        _restore_alias(client, alias, index, before, settings.pointer_name, exc)
+        try:
+            _update_aliases(client, alias, actions)
+        except TransportError as exc:
+            if not _transient(exc):
+                raise
+            _after_swap_in_doubt(client, alias, index, before, settings.pointer_name, exc)
+        try:
+            write_pointer(ssm, settings.pointer_name, target)
+        except (ClientError, BotoCoreError) as exc:
+            _restore_alias(client, alias, index, before, settings.pointer_name, exc)
+    except Exception:
+        _fences_follow_pointer(ssm, settings)
+        raise
     return target
+
+
+def _fences_follow_pointer(ssm, settings: StackSettings) -> None:
+    """After a failed cutover: fences back to the pointer's version, if it can be read (else they
+    stay on the target: writers are refused, which is the safe side)."""
+    from lockstep.ops import derived
+
+    with suppress(LockstepError, ClientError, BotoCoreError):
+        pointer = read_pointer(ssm, settings.pointer_name)
+        if pointer is not None:
+            derived.write_fences(settings, pointer.version, pointer.switched_at)
 
 
 def _transient(exc: TransportError) -> bool:
