@@ -31,9 +31,7 @@ def quiet_apply(settings, catalog):
     return orchestrator.apply(settings, catalog, progress=False, say=lambda _: None)
 
 
-def test_a_moved_corpus_is_restamped_and_a_changed_one_caught_up_first(
-    servers, scratch_stack, catalog, opensearch
-):
+def test_a_moved_corpus_is_restamped_and_a_changed_one_caught_up_first(servers, scratch_stack, catalog, opensearch):
     stacks, stack = scratch_stack(corpus={"size": SIZE})  # pin v1 (blue), v2 (green)
     first = quiet_apply(config.load_stack(stack, stacks), catalog)
     assert first.record.passed
@@ -78,3 +76,26 @@ def test_a_moved_corpus_is_restamped_and_a_changed_one_caught_up_first(
     assert third.embedded == 4  # 2 changed documents in each of the two slot indices
     assert index.read_meta(opensearch, edited.opensearch.index_name("v1"))["corpus"].endswith("/corpus/edited.jsonl")
     endpoints.stop_local_slots(settings)
+
+
+def test_the_index_resource_update_restamps_a_moved_corpus(servers, make_settings, catalog, opensearch):
+    from components.providers.opensearch import IndexHandler
+    from components.providers.provider import plain_map, wire_map
+    from components.providers.resources import IndexArgs
+
+    settings = make_settings(corpus={"size": SIZE})
+    s3 = clients.aws("s3")
+    artifacts.ensure_bucket(s3, settings.artifacts.bucket)
+    artifacts.publish_artifact(s3, settings, catalog.get("v1"))
+    artifacts.ensure_corpus(s3, settings)
+    handler, entry = IndexHandler(), catalog.get("v1")
+    urn = "urn:pulumi:s::lockstep::lockstep:index:ModelRelease$lockstep:index:Index::x"
+    olds = handler.create(urn, plain_map(wire_map(IndexArgs(settings, entry).inputs())))[1]
+
+    moved = make_settings(corpus={"size": SIZE, "key": "corpus/moved.jsonl"})
+    artifacts.write_corpus(s3, moved, artifacts.read_corpus(s3, settings))
+    news = plain_map(wire_map(IndexArgs(moved, entry).inputs()))
+    assert handler.diff(olds, news).replaces == []  # an update, not a replacement
+    handler.update(urn, olds["index"], olds, news)
+    assert index.read_meta(opensearch, olds["index"])["corpus"] == moved.corpus.uri
+    index.verify_meta(opensearch, moved, entry)  # the cutover's check passes: not wedged

@@ -107,6 +107,8 @@ class IndexHandler(Handler):
         with credentials(news):
             settings = detached_settings(news)
             backfill_engine.sync_index(settings, entry_of(news), progress=False)
+            # In line with the configured corpus now: a moved corpus is re-stamped (issue 18, defect 2).
+            index.restamp_corpus(clients.opensearch(settings.opensearch), settings, entry_of(news))
             return news["index"], {**news, **self._observed(settings, news["index"])}
 
     def update(self, urn: str, id_: str, olds: dict, news: dict) -> dict:
