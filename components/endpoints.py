@@ -57,7 +57,7 @@ def assume_role_policy() -> str:
 
 
 def execution_policy(
-    *, bucket: str, entry: CatalogEntry, image_uri: str, region: str, account: str, endpoint: str
+    *, bucket: str, entry: CatalogEntry, image_uri: str, region: str, account: str, endpoint: str, alarms: list[str]
 ) -> str:
     """Least privilege: this version's artifacts, this image's repository, this endpoint's logs and alarms."""
     arn = partition(region)
@@ -94,7 +94,7 @@ def execution_policy(
                     "Sid": "ReadRollbackAlarms",
                     "Effect": "Allow",
                     "Action": "cloudwatch:DescribeAlarms",
-                    "Resource": f"arn:{arn}:cloudwatch:{region}:{account}:alarm:*",
+                    "Resource": [f"arn:{arn}:cloudwatch:{region}:{account}:alarm:{alarm}" for alarm in alarms],
                 },
             ],
         }
@@ -108,6 +108,11 @@ def alarm_names(endpoint: str) -> dict[str, str]:
     return {"Invocation5XXErrors": f"{endpoint}-5xx", "ModelLatency": f"{endpoint}-latency"}
 
 
+def rollback_alarms(endpoint: str, deployment: DeploymentSettings) -> list[str]:
+    """Every alarm an update of the endpoint rolls back on: lockstep's own, then the config's others."""
+    return [*alarm_names(endpoint).values(), *deployment.rollback_alarms]
+
+
 def deployment_config(deployment: DeploymentSettings, endpoint: str) -> dict:
     """Blue/green update policy (SageMaker shifts traffic to the new fleet) plus alarm-driven auto-rollback."""
     routing: dict = {"type": deployment.traffic_routing, "wait_interval_in_seconds": deployment.wait_seconds}
@@ -116,7 +121,7 @@ def deployment_config(deployment: DeploymentSettings, endpoint: str) -> dict:
         routing["canary_size"] = step
     elif deployment.traffic_routing == "LINEAR":
         routing["linear_step_size"] = step
-    alarms = [*alarm_names(endpoint).values(), *deployment.rollback_alarms]
+    alarms = rollback_alarms(endpoint, deployment)
     return {
         "blue_green_update_policy": {
             "traffic_routing_configuration": routing,
@@ -208,6 +213,7 @@ class EndpointSlot(pulumi.ComponentResource):
                     region=settings.region,
                     account=account_id,
                     endpoint=endpoint,
+                    alarms=rollback_alarms(endpoint, endpoints.deployment),
                 )
             ),
             opts=child,

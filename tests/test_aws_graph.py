@@ -188,8 +188,11 @@ def test_a_new_version_in_a_slot_adds_its_grant_and_keeps_the_old_one_until_the_
     assert grants(after) == {"lockstep-blue-policy-v3": "arn:aws:s3:::acme-lockstep-dev-artifacts/models/hashgram/v3/*"}
     # The v1 grant is never rewritten: it is deleted after the endpoint update, as a removed resource.
     assert "lockstep-blue-role" not in changed_resources(before, after)
-    statements = {s["Sid"] for s in json.loads(after.inputs("lockstep-blue-policy-v3")["policy"])["Statement"]}
-    assert "ReadRollbackAlarms" in statements
+    statements = {s["Sid"]: s for s in json.loads(after.inputs("lockstep-blue-policy-v3")["policy"])["Statement"]}
+    assert statements["ReadRollbackAlarms"]["Resource"] == [
+        "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:lockstep-dev-blue-5xx",
+        "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:lockstep-dev-blue-latency",
+    ]
 
 
 # --------------------------------------------------------------------------------- region, secrets
