@@ -32,9 +32,24 @@ BULK_RETRIES = 8
 class Stamped(Protocol):
     """What the write guard compares with an index's `_meta`: an embedder's identity."""
 
-    version: str
-    artifact_sha256: str
-    dimension: int
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def artifact_sha256(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+
+class Keyed(Protocol):
+    """What the delta compares: a document's id and content hash (a Document is one)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def content_sha256(self) -> str: ...
 
 
 @dataclass
@@ -53,7 +68,7 @@ class Delta:
         return {"missing": len(self.missing), "changed": len(self.changed), "deleted": len(self.deleted)}
 
 
-def delta(documents: Sequence[Document], indexed: dict[str, str]) -> Delta:
+def delta(documents: Sequence[Keyed], indexed: dict[str, str]) -> Delta:
     """Compare by content hash: a changed text is a changed document, whatever its timestamp."""
     result = Delta()
     corpus_ids = set()
@@ -129,7 +144,7 @@ def write(client: OpenSearch, actions: Iterable[dict], chunk_size: int = 500, on
         actions,
         chunk_size=chunk_size,
         max_retries=BULK_RETRIES,
-        initial_backoff=0.5,
+        initial_backoff=0.5,  # type: ignore[arg-type]  # annotated int, used as seconds to sleep
         max_backoff=30,
         raise_on_error=False,
         raise_on_exception=True,
@@ -209,7 +224,7 @@ def progress_bar(enabled: bool):
     )
 
 
-def index_delta(client: OpenSearch, index_name: str, version: str, documents: Sequence[Document]) -> Delta:
+def index_delta(client: OpenSearch, index_name: str, version: str, documents: Sequence[Keyed]) -> Delta:
     """The delta of an existing index: by content hash, plus documents another version wrote."""
     # A document another version embedded (a naive writer) counts as changed: re-embed it.
     indexed = {

@@ -20,22 +20,15 @@ from lockstep.config import CatalogEntry, StackSettings
 from lockstep.ops import clients, index, reembed
 
 
-class Keyed(Protocol):
-    """What the delta compares: a document's id and content hash (a Document is one)."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def content_sha256(self) -> str: ...
-
-
 class Engine(Protocol):
     """An engine plug-in: the corpus as seen by the engine and the way it embeds and writes."""
 
-    stamp: reembed.Stamped  # the version/artifact/dimension its vectors carry (for the guard)
+    @property
+    def stamp(self) -> reembed.Stamped:
+        """The version, artifact and dimension its vectors carry (what the write guard compares)."""
+        ...
 
-    def keys(self) -> Sequence[Keyed]:
+    def keys(self) -> Sequence[reembed.Keyed]:
         """The corpus's documents (read and validated before the first write)."""
         ...
 

@@ -147,8 +147,8 @@ def run_job(
                     "list jobs with `ray job list --address ...`"
                 ) from None
             job_id, how = attach, "attached to"
-        elif job_id := running_job(client, settings, entry):
-            how = "re-attached to running"
+        elif running := running_job(client, settings, entry):
+            job_id, how = running, "re-attached to running"
         else:
             job_id, how = submit_job(client, settings, entry, full), "submitted"
     except (ConnectionError, OSError) as exc:

@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -71,7 +71,7 @@ def runtime(settings: StackSettings, progress: bool):
     context.target_max_block_size = BLOCK_BYTES
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
     if not ray.is_initialized():
-        options = {"log_to_driver": progress, "logging_level": logging.WARNING}
+        options: dict[str, Any] = {"log_to_driver": progress, "logging_level": logging.WARNING}
         if not os.environ.get("RAY_ADDRESS"):  # a new local runtime (a job's or a cluster's has its own)
             options.update(include_dashboard=False, runtime_env={"env_vars": worker_env(settings)})
         ray.init(**options)
@@ -218,9 +218,10 @@ class OpenSearchSink(Datasink):
 # ------------------------------------------------------------------------------------- the engine
 
 
-def _lockstep_cause(exc: BaseException) -> LockstepError | None:
+def _lockstep_cause(error: BaseException) -> LockstepError | None:
     """The LockstepError a Ray task raised, under Ray's wrappers (RayTaskError, UserCodeException)."""
     seen = set()
+    exc: BaseException | None = error
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         cause = getattr(exc, "cause", None)
