@@ -6,11 +6,24 @@ Tests isolate by index prefix and bucket name (`unique`), never by restarting se
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 
 import pytest
 
 from lockstep import services
+
+
+def lockstep(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`lockstep ARGS` in a fresh process (this environment plus `env`), output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
