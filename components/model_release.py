@@ -33,7 +33,14 @@ from components.providers import (
     IndexArgs,
 )
 from components.release_args import ModelReleaseArgs
-from lockstep.config import Catalog, StackSettings, describe_validation_error, one_region, settings_from_config
+from lockstep.config import (
+    Catalog,
+    StackSettings,
+    describe_validation_error,
+    one_region,
+    settings_from_config,
+    validate_catalog,
+)
 from lockstep.errors import ConfigError
 
 TOKEN = "lockstep:index:ModelRelease"
@@ -124,22 +131,7 @@ def catalog_from_wire(data: Any) -> Catalog:
     """
     if isinstance(data, dict) and isinstance(data.get("versions"), dict):
         data = {**data, "versions": dict(sorted(data["versions"].items(), key=lambda item: _natural(item[0])))}
-    try:
-        return Catalog.model_validate(data)
-    except ValidationError as exc:
-        loc = exc.errors()[0]["loc"]
-        names = data.get("versions") if isinstance(data, dict) else None
-        if (
-            len(loc) >= 2
-            and loc[0] == "versions"
-            and isinstance(loc[1], int)
-            and isinstance(names, dict)
-            and loc[1] < len(names)
-        ):
-            rest = ".".join(str(p) for p in loc[2:])
-            detail = describe_validation_error(exc).split(": ", 1)[-1]
-            raise ConfigError(f"{NAMESPACE}:catalog.versions.{list(names)[loc[1]]}.{rest}: {detail}") from None
-        raise ConfigError(f"{NAMESPACE}:catalog.{describe_validation_error(exc)}") from None
+    return validate_catalog(data, f"{NAMESPACE}:catalog.")
 
 
 def release_settings(args: ModelReleaseArgs) -> tuple[StackSettings, Catalog]:

@@ -31,18 +31,24 @@ def servers():
     """Start (or reuse) the servers; export their addresses; stop only what this session started."""
     states = services.up()
     os.environ.update(services.environment())
-    slots_before = {slot.name for slot in services.endpoint_processes()}
     yield {state.name: state.url for state in states}
-    # Endpoint slots the tests left running go in any case; the servers unless asked to stay.
-    leftover = [slot.name for slot in services.endpoint_processes() if slot.name not in slots_before]
+    # Endpoint slots this session's stacks left running go in any case (never another session's:
+    # several pytest runs share the servers); the servers unless asked to stay.
+    leftover = [slot.name for slot in services.endpoint_processes() if slot.name.split("-")[1] in UNIQUE_NAMES]
     keep = os.environ.get("LOCKSTEP_KEEP_SERVICES") == "1"
     services.down(leftover + ([] if keep else [s.name for s in states if s.source == "started"]))
+
+
+# The names `unique` handed out in this session: its stacks, whose slot processes it stops at the end.
+UNIQUE_NAMES: set[str] = set()
 
 
 @pytest.fixture
 def unique() -> str:
     """A lowercase name no other test uses: an index prefix, a bucket, a parameter path."""
-    return f"t{uuid.uuid4().hex[:10]}"
+    name = f"t{uuid.uuid4().hex[:10]}"
+    UNIQUE_NAMES.add(name)
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import pytest
 from lockstep import config, orchestrator, stackfile
 from lockstep.errors import UsageError
 from lockstep.ops import artifacts, check, clients, derived, endpoints, index
+from lockstep.plan import repair_rate_key
 from tests.test_program import evaluate, with_values
 
 SIZE = 120
@@ -99,7 +100,9 @@ def test_rollback_recomputes_what_v2_wrote_and_quarantines_where_asked(upgraded,
     assert lineage["related"]["records_by_version"] == {"v2": SIZE}
     assert (lineage["related"]["action"], lineage["related"]["records"]) == ("recompute", SIZE)
     assert (lineage["audit"]["action"], lineage["audit"]["records"]) == ("quarantine", SIZE)
-    assert lineage["related"]["eta"] == pytest.approx(SIZE / related.write_rate, abs=0.1)
+    # The ETA is the repair rate an earlier run measured for this store kind, policy and pin, or unknown.
+    rate = orchestrator.measured_rates().get(repair_rate_key(related, catalog.get("v1")))
+    assert lineage["related"]["eta_seconds"] == (round(SIZE / rate, 1) if rate else None)
     assert [s["kind"] for s in plan["steps"]] == ["cutover", "repair_derived", "check"]
     assert plan["steps"][1]["docs"] == 2 * SIZE
     markdown = lockstep("plan", "--stack", stack, "--to", "v1").stdout
@@ -109,6 +112,7 @@ def test_rollback_recomputes_what_v2_wrote_and_quarantines_where_asked(upgraded,
     settings = config.load_stack(stack, stacks)
     applied = orchestrator.apply(settings, catalog, progress=False, say=quiet)
     assert applied.record.passed, [(c.name, c.observed) for c in applied.record.failures]
+    assert orchestrator.measured_rates()[repair_rate_key(related, catalog.get("v1"))] > 0  # the next ETA's
     assert applied.record.derived["related"]["records_by_version"] == {"v1": SIZE}
     assert applied.record.derived["audit"]["quarantined_by_version"] == {"v2": SIZE}
     audit_check = next(c for c in applied.record.checks if c.name == "derived:audit")

@@ -42,13 +42,19 @@ def test_drill_tells_the_story_with_real_check_outcomes(drilled):
     rollback = next(a for a in result.acts if a.number == "4")
     assert rollback.probe["right"] is True and rollback.recall["easy"] >= 0.8 and rollback.recall["hard"] >= 0.1
     # v1 misses the documents that arrived during the naive rollback; v2 holds them, embedded by v1.
-    assert rollback.plan == {
-        "index_action": "reattach",
-        "docs_to_embed": 2 * drill.ARRIVALS,
-        "endpoint_action": "deploy",
-        "reversible": True,
-        "derived": {"related": {"records_by_version": {"v2": lists}, "action": "recompute"}},
-    }
+    plan = rollback.plan  # the plan's JSON, as `lockstep plan --format json` prints it
+    assert (plan["index_action"], plan["docs_to_embed"], plan["endpoint_action"], plan["reversible"]) == (
+        "reattach",
+        2 * drill.ARRIVALS,
+        "deploy",
+        True,
+    )
+    assert [(d["store"], d["records_by_version"], d["action"]) for d in plan["derived"]] == [
+        ("related", {"v2": lists}, "recompute")
+    ]
+    # Each data-sized step's ETA (a rate an earlier run measured, or unknown) beside what it took.
+    assert {t["kind"] for t in rollback.timings} == {"catch_up", "repair_derived"}
+    assert all(t["actual"] > 0 and (t["estimate"] is None or t["estimate"] >= 0) for t in rollback.timings)
     # The rollback repaired them: every list is v1's, and equals what v1 computes afresh.
     assert rollback.related["records_by_version"] == {"v1": lists} and rollback.related["agreement"] == 1.0
     rebuilt = next(a for a in result.acts if a.number == "5b")

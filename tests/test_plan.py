@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-from lockstep.plan import Delta, Observed, ObservedIndex, release_plan
+from lockstep.plan import Delta, Observed, ObservedIndex, embed_rate_key, release_plan
 
 ALL = frozenset({"v1", "v2", "v3"})
 
@@ -223,11 +225,43 @@ def test_unknown_delta_is_estimated_from_counts(make_settings, catalog):
 def test_plan_serializes_to_json(make_settings, catalog):
     settings = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"})
     data = json.loads(json.dumps(release_plan(catalog, settings, Observed(corpus_size=10)).to_dict()))
-    assert data["to_version"] == "v1" and data["docs_to_embed"] == 20
+    assert (data["stack"], data["from"], data["to"], data["docs_to_embed"]) == (settings.stack, None, "v1", 20)
     assert data["steps"][2] == {
         "kind": "provision",
         "version": "v1",
         "slot": None,
         "docs": 10,
         "detail": "create the index and embed the corpus (10 documents)",
+        "eta_seconds": None,
     }
+    assert data["eta_seconds"] is None  # nothing measured yet: unknown, not guessed
+
+
+def test_etas_come_from_measured_rates_or_are_unknown(make_settings, catalog):
+    settings = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"})
+    v1 = embed_rate_key(catalog.get("v1"), settings.backfill.engine)
+    plan = release_plan(catalog, settings, Observed(corpus_size=300, rates={v1: 150.0}))
+
+    etas = {s.version: s.eta_seconds for s in plan.steps if s.kind == "provision"}
+    assert etas == {"v1": 2.0, "v2": None}  # v2 was never measured with this engine
+    assert plan.eta_seconds is None
+    measured = release_plan(
+        catalog,
+        settings,
+        Observed(corpus_size=300, rates={v1: 150.0, embed_rate_key(catalog.get("v2"), "local"): 100.0}),
+    )
+    assert measured.eta_seconds == 5.0
+    other_engine = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"}, backfill={"engine": "ray"})
+    assert release_plan(catalog, other_engine, Observed(corpus_size=300, rates={v1: 150.0})).eta_seconds is None
+
+
+def test_plan_imports_no_module_that_talks_to_a_server():
+    """`lockstep plan` renders from config alone when the servers are away: the release model is pure."""
+    code = (
+        "import sys, lockstep.plan\n"
+        "talkers = ('lockstep.ops', 'boto3', 'botocore', 'opensearchpy', 'requests', 'pulumi')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(talkers)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -12,6 +12,7 @@ import pytest
 
 from lockstep import config, orchestrator, stackfile
 from lockstep.ops import clients, endpoints, index
+from lockstep.plan import embed_rate_key
 from tests.conftest import stack_values
 
 SIZE = 120
@@ -33,7 +34,7 @@ def deployed(servers, scratch_stack, catalog):
     endpoints.stop_local_slots(config.load_stack(stack, stacks))
 
 
-def test_plan_rollback_to_the_standby_is_a_reversible_reattach(deployed, opensearch):
+def test_plan_rollback_to_the_standby_is_a_reversible_reattach(deployed, opensearch, catalog):
     stacks, stack = deployed
     result = lockstep("plan", "--stack", stack, "--to", "v2", "--format", "json")
     assert result.returncode == 0, result.stderr
@@ -61,8 +62,12 @@ def test_plan_rollback_to_the_standby_is_a_reversible_reattach(deployed, opensea
     opensearch.indices.delete(index=settings.opensearch.index_name("v2"))
     plan = json.loads(lockstep("plan", "--stack", stack, "--to", "v2", "--format", "json").stdout)
     assert (plan["index_action"], plan["docs_to_embed"]) == ("provision", SIZE)
+    # The apply that provisioned v2 measured its rate: the ETA is from it, not from a guess.
+    rate = orchestrator.measured_rates()[embed_rate_key(catalog.get("v2"), settings.backfill.engine)]
+    assert plan["steps"][0]["eta_seconds"] == plan["eta_seconds"] == round(SIZE / rate, 1)
     markdown = lockstep("plan", "--stack", stack, "--to", "v2").stdout
     assert "**provision**" in markdown and f"{SIZE} documents to embed" in markdown
+    assert f"ETA ~{round(SIZE / rate, 1):g}s (measured rate)" in markdown
 
 
 def test_plan_without_servers_renders_the_config_diff_and_says_so(scratch_stack):

@@ -15,7 +15,7 @@ import click
 from lockstep import config, drill, orchestrator, promote, report, services, stackfile
 from lockstep.errors import LockstepError, Unreachable, UsageError
 from lockstep.ops import check, index
-from lockstep.plan import release_plan
+from lockstep.plan import declared_state, release_plan
 
 
 class Group(click.Group):
@@ -185,45 +185,13 @@ def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str)
         live = index.alias_targets(env.opensearch, settings.opensearch.alias_name)
         counts = index.count_by_model_version(env.opensearch, live[0])[1] if len(live) == 1 else None
     except Unreachable:
-        planned = release_plan(catalog, target, orchestrator.assumed_observed(before))
+        planned = release_plan(catalog, target, declared_state(before))
         known = False
     if fmt == "json":
-        click.echo(
-            json.dumps(
-                {
-                    "stack": stack,
-                    "from": planned.from_version,
-                    "to": planned.to_version,
-                    "index_action": planned.index_action,
-                    "docs_to_embed": planned.docs_to_embed,
-                    "endpoint_action": planned.endpoint_action,
-                    "reversible": planned.reversible,
-                    "pointer_moves": planned.pointer_moves,
-                    "data_state": "observed" if known else "unknown",
-                    "records_by_model_version": counts,
-                    "steps": planned.to_dict()["steps"],
-                    "derived": [
-                        {
-                            "store": a.store,
-                            "table": a.table,
-                            "records_by_version": a.records_by_version,
-                            "quarantined_by_version": a.quarantined_by_version,
-                            "action": a.action,
-                            "records": a.records,
-                            "eta": a.eta_seconds,
-                        }
-                        for a in planned.derived
-                    ],
-                },
-                indent=2,
-            )
-        )
+        document = planned.to_dict(data_state="observed" if known else "unknown", records_by_model_version=counts)
+        click.echo(json.dumps(document, indent=2))
     else:
-        click.echo(
-            report.plan_markdown(
-                planned, known=known, rate=orchestrator.measured_rate(settings), counts=counts, base_pin=before.pin
-            )
-        )
+        click.echo(report.plan_markdown(planned, known=known, counts=counts, base_pin=before.pin))
 
 
 def git_show(ref: str, path: Path) -> str:

@@ -542,18 +542,24 @@ def load_catalog(stacks_dir: Path = STACKS_DIR) -> Catalog:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with `model` and `versions`")
+    return validate_catalog(data, f"{path}: ")
+
+
+def validate_catalog(data: Any, where: str) -> Catalog:
+    """`Catalog.model_validate`, an error named by field after `where` (`stacks/catalog.yaml: `, or
+    `lockstep:catalog.` for the component's input): a version of the `versions` map by its name,
+    not by its position in the list the model turns it into."""
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:
         loc = exc.errors()[0]["loc"]
-        if len(loc) >= 2 and loc[0] == "versions" and isinstance(loc[1], int):
-            names = data.get("versions")
-            if isinstance(names, dict) and loc[1] < len(names):
-                version = list(names)[loc[1]]
-                rest = ".".join(str(p) for p in loc[2:])
-                detail = describe_validation_error(exc).split(": ", 1)[-1]
-                raise ConfigError(f"{path}: versions.{version}.{rest}: {detail}") from None
-        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+        names = data.get("versions") if isinstance(data, dict) else None
+        by_position = len(loc) >= 2 and loc[0] == "versions" and isinstance(loc[1], int)
+        if by_position and isinstance(names, dict) and loc[1] < len(names):
+            rest = ".".join(str(p) for p in loc[2:])
+            detail = describe_validation_error(exc).split(": ", 1)[-1]
+            raise ConfigError(f"{where}versions.{list(names)[loc[1]]}.{rest}: {detail}") from None
+        raise ConfigError(f"{where}{describe_validation_error(exc)}") from None
 
 
 def settings_from_environment(stack: str) -> tuple[StackSettings, Catalog] | None:

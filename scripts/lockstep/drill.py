@@ -28,6 +28,7 @@ from lockstep import config, models, orchestrator, report, services, stackfile
 from lockstep.models import builds
 from lockstep.ops import artifacts, check, clients, corpus, derived, endpoints
 from lockstep.ops.corpus import Document, stdlib_documents
+from lockstep.plan import TIMED
 
 STACK = "drill"
 ARRIVALS = 20  # documents that arrive during each of acts 2 and 3
@@ -51,7 +52,17 @@ class Act:
     plan: dict = field(default_factory=dict)
     # Related-document lists after the act: records by version, agreement with a fresh computation.
     related: dict = field(default_factory=dict)
+    # The plan's ETA beside what each data-sized step took: {kind, version, estimate, actual} (seconds).
+    timings: list[dict] = field(default_factory=list)
     started_at: float = 0.0
+
+    def timed(self) -> str:
+        """Estimate vs actual over the act's timed steps: '~2.1s / 3.4s', 'unknown / 3.4s' or ''."""
+        if not self.timings:
+            return ""
+        estimates = [t["estimate"] for t in self.timings]
+        estimate = "unknown" if None in estimates else f"~{sum(estimates):.1f}s"
+        return f"{estimate} / {sum(t['actual'] for t in self.timings):.1f}s"
 
 
 @dataclass
@@ -148,6 +159,7 @@ class Drill:
             settings, self.catalog, progress=self.progress, say=self.say, before_cutover=before_cutover
         )
         act.embedded += result.embedded
+        self.record_timings(act, result)
         embedding = [s for s in result.steps if s.step.kind in ("provision", "catch_up")]
         if result.embedded and embedding:
             entry = self.catalog.get(embedding[0].step.version)
@@ -164,6 +176,21 @@ class Drill:
                 f"{act.reembed['docs_per_s']:,.1f} docs/s"
             )
         self.record_check(act, result.record)
+
+    def record_timings(self, act: Act, result: orchestrator.ApplyResult) -> None:
+        """The plan's ETA (from rates earlier runs measured, or unknown) beside what the step took."""
+        for done in (r for r in result.steps if r.step.kind in TIMED):
+            eta = done.step.eta_seconds
+            act.timings.append(
+                {
+                    "kind": done.step.kind,
+                    "version": done.step.version,
+                    "estimate": eta,
+                    "actual": round(done.seconds, 2),
+                }
+            )
+            estimate = "unknown (never measured)" if eta is None else f"~{eta:g}s"
+            self.say(f"  {done.step.kind} {done.step.version}: estimated {estimate}, took {done.seconds:.1f}s")
 
     def check(self, act: Act) -> None:
         self.say(f"$ lockstep check --stack {self.stack}")
@@ -294,15 +321,7 @@ class Drill:
         self.say(f"$ lockstep plan --stack {self.stack} --to {version}")
         _, planned = orchestrator.plan_for(target, self.catalog)
         self.console.print(report.plan_markdown(planned), markup=False, highlight=False)
-        act.plan = {
-            "index_action": planned.index_action,
-            "docs_to_embed": planned.docs_to_embed,
-            "endpoint_action": planned.endpoint_action,
-            "reversible": planned.reversible,
-            "derived": {
-                a.store: {"records_by_version": a.records_by_version, "action": a.action} for a in planned.derived
-            },
-        }
+        act.plan = planned.to_dict()
 
     def finish(self, act: Act) -> None:
         act.seconds = time.monotonic() - self.began - act.started_at
@@ -433,7 +452,7 @@ def cost_by_family(result: DrillReport) -> dict[str, float]:
 
 def summary_table(result: DrillReport) -> Table:
     table = Table(title="lockstep drill", title_justify="left")
-    for column in ("act", "what", "action", "time", "re-embedded", "check", "recall@k", "probe"):
+    for column in ("act", "what", "action", "time", "ETA / took", "re-embedded", "check", "recall@k", "probe"):
         table.add_column(column)
     for act in result.acts:
         verdict = (
@@ -447,6 +466,7 @@ def summary_table(result: DrillReport) -> Table:
             act.title,
             act.action,
             f"{act.seconds:.1f}s",
+            act.timed(),
             cost_text(act.reembed),
             verdict,
             recall_text(act.recall),
@@ -500,7 +520,7 @@ def write_html(result: DrillReport, path: Path) -> None:
         f'<text x="{width / 2}" y="{height + 14}" font-size="11" text-anchor="middle">acts on a time axis (bar width = duration; green = check passed)</text></svg>'
     )
     rows = "".join(
-        f"<tr><td>{a.number}</td><td>{a.title}</td><td>{a.action}</td><td>{a.seconds:.1f}s</td><td>{cost_text(a.reembed)}</td>"
+        f"<tr><td>{a.number}</td><td>{a.title}</td><td>{a.action}</td><td>{a.seconds:.1f}s</td><td>{a.timed()}</td><td>{cost_text(a.reembed)}</td>"
         f"<td class={'ok' if a.check_passed else 'bad'}>{'✓' if a.check_passed else '✗ ' + ', '.join(a.failures)}</td>"
         f"<td>{recall_text(a.recall) if a.probe else ''}</td>"
         f"<td>{'' if not a.probe else ('right' if a.probe.get('right') else 'wrong: ' + (a.probe.get('error') or ', '.join(a.probe.get('top3', []))))}</td></tr>"
@@ -515,7 +535,7 @@ def write_html(result: DrillReport, path: Path) -> None:
 <h2>Recall of the golden queries across the acts</h2>
 <p><b>easy</b>: a docstring's first sentence retrieves the docstring; <b>hard</b>: it retrieves the docstring
 stored without that sentence (only meaning finds it). The check holds each set to the live version's floor.</p>{svg}
-<h2>Acts</h2><table><tr><th>act</th><th>what</th><th>action</th><th>time</th><th>re-embed cost</th><th>check</th><th>recall@k</th><th>probe query</th></tr>{rows}</table>
+<h2>Acts</h2><table><tr><th>act</th><th>what</th><th>action</th><th>time</th><th>ETA / took</th><th>re-embed cost</th><th>check</th><th>recall@k</th><th>probe query</th></tr>{rows}</table>
 <h2>Re-embedding rate by model family</h2><table><tr><th>family</th><th>documents per second (embed + write)</th></tr>{costs}</table>"""
     path.write_text(page, encoding="utf-8")
 

@@ -7,10 +7,12 @@ stacks, this is the engine for the embedded default (endpoint backend `local`).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lockstep import plan as release
 from lockstep import promote, services
@@ -63,29 +65,27 @@ def _rates_file() -> Path:
     return services.home() / "rates.json"
 
 
-def record_rate(settings: StackSettings, rate: float) -> None:
-    """Remember the last measured re-embedding rate, for `lockstep plan`'s estimates."""
+def measured_rates() -> dict[str, float]:
+    """Rates earlier runs measured on this machine (items/s by plan.embed_rate_key / repair_rate_key)."""
     path = _rates_file()
-    rates = json.loads(path.read_text()) if path.exists() else {}
-    rates[settings.stack] = round(rate, 1)
+    try:
+        rates = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:  # a torn write: measure again
+        return {}
+    return {key: float(value) for key, value in rates.items() if isinstance(value, (int, float)) and value > 0}
+
+
+def record_rate(key: str, items: int, seconds: float) -> None:
+    """Remember what a step took (items over its whole wall time, fixed costs included), so the next
+    plan's ETA for the same model version and engine is measured, not guessed."""
+    if items <= 0 or seconds <= 0:
+        return
+    rates = measured_rates() | {key: round(items / seconds, 2)}
+    path = _rates_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rates))
-
-
-def measured_rate(settings: StackSettings) -> float | None:
-    path = _rates_file()
-    return json.loads(path.read_text()).get(settings.stack) if path.exists() else None
-
-
-def assumed_observed(base: StackSettings) -> release.Observed:
-    """Observed state as the base config says it should be: for a plan without servers."""
-    return release.Observed(
-        indices={v: release.ObservedIndex(doc_count=0, delta=release.Delta()) for v in base.versions},
-        alias_targets=(base.opensearch.index_name(base.pin),),
-        pointer_version=base.pin,
-        slots_deployed=base.slots.as_dict(),
-        artifacts=frozenset(base.versions),
-    )
+    scratch = path.with_suffix(f".{os.getpid()}.tmp")
+    scratch.write_text(json.dumps(rates, sort_keys=True))
+    scratch.replace(path)
 
 
 def require_local(settings: StackSettings) -> None:
@@ -171,8 +171,9 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
             elif corpus.documents is not None:
                 d = reembed.index_delta(env.opensearch, state.index, version, corpus.documents)
                 delta = release.Delta(missing=len(d.missing), changed=len(d.changed), deleted=len(d.deleted))
+            others = tuple(a for a in state.aliases if a != settings.opensearch.alias_name)
             observed_indices[version] = release.ObservedIndex(
-                doc_count=state.doc_count, delta=delta, corpus=(state.meta or {}).get("corpus")
+                doc_count=state.doc_count, delta=delta, aliases=others, corpus=(state.meta or {}).get("corpus")
             )
     with env.reach_aws():
         # Derived records by version (the lineage of a rollback); an embedded apply creates missing tables.
@@ -185,10 +186,8 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
             for v in settings.versions
             if artifacts.published_version(env.s3, settings.artifacts.bucket, catalog.get(v))
         )
-    slots_deployed = {}
-    for slot in ("blue", "green"):
-        described = endpoints.local_slot(settings, slot) if settings.endpoints.backend == "local" else None
-        slots_deployed[slot] = described.describe().get("version") if described else None
+    with env.reach_aws():
+        slots_deployed = {slot: _slot_version(settings, catalog, slot) for slot in endpoints.SLOTS}
     return release.Observed(
         indices=observed_indices,
         alias_targets=tuple(inventory.alias_targets),
@@ -197,7 +196,20 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
         corpus_size=corpus.size,
         artifacts=published,
         derived=derived_counts,
+        rates=measured_rates(),
     )
+
+
+def _slot_version(settings: StackSettings, catalog: Catalog, slot: str) -> str | None:
+    """The catalog version the slot serves; a version whose artifact is not the catalog's reads as
+    something else (so the plan redeploys the slot, as the program would)."""
+    served = endpoints.deployed(settings, slot)
+    if served is None:
+        return None
+    version, sha = served.get("version"), served.get("artifact_sha256")
+    if isinstance(version, str) and version in catalog and catalog.get(version).artifact_sha256 == sha:
+        return version
+    return f"{version} (artifact {str(sha)[:12]}…, not the catalog's)"
 
 
 def plan_for(settings: StackSettings, catalog: Catalog) -> tuple[Environment, release.ReleasePlan]:
@@ -215,6 +227,44 @@ def refuse_before_writing(env: Environment, catalog: Catalog) -> None:
             artifacts.verify_model(env.s3, env.settings.artifacts.bucket, catalog.get(version))
     with env.reach_opensearch():  # an index an earlier run built for another entry: named, with the fix
         check.refuse_misbuilt_indices(env.opensearch, env.settings, catalog)
+
+
+@dataclass
+class Run:
+    """What the step handlers of one apply share."""
+
+    settings: StackSettings
+    catalog: Catalog
+    env: Environment
+    corpus: Corpus
+    planned: release.ReleasePlan
+    result: ApplyResult
+    progress: bool
+    before_cutover: Callable[[StackSettings], None] | None = None
+    embedders: dict[str, Any] = field(default_factory=dict)  # loaded once per apply, by version
+
+
+@dataclass
+class Done:
+    """A handler's outcome: one line for the log and, for data-sized steps, what a rate is measured on."""
+
+    detail: str = ""
+    items: int = 0
+    rate_key: str | None = None
+
+
+Handler = Callable[[Run, release.Step], Done]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(kind: str) -> Callable[[Handler], Handler]:
+    """Register the handler of one plan step kind (`apply` runs each step through its kind's handler)."""
+
+    def register(handler: Handler) -> Handler:
+        HANDLERS[kind] = handler
+        return handler
+
+    return register
 
 
 def apply(
@@ -242,76 +292,111 @@ def apply(
         _ = corpus.documents  # a corpus that cannot be parsed is refused here, before the first write
     with env.reach_aws():
         artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
-    result = ApplyResult(planned)
-    embedders: dict[str, object] = {}
+    run = Run(settings, catalog, env, corpus, planned, ApplyResult(planned), progress, before_cutover)
     for step in planned.steps:
         started = time.monotonic()
-        entry = catalog.get(step.version) if step.version else None
-        detail = ""
-        if step.kind == "ensure_artifact":
-            with env.reach_aws():
-                artifacts.publish_artifact(env.s3, settings, entry)
-        elif step.kind in ("provision", "catch_up"):
-            if entry.version not in embedders:
-                with env.reach_aws():
-                    embedders[entry.version] = artifacts.load_embedder(env.s3, settings.artifacts.bucket, entry)
-            with env.reach_opensearch():
-                done = backfill_engine.sync_index(
-                    settings,
-                    entry,
-                    progress=progress,
-                    client=env.opensearch,
-                    embedder=embedders[entry.version],
-                    documents=corpus.documents,
-                    corpus_etag=corpus.ref.etag,
-                    known_delta=corpus.deltas.get(entry.version),
-                )
-            result.embedded += done.embedded
-            if done.embedded >= 100:
-                record_rate(settings, done.rate)
-            detail = f"{done.embedded} embedded, {done.deleted} deleted"
-        elif step.kind == "restamp":
-            # The corpus moved: the index (caught up, or with the same content) now names the new location.
-            with env.reach_opensearch():
-                before = index.restamp_corpus(env.opensearch, settings, entry)
-            detail = f"_meta.corpus {before} -> {settings.corpus.uri}" if before else "already stamped"
-        elif step.kind == "deploy_slot":
-            slot = endpoints.deploy_local_slot(settings, step.slot, entry)
-            detail = f"{step.slot} → {slot.url}"
-        elif step.kind == "cutover":
-            if before_cutover:
-                before_cutover(settings)
-            # The live slot must serve the pin's artifact before the alias follows it (issue 18, defect 5).
-            endpoint = endpoints.require_serving(settings, settings.live_slot, entry)
-            with env.reach_opensearch(), env.reach_aws():
-                pointer = index.cutover(env.opensearch, env.ssm, settings, entry, endpoint)
-            detail = f"alias {settings.opensearch.alias_name} → {pointer.index}, pointer → {pointer.version}"
-        elif step.kind == "drop":
-            with env.reach_opensearch(), env.reach_aws():
-                index.drop_index(
-                    env.opensearch, settings, step.version, index.inventory(env.opensearch, env.ssm, settings, catalog)
-                )
-            detail = f"dropped {settings.opensearch.index_name(step.version)}"
-        elif step.kind == "repair_derived":
-            repaired = [
-                derived.repair(settings, catalog, store, progress=progress)
-                for store in settings.derived
-                if any(a.store == store.name and a.records for a in planned.derived)
-            ]
-            detail = "; ".join(r.summary() for r in repaired)
-        elif step.kind == "check":
-            result.record = check.run(settings, catalog)
-            check.store(result.record, settings)
-            detail = (
-                "consistent"
-                if result.record.passed
-                else "INCONSISTENT: " + ", ".join(c.name for c in result.record.failures)
+        done = HANDLERS[step.kind](run, step)
+        seconds = time.monotonic() - started
+        if done.rate_key:
+            record_rate(done.rate_key, done.items, seconds)
+        run.result.steps.append(StepResult(step, seconds, done.detail))
+        say(f"  {step.kind:<15} {step.version or '':<4} {seconds:6.2f}s  {done.detail}")
+    failed = run.result.record
+    if settings.auto_revert and failed is not None and not failed.passed:
+        run.result.revert = auto_revert(env, catalog, corpus, failed)
+    return run.result
+
+
+@handles("ensure_artifact")
+def _ensure_artifact(run: Run, step: release.Step) -> Done:
+    with run.env.reach_aws():
+        artifacts.publish_artifact(run.env.s3, run.settings, run.catalog.get(step.version))
+    return Done()
+
+
+@handles("provision")
+@handles("catch_up")
+def _sync_index(run: Run, step: release.Step) -> Done:
+    entry = run.catalog.get(step.version)
+    if entry.version not in run.embedders:
+        with run.env.reach_aws():
+            run.embedders[entry.version] = artifacts.load_embedder(run.env.s3, run.settings.artifacts.bucket, entry)
+    with run.env.reach_opensearch():
+        synced = backfill_engine.sync_index(
+            run.settings,
+            entry,
+            progress=run.progress,
+            client=run.env.opensearch,
+            embedder=run.embedders[entry.version],
+            documents=run.corpus.documents,
+            corpus_etag=run.corpus.ref.etag if run.corpus.ref else None,
+            known_delta=run.corpus.deltas.get(entry.version),
+        )
+    run.result.embedded += synced.embedded
+    return Done(
+        f"{synced.embedded} embedded, {synced.deleted} deleted",
+        items=synced.embedded,
+        rate_key=release.embed_rate_key(entry, run.settings.backfill.engine),
+    )
+
+
+@handles("restamp")
+def _restamp(run: Run, step: release.Step) -> Done:
+    """The corpus moved: the index (caught up, or with the same content) now names the new location."""
+    with run.env.reach_opensearch():
+        before = index.restamp_corpus(run.env.opensearch, run.settings, run.catalog.get(step.version))
+    return Done(f"_meta.corpus {before} -> {run.settings.corpus.uri}" if before else "already stamped")
+
+
+@handles("deploy_slot")
+def _deploy_slot(run: Run, step: release.Step) -> Done:
+    slot = endpoints.deploy_local_slot(run.settings, step.slot or "", run.catalog.get(step.version))
+    return Done(f"{step.slot} → {slot.url}")
+
+
+@handles("cutover")
+def _cutover(run: Run, step: release.Step) -> Done:
+    settings, env = run.settings, run.env
+    if run.before_cutover:
+        run.before_cutover(settings)
+    entry = run.catalog.get(step.version)
+    # The live slot must serve the pin's artifact before the alias follows it (issue 18, defect 5).
+    endpoint = endpoints.require_serving(settings, settings.live_slot, entry)
+    with env.reach_opensearch(), env.reach_aws():
+        pointer = index.cutover(env.opensearch, env.ssm, settings, entry, endpoint)
+    return Done(f"alias {settings.opensearch.alias_name} → {pointer.index}, pointer → {pointer.version}")
+
+
+@handles("repair_derived")
+def _repair_derived(run: Run, step: release.Step) -> Done:
+    settings, pin = run.settings, run.catalog.get(step.version)
+    repaired = []
+    for store in settings.derived:
+        if any(a.store == store.name and a.records for a in run.planned.derived):
+            done = derived.repair(settings, run.catalog, store, progress=run.progress)
+            record_rate(
+                release.repair_rate_key(store, pin), done.rewritten + done.quarantined + done.deleted, done.seconds
             )
-        result.steps.append(StepResult(step, time.monotonic() - started, detail))
-        say(f"  {step.kind:<15} {step.version or '':<4} {time.monotonic() - started:6.2f}s  {detail}")
-    if settings.auto_revert and result.record is not None and not result.record.passed:
-        result.revert = auto_revert(env, catalog, corpus, result.record)
-    return result
+            repaired.append(done)
+    return Done("; ".join(r.summary() for r in repaired))
+
+
+@handles("check")
+def _check(run: Run, step: release.Step) -> Done:
+    record = run.result.record = check.run(run.settings, run.catalog)
+    check.store(record, run.settings)
+    return Done("consistent" if record.passed else "INCONSISTENT: " + ", ".join(c.name for c in record.failures))
+
+
+@handles("drop")
+def _drop(run: Run, step: release.Step) -> Done:
+    env, settings = run.env, run.settings
+    with env.reach_opensearch(), env.reach_aws():
+        # The inventory is read now (after the cutover), and drop_index re-reads the aliases itself.
+        index.drop_index(
+            env.opensearch, settings, step.version, index.inventory(env.opensearch, env.ssm, settings, run.catalog)
+        )
+    return Done(f"dropped {settings.opensearch.index_name(step.version)}")
 
 
 def backfill(
@@ -337,7 +422,7 @@ def backfill(
     with env.reach_opensearch():
         env.opensearch.info()
     artifacts.verify_model(env.s3, settings.artifacts.bucket, entry)  # sha256, dimension: before the first write
-    with env.reach_opensearch():  # an index an earlier run built for another entry: named, with the fix
+    with env.reach_opensearch():
         check.refuse_misbuilt_indices(env.opensearch, settings, catalog, [version])
     documents, corpus_etag = None, None
     with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):

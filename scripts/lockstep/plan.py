@@ -1,7 +1,12 @@
 """The release plan: desired stack config + observed state -> ordered steps. Pure: no I/O, no clients.
 
-`lockstep apply` executes the plan, `lockstep plan` renders it for a PR, and the Pulumi program
-declares the same steps; all three read this one function so they can never disagree.
+`lockstep apply` executes the plan (one handler per step kind) and `lockstep plan` renders it for a
+PR. The Pulumi program declares its resource graph on its own; tests/test_release_model.py is the
+contract that, for every release scenario, the resources `pulumi up` changes are exactly this
+plan's steps (with the observed state the previous `pulumi up` left behind: `declared_state`).
+
+Every ETA comes from a measured rate (`Observed.rates`, recorded by earlier runs under
+`embed_rate_key` / `repair_rate_key`) or is None: unknown.
 """
 
 from __future__ import annotations
@@ -9,9 +14,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from lockstep.config import Catalog, StackSettings
+from lockstep.config import Catalog, CatalogEntry, DerivedStore, StackSettings
 from lockstep.errors import ConfigError
-from lockstep.ops.derived import StoreCounts
+from lockstep.state import StoreCounts, keep_reason
 
 StepKind = Literal[
     "ensure_artifact", "provision", "catch_up", "restamp", "deploy_slot", "cutover", "repair_derived", "check", "drop"
@@ -33,6 +38,7 @@ class ObservedIndex:
     # None: not computed (the plan then estimates missing documents from the counts).
     delta: Delta | None = None
     corpus: str | None = None  # `_meta.corpus`: the corpus location the index was built from
+    aliases: tuple[str, ...] = ()  # aliases on the index besides the live one
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class Observed:
     artifacts: frozenset[str] | None = None
     # Derived-record counts per store name; a store missing here was not observed (no repair planned).
     derived: dict[str, StoreCounts] = field(default_factory=dict)
+    # Measured rates (items/s) by embed_rate_key / repair_rate_key: what the ETAs are computed from.
+    rates: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ class DerivedAction:
     quarantined_by_version: dict[str, int]
     action: Literal["recompute", "quarantine", "none"]
     records: int  # items another version wrote, not quarantined: what the repair touches
-    eta_seconds: float  # at the store's write rate (the throttle bounds the repair)
+    eta_seconds: float | None  # at the measured repair rate; None: never measured
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class Step:
     slot: str | None = None
     docs: int = 0
     detail: str = ""
+    eta_seconds: float | None = None  # for steps that embed or repair: at a measured rate, None if unknown
 
 
 @dataclass(frozen=True)
@@ -88,14 +97,65 @@ class ReleasePlan:
         """(kind, version) of each step: the plan's shape at a glance."""
         return [(step.kind, step.version) for step in self.steps]
 
-    def to_dict(self) -> dict:
-        return asdict(self) | {
+    @property
+    def eta_seconds(self) -> float | None:
+        """The embedding and repair steps' ETAs together; None if any of them is unknown."""
+        etas = [s.eta_seconds for s in self.steps if s.kind in TIMED]
+        return None if None in etas else round(sum(e for e in etas if e is not None), 1)
+
+    def to_dict(self, **extra) -> dict:
+        """The plan as JSON (`lockstep plan --format json`, the drill's record): `extra` adds what the
+        caller observed besides the plan (data_state, records_by_model_version)."""
+        return {
+            "stack": self.stack,
+            "from": self.from_version,
+            "to": self.to_version,
+            "index_action": self.index_action,
+            "docs_to_embed": self.docs_to_embed,
+            "endpoint_action": self.endpoint_action,
+            "reversible": self.reversible,
+            "pointer_moves": self.pointer_moves,
+            "eta_seconds": self.eta_seconds,
+            **extra,
             "steps": [asdict(step) for step in self.steps],
             "derived": [asdict(action) for action in self.derived],
         }
 
 
-def _index_step(version: str, observed: Observed) -> Step | None:
+# Steps whose duration scales with data, so the plan gives them an ETA.
+TIMED = ("provision", "catch_up", "repair_derived")
+
+
+def embed_rate_key(entry: CatalogEntry, engine: str) -> str:
+    """Where a measured re-embedding rate is kept: per model, version and backfill engine."""
+    return f"embed:{entry.model}/{entry.version}:{engine}"
+
+
+def repair_rate_key(store: DerivedStore, pin: CatalogEntry) -> str:
+    """Where a measured derived-record repair rate is kept: per store kind, policy and pin version."""
+    return f"repair:{store.kind}/{store.repair}:{pin.model}/{pin.version}"
+
+
+def _eta(items: int, rate: float | None) -> float | None:
+    return round(items / rate, 1) if rate else None
+
+
+def declared_state(settings: StackSettings, corpus_size: int = 0) -> Observed:
+    """What a deploy of `settings` leaves behind, as observed state: its indices (in step with the
+    corpus), artifacts and slots, alias and pointer on its pin. The plan from this state is what
+    the Pulumi program changes (its previous state is the previous config's graph), and it is the
+    PR preview's fallback when the servers cannot be reached."""
+    return Observed(
+        indices={v: ObservedIndex(doc_count=corpus_size, delta=Delta()) for v in settings.versions},
+        alias_targets=(settings.opensearch.index_name(settings.pin),),
+        pointer_version=settings.pin,
+        slots_deployed=settings.slots.as_dict(),
+        corpus_size=corpus_size,
+        artifacts=frozenset(settings.versions),
+    )
+
+
+def _index_step(version: str, observed: Observed, rate: float | None) -> Step | None:
     """Provision a missing index, catch up one that lags the corpus, or nothing."""
     state = observed.indices.get(version)
     if state is None:
@@ -104,6 +164,7 @@ def _index_step(version: str, observed: Observed) -> Step | None:
             version,
             docs=observed.corpus_size,
             detail=f"create the index and embed the corpus ({observed.corpus_size} documents)",
+            eta_seconds=_eta(observed.corpus_size, rate),
         )
     delta = state.delta
     if delta is None:
@@ -120,6 +181,7 @@ def _index_step(version: str, observed: Observed) -> Step | None:
         version,
         docs=docs,
         detail=f"embed {delta.missing} missing and {delta.changed} changed, delete {delta.deleted} gone{how}",
+        eta_seconds=_eta(docs, rate),
     )
 
 
@@ -150,7 +212,8 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
     deploys = 0
     for version in kept:
         slot = settings.slots.slot_of(version)
-        index_step = _index_step(version, observed)
+        rate = observed.rates.get(embed_rate_key(catalog.get(version), settings.backfill.engine))
+        index_step = _index_step(version, observed, rate)
         # A retained index catches up when it is reattached; until then only its existence is kept.
         if index_step is not None and (slot or index_step.kind == "provision"):
             steps.append(index_step)
@@ -175,7 +238,7 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
                 detail=f"alias {search.alias_name}: {was} -> {pin_index}; pointer -> {pin}",
             )
         )
-    derived = _derived_actions(settings, observed)
+    derived = _derived_actions(settings, catalog, observed)
     repairs = [a for a in derived if a.records]
     if repairs:
         # After the cutover: the pin's index is complete and live, so recomputed lists are final.
@@ -190,21 +253,35 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
                     f"(table {a.table})"
                     for a in repairs
                 ),
+                eta_seconds=None
+                if any(a.eta_seconds is None for a in repairs)
+                else round(sum(a.eta_seconds or 0 for a in repairs), 1),
             )
         )
     steps.append(Step("check", pin))
-    for version in sorted(set(observed.indices) - set(kept)):
+    # The rule index.droppable applies, on what was observed: an index the live alias or pointer
+    # named before this release is kept until a later one (it stays an instant way back).
+    pointer_index = search.index_name(observed.pointer_version) if observed.pointer_version else None
+    for version, state in sorted(observed.indices.items()):
         index = search.index_name(version)
-        if index not in observed.alias_targets:
-            steps.append(Step("drop", version, detail=f"delete index {index}: not in pin, slots or retain"))
+        aliases = sorted({*state.aliases, *([search.alias_name] if index in observed.alias_targets else [])})
+        if keep_reason(settings, version, index, aliases, pointer_index) is None:
+            steps.append(
+                Step(
+                    "drop",
+                    version,
+                    detail=f"delete index {index}: not in pin, slots or retain (its artifact leaves the unit too)",
+                )
+            )
 
+    index_action: Literal["provision", "reattach", "none"]
     if pin not in observed.indices:
         index_action = "provision"
     elif moves:
         index_action = "reattach"
     else:
         index_action = "none"
-    endpoint_action = "deploy" if deploys else "flip" if moves else "none"
+    endpoint_action: Literal["deploy", "flip", "none"] = "deploy" if deploys else "flip" if moves else "none"
     return ReleasePlan(
         stack=settings.stack,
         from_version=observed.pointer_version,
@@ -241,9 +318,10 @@ def _refuse_replacing_the_live_slot(settings: StackSettings, observed: Observed)
         )
 
 
-def _derived_actions(settings: StackSettings, observed: Observed) -> tuple[DerivedAction, ...]:
+def _derived_actions(settings: StackSettings, catalog: Catalog, observed: Observed) -> tuple[DerivedAction, ...]:
     """Per observed store: records by version, and what the pin's repair policy does to the stale ones."""
     actions = []
+    pin = catalog.get(settings.pin)
     for store in settings.derived:
         counts = observed.derived.get(store.name)
         if counts is None:
@@ -257,7 +335,7 @@ def _derived_actions(settings: StackSettings, observed: Observed) -> tuple[Deriv
                 quarantined_by_version=dict(counts.quarantined_by_version),
                 action=store.repair if stale else "none",
                 records=stale,
-                eta_seconds=round(stale / store.write_rate, 1),
+                eta_seconds=_eta(stale, observed.rates.get(repair_rate_key(store, pin))) if stale else 0.0,
             )
         )
     return tuple(actions)

@@ -50,15 +50,17 @@ CHECK_NAMES = [
 ]
 
 
-def derived_eta(item) -> str:
-    return f"~{item.eta_seconds:g}s (throttled write rate)" if item.records else "none"
+def eta_text(seconds: float | None, items: int) -> str:
+    """An ETA from a measured rate, or says it has none."""
+    if not items:
+        return "none"
+    return "unknown (no measured rate yet)" if seconds is None else f"~{seconds:g}s (measured rate)"
 
 
 def plan_markdown(
     plan,
     *,
     known: bool = True,
-    rate: float | None = None,
     counts: dict[str, int] | None = None,
     base_pin: str | None = None,
 ) -> str:
@@ -71,11 +73,9 @@ def plan_markdown(
             "diff only (no document counts, no index state).",
             "",
         ]
-    eta = (
-        f"~{plan.docs_to_embed / rate:.0f}s at {rate:,.0f} docs/s (measured)"
-        if rate and plan.docs_to_embed
-        else ("none" if not plan.docs_to_embed else "unknown (no measured rate yet)")
-    )
+    embedding = [s for s in plan.steps if s.kind in ("provision", "catch_up")]
+    etas = [s.eta_seconds for s in embedding]
+    eta = eta_text(None if None in etas else round(sum(e or 0 for e in etas), 1), plan.docs_to_embed)
     lines += [
         "| part | action | detail |",
         "|---|---|---|",
@@ -100,6 +100,7 @@ def plan_markdown(
         + (f" ({s.slot})" if s.slot else "")
         + (f" — {s.docs} {'records' if s.kind == 'repair_derived' else 'docs'}" if s.docs else "")
         + (f" — {s.detail}" if s.detail else "")
+        + (f" — ETA {eta_text(s.eta_seconds, s.docs)}" if s.docs else "")
         for n, s in enumerate(plan.steps, 1)
     ]
     if plan.derived:
@@ -120,7 +121,9 @@ def plan_markdown(
                 or "none"
             )
             action = f"**{item.action}** {item.records} records" if item.records else "none"
-            lines.append(f"| `{item.store}` ({item.table}) | {held} | {action} | {derived_eta(item)} |")
+            lines.append(
+                f"| `{item.store}` ({item.table}) | {held} | {action} | {eta_text(item.eta_seconds, item.records)} |"
+            )
     checks = CHECK_NAMES[:-1] + [f"derived:{item.store}" for item in plan.derived] + CHECK_NAMES[-1:]
     lines += ["", "**Checks that will run**: " + ", ".join(checks)]
     if counts:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
@@ -34,6 +34,7 @@ from lockstep.config import Catalog, DerivedStore, StackSettings
 from lockstep.errors import UsageError
 from lockstep.ops import clients, reembed
 from lockstep.ops.corpus import Document
+from lockstep.state import StoreCounts
 
 KEY = "doc_id"
 VERSION_ATTRIBUTE = "model_version"
@@ -121,27 +122,6 @@ def ensure_table(settings: StackSettings, store: DerivedStore) -> bool:
 
 
 # ---------------------------------------------------------------------------------- counting
-
-
-@dataclass
-class StoreCounts:
-    """Items of one store per `model_version`, and how many of those are quarantined."""
-
-    store: str
-    table: str
-    records_by_version: dict[str, int] = field(default_factory=dict)
-    quarantined_by_version: dict[str, int] = field(default_factory=dict)
-
-    def stale(self, pin: str) -> dict[str, int]:
-        """Items another version wrote that are not quarantined: what a repair must handle."""
-        left = {v: n - self.quarantined_by_version.get(v, 0) for v, n in self.records_by_version.items() if v != pin}
-        return {v: n for v, n in left.items() if n}
-
-    def quarantined(self, pin: str) -> dict[str, int]:
-        return {v: n for v, n in self.quarantined_by_version.items() if v != pin and n}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _query_pages(client, store: DerivedStore, version: str, **extra) -> Iterator[dict]:

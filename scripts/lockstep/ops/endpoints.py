@@ -58,6 +58,10 @@ class Transient(Exception):
     """A failure worth retrying (connection refused, 5xx, 429); becomes Unreachable when retries run out."""
 
 
+class NotDeployed(Unreachable):
+    """The slot's endpoint does not exist: nothing is deployed there (the plan deploys it)."""
+
+
 class EndpointClient(ABC):
     name: str
     url: str | None
@@ -190,7 +194,7 @@ class SageMakerEndpoint(EndpointClient):
                 raise Transient(f"{error.get('Code')} HTTP {status}") from None
             message = error.get("Message", "")
             if error.get("Code") == "ResourceNotFound" or "Could not find" in message or "not found" in message:
-                raise Unreachable(
+                raise NotDeployed(
                     f"SageMaker endpoint {self.name} does not exist in {self.region} ({message}); deploy it with `pulumi up`"
                 ) from None
             raise LockstepError(
@@ -247,6 +251,19 @@ def endpoint_for(settings: StackSettings, slot: str, retry: RetryPolicy = RetryP
     return local_slot(settings, slot, retry) or LocalEndpoint(
         endpoint_name(settings, slot), None, settings.endpoints.max_batch, retry
     )
+
+
+def deployed(settings: StackSettings, slot: str) -> dict | None:
+    """What the slot serves now, {version, artifact_sha256}, as the endpoint itself says: for SageMaker
+    endpoint -> endpoint config -> model -> ModelDataUrl (content-addressed); locally the slot
+    process. None when nothing is deployed there; a slot that cannot be read raises Unreachable."""
+    if settings.endpoints.backend == "sagemaker":
+        try:
+            return endpoint_for(settings, slot).describe()
+        except NotDeployed:
+            return None
+    running = local_slot(settings, slot)
+    return running.describe() if running else None
 
 
 def require_serving(settings: StackSettings, slot: str, entry: CatalogEntry) -> str:

@@ -22,6 +22,7 @@ from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
 
 from lockstep.config import Catalog, CatalogEntry, StackSettings
 from lockstep.errors import GuardRefused, IntegrityError, LockstepError, Unreachable, UsageError
+from lockstep.state import keep_reason
 
 # `_meta` keys that describe a build, not the version: left out of every comparison.
 VOLATILE_META = {"built_at", "synced"}
@@ -465,18 +466,10 @@ def inventory(client: OpenSearch, ssm, settings: StackSettings, catalog: Catalog
 def _protection(
     settings: StackSettings, version: str, index: str, aliases: list[str], pointer: Pointer | None
 ) -> str | None:
-    """Why `version`'s index must stay, or None when it may go."""
-    if version == settings.pin:
-        return "it is the live pin"
-    if settings.slots.slot_of(version):
-        return f"it serves the {settings.slots.slot_of(version)} slot"
-    if version in settings.retain:
-        return "it is retained for instant rollback"
-    if aliases:
-        return f"alias {', '.join(aliases)} points to it"
-    if pointer is not None and pointer.index == index:
-        return f"the live pointer names it ({pointer.version})"
-    return None
+    """Why `version`'s index must stay, or None when it may go (the rule is lockstep.state's)."""
+    return keep_reason(
+        settings, version, index, aliases, pointer.index if pointer else None, pointer.version if pointer else None
+    )
 
 
 def droppable(settings: StackSettings, inventory: Inventory) -> list[str]:
