@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from bench import cutover_load, kill_sweep, rollback, writer_guard
+from bench import cutover_load, kill_sweep, real_model, rollback, writer_guard
 from lockstep import config, services
 from lockstep.ops import check
 
@@ -160,6 +160,8 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
                 guard["ratio"] >= 0.95,
             )
         )
+    if "real_model" in figures:
+        out += real_model.rows(figures["real_model"])
     return out
 
 
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-points", type=int, default=20, help="0 skips the kill sweep")
     parser.add_argument("--ray-docs", type=int, default=5000, help="0 skips local-vs-Ray")
     parser.add_argument("--guard-records", type=int, default=2000, help="0 skips the writer guard")
+    parser.add_argument("--real-docs", type=int, default=1000, help="real-model rows (v4); 0 skips them")
     args = parser.parse_args(argv)
 
     began = time.perf_counter()
@@ -207,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.guard_records:
         print(f"guarded vs unguarded derived-record writes ({args.guard_records:,} records):", flush=True)
         figures["writer_guard"] = writer_guard.run(args.guard_records)
+    if args.real_docs:
+        print(f"the real model, v4 ({args.real_docs:,} docs):", flush=True)
+        figures["real_model"] = real_model.run(args.real_docs)
     machine = f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · OpenSearch {services.OPENSEARCH_VERSION}"
     figures["meta"] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
