@@ -160,21 +160,21 @@ def test_endpoint_family_reembeds_through_a_running_serve_process(loaded):
     np.testing.assert_allclose(loaded["endpoint"].encode(TEXTS), local.encode(TEXTS), atol=1e-6)
 
 
-def test_serve_loads_the_sentence_transformers_family(tmp_path, loaded):
-    models.unpack(minilm.artifact_bytes(), tmp_path)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_serve_loads_every_family(name, tmp_path, artifacts, loaded):
+    """`python -m lockstep.serve` on a SageMaker-style model directory of each family."""
+    data, version = artifacts[name]
+    models.unpack(data, tmp_path)
+    sha = models.sha256_of(data)
     process, url = start_serve(
-        {
-            "SM_MODEL_DIR": str(tmp_path),
-            "LOCKSTEP_MODEL_VERSION": "v4",
-            "LOCKSTEP_ARTIFACT_SHA256": minilm.ARTIFACT_SHA256,
-        }
+        {"SM_MODEL_DIR": str(tmp_path), "LOCKSTEP_MODEL_VERSION": version, "LOCKSTEP_ARTIFACT_SHA256": sha}
     )
     try:
         ping = requests.get(url + "/ping", timeout=10).json()
-        assert (ping["family"], ping["version"], ping["dimension"]) == ("sentence-transformers", "v4", 384)
-        assert ping["artifact_sha256"] == minilm.ARTIFACT_SHA256
+        assert (ping["family"], ping["version"], ping["artifact_sha256"]) == (name, version, sha)
+        assert ping["dimension"] == loaded[name].dimension
         answer = requests.post(url + "/invocations", json={"inputs": TEXTS[:2]}, timeout=60).json()
-        np.testing.assert_allclose(answer, loaded["sentence-transformers"].encode(TEXTS[:2]), atol=1e-5)
+        np.testing.assert_allclose(answer, loaded[name].encode(TEXTS[:2]), atol=1e-5)
     finally:
         process.terminate()
         process.wait(timeout=10)
