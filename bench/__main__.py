@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 
 from bench import cutover_load, kill_sweep, real_model, rollback, writer_guard
-from lockstep import config, services
+from lockstep import config, opensearch_node, runtime, services
 from lockstep.ops import check
 
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print("rollback vs rebuild, throughput, catch-up, plan:", flush=True)
     figures = rollback.run(args.sizes)
     print("consistency check time:", flush=True)
-    root = services.home() / "bench-stacks"
+    root = runtime.home() / "bench-stacks"
     figures["check"] = check_times(figures["rollback"], root, args.check_repeats)
     print("catch-up of a 1 % delta on the largest corpus:", flush=True)
     figures["catch_up_largest"] = rollback.catch_up_at(figures["rollback"][-1], root, config.load_catalog())
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.real_docs:
         print(f"the real model, v4 ({args.real_docs:,} docs):", flush=True)
         figures["real_model"] = real_model.run(args.real_docs)
-    machine = f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · OpenSearch {services.OPENSEARCH_VERSION}"
+    machine = f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · OpenSearch {opensearch_node.OPENSEARCH_VERSION}"
     figures["meta"] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine,

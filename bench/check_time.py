@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from lockstep import config, orchestrator, services  # noqa: E402
+from lockstep import config, opensearch_node, orchestrator, runtime, services  # noqa: E402
 from lockstep.ops import artifacts, check, clients, endpoints, index  # noqa: E402
 from lockstep.ops.corpus import Document  # noqa: E402
 
@@ -55,13 +55,13 @@ def synthetic_documents(size: int, seed: int = 6) -> list[Document]:
     ]
 
 
-def start_private_opensearch(tag: str) -> tuple[services.Managed, Path]:
+def start_private_opensearch(tag: str) -> tuple[runtime.Managed, Path]:
     """A bench-only OpenSearch node from the installed distribution; returns it and its state dir."""
-    install = services.install_opensearch()
+    install = opensearch_node.install()
     state = install.parent / f"checkbench-{tag}"
     for path in (state / "data", state / "logs"):
         path.mkdir(parents=True, exist_ok=True)
-    port, transport = services.free_port(), services.free_port()
+    port, transport = runtime.free_port(), runtime.free_port()
     argv = [
         str(install / "bin" / "opensearch"),
         "-Ediscovery.type=single-node",
@@ -79,14 +79,12 @@ def start_private_opensearch(tag: str) -> tuple[services.Managed, Path]:
         argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
     env = {
         **os.environ,
-        "OPENSEARCH_JAVA_HOME": services.java_home(),
-        "OPENSEARCH_JAVA_OPTS": f"-Xms{services.HEAP} -Xmx{services.HEAP}",
+        "OPENSEARCH_JAVA_HOME": opensearch_node.java_home(),
+        "OPENSEARCH_JAVA_OPTS": f"-Xms{opensearch_node.HEAP} -Xmx{opensearch_node.HEAP}",
     }
     url = f"http://127.0.0.1:{port}"
-    node = services.spawn(f"checkbench-opensearch-{tag}", argv, url, env=env, cwd=install)
-    services.wait_until(
-        lambda: services._opensearch_healthy(url), f"bench OpenSearch on {url}", node.log, alive=node.alive
-    )
+    node = runtime.spawn(f"checkbench-opensearch-{tag}", argv, url, env=env, cwd=install)
+    runtime.wait_until(lambda: opensearch_node.healthy(url), f"bench OpenSearch on {url}", node.log, alive=node.alive)
     return node, state
 
 

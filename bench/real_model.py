@@ -25,7 +25,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lockstep import config, orchestrator, services, stackfile
+from lockstep import config, orchestrator, runtime, services, stackfile
 from lockstep.ops import artifacts, clients, endpoints
 from lockstep.ops.backfill import engine as backfill_engine
 
@@ -170,7 +170,7 @@ def run(docs: int) -> dict:
     ray = ray_rates(name, len(documents), catalog, entry)
     figures["ray"] = {str(workers): value for workers, value in ray.items()}
 
-    back = rollback(name, len(documents), catalog, services.home() / "bench-stacks")
+    back = rollback(name, len(documents), catalog, runtime.home() / "bench-stacks")
     assert back["embedded"] == 0, "a rollback to a retained, synced index must embed nothing"
     figures["rollback"] = {**back, "full_reembed_s": figures["local"]["seconds"]}
     print(f"  rollback to the retained v4 index: {back['rollback_s']:.2f}s (full re-embed {local.seconds:.1f}s)")

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from lockstep import config, orchestrator, services, stackfile
+from lockstep import config, orchestrator, runtime, services, stackfile
 from lockstep.ops import artifacts, clients, endpoints, reembed
 from lockstep.ops.backfill.local import sync_documents
 from lockstep.ops.corpus import stdlib_documents
@@ -181,7 +181,7 @@ def run(sizes: list[int]) -> dict:
     services.up()
     catalog = config.load_catalog()
     stdlib_documents(max(sizes))  # warm the docstring parse outside the timings
-    root = Path(services.home()) / "bench-stacks"
+    root = Path(runtime.home()) / "bench-stacks"
     by_size = [rollback_at(size, root, catalog) for size in sizes]
     first = by_size[0]
     figures = {"rollback": by_size, **throughput(first["docs"], root, catalog), **plan_time(first["stack"], root)}
@@ -191,7 +191,7 @@ def run(sizes: list[int]) -> dict:
 
 
 def stop_slots(figures: dict) -> None:
-    root = Path(services.home()) / "bench-stacks"
+    root = Path(runtime.home()) / "bench-stacks"
     for item in figures["rollback"]:
         endpoints.stop_local_slots(config.load_stack(item["stack"], root))
 

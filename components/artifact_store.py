@@ -9,7 +9,7 @@ from pathlib import Path
 import pulumi
 import pulumi_aws as aws
 
-from lockstep import services
+from lockstep import runtime
 from lockstep.config import CatalogEntry
 from lockstep.errors import IntegrityError
 from lockstep.models import builds, sha256_of
@@ -18,7 +18,7 @@ from lockstep.ops.artifacts import deny_insecure_transport_policy
 
 def artifact_file(entry: CatalogEntry, cache_dir: Path | None = None) -> Path:
     """The version's model.tar.gz in the local cache, built deterministically and checked against the catalog."""
-    path = (cache_dir or services.home() / "artifacts") / f"{entry.version}.tar.gz"
+    path = (cache_dir or runtime.home() / "artifacts") / f"{entry.version}.tar.gz"
     if path.exists() and sha256_of(path.read_bytes()) == entry.artifact_sha256:
         return path
     data = builds.build(entry)

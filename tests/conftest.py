@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from lockstep import services
+from lockstep import runtime, services
 
 
 def lockstep(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def servers():
     yield {state.name: state.url for state in states}
     # Endpoint slots this session's stacks left running go in any case (never another session's:
     # several pytest runs share the servers); the servers unless asked to stay.
-    leftover = [slot.name for slot in services.endpoint_processes() if slot.name.split("-")[1] in UNIQUE_NAMES]
+    leftover = [slot.name for slot in runtime.endpoint_processes() if slot.name.split("-")[1] in UNIQUE_NAMES]
     keep = os.environ.get("LOCKSTEP_KEEP_SERVICES") == "1"
     services.down(leftover + ([] if keep else [s.name for s in states if s.source == "started"]))
 

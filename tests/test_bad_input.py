@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 from click.testing import CliRunner
 from ruamel.yaml import YAML
 
-from lockstep import cli, config, services
+from lockstep import cli, config, runtime, services
 from lockstep.ops import clients, corpus
 from tests.faultproxy import FaultProxy, answer
 
@@ -63,7 +63,7 @@ def lines(*rows: dict) -> bytes:
 
 
 def closed_port_url() -> str:
-    return f"http://127.0.0.1:{services.free_port()}"
+    return f"http://127.0.0.1:{runtime.free_port()}"
 
 
 # ------------------------------------------------------------------------------------ the table
@@ -275,7 +275,7 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
 @pytest.fixture(scope="module")
 def moto_with_auth(servers, tmp_path_factory):
     """A private moto server that checks credentials (IAM auth on from the first request)."""
-    port = services.free_port()
+    port = runtime.free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
     with open(log, "wb") as out:
@@ -287,8 +287,8 @@ def moto_with_auth(servers, tmp_path_factory):
             env={**os.environ, **services.DUMMY_CREDENTIALS, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
         )
     try:
-        services.wait_until(
-            lambda: services.http_ok(f"{url}/moto-api/"),
+        runtime.wait_until(
+            lambda: runtime.http_ok(f"{url}/moto-api/"),
             f"private moto on {url}",
             str(log),
             timeout=60,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from lockstep import config, orchestrator, services
+from lockstep import config, orchestrator, runtime, services
 from lockstep.config import Catalog, StackSettings
 from lockstep.ops import artifacts, check, clients, endpoints, index, reembed
 from lockstep.ops.corpus import Document
@@ -288,7 +288,7 @@ def test_pointer_that_is_not_lockstep_json_fails_pointer(stack, ssm):
 
 def test_live_endpoint_stopped_fails_never_passes(stack, catalog):
     live_slot = stack.settings.live_slot
-    services.Managed.load(endpoints.process_name(stack.settings, live_slot)).stop()
+    runtime.Managed.load(endpoints.process_name(stack.settings, live_slot)).stop()
     try:
         completed = cli_check(stack)
         assert completed.returncode == 1, completed.stderr
@@ -378,7 +378,7 @@ def test_recall_below_a_raised_floor_fails_recall(stack):
 
 
 def closed_url() -> str:
-    return f"http://127.0.0.1:{services.free_port()}"
+    return f"http://127.0.0.1:{runtime.free_port()}"
 
 
 def test_opensearch_down_exits_2_naming_opensearch_and_where(stack):

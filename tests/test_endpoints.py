@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import requests
 
-from lockstep import serve, services
+from lockstep import runtime, serve
 from lockstep.errors import IntegrityError, Unreachable, UsageError
 from lockstep.models import hashgram as model
 from lockstep.ops import artifacts, endpoints
@@ -177,7 +177,7 @@ def test_sagemaker_model_directory_reports_the_original_artifacts_sha(tmp_path, 
 def test_container_entrypoint_accepts_serve_and_reads_the_model_directory(tmp_path, catalog):
     entry = catalog.get("v1")
     unpack(model.build_artifact(model.SPECS["v1"]), tmp_path)
-    port = services.free_port()
+    port = runtime.free_port()
     env = {
         "PATH": "/usr/bin:/bin",
         "SM_MODEL_DIR": str(tmp_path),
@@ -235,7 +235,7 @@ def test_deploy_local_slot_is_idempotent_and_switches_versions(published, catalo
     assert switched.pid != first.pid
     assert switched.describe()["artifact_sha256"] == v3.artifact_sha256
     assert switched.embed(TEXTS).shape == (3, 128)
-    assert not services.Managed(name="old", pid=first.pid, url="", log="").alive()
+    assert not runtime.Managed(name="old", pid=first.pid, url="", log="").alive()
 
     listed = endpoints.local_slot(settings, "blue")
     assert (listed.pid, listed.url) == (switched.pid, switched.url)
@@ -292,7 +292,7 @@ def test_stopped_slot_yields_a_client_that_says_so(make_settings):
 
 
 def test_unreachable_endpoint_raises_after_retries_naming_it():
-    client = endpoints.LocalEndpoint("lockstep-x-blue", f"http://127.0.0.1:{services.free_port()}", retry=FAST)
+    client = endpoints.LocalEndpoint("lockstep-x-blue", f"http://127.0.0.1:{runtime.free_port()}", retry=FAST)
     started = time.monotonic()
     with pytest.raises(
         Unreachable, match=r"endpoint lockstep-x-blue at http://127\.0\.0\.1:\d+ failed 3 times \(ConnectionError\)"

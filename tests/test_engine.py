@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lockstep import config, engine, services, up
+from lockstep import config, engine, runtime, up
 from lockstep.cli import cli
 from lockstep.ops import clients, endpoints, index
 from tests.conftest import stack_values
@@ -45,7 +45,7 @@ def home(tmp_path_factory, servers):
     before = os.environ.get("LOCKSTEP_HOME")
     os.environ["LOCKSTEP_HOME"] = str(path)
     yield path
-    for slot in services.endpoint_processes():
+    for slot in runtime.endpoint_processes():
         slot.stop()
     if before is None:
         os.environ.pop("LOCKSTEP_HOME", None)

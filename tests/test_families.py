@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from lockstep import models, services
+from lockstep import models, runtime
 from lockstep.errors import ConfigError, IntegrityError, Unreachable
 from lockstep.models import endpoint, hashgram, minilm
 
@@ -32,7 +32,7 @@ ESSENTIAL = {"hashgram": "projection.npy", "sentence-transformers": "model.safet
 
 def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """`python -m lockstep.serve` on a free port; returns once /ping answers."""
-    port = services.free_port()
+    port = runtime.free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "lockstep.serve", "--host", "127.0.0.1", "--port", str(port)],
         env={"PATH": os.environ["PATH"], **env},

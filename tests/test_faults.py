@@ -30,7 +30,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench import kill_sweep
-from lockstep import cli, config, orchestrator, services, stackfile
+from lockstep import cli, config, orchestrator, runtime, stackfile
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import Unreachable
 from lockstep.models import hashgram as model
@@ -355,7 +355,7 @@ def kill_slot(settings: StackSettings, slot: str) -> int:
     running = endpoints.local_slot(settings, slot)
     assert running is not None and running.pid, f"{slot} slot of {settings.stack} is not running"
     os.kill(running.pid, signal.SIGKILL)
-    services.wait_until(lambda: endpoints.local_slot(settings, slot) is None, f"{slot} slot to die", "", timeout=10)
+    runtime.wait_until(lambda: endpoints.local_slot(settings, slot) is None, f"{slot} slot to die", "", timeout=10)
     return running.pid
 
 
@@ -565,7 +565,7 @@ def test_50_cutovers_while_another_process_queries_through_the_alias(deployed, t
     )
     search, ssm = clients.opensearch(), clients.aws("ssm")
     try:
-        services.wait_until(
+        runtime.wait_until(
             lambda: Path(str(out) + ".ready").exists() or reader.poll() is not None,
             "the reader process",
             "",

@@ -28,7 +28,7 @@ import urllib3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from lockstep import config, services
+from lockstep import config, runtime, services
 from lockstep.ops import artifacts, check, clients, endpoints
 from tests.faultproxy import FaultProxy, answer
 
@@ -88,7 +88,7 @@ def test_buckets_the_cli_creates_are_private_versioned_and_encrypted(servers, sc
 @pytest.fixture(scope="module")
 def moto_over_tls(tmp_path_factory):
     """A private moto server speaking https (self-signed certificate); stopped by pid."""
-    port = services.free_port()
+    port = runtime.free_port()
     url = f"https://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto-tls") / "moto.log"
     with open(log, "wb") as out:
@@ -108,9 +108,7 @@ def moto_over_tls(tmp_path_factory):
             return False
 
     try:
-        services.wait_until(
-            ready, f"moto over TLS on {url}", str(log), timeout=60, alive=lambda: process.poll() is None
-        )
+        runtime.wait_until(ready, f"moto over TLS on {url}", str(log), timeout=60, alive=lambda: process.poll() is None)
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -156,7 +154,7 @@ def test_the_opensearch_password_is_never_printed_stored_or_handed_on(servers, s
         slots={"blue": "v1", "green": None}, corpus={"size": 60}, opensearch={"auth": "basic", "username": "lockstep"}
     )
     env = {"LOCKSTEP_OPENSEARCH_PASSWORD": secret}
-    closed = f"http://lockstep:{secret}@127.0.0.1:{services.free_port()}"
+    closed = f"http://lockstep:{secret}@127.0.0.1:{runtime.free_port()}"
     runs = {
         "validate": lockstep("validate", "--stack", stack, stacks=stacks, **env),
         "plan (before)": lockstep("plan", "--stack", stack, stacks=stacks, **env),
@@ -208,7 +206,7 @@ def test_the_opensearch_password_is_never_printed_stored_or_handed_on(servers, s
         assert slot is not None
         environ = Path(f"/proc/{slot.pid}/environ").read_bytes().decode(errors="replace")
         assert clients.PASSWORD_VARIABLE not in environ and secret not in environ
-        log = services.Managed.load(endpoints.process_name(settings, "blue")).log
+        log = runtime.Managed.load(endpoints.process_name(settings, "blue")).log
         assert secret not in Path(log).read_text(errors="replace")
     finally:
         endpoints.stop_local_slots(settings)

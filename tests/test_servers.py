@@ -1,10 +1,10 @@
 """The servers every other test stands on are real: OpenSearch with k-NN, and moto over HTTP."""
 
-from lockstep import services
+from lockstep import opensearch_node
 
 
 def test_opensearch_is_the_pinned_version_with_knn(opensearch):
-    assert opensearch.info()["version"]["number"] == services.OPENSEARCH_VERSION
+    assert opensearch.info()["version"]["number"] == opensearch_node.OPENSEARCH_VERSION
     plugins = opensearch.cat.plugins(format="json")
     assert "opensearch-knn" in {p["component"] for p in plugins}
 

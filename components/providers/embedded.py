@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from components.providers.base import Handler, Property, detached_settings, entry_of, failures
 from components.providers.derived import store_of
-from lockstep import services
+from lockstep import runtime
 from lockstep.ops import artifacts, clients, derived, endpoints
 
 
@@ -125,7 +125,7 @@ class EndpointSlotHandler(Handler):
         }
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:
-        managed = services.Managed.load(endpoints.process_name(detached_settings(state), state["slot"]))
+        managed = runtime.Managed.load(endpoints.process_name(detached_settings(state), state["slot"]))
         if managed is not None:
             managed.stop()
         return None

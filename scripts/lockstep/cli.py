@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from lockstep import config, drill, orchestrator, promote, report, services, stackfile
+from lockstep import config, drill, opensearch_node, orchestrator, promote, report, runtime, services, stackfile
 from lockstep.errors import LockstepError, Unreachable, UsageError
 from lockstep.ops import check, index
 from lockstep.plan import declared_state, release_plan
@@ -270,7 +270,7 @@ def services_group() -> None:
 @services_group.command("install")
 def services_install() -> None:
     """Download (Maven Central, cached) and assemble OpenSearch with k-NN; idempotent."""
-    click.echo(f"OpenSearch {services.OPENSEARCH_VERSION} with k-NN at {services.install_opensearch()}")
+    click.echo(f"OpenSearch {opensearch_node.OPENSEARCH_VERSION} with k-NN at {opensearch_node.install()}")
 
 
 @services_group.command("up")
@@ -299,7 +299,7 @@ def services_status() -> None:
     for state in services.status():
         pid = f" pid {state.pid}" if state.pid else ""
         click.echo(f"{state.name:<12} {state.source:<10} {state.url}{pid}")
-    for slot in services.endpoint_processes():
+    for slot in runtime.endpoint_processes():
         click.echo(f"{slot.name:<12} running    {slot.url} pid {slot.pid}")
 
 

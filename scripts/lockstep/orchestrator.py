@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lockstep import plan as release
-from lockstep import promote, services
+from lockstep import promote, runtime
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import UsageError
 from lockstep.ops import artifacts, check, clients, derived, endpoints, index, reembed
@@ -62,7 +62,7 @@ class Environment:
 
 
 def _rates_file() -> Path:
-    return services.home() / "rates.json"
+    return runtime.home() / "rates.json"
 
 
 def measured_rates() -> dict[str, float]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lockstep import engine, services
+from lockstep import engine, runtime
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import LockstepError, UsageError
 
@@ -43,7 +43,7 @@ def the_engine() -> engine.Engine:
 
 
 def backend_dir() -> Path:
-    return Path(os.environ.get("LOCKSTEP_PULUMI_BACKEND", services.home() / "pulumi-backend"))
+    return Path(os.environ.get("LOCKSTEP_PULUMI_BACKEND", runtime.home() / "pulumi-backend"))
 
 
 def engine_env(found: engine.Engine, backend: Path) -> dict[str, str]:

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 from botocore.exceptions import ClientError
 
-from lockstep import models, services
+from lockstep import models, runtime
 from lockstep.config import CatalogEntry, StackSettings
 from lockstep.errors import IntegrityError, UsageError
 from lockstep.models import builds
@@ -293,7 +293,7 @@ def _exists(s3, bucket: str, key: str) -> bool:
 
 def _default_documents(size: int) -> list[Document]:
     """The stdlib corpus of `size` documents, cached on disk: generating it takes seconds."""
-    cache = services.home() / f"corpus-r{corpus.REVISION}-{size}.jsonl"
+    cache = runtime.home() / f"corpus-r{corpus.REVISION}-{size}.jsonl"
     if cache.exists():
         return corpus.parse_documents(cache.read_bytes(), str(cache))
     documents = corpus.stdlib_documents(size)

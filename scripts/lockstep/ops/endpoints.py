@@ -20,7 +20,7 @@ import requests
 from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from lockstep import services
+from lockstep import runtime, services
 from lockstep.config import CatalogEntry, StackSettings
 from lockstep.errors import IntegrityError, LockstepError, Unreachable, UsageError
 from lockstep.ops import artifacts, clients
@@ -290,7 +290,7 @@ def require_serving(settings: StackSettings, slot: str, entry: CatalogEntry) -> 
 
 def local_slot(settings: StackSettings, slot: str, retry: RetryPolicy = RetryPolicy()) -> LocalEndpoint | None:
     """The slot's running process (from the run dir), or None when it is not alive."""
-    managed = services.Managed.load(process_name(settings, slot))
+    managed = runtime.Managed.load(process_name(settings, slot))
     if managed is None or not managed.alive():
         return None
     return LocalEndpoint(
@@ -314,10 +314,10 @@ def deploy_local_slot(
     current = local_slot(settings, slot, RetryPolicy(attempts=2, initial_wait=0.2))
     if current is not None and _serves(current, entry):
         return current
-    stale = services.Managed.load(name)
+    stale = runtime.Managed.load(name)
     if stale is not None:
         stale.stop()
-    port = services.free_port()
+    port = runtime.free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         # The slot loads its artifact from S3; it never talks to OpenSearch: no OpenSearch password.
@@ -329,12 +329,12 @@ def deploy_local_slot(
         "LOCKSTEP_MAX_BATCH": str(settings.endpoints.max_batch),
         "AWS_DEFAULT_REGION": settings.region,
     }
-    managed = services.spawn(
+    managed = runtime.spawn(
         name, [sys.executable, "-m", "lockstep.serve", "--host", "127.0.0.1", "--port", str(port)], url, env=env
     )
     probe = LocalEndpoint(endpoint_name(settings, slot), url, retry=RetryPolicy(attempts=1), timeout=2)
     try:
-        services.wait_until(
+        runtime.wait_until(
             lambda: _serves(probe, entry),
             f"endpoint {name} ({entry.version})",
             managed.log,
@@ -361,7 +361,7 @@ def stop_local_slots(settings: StackSettings) -> list[str]:
     """Stop this stack's slot processes; return the names of those that were recorded."""
     stopped = []
     for slot in SLOTS:
-        managed = services.Managed.load(process_name(settings, slot))
+        managed = runtime.Managed.load(process_name(settings, slot))
         if managed is not None:
             managed.stop()
             stopped.append(managed.name)
