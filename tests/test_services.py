@@ -50,3 +50,23 @@ def test_up_twice_then_down_leaves_nothing_running(servers, tmp_path):
     assert not list((tmp_path / "run").glob("*.json"))
     # The session's OpenSearch was not ours to stop.
     assert not port_free(servers["opensearch"])
+
+
+def test_a_stale_record_never_stops_a_process_that_reused_its_pid(tmp_path, monkeypatch):
+    """A pid file outlives its process; the pid goes to a stranger. The record's start time tells them apart."""
+    import dataclasses
+    import sys
+
+    from lockstep import runtime
+
+    monkeypatch.setenv("LOCKSTEP_HOME", str(tmp_path))
+    ours = runtime.spawn("stranger", [sys.executable, "-c", "import time; time.sleep(60)"], "none")
+    try:
+        assert ours.started is not None and ours.alive()
+        stale = dataclasses.replace(ours, started=ours.started - 1)  # "our" process, started earlier
+        assert not stale.alive()
+        stale.stop()
+        assert ours.alive(), "a stale record stopped a process it did not start"
+    finally:
+        ours.stop()
+    assert not ours.alive()

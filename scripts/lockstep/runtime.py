@@ -46,12 +46,17 @@ def log(message: str) -> None:
 
 @dataclass
 class Managed:
-    """A process we started, remembered in `<run>/<name>.json` (pid, port, url, log)."""
+    """A process we started, remembered in `<run>/<name>.json` (pid, url, log, start time).
+
+    The start time (from /proc, in clock ticks since boot) tells our process from a later one that
+    got the same pid: on a busy machine pids wrap, and a stale record must never stop a stranger.
+    """
 
     name: str
     pid: int
     url: str
     log: str
+    started: int | None = None
 
     @classmethod
     def load(cls, name: str) -> Managed | None:
@@ -72,8 +77,12 @@ class Managed:
             os.kill(self.pid, 0)
         except (ProcessLookupError, PermissionError):
             return False
-        stat = Path(f"/proc/{self.pid}/stat")
-        return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
+        fields = _stat_fields(self.pid)
+        if fields is None:
+            return True  # no /proc here: the pid is all we can go by
+        if fields[0].startswith("Z"):
+            return False
+        return self.started is None or int(fields[19]) == self.started
 
     def stop(self, timeout: float = 30) -> None:
         if self.alive():
@@ -91,6 +100,14 @@ class Managed:
         (run_dir() / f"{self.name}.json").unlink(missing_ok=True)
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: state is [0], the start time [19]."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[-1].split()
+    except OSError:
+        return None
+
+
 def spawn(name: str, argv: list[str], url: str, env: dict | None = None, cwd: Path | None = None) -> Managed:
     log_path = run_dir() / f"{name}.log"
     with open(log_path, "wb") as out:
@@ -103,7 +120,9 @@ def spawn(name: str, argv: list[str], url: str, env: dict | None = None, cwd: Pa
             cwd=cwd,
             start_new_session=True,
         )
-    managed = Managed(name=name, pid=process.pid, url=url, log=str(log_path))
+    fields = _stat_fields(process.pid)
+    started = int(fields[19]) if fields else None
+    managed = Managed(name=name, pid=process.pid, url=url, log=str(log_path), started=started)
     managed.save()
     return managed
 
