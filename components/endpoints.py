@@ -6,6 +6,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -113,7 +114,7 @@ def rollback_alarms(endpoint: str, deployment: DeploymentSettings) -> list[str]:
     return [*alarm_names(endpoint).values(), *deployment.rollback_alarms]
 
 
-def deployment_config(deployment: DeploymentSettings, endpoint: str) -> dict:
+def deployment_config(deployment: DeploymentSettings, endpoint: str) -> Any:  # the provider's args dict
     """Blue/green update policy (SageMaker shifts traffic to the new fleet) plus alarm-driven auto-rollback."""
     routing: dict = {"type": deployment.traffic_routing, "wait_interval_in_seconds": deployment.wait_seconds}
     step = {"type": "CAPACITY_PERCENT", "value": deployment.canary_percent}

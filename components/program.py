@@ -62,7 +62,7 @@ def load_settings(stack: str, config: pulumi.Config) -> tuple[StackSettings, Cat
         raise pulumi.RunError(str(exc)) from None
 
 
-def main() -> ModelRelease:
+def main() -> ModelRelease | pulumi.Output[ModelRelease]:
     """`pulumi up`: the stack's config (stacks/Pulumi.<stack>.yaml) -> the release."""
     config = pulumi.Config(NAMESPACE)
     settings, catalog = load_settings(pulumi.get_stack(), config)

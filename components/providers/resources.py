@@ -196,6 +196,7 @@ class Check(LockstepResource):
     record: pulumi.Output[str]
     passed: pulumi.Output[bool]
     failed: pulumi.Output[list]
+    verified: pulumi.Output[list]
 
     def __init__(self, name: str, args: CheckArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(name, args.inputs(), opts)
