@@ -48,6 +48,8 @@ from lockstep.ops.corpus import Document, content_sha256
 DEFAULT_TTL = 2.0
 BATCH = 99  # TransactWriteItems takes 100 items: the fence's ConditionCheck and 99 records
 ATTEMPTS = 4  # transactions cancelled by a conflict or throttling are retried this often
+# Cancellation reasons worth a retry ("None": an item that did not cause the cancellation).
+RETRYABLE = frozenset({"None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
 _SERIALIZE = TypeSerializer().serialize
 
 
@@ -184,7 +186,7 @@ class Writer:
                 reasons = [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])]
                 if reasons[:1] == ["ConditionalCheckFailed"]:
                     return False
-                if not set(reasons) <= {"None", "TransactionConflict", "ThrottlingError"}:
+                if not set(reasons) <= RETRYABLE:
                     raise
             time.sleep(0.05 * 2**attempt)
         raise LockstepError(
