@@ -3,7 +3,7 @@
 lockstep counts, repairs and quarantines derived records after a rollback, but the application
 writes them. A worker still running a rolled-back model would keep writing records of the wrong
 version. `Writer` stamps every record with the writing version, the content hash and the time,
-and before each write compares its version with the live pointer's:
+and writes it only if its version is the live one:
 
 - the version is live → written;
 - it is not → the store's policy (`derived[].repair` in the stack file): a `recompute` store
@@ -20,8 +20,9 @@ fence moved, whatever its cache says. (A per-item ConditionExpression cannot do 
 only the item it writes, not the fence.) The pointer, read through a cache of `ttl` seconds
 (one SSM read per `ttl`), is only a fast path: when it says this version is not live, the fence
 is read before anything is sent, so a write bound to fail is not sent. If the pointer cannot be
-read the write is refused (fail closed); a table without a fence refuses every write.
-Example (docs/derived-writer.md):
+read the write is refused (fail closed); a table without a fence refuses every write. (On AWS a
+transactional write costs two write units per item; on moto it is much slower than BatchWriteItem:
+bench/README.md.) Example (docs/derived-writer.md):
 
     from lockstep import derived
 
