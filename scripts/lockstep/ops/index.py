@@ -302,6 +302,8 @@ def _fences_follow_pointer(ssm, settings: StackSettings) -> None:
     stay on the target: writers are refused, which is the safe side)."""
     from lockstep.ops import derived
 
+    if not settings.derived:
+        return
     with suppress(LockstepError, ClientError, BotoCoreError):
         pointer = read_pointer(ssm, settings.pointer_name)
         if pointer is not None:
