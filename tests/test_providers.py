@@ -14,7 +14,8 @@ from components.providers.check import CheckFailed, CheckHandler
 from components.providers.opensearch import CutoverHandler, IndexHandler, read_kept
 from components.providers.provider import LockstepProvider, plain_map, wire_map
 from components.providers.resources import CheckArgs, CutoverArgs, IndexArgs
-from lockstep.ops import artifacts, clients, index
+from lockstep.errors import IntegrityError
+from lockstep.ops import artifacts, clients, endpoints, index
 
 CORPUS_SIZE = 40
 
@@ -28,6 +29,15 @@ def stack(servers, s3, make_settings, catalog):
         artifacts.publish_artifact(s3, settings, catalog.get(version))
     artifacts.ensure_corpus(s3, settings)
     return settings
+
+
+@pytest.fixture
+def serving(stack, catalog):
+    """The slots' local endpoints running (blue v1, green v2): the Cutover refuses a slot that does not serve the pin."""
+    for slot, version in (("blue", "v1"), ("green", "v2")):
+        endpoints.deploy_local_slot(stack, slot, catalog.get(version))
+    yield stack
+    endpoints.stop_local_slots(stack)
 
 
 def resolved(inputs: dict) -> dict:
@@ -79,7 +89,7 @@ def test_index_diff_replaces_only_on_mapping_changes_and_a_flip_does_not_reach_i
     assert {"index", "version"} <= set(moved.replaces) and moved.delete_before_replace is False
 
 
-def test_index_delete_keeps_what_the_stack_keeps_and_says_why(stack, catalog, opensearch, ssm):
+def test_index_delete_keeps_what_the_stack_keeps_and_says_why(stack, serving, catalog, opensearch, ssm):
     handler = IndexHandler()
     made = {version: handler.create(URN, index_props(stack, catalog.get(version))) for version in ("v1", "v2", "v3")}
     retained = stack.model_copy(update={"retain": ("v3",)})
@@ -98,7 +108,7 @@ def test_index_delete_keeps_what_the_stack_keeps_and_says_why(stack, catalog, op
 # ------------------------------------------------------------------------------------- cutover
 
 
-def test_cutover_create_update_read_drift_and_delete_leaves_live_state(stack, catalog, opensearch, ssm):
+def test_cutover_create_update_read_drift_and_delete_leaves_live_state(stack, serving, catalog, opensearch, ssm):
     handler = CutoverHandler()
     v1, v2 = catalog.get("v1"), catalog.get("v2")
     for entry in (v1, v2):
@@ -131,6 +141,26 @@ def test_cutover_create_update_read_drift_and_delete_leaves_live_state(stack, ca
 
     assert "left the live alias" in handler.delete(URN, id_, refreshed)
     assert index.read_pointer(ssm, stack.pointer_name).version == "v2"
+
+
+def test_the_cutover_refuses_a_slot_that_serves_another_artifact_and_switches_nothing(
+    stack, serving, catalog, opensearch, ssm
+):
+    """Issue 18, defect 5 on the Pulumi path: green fell back to v1's model (an alarm-driven rollback)."""
+    handler, v1, v2 = CutoverHandler(), catalog.get("v1"), catalog.get("v2")
+    for entry in (v1, v2):
+        IndexHandler().create(URN, index_props(stack, entry))
+    id_, state = handler.create(URN, cutover_props(stack, v1, "blue"))
+    endpoints.deploy_local_slot(stack, "green", v1)
+
+    flip = cutover_props(stack.model_copy(update={"pin": "v2"}), v2, "green")
+    with pytest.raises(IntegrityError) as refused:
+        handler.update(URN, id_, state, flip)
+    message = str(refused.value)
+    assert f"endpoint {endpoints.endpoint_name(stack, 'green')} serves v1" in message
+    assert "nothing was switched" in message and "\n" not in message
+    assert index.alias_targets(opensearch, stack.opensearch.alias_name) == [stack.opensearch.index_name("v1")]
+    assert index.read_pointer(ssm, stack.pointer_name).version == "v1"
 
 
 def test_bad_inputs_are_check_failures_by_property():

@@ -31,7 +31,7 @@ from components.providers.base import (
 )
 from lockstep.config import StackSettings
 from lockstep.errors import GuardRefused
-from lockstep.ops import clients, index
+from lockstep.ops import clients, endpoints, index
 from lockstep.ops.backfill import engine as backfill_engine
 
 # A change to any of these means another mapping (or another index): replace, never update.
@@ -198,6 +198,8 @@ class CutoverHandler(Handler):
             ssm = clients.aws_for(settings, "ssm")
             # Reattach: catch up the delta (new, changed, gone documents) before anyone reads the index.
             backfill_engine.sync_index(settings, entry, progress=False)
+            # The live slot must serve the pin's artifact before the alias follows it (issue 18, defect 5).
+            endpoints.require_serving(settings, settings.live_slot, entry)
             with clients.reaching("OpenSearch", opensearch_where(settings)):
                 pointer = index.cutover(client, ssm, settings, entry, news["endpoint"])
                 write_kept(ssm, settings)
