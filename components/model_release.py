@@ -238,12 +238,9 @@ class ModelRelease(pulumi.ComponentResource):
 
         live = self.endpoint_slots[settings.live_slot]
         pin_entry, pin_index = entries[settings.pin], self.indices[settings.pin]
-        self.cutover = Cutover(
-            f"{name}-cutover",
-            CutoverArgs(settings, pin_entry, endpoint=live.endpoint.name, opensearch_password=password),
-            pulumi.ResourceOptions(parent=self, depends_on=[pin_index, live.endpoint]),
-        )
-        # Derived records belong to the unit: after the flip, what other versions wrote is repaired.
+        # Derived records belong to the unit. The tables come before the cutover, which writes their
+        # fences (lockstep.derived refuses writes to a table without one); after the flip, what other
+        # versions wrote is repaired.
         self.derived_tables = {
             store.name: (
                 embedded_table(f"{name}-derived-{store.name}", settings, store, child)
@@ -252,6 +249,11 @@ class ModelRelease(pulumi.ComponentResource):
             )
             for store in settings.derived
         }
+        self.cutover = Cutover(
+            f"{name}-cutover",
+            CutoverArgs(settings, pin_entry, endpoint=live.endpoint.name, opensearch_password=password),
+            pulumi.ResourceOptions(parent=self, depends_on=[pin_index, live.endpoint, *self.derived_tables.values()]),
+        )
         self.derived_repairs = [
             DerivedRepair(
                 f"{name}-repair-{store.name}",
