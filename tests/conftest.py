@@ -9,8 +9,12 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from lockstep import runtime, services
 
@@ -128,3 +132,102 @@ def scratch_stack(tmp_path, unique, monkeypatch):
         return stacks, unique
 
     return write
+
+
+@dataclass
+class Deployment:
+    """A stack applied on the embedded servers (v1 live in blue, v2 warm in green), with its stack
+    file in `stacks_dir`: what tests that damage and inspect a live stack share (module fixtures)."""
+
+    settings: object  # lockstep.config.StackSettings (imported lazily, like the other fixtures)
+    catalog: object
+    stacks_dir: Path
+
+    @property
+    def stack(self) -> str:
+        return self.settings.stack
+
+    @property
+    def live_index(self) -> str:
+        return self.settings.opensearch.index_name(self.settings.pin)
+
+    @property
+    def alias(self) -> str:
+        return self.settings.opensearch.alias_name
+
+    def load(self):
+        """The stack file as it is now (a test may have pinned another version)."""
+        from lockstep import config
+
+        return config.load_stack(self.stack, self.stacks_dir)
+
+    def s3(self):
+        from lockstep.ops import clients
+
+        return clients.aws("s3", self.settings.region)
+
+    def embedder(self, version: str):
+        from lockstep.ops import artifacts
+
+        return artifacts.load_embedder(self.s3(), self.settings.artifacts.bucket, self.catalog.get(version))
+
+    def documents(self) -> list:
+        from lockstep.ops import artifacts
+
+        return artifacts.read_corpus(self.s3(), self.settings)
+
+    def golden_ids(self) -> set[str]:
+        from lockstep.ops import artifacts
+
+        return {doc_id for query in artifacts.read_golden(self.s3(), self.settings) for doc_id in query["expected"]}
+
+    def live(self) -> tuple[list[str], str | None]:
+        """(alias targets, pointer version) read from the real servers."""
+        from lockstep.ops import clients, index
+
+        pointer = index.read_pointer(clients.aws("ssm"), self.settings.pointer_name)
+        return index.alias_targets(clients.opensearch(), self.alias), pointer.version if pointer else None
+
+    def state_of(self, version: str) -> tuple[list[str], str]:
+        return [self.settings.opensearch.index_name(version)], version
+
+    def flip(self) -> tuple[str, str]:
+        """Pin the other slot's version in the stack file; (old pin, new pin)."""
+        from lockstep import stackfile
+
+        current = self.load()
+        stackfile.set_pin(self.stack, current.standby, self.stacks_dir)
+        return current.pin, current.standby
+
+    def cli(self, *args: str, **env: str):
+        """`lockstep <args>` in this process (click's runner), reading this stack file."""
+        from lockstep import cli
+
+        result = CliRunner().invoke(cli.cli, list(args), env={"LOCKSTEP_STACKS_DIR": str(self.stacks_dir), **env})
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError(f"`lockstep {' '.join(args)}` crashed: {result.exception!r}\n{result.stderr}")
+        return result
+
+    def apply(self, **env: str):
+        return self.cli("apply", "--stack", self.stack, "--quiet", **env)
+
+
+def deploy(tmp_path_factory, **overrides) -> Iterator[Deployment]:
+    """Apply a fresh stack (stack_values + `overrides`) and yield it; stop its slots and delete its
+    indices afterwards. For module fixtures: `yield from deploy(tmp_path_factory, corpus={"size": 120})`."""
+    from lockstep import config, orchestrator, stackfile
+    from lockstep.ops import clients, endpoints
+
+    stack = f"t{uuid.uuid4().hex[:10]}"
+    UNIQUE_NAMES.add(stack)
+    stacks_dir = tmp_path_factory.mktemp("stacks")
+    stackfile.write_stack(stacks_dir, stack, stack_values(stack, **overrides))
+    catalog = config.load_catalog(stacks_dir)
+    settings = config.load_stack(stack, stacks_dir, catalog)
+    result = orchestrator.apply(settings, catalog, progress=False, say=lambda _: None)
+    assert result.record is not None and result.record.passed, [c.name for c in result.record.failures]
+    yield Deployment(settings, catalog, stacks_dir)
+    endpoints.stop_local_slots(settings)
+    clients.opensearch().indices.delete(
+        index=f"{stack}-*", params={"expand_wildcards": "all", "ignore_unavailable": "true"}
+    )

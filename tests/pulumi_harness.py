@@ -10,6 +10,7 @@ from __future__ import annotations
 import pulumi
 
 ACCOUNT = "123456789012"
+CHECK = "lockstep:index:Check"
 CHECK_STDOUT = '{"consistent": true, "checks": []}'
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # the wire signature of a secret value
 
@@ -49,8 +50,8 @@ class CaptureMocks(pulumi.runtime.Mocks):
             state["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{args.name}"
         if args.typ == "aws:s3/bucket:Bucket":
             state["arn"] = f"arn:aws:s3:::{args.inputs['bucket']}"
-        if args.name.endswith("-check"):
-            state["stdout"] = CHECK_STDOUT
+        if args.typ == CHECK:
+            state["record"] = CHECK_STDOUT
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -65,6 +66,11 @@ class Registered:
     def __init__(self, mocks: CaptureMocks, outputs: dict | None = None):
         self.resources = mocks.resources
         self.outputs = outputs
+
+    @property
+    def state(self) -> dict:
+        """The outputs the body returned (a component's construct state), {} when none."""
+        return self.outputs or {}
 
     def of_type(self, typ: str) -> dict[str, dict]:
         return {name: r["inputs"] for name, r in self.resources.items() if r["type"] == typ}
@@ -83,11 +89,22 @@ def changed_resources(before: Registered, after: Registered) -> set[str]:
     }
 
 
-def run_mocked(body, *, stack: str, project: str = "lockstep", preview: bool = False, mocks=None) -> Registered:
-    """Run `body()` (which declares resources and may return an Output) under fresh mocks."""
+def run_mocked(
+    body,
+    *,
+    stack: str,
+    project: str = "lockstep",
+    preview: bool = False,
+    mocks: CaptureMocks | None = None,
+    config: dict[str, str] | None = None,
+    secret_keys: list[str] | None = None,
+) -> Registered:
+    """Run `body()` (which declares resources and may return an Output of a dict) under fresh mocks,
+    with `config` as the stack's configuration (plain strings; `secret_keys` marked secret)."""
     mocks = mocks or CaptureMocks()
     pulumi.runtime.reset_options()
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview)
+    pulumi.runtime.set_all_config(config or {}, secret_keys=secret_keys or [])
     outputs: dict = {}
 
     @pulumi.runtime.test

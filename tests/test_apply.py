@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,18 +14,9 @@ from lockstep import config, orchestrator, stackfile
 from lockstep.errors import GuardRefused
 from lockstep.ops import artifacts, clients, endpoints, index, reembed
 from lockstep.ops.corpus import Document
+from tests.conftest import lockstep
 
 SIZE = 150
-
-
-def lockstep(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "lockstep.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
 
 
 def docs_by_step(result: orchestrator.ApplyResult) -> dict[tuple[str, str], str]:

@@ -27,6 +27,7 @@ from ruamel.yaml import YAML
 
 from lockstep import cli, config, runtime, services
 from lockstep.ops import clients, corpus
+from tests.conftest import lockstep
 from tests.faultproxy import FaultProxy, answer
 
 
@@ -328,13 +329,7 @@ def names(stacks: Path, stack: str) -> dict[str, str]:
 def run_lockstep(argv: list[str], env: dict[str, str], in_process: bool) -> tuple[int, str]:
     """(exit code, stderr) of `lockstep <argv>`: in this process (click's runner) or as a subprocess."""
     if not in_process:
-        completed = subprocess.run(
-            [sys.executable, "-m", "lockstep.cli", *argv],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **env},
-            timeout=300,
-        )
+        completed = lockstep(*argv, env=env)
         return completed.returncode, completed.stderr
     result = CliRunner().invoke(cli.cli, argv, env=env)
     if result.exception is not None and not isinstance(result.exception, SystemExit):

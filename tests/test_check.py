@@ -10,22 +10,15 @@ deployment is healthy again, so no test can leak its damage into the next.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
-import sys
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
 
-from lockstep import config, orchestrator, runtime, services
-from lockstep.config import Catalog, StackSettings
+from lockstep import runtime
 from lockstep.ops import artifacts, check, clients, endpoints, index, reembed
 from lockstep.ops.corpus import Document
+from tests.conftest import Deployment, deploy, lockstep
 
 EVERY_CHECK = {
     "alias",
@@ -41,61 +34,9 @@ EVERY_CHECK = {
 }
 
 
-@dataclass
-class Deployment:
-    settings: StackSettings
-    catalog: Catalog
-    stacks_dir: Path
-
-    @property
-    def live_index(self) -> str:
-        return self.settings.opensearch.index_name(self.settings.pin)
-
-    @property
-    def alias(self) -> str:
-        return self.settings.opensearch.alias_name
-
-    def embedder(self, version: str):
-        entry = self.catalog.get(version)
-        return artifacts.load_embedder(clients.aws("s3", self.settings.region), self.settings.artifacts.bucket, entry)
-
-    def documents(self) -> list[Document]:
-        return artifacts.read_corpus(clients.aws("s3", self.settings.region), self.settings)
-
-    def golden_ids(self) -> set[str]:
-        golden = artifacts.read_golden(clients.aws("s3", self.settings.region), self.settings)
-        return {doc_id for query in golden for doc_id in query["expected"]}
-
-
-def write_stack_file(stacks_dir: Path, stack: str) -> None:
-    """A stack file in the format `lockstep drill` writes, isolated by the stack's unique name."""
-    body = {
-        "config": {
-            "aws:region": services.REGION,
-            "lockstep:pin": "v1",
-            "lockstep:slots": {"blue": "v1", "green": "v2"},
-            "lockstep:artifacts": {"bucket": f"{stack}-artifacts"},
-            "lockstep:opensearch": {"engine": "lucene", "indexPrefix": stack},
-            "lockstep:corpus": {"bucket": f"{stack}-corpus", "size": 200},
-            "lockstep:endpoints": {"backend": "local"},
-            "lockstep:pointerParameter": f"/{stack}/live",
-        }
-    }
-    YAML().dump(body, stacks_dir / f"Pulumi.{stack}.yaml")
-
-
 @pytest.fixture(scope="module")
-def deployment(servers, opensearch, catalog, tmp_path_factory):
-    stack = f"t{uuid.uuid4().hex[:10]}"
-    stacks_dir = tmp_path_factory.mktemp("stacks")
-    shutil.copy(config.STACKS_DIR / config.CATALOG_FILE, stacks_dir / config.CATALOG_FILE)
-    write_stack_file(stacks_dir, stack)
-    settings = config.load_stack(stack, stacks_dir, catalog)
-    result = orchestrator.apply(settings, catalog, progress=False, say=lambda _: None)
-    assert result.record is not None and result.record.passed, [c.name for c in result.record.failures]
-    yield Deployment(settings, catalog, stacks_dir)
-    endpoints.stop_local_slots(settings)
-    opensearch.indices.delete(index=f"{stack}-*", params={"expand_wildcards": "all", "ignore_unavailable": "true"})
+def deployment(servers, tmp_path_factory):
+    yield from deploy(tmp_path_factory)
 
 
 @pytest.fixture
@@ -120,14 +61,8 @@ def run_check(deployment: Deployment) -> check.CheckRecord:
 
 def cli_check(deployment: Deployment, **environment: str) -> subprocess.CompletedProcess:
     """`lockstep check --stack S --json` in a fresh process reading the stack file from disk."""
-    env = {**os.environ, "LOCKSTEP_STACKS_DIR": str(deployment.stacks_dir), **environment}
-    return subprocess.run(
-        [sys.executable, "-m", "lockstep.cli", "check", "--stack", deployment.settings.stack, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {"LOCKSTEP_STACKS_DIR": str(deployment.stacks_dir), **environment}
+    return lockstep("check", "--stack", deployment.settings.stack, "--json", env=env, timeout=120)
 
 
 def cli_failures(completed: subprocess.CompletedProcess) -> set[str]:

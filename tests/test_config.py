@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ from ruamel.yaml import YAML
 
 from lockstep import config
 from lockstep.errors import ConfigError
+from tests.conftest import lockstep
 
 STACKS = config.STACKS_DIR
 
@@ -147,10 +145,7 @@ def test_pulumi_config_values_validate_with_the_same_rules():
 
 
 def run_cli(*args, stacks: Path):
-    env = {**os.environ, "LOCKSTEP_STACKS_DIR": str(stacks)}
-    return subprocess.run(
-        [sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True, env=env, timeout=120
-    )
+    return lockstep(*args, env={"LOCKSTEP_STACKS_DIR": str(stacks)}, timeout=120)
 
 
 def snapshot(path: Path) -> dict[str, bytes]:

@@ -20,6 +20,7 @@ from lockstep import config, orchestrator, stackfile
 from lockstep.errors import UsageError
 from lockstep.ops import artifacts, check, clients, derived, endpoints, index
 from lockstep.plan import repair_rate_key
+from tests.conftest import lockstep as run_lockstep
 from tests.test_program import evaluate, with_values
 
 SIZE = 120
@@ -27,13 +28,7 @@ REPAIR = "lockstep:index:DerivedRepair"
 
 
 def lockstep(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "lockstep.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        timeout=300,
-    )
+    return run_lockstep(*args, env={"COLUMNS": "200"})  # markdown tables unwrapped
 
 
 def quiet(_: str) -> None:

@@ -23,19 +23,18 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from bench import kill_sweep
-from lockstep import cli, config, orchestrator, runtime, stackfile
-from lockstep.config import Catalog, StackSettings
+from lockstep import config, orchestrator, runtime
+from lockstep.config import StackSettings
 from lockstep.errors import Unreachable
 from lockstep.models import hashgram as model
 from lockstep.ops import artifacts, check, clients, endpoints, index, reembed
 from lockstep.ops.corpus import Document
+from tests.conftest import deploy, lockstep
 from tests.faultproxy import DROP, FORWARD, LOST, FaultProxy, Request, after_first, answer, late, reject_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,73 +48,10 @@ def aliases_request(request: Request) -> bool:
 # ------------------------------------------------------------------------------------ fixtures
 
 
-@dataclass
-class Deployment:
-    settings: StackSettings
-    catalog: Catalog
-    stacks_dir: Path
-
-    @property
-    def stack(self) -> str:
-        return self.settings.stack
-
-    def load(self) -> StackSettings:
-        return config.load_stack(self.stack, self.stacks_dir)
-
-    def live(self) -> tuple[list[str], str | None]:
-        """(alias targets, pointer version) read from the real servers."""
-        client, ssm = clients.opensearch(), clients.aws("ssm")
-        pointer = index.read_pointer(ssm, self.settings.pointer_name)
-        return index.alias_targets(client, self.settings.opensearch.alias_name), pointer.version if pointer else None
-
-    def state_of(self, version: str) -> tuple[list[str], str]:
-        return [self.settings.opensearch.index_name(version)], version
-
-    def flip(self) -> tuple[str, str]:
-        """Pin the other slot's version in the stack file; (old pin, new pin)."""
-        current = self.load()
-        target = current.standby
-        stackfile.set_pin(self.stack, target, self.stacks_dir)
-        return current.pin, target
-
-    def cli(self, *args: str, **env: str):
-        """`lockstep <args>` in this process (click's runner): exit code, stdout, stderr."""
-        result = CliRunner().invoke(cli.cli, list(args), env={"LOCKSTEP_STACKS_DIR": str(self.stacks_dir), **env})
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise AssertionError(f"`lockstep {' '.join(args)}` crashed: {result.exception!r}\n{result.stderr}")
-        return result
-
-    def apply(self, **env: str):
-        return self.cli("apply", "--stack", self.stack, "--quiet", **env)
-
-
 @pytest.fixture(scope="module")
 def deployment(servers, tmp_path_factory):
-    """One stack for the module: v1 live in blue, v2 warm in green, 120 documents."""
-    stack = f"t{uuid.uuid4().hex[:10]}"
-    stacks_dir = tmp_path_factory.mktemp("stacks")
-    stackfile.write_stack(
-        stacks_dir,
-        stack,
-        {
-            "pin": "v1",
-            "slots": {"blue": "v1", "green": "v2"},
-            "artifacts": {"bucket": f"{stack}-artifacts"},
-            "corpus": {"bucket": f"{stack}-corpus", "size": SIZE},
-            "opensearch": {"indexPrefix": stack},
-            "endpoints": {"backend": "local"},
-            "pointerParameter": f"/{stack}/live",
-        },
-    )
-    catalog = config.load_catalog(stacks_dir)
-    settings = config.load_stack(stack, stacks_dir, catalog)
-    result = orchestrator.apply(settings, catalog, progress=False, say=lambda _: None)
-    assert result.record is not None and result.record.passed, [c.name for c in result.record.failures]
-    yield Deployment(settings, catalog, stacks_dir)
-    endpoints.stop_local_slots(settings)
-    clients.opensearch().indices.delete(
-        index=f"{stack}-*", params={"expand_wildcards": "all", "ignore_unavailable": "true"}
-    )
+    """One stack for the module: v1 live in blue, v2 warm in green, SIZE documents."""
+    yield from deploy(tmp_path_factory, corpus={"size": SIZE})
 
 
 @pytest.fixture
@@ -486,12 +422,8 @@ def test_bulk_rejections_are_backed_off_and_retried_without_losing_a_document(se
         return reject_items(every=3) if n % 2 == 0 else FORWARD
 
     with FaultProxy(servers["opensearch"], rule) as proxy:
-        completed = subprocess.run(
-            [sys.executable, "-m", "lockstep.cli", "backfill", "--stack", stack, "--version", "v1", "--quiet"],
-            env={**os.environ, "OPENSEARCH_URL": proxy.url},
-            capture_output=True,
-            text=True,
-            timeout=300,
+        completed = lockstep(
+            "backfill", "--stack", stack, "--version", "v1", "--quiet", env={"OPENSEARCH_URL": proxy.url}
         )
         assert completed.returncode == 0, completed.stderr
         assert proxy.count("answer", "POST", "/_bulk") == 2 and proxy.rejected_items > 0

@@ -265,3 +265,11 @@ def test_plan_imports_no_module_that_talks_to_a_server():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_apply_has_one_handler_for_every_step_kind():
+    from typing import get_args
+
+    from lockstep import orchestrator, plan
+
+    assert set(orchestrator.HANDLERS) == set(get_args(plan.StepKind))

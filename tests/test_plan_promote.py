@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from lockstep import config, orchestrator, stackfile
 from lockstep.ops import clients, endpoints, index
 from lockstep.plan import embed_rate_key
-from tests.conftest import stack_values
+from tests.conftest import lockstep, stack_values
 
 SIZE = 120
-
-
-def lockstep(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "lockstep.cli", *args], capture_output=True, text=True, env=dict(os.environ), timeout=300
-    )
 
 
 @pytest.fixture
@@ -72,14 +63,8 @@ def test_plan_rollback_to_the_standby_is_a_reversible_reattach(deployed, opensea
 
 def test_plan_without_servers_renders_the_config_diff_and_says_so(scratch_stack):
     stacks, stack = scratch_stack()
-    env = {**os.environ, "OPENSEARCH_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
-    result = subprocess.run(
-        [sys.executable, "-m", "lockstep.cli", "plan", "--stack", stack, "--to", "v2", "--format", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    env = {"OPENSEARCH_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    result = lockstep("plan", "--stack", stack, "--to", "v2", "--format", "json", env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["data_state"] == "unknown" and plan["endpoint_action"] == "flip" and plan["to"] == "v2"
@@ -157,21 +142,9 @@ def test_check_runs_from_settings_handed_over_in_the_environment(deployed, tmp_p
 
     stacks, stack = deployed
     document = settings_document(config.load_stack(stack, stacks), catalog)
-    env = {**os.environ, config.SETTINGS_VARIABLE: document, "LOCKSTEP_STACKS_DIR": str(tmp_path / "nothing-here")}
-    result = subprocess.run(
-        [sys.executable, "-m", "lockstep.cli", "check", "--stack", stack, "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    env = {config.SETTINGS_VARIABLE: document, "LOCKSTEP_STACKS_DIR": str(tmp_path / "nothing-here")}
+    result = lockstep("check", "--stack", stack, "--json", env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["pin"] == "v1"
-    wrong = subprocess.run(
-        [sys.executable, "-m", "lockstep.cli", "check", "--stack", "other"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    wrong = lockstep("check", "--stack", "other", env=env, timeout=120)
     assert wrong.returncode == 2 and "LOCKSTEP_STACK_SETTINGS: holds stack" in wrong.stderr

@@ -16,73 +16,13 @@ import pulumi
 import pytest
 from ruamel.yaml import YAML
 
+from tests.pulumi_harness import ACCOUNT, CHECK, CHECK_STDOUT, CaptureMocks, changed_resources, run_mocked
+from tests.pulumi_harness import Registered as Run
+
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "__main__.py"
-ACCOUNT = "123456789012"
 INDEX = "lockstep:index:Index"
 CUTOVER = "lockstep:index:Cutover"
-CHECK = "lockstep:index:Check"
-CHECK_STDOUT = '{"consistent": true, "checks": []}'
-
-
-class CaptureMocks(pulumi.runtime.Mocks):
-    """Records every resource's type and inputs; answers like a provider that accepted them.
-    A StackReference (the promotion gate's) answers with `upstream_verified` as the source
-    stack's verifiedVersions output."""
-
-    def __init__(self, upstream_verified: tuple[str, ...] = ("v1", "v2", "v3")):
-        self.resources: dict[str, dict] = {}
-        self.upstream_verified = list(upstream_verified)
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        self.resources[args.name] = {"type": args.typ, "inputs": normalize(args.inputs), "custom": args.custom}
-        if args.typ == "pulumi:pulumi:StackReference":
-            return f"{args.name}-id", {
-                "name": args.inputs.get("name"),
-                "outputs": {"verifiedVersions": self.upstream_verified},
-            }
-        state = dict(args.inputs)
-        state.setdefault("name", args.name)  # what auto-naming would give, deterministically
-        if args.typ == "aws:iam/role:Role":
-            state["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{args.name}"
-        if args.typ == "aws:s3/bucket:Bucket":
-            state["arn"] = f"arn:aws:s3:::{args.inputs['bucket']}"
-        if args.typ == CHECK:
-            state["record"] = CHECK_STDOUT
-        return f"{args.name}-id", state
-
-    def call(self, args: pulumi.runtime.MockCallArgs):
-        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci", "userId": "ci", "id": ACCOUNT}
-        return {}
-
-
-SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # the wire signature of a secret value
-
-
-def normalize(value):
-    """Plain, comparable data: assets become (kind, path), secrets ("secret", value)."""
-    if isinstance(value, pulumi.FileAsset):
-        return ("FileAsset", value.path)
-    if isinstance(value, dict) and SECRET_SIG in value.values():
-        return ("secret", normalize(value["value"]))
-    if isinstance(value, dict):
-        return {key: normalize(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [normalize(item) for item in value]
-    return value
-
-
-class Run:
-    def __init__(self, mocks: CaptureMocks, outputs: dict | None):
-        self.resources = mocks.resources
-        self.outputs = outputs
-
-    def of_type(self, typ: str) -> dict[str, dict]:
-        return {name: r["inputs"] for name, r in self.resources.items() if r["type"] == typ}
-
-    def inputs(self, name: str) -> dict:
-        return self.resources[name]["inputs"]
 
 
 def dev_values() -> dict:
@@ -107,17 +47,11 @@ def evaluate(
     mocks: CaptureMocks | None = None,
 ) -> Run:
     """Evaluate __main__.py once under fresh mocks with `values` as the stack's config."""
-    mocks = mocks or CaptureMocks()
-    pulumi.runtime.reset_options()
-    pulumi.runtime.set_mocks(mocks, project="lockstep", stack=stack, preview=preview)
     config = {
         key: value if isinstance(value, str) else json.dumps(value)
         for key, value in {**values, **(secrets or {})}.items()
     }
-    pulumi.runtime.set_all_config(config, secret_keys=list(secrets or {}))
-    outputs: dict = {}
 
-    @pulumi.runtime.test
     def program():
         release = runpy.run_path(str(MAIN), run_name="__main__")["release"]
         if release is None:
@@ -129,20 +63,11 @@ def evaluate(
             slots=release.slots,
             retained_indices=release.retained_indices,
             check_record=release.check_record,
-        ).apply(outputs.update)
+        )
 
-    program()
-    return Run(mocks, outputs or None)
-
-
-def changed_resources(before: Run, after: Run) -> set[str]:
-    """Names whose inputs differ, plus those added or removed."""
-    names = set(before.resources) | set(after.resources)
-    return {
-        name
-        for name in names
-        if before.resources.get(name, {}).get("inputs") != after.resources.get(name, {}).get("inputs")
-    }
+    return run_mocked(
+        program, stack=stack, preview=preview, mocks=mocks, config=config, secret_keys=list(secrets or {})
+    )
 
 
 # ------------------------------------------------------------------------------------ scenarios

@@ -104,7 +104,7 @@ def test_each_failing_block_fails_only_on_its_last_command():
 def promised_output(stack: str) -> dict[tuple[str | None, int], list[str]]:
     return {
         ("a", 0): ["index | **reattach**", "endpoints | **flip**", "yes — instant flip back"],
-        ("b", 0): ["index | **provision**", f"{CORPUS} documents to embed", "docs/s (measured)", "drop index `v3`"],
+        ("b", 0): ["index | **provision**", f"{CORPUS} documents to embed", "(measured rate)", "drop index `v3`"],
         ("c", 0): ["INCONSISTENT", "foreign-versions", "reembed-probe", f"{stack}-v1"],
         ("d", 0): ["catch up index `v3`", f"alias {stack}: {stack}-v2 -> {stack}-v3"],
         ("e", 0): [f"{stack}: ok (pin v3, slots blue=v3 green=v2)"],

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lockstep import plan as release
 from lockstep import promote, runtime
-from lockstep.config import Catalog, StackSettings
+from lockstep.config import Catalog, CatalogEntry, StackSettings
 from lockstep.errors import UsageError
 from lockstep.ops import artifacts, check, clients, derived, endpoints, index, reembed
 from lockstep.ops.backfill import engine as backfill_engine
@@ -506,15 +508,17 @@ def auto_revert(env: Environment, catalog: Catalog, corpus: Corpus, failed: chec
 class EndpointEmbedder:
     """A deployed endpoint seen as an embedder, so its writes pass through the write guard."""
 
-    def __init__(self, endpoint: endpoints.EndpointClient, dimension: int):
+    def __init__(self, endpoint: endpoints.EndpointClient, entry: CatalogEntry):
         described = endpoint.describe()
         self.endpoint = endpoint
-        self.version = described["version"]
-        self.artifact_sha256 = described["artifact_sha256"]
-        self.dimension = dimension
+        self.version: str = described["version"]
+        self.artifact_sha256: str = described["artifact_sha256"]
+        self.dimension = entry.dimension
+        self.family = entry.family
+        self.normalized = False  # what the endpoint returns is stored as it comes
 
-    def encode(self, texts: list[str]):
-        return self.endpoint.embed(texts)
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.endpoint.embed(list(texts))
 
 
 def dual_write(settings: StackSettings, catalog: Catalog, documents: list[Document]) -> dict[str, int]:
@@ -522,7 +526,7 @@ def dual_write(settings: StackSettings, catalog: Catalog, documents: list[Docume
     env = Environment(settings)
     written = {}
     for slot, version in settings.slots.filled.items():
-        embedder = EndpointEmbedder(endpoints.endpoint_for(settings, slot), catalog.get(version).dimension)
+        embedder = EndpointEmbedder(endpoints.endpoint_for(settings, slot), catalog.get(version))
         name = settings.opensearch.index_name(version)
         with env.reach_opensearch():
             written[name] = reembed.write_documents(env.opensearch, name, embedder, documents)

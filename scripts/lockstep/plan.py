@@ -93,10 +93,6 @@ class ReleasePlan:
     reversible: bool
     derived: tuple[DerivedAction, ...] = ()
 
-    def kinds(self) -> list[tuple[str, str]]:
-        """(kind, version) of each step: the plan's shape at a glance."""
-        return [(step.kind, step.version) for step in self.steps]
-
     @property
     def eta_seconds(self) -> float | None:
         """The embedding and repair steps' ETAs together; None if any of them is unknown."""

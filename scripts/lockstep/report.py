@@ -30,6 +30,7 @@ STEP_WORDS = {
     "ensure_artifact": "publish artifact",
     "provision": "provision index",
     "catch_up": "catch up index",
+    "restamp": "re-stamp the index's corpus",
     "deploy_slot": "deploy slot",
     "cutover": "cut over",
     "repair_derived": "repair derived records",
