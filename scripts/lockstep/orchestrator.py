@@ -1,7 +1,8 @@
 """The embedded orchestrator: observe the servers, plan, and execute the plan (`lockstep apply`).
 
-It executes the same release plan the Pulumi program declares; Pulumi is the engine for AWS
-stacks, this is the engine for the embedded default (endpoint backend `local`).
+Each plan step runs through its kind's handler (HANDLERS). `lockstep apply` drives the embedded
+default (endpoint backend `local`); an AWS stack goes through `pulumi up`, whose resource changes
+are the same steps — tests/test_release_model.py holds the two together.
 """
 
 from __future__ import annotations
