@@ -75,8 +75,8 @@ class ArtifactBucket(TypedDict):
 class OpenSearchIndexes(TypedDict):
     """The OpenSearch cluster holding one k-NN index per kept version, and the live alias."""
 
-    url: str
-    """Endpoint of the cluster, e.g. https://search-…es.amazonaws.com (required for an AWS deployment)."""
+    url: NotRequired[str]
+    """Endpoint of the cluster, e.g. https://search-…es.amazonaws.com: required when endpoints.backend is sagemaker; a local release uses the embedded node (OPENSEARCH_URL)."""
     engine: NotRequired[str]
     """k-NN engine: lucene (default), faiss or nmslib."""
     index_prefix: NotRequired[str]
@@ -147,10 +147,10 @@ class BlueGreenDeployment(TypedDict):
 class SageMakerEndpoints(TypedDict):
     """One SageMaker endpoint per slot, serving the slot's version."""
 
-    image_uri: str
-    """ECR image of the serving container (<account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag])."""
+    image_uri: NotRequired[str]
+    """ECR image of the serving container (<account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag]): required when backend is sagemaker."""
     backend: NotRequired[str]
-    """Must be sagemaker (the default here); local slots are driven by `lockstep apply`, not by Pulumi."""
+    """sagemaker (the default here): SageMaker endpoints declared with pulumi-aws; local: the embedded default's slot processes, run by lockstep's provider."""
     instance_type: NotRequired[str]
     """Instance type of each endpoint (default ml.m5.large)."""
     instance_count: NotRequired[int]
@@ -204,6 +204,8 @@ class DerivedRecordStore(TypedDict):
     """Neighbours per related-documents list (default 5)."""
     write_rate: NotRequired[float]
     """Items per second a repair writes (default 100): spares the table's capacity."""
+    writer_guard: NotRequired[str]
+    """How lockstep.derived guards a write: transaction (default; atomic, for AWS) or verify (write, then read the fence and undo if it moved; for the embedded moto)."""
 
 
 class ModelReleaseArgs(TypedDict):

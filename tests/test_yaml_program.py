@@ -33,11 +33,9 @@ def catalog() -> dict:
 
 def program(unique: str, pin: str) -> dict:
     """The YAML program (Pulumi.yaml) of an isolated embedded stack pinned to `pin`."""
+    # No opensearch.url and no endpoints.imageUri: a local release reaches the embedded node and
+    # its slots need no serving image.
     properties = stack_values(unique, pin=pin) | {"stack": unique, "catalog": catalog()}
-    # What the schema requires of every release; an embedded one reaches the embedded node, and its
-    # local endpoint slots do not use a serving image.
-    properties["opensearch"] |= {"url": os.environ["OPENSEARCH_URL"]}
-    properties["endpoints"] |= {"imageUri": "unused-by-local-slots"}
     return {
         "name": "lockstep-yaml-local",
         "runtime": "yaml",

@@ -28,7 +28,7 @@ func main() {
 			Region:    str("eu-west-1"),
 			Artifacts: lockstep.ArtifactBucketArgs{Bucket: "acme-lockstep-go-artifacts"},
 			Opensearch: lockstep.OpenSearchIndexesArgs{
-				Url:         "https://search-acme-docs.eu-west-1.es.amazonaws.com",
+				Url:         str("https://search-acme-docs.eu-west-1.es.amazonaws.com"),
 				DomainName:  str("acme-docs"),
 				Auth:        str("sigv4"),
 				Region:      str("eu-west-1"),
@@ -38,7 +38,7 @@ func main() {
 			},
 			Corpus: lockstep.CorpusLocationArgs{Bucket: "acme-lockstep-go-corpus", Key: str("corpus/docs.jsonl")},
 			Endpoints: lockstep.SageMakerEndpointsArgs{
-				ImageUri:     "123456789012.dkr.ecr.eu-west-1.amazonaws.com/lockstep-serve:0.1.0",
+				ImageUri:     str("123456789012.dkr.ecr.eu-west-1.amazonaws.com/lockstep-serve:0.1.0"),
 				InstanceType: str("ml.m5.large"),
 				Deployment: &lockstep.BlueGreenDeploymentArgs{
 					TrafficRouting: str("CANARY"), CanaryPercent: num(10), WaitSeconds: num(600),
