@@ -2,8 +2,9 @@
 writing through `lockstep.derived` after the rollback, is refused (a `recompute` store) or
 quarantined (a `quarantine` store) on its first write after the pointer moved — with its pointer
 cache still naming the old version (a fake clock that never advances) — and the check stays green:
-the cutover moves each table's fence and every guarded write is conditional on it. No test here
-depends on how long anything takes.
+the cutover moves each table's fence and every guarded write is decided by it, in either guard mode
+(`transaction`: checked in the same transaction; `verify`: read right after the write, the batch
+undone if the fence moved). No test here depends on how long anything takes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from lockstep.ops import check, clients, derived, endpoints, index
 
 SIZE = 40
 TTL = 2.0
+MODES = ["transaction", "verify"]
 
 
 class Clock:
@@ -32,18 +34,17 @@ def quiet(_: str) -> None:
 
 
 @pytest.fixture
-def stack(servers, scratch_stack, catalog, unique):
-    """v2 live (v1 warm in blue), one `recompute` store and one `quarantine` store."""
+def stack(request, servers, scratch_stack, catalog, unique):
+    """v2 live (v1 warm in blue), one `recompute` store and one `quarantine` store, both guarded in
+    the mode the test is parametrized with (indirect; `transaction` otherwise)."""
+    mode = getattr(request, "param", "transaction")
     stores = [
-        {"name": "related", "kind": "related-documents", "table": f"{unique}-related", "writeRate": 1000},
-        {
-            "name": "audit",
-            "kind": "related-documents",
-            "table": f"{unique}-audit",
-            "repair": "quarantine",
-            "writeRate": 1000,
-        },
+        {"name": "related", "kind": "related-documents", "table": f"{unique}-related", "writerGuard": mode},
+        {"name": "audit", "kind": "related-documents", "table": f"{unique}-audit", "writerGuard": mode},
     ]
+    stores[1]["repair"] = "quarantine"
+    for store in stores:
+        store["writeRate"] = 1000
     stacks, name = scratch_stack(corpus={"size": SIZE}, derived=stores)
 
     def apply(pin: str) -> check.CheckRecord:
@@ -68,7 +69,23 @@ def fences(settings) -> dict[str, str | None]:
     return {s.name: (derived.read_fence(client, s.table) or (None,))[0] for s in settings.derived}
 
 
-def test_a_worker_of_the_rolled_back_version_is_stopped_on_its_first_write_with_its_cache_still_stale(stack, catalog):
+def batch_writes(monkeypatch) -> list[list[str]]:
+    """The doc_ids of each BatchWriteItem batch the guarded writer sends from now on."""
+    sent: list[list[str]] = []
+    real = derived._batch_put
+
+    def spy(client, table, items):
+        sent.append([i[derived.KEY]["S"] for i in items])
+        real(client, table, items)
+
+    monkeypatch.setattr(derived, "_batch_put", spy)
+    return sent
+
+
+@pytest.mark.parametrize("stack", MODES, indirect=True)
+def test_a_worker_of_the_rolled_back_version_is_stopped_on_its_first_write_with_its_cache_still_stale(
+    stack, catalog, monkeypatch
+):
     stacks, name, apply = stack
     settings = config.load_stack(name, stacks)
     clock = Clock()  # never advances: the writers' caches keep saying v2 is live
@@ -89,9 +106,12 @@ def test_a_worker_of_the_rolled_back_version_is_stopped_on_its_first_write_with_
     before = records(settings, "related")
 
     assert related.pointer.live().version == "v2", "the cache must still be stale for this test to mean anything"
-    with pytest.raises(application.StaleWriter, match=r"runs v2 but v1 is live .*nothing was written"):
+    sent = batch_writes(monkeypatch)
+    with pytest.raises(application.StaleWriter, match=r"runs v2 but v1 is live .*nothing of this write was kept"):
         related.put("doc-b", {"neighbours": ["x"], "k": 1}, text="beta")
-    assert records(settings, "related") == before, "a refused write wrote something"
+    assert records(settings, "related") == before, "a refused write left something"
+    # verify: the batch was written (the cache said v2), the fence read after it said v1, and it was undone
+    assert sent == ([["doc-b"]] if related.store.writer_guard == "verify" else [])
 
     assert audit.put("doc-b", {"neighbours": ["x"], "k": 1}, text="beta") == "quarantined"
     kept = records(settings, "audit")["doc-b"]
@@ -104,6 +124,7 @@ def test_a_worker_of_the_rolled_back_version_is_stopped_on_its_first_write_with_
     assert next(c for c in after.checks if c.name == "derived:audit").observed.endswith("quarantined (kept): 2 of v2")
 
 
+@pytest.mark.parametrize("stack", MODES, indirect=True)
 def test_a_live_version_worker_is_never_refused_even_with_a_cache_naming_another_version(stack, catalog):
     stacks, name, apply = stack
     settings = config.load_stack(name, stacks)
@@ -166,6 +187,7 @@ def test_a_failed_cutover_puts_the_fences_back_where_the_pointer_is(stack, monke
     assert application.Writer(settings, "related", "v2").put("doc-z", {"k": 0}, text="z") == "written"
 
 
+@pytest.mark.parametrize("stack", MODES, indirect=True)
 def test_a_write_is_refused_when_the_pointer_cannot_be_read(stack, monkeypatch):
     """Fail closed: no pointer answer within the TTL, no write."""
     stacks, name, _ = stack
@@ -177,3 +199,36 @@ def test_a_write_is_refused_when_the_pointer_cannot_be_read(stack, monkeypatch):
     with pytest.raises(application.UsageError, match="down"):
         related.put("doc-x", {"k": 0}, text="x")
     assert "doc-x" not in records(settings, "related")
+
+
+@pytest.mark.parametrize("stack", ["verify"], indirect=True)
+def test_verify_undoes_exactly_its_batch_when_the_fence_moves_between_its_write_and_its_read(stack, monkeypatch):
+    """The race the verify mode closes: the batch lands, then the cutover moves the fence, then the
+    writer reads it. Its batch is undone (deleted / quarantined); other records are left alone."""
+    stacks, name, _ = stack
+    settings = config.load_stack(name, stacks)
+    related = application.Writer(settings, "related", "v2", ttl=TTL, clock=Clock())
+    audit = application.Writer(settings, "audit", "v2", ttl=TTL, clock=Clock())
+    for writer in (related, audit):
+        assert writer.put("doc-a", {"k": 0}, text="alpha") == "written"
+    real = derived._batch_put
+
+    def then_the_cutover(client, table, items):
+        real(client, table, items)
+        derived.write_fences(settings, "v1", "now")  # the fence moves before the writer reads it
+
+    monkeypatch.setattr(derived, "_batch_put", then_the_cutover)
+    batch = [application.Record(d, "ab" * 32, {"k": 0}) for d in ("doc-b", "doc-c")]
+    with pytest.raises(application.StaleWriter, match="runs v2 but v1 is live"):
+        related.put_many(batch)
+    assert set(records(settings, "related")) == {"doc-a"}
+    assert records(settings, "related")["doc-a"]["model_version"] == "v2"
+
+    derived.write_fences(settings, "v2", "then")  # v2 live again, so the audit write is the same race
+    assert audit.put_many(batch).quarantined == 2
+    kept = records(settings, "audit")
+    assert {d: (r.get("quarantined_for"), r["model_version"]) for d, r in kept.items()} == {
+        "doc-a": (None, "v2"),
+        "doc-b": ("v1", "v2"),
+        "doc-c": ("v1", "v2"),
+    }

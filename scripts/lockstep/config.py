@@ -368,6 +368,11 @@ class DerivedStore(Model):
     k: int = Field(default=5, ge=1, le=100)
     # Items per second a repair (or a related-documents job) writes: spares the table's capacity.
     write_rate: float = Field(default=100, gt=0)
+    # How lockstep.derived guards a write against the table's fence: `transaction` (the check and
+    # the write in one TransactWriteItems: atomic, for AWS) or `verify` (BatchWriteItem, then one
+    # consistent read of the fence, undoing the batch if it moved: for the embedded moto, where
+    # transactions are slow). The atomic one is the default: the window is opted into, not given.
+    writer_guard: Literal["transaction", "verify"] = "transaction"
 
     @field_validator("kind")
     @classmethod

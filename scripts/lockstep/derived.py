@@ -7,22 +7,30 @@ and writes it only if its version is the live one:
 
 - the version is live → written;
 - it is not → the store's policy (`derived[].repair` in the stack file): a `recompute` store
-  refuses the write (`StaleWriter`, nothing written: the worker must be restarted on the live
+  refuses the write (`StaleWriter`, nothing of it kept: the worker must be restarted on the live
   version), a `quarantine` store writes the record quarantined (`quarantined_at`,
   `quarantined_for`) — kept for audit, never counted as live, so the check stays green.
 
-The decision is atomic with the write: each batch is ONE DynamoDB TransactWriteItems whose first
-item is a ConditionCheck on the table's fence item (written by the cutover before the alias and
-the pointer move: `lockstep.ops.index.cutover`), the rest the records' puts. A live write is
-conditional on the fence naming this version; a quarantined one on the fence naming another.
-So a worker of the rolled-back version is refused (or quarantined) on its first write after the
-fence moved, whatever its cache says. (A per-item ConditionExpression cannot do this: it sees
-only the item it writes, not the fence.) The pointer, read through a cache of `ttl` seconds
-(one SSM read per `ttl`), is only a fast path: when it says this version is not live, the fence
-is read before anything is sent, so a write bound to fail is not sent. If the pointer cannot be
-read the write is refused (fail closed); a table without a fence refuses every write. (On AWS a
-transactional write costs two write units per item; on moto it is much slower than BatchWriteItem:
-bench/README.md.) Example (docs/derived-writer.md):
+The table's fence item (written by the cutover before the alias and the pointer move:
+`lockstep.ops.index.cutover`) decides, in one of two modes (`derived[].writerGuard`):
+
+- `transaction` (default; for AWS): each batch is ONE TransactWriteItems — a ConditionCheck on the
+  fence (naming this version for a live write, another for a quarantined one) and the puts.
+  Atomic: no window. (A per-item ConditionExpression cannot do this: it sees only its own item.)
+  On AWS it costs two write units per item; on moto it copies the table per item (slow).
+- `verify` (for the embedded moto): BatchWriteItem of the batch, then ONE consistent GetItem of
+  the fence; if it no longer backs the decision, exactly that batch is undone (deleted; on a
+  `quarantine` store marked quarantined) and the same refusal raised. As the fence moves before
+  the alias, a batch written after the move is seen by its own writer's read. The one window: a
+  writer that dies between its write and its read leaves a stamped stale batch, which the check's
+  `derived:<store>` row counts and the repair fixes. (A refused `recompute` batch also removes the
+  record it overwrote — the previous one of that doc_id.)
+
+Either way a worker of the rolled-back version is refused (or quarantined) on its first write
+after the fence moved, whatever its cache says. The pointer, read through a cache of `ttl`
+seconds (one SSM read per `ttl`), is only a fast path: when it says this version is not live, the
+fence is read before anything is sent. If the pointer cannot be read the write is refused (fail
+closed); a table without a fence refuses every write. Throughput: bench/README.md. Example (docs/derived-writer.md):
 
     from lockstep import derived
 
@@ -52,6 +60,9 @@ ATTEMPTS = 4  # transactions cancelled by a conflict or throttling are retried t
 # Cancellation reasons worth a retry ("None": an item that did not cause the cancellation).
 RETRYABLE = frozenset({"None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
 _SERIALIZE = TypeSerializer().serialize
+
+
+Fence = tuple[str, str] | None  # (live version, switched_at) from a table's fence; None: no fence
 
 
 class StaleWriter(GuardRefused):
@@ -142,28 +153,82 @@ class Writer:
 
     def _write(self, batch: Sequence[Record]) -> str | None:
         """Write one batch: None when written live, else the live version it was quarantined for.
-        The cached pointer picks the likely outcome; the fence, checked in the same transaction,
-        decides it. A failed condition means the fence moved: read it and decide again."""
+        The cached pointer picks the likely outcome; the fence decides it — in the same transaction
+        (`transaction`) or read right after the write (`verify`). The fence moved: decide again."""
         pointer = self.pointer.live()
         if pointer is None:  # nothing deployed (or the pointer was removed): nothing is live
             raise self._refusal(None)
-        live: tuple[str, str] | None = (pointer.version, pointer.switched_at)
+        live: Fence = (pointer.version, pointer.switched_at)
         with store_ops.reaching_dynamodb(self.settings):
             if pointer.version != self.version:  # bound to fail as a live write: ask the fence first
                 live = store_ops.read_fence(self.dynamodb, self.store.table)
             for _ in range(ATTEMPTS):
-                if live is not None and live[0] == self.version:
-                    if self._transact(batch, None):
-                        return None
-                elif live is None or self.policy == "refuse":
-                    raise self._refusal(live)
-                elif self._transact(batch, live[0]):
-                    return live[0]
-                live = store_ops.read_fence(self.dynamodb, self.store.table)
+                quarantined_for = self._decide(live)
+                if self.store.writer_guard == "transaction":
+                    if self._transact(batch, quarantined_for):
+                        return quarantined_for
+                    live = store_ops.read_fence(self.dynamodb, self.store.table)
+                else:
+                    kept, quarantined_for, live = self._verify(batch, quarantined_for)
+                    if kept:
+                        return quarantined_for
         raise LockstepError(
             f"derived store {self.store.name}: the fence in table {self.store.table!r} kept moving "
-            f"({ATTEMPTS} conditional writes refused); nothing of this batch was written — retry"
+            f"({ATTEMPTS} guarded writes undone or refused); nothing of this batch was kept — retry"
         )
+
+    def _decide(self, live: Fence) -> str | None:
+        """None: write live; a version: write quarantined for it; else the refusal is raised."""
+        if live is not None and live[0] == self.version:
+            return None
+        if live is None or self.policy == "refuse":
+            raise self._refusal(live)
+        return live[0]
+
+    def _verify(self, batch: Sequence[Record], quarantined_for: str | None) -> tuple[bool, str | None, Fence]:
+        """`verify` mode: BatchWriteItem, then ONE consistent read of the fence. The cutover writes the
+        fence before it moves the alias, so a batch written after the move is seen by this read: if
+        the fence no longer backs the decision, exactly this batch (its stamp) is undone — deleted,
+        or on a `quarantine` store marked quarantined as the transaction would have written it.
+        Returns (kept?, the version it is kept quarantined for or None, the fence as read).
+        The one window: a writer that dies between its write and its read leaves its batch, stamped
+        with its version — the check's derived row counts it and the repair fixes it."""
+        stamp = datetime.now(UTC).isoformat(timespec="microseconds")
+        store_ops._batch_put(self.dynamodb, self.store.table, [self._item(r, stamp, quarantined_for) for r in batch])
+        live = store_ops.read_fence(self.dynamodb, self.store.table)
+        if live is not None and (live[0] == self.version) == (quarantined_for is None):
+            return True, quarantined_for, live  # the fence still backs the decision: kept
+        if quarantined_for is None and live is not None and self.policy == "quarantine":
+            self._undo(batch, stamp, live[0])  # as the transaction would have written it
+            return True, live[0], live
+        self._undo(batch, stamp, None)
+        return False, None, live
+
+    def _undo(self, batch: Sequence[Record], stamp: str, quarantine_for: str | None) -> None:
+        """Delete (or mark quarantined for `quarantine_for`) the items of `batch` still as this
+        writer wrote them at `stamp`: a record another writer has since written is left alone."""
+        condition = f"{store_ops.VERSION_ATTRIBUTE} = :v AND written_at = :stamp"
+        values = {":v": {"S": self.version}, ":stamp": {"S": stamp}}
+        for record in batch:
+            key = {store_ops.KEY: {"S": record.doc_id}}
+            try:
+                if quarantine_for is None:
+                    self.dynamodb.delete_item(
+                        TableName=self.store.table,
+                        Key=key,
+                        ConditionExpression=condition,
+                        ExpressionAttributeValues=values,
+                    )
+                else:
+                    self.dynamodb.update_item(
+                        TableName=self.store.table,
+                        Key=key,
+                        ConditionExpression=condition,
+                        UpdateExpression=f"SET {store_ops.QUARANTINED} = :stamp, quarantined_for = :live",
+                        ExpressionAttributeValues={**values, ":live": {"S": quarantine_for}},
+                    )
+            except self.dynamodb.exceptions.ConditionalCheckFailedException:
+                pass  # overwritten since: not this batch's record any more
 
     def _transact(self, batch: Sequence[Record], quarantined_for: str | None) -> bool:
         """One transaction: the fence check and the batch's puts. False: the fence condition failed."""
@@ -200,13 +265,13 @@ class Writer:
             return StaleWriter(
                 f"derived store {self.store.name}: no version is live in stack {self.settings.stack} (no pointer "
                 f"{self.settings.pointer_name}, or no fence in table {self.store.table!r}: the cutover writes both); "
-                "nothing was written — deploy first (`lockstep apply`)"
+                "nothing of this write was kept — deploy first (`lockstep apply`)"
             )
         version, since = live
         return StaleWriter(
             f"derived store {self.store.name}: this writer runs {self.version} but {version} is live"
             + (f" (since {since})" if since else "")
-            + f"; nothing was written — restart the worker with {version}"
+            + f"; nothing of this write was kept — restart the worker with {version}"
         )
 
     def _item(self, record: Record, stamp: str, quarantined_for: str | None) -> dict:

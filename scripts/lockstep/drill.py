@@ -124,6 +124,7 @@ class Drill:
                         "table": f"lockstep-{name}-related",
                         "repair": "recompute",
                         "writeRate": 2000,
+                        "writerGuard": "verify",  # the embedded moto: transactions are too slow
                     }
                 ],
             },
