@@ -36,8 +36,6 @@ class CatalogVersion(TypedDict):
     space_type: str
     """Vector space of the k-NN index: l2, cosinesimil, innerproduct, l1 or linf (the engine must support it)."""
     model: NotRequired[str]
-    """The version's own model name (its artifact key's folder), when it differs from the catalog's."""
-    model: NotRequired[str]
     """Folder of this version's artifact key (models/<model>/<version>/<sha256>/model.tar.gz); default: the catalog's model."""
     family: NotRequired[str]
     """Model family that loads the artifact (hashgram, sentence-transformers, …; default: the catalog's model)."""
