@@ -50,7 +50,7 @@ from boto3.dynamodb.types import TypeSerializer
 from lockstep import config
 from lockstep.config import DerivedStore, StackSettings
 from lockstep.errors import GuardRefused, LockstepError, UsageError
-from lockstep.ops import clients, index, reembed
+from lockstep.ops import clients, index, progress
 from lockstep.ops import derived as store_ops
 from lockstep.ops.corpus import Document, content_sha256
 
@@ -141,7 +141,7 @@ class Writer:
     def put_many(self, records: Iterable[Record]) -> WriteResult:
         """Write records in batches of BATCH, each one transaction conditional on the fence."""
         result = WriteResult()
-        for batch in reembed.batched(list(records), BATCH):
+        for batch in progress.batched(list(records), BATCH):
             if any(record.doc_id == store_ops.FENCE_KEY for record in batch):
                 raise UsageError(f"doc_id {store_ops.FENCE_KEY!r} is reserved for lockstep's fence item; rename it")
             quarantined_for = self._write(batch)
@@ -320,7 +320,7 @@ def write_related(
         guarded = Writer(settings, store.name, version, ttl=ttl)
         pacer = store_ops.Pacer(store.write_rate)
         with store_ops._progress(progress, f"related {version} → {store.table}", len(ids), pacer) as advance:
-            for batch in reembed.batched(ids, store_ops.BATCH):
+            for batch in progress.batched(ids, store_ops.BATCH):
                 with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
                     lists = [r for r in store_ops.related(search, name, batch, store.k).values() if r]
                 done = guarded.put_many(_records(lists, store))

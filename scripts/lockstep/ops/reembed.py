@@ -10,7 +10,6 @@ live alias. A whole backfill (provision or catch-up, on either engine) is ops/ba
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Protocol
@@ -18,12 +17,10 @@ from typing import Protocol
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import TransportError
 from opensearchpy.helpers import parallel_bulk, streaming_bulk
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lockstep.errors import GuardRefused
 from lockstep.models import Embedder
-from lockstep.ops import index
+from lockstep.ops import index, progress
 from lockstep.ops.corpus import Document
 
 BULK_RETRIES = 8
@@ -99,11 +96,6 @@ def guard(client: OpenSearch, index_name: str, embedder: Stamped) -> None:
         )
 
 
-def batched(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def compact(vector) -> list[float]:
     """A float32 vector as short JSON numbers (7 decimals, |error| < 1e-7): half the bytes of
     float32→float64 reprs, which the server must parse too."""
@@ -114,7 +106,7 @@ def index_actions(
     documents: Sequence[Document], embedder: Embedder, index_name: str, batch_size: int
 ) -> Iterator[dict]:
     """Bulk `index` actions, each document stamped with its version and content hash."""
-    for batch in batched(documents, batch_size):
+    for batch in progress.batched(documents, batch_size):
         vectors = embedder.encode([doc.text for doc in batch])
         for doc, vector in zip(batch, vectors):
             yield {
@@ -208,20 +200,6 @@ def write_overlapped(
         # answer and what was not sent yet go through `write`, which backs off and retries.
         done += write(client, chain(list(unanswered.values()), source), chunk_size, on_done)
     return done, rejected
-
-
-def progress_bar(enabled: bool):
-    if not enabled:
-        return nullcontext(None)
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
 
 
 def index_delta(client: OpenSearch, index_name: str, version: str, documents: Sequence[Keyed]) -> Delta:
