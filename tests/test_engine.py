@@ -213,6 +213,20 @@ def test_refresh_shows_an_alias_moved_by_hand_as_drift_on_the_cutover_and_up_res
     assert alias_targets(opensearch, release.settings) == [live]
 
 
+def test_the_cutover_resource_refuses_a_slot_that_serves_another_artifact_in_one_line(release, opensearch):
+    """Issue 18, defect 5 under the engine: green fell back to v1's model; the flip to v2 fails, nothing moves."""
+    release.deploy(pin="v1", slots={"blue": "v1", "green": "v2"})
+    endpoints.deploy_local_slot(release.settings, "green", release.catalog.get("v1"))
+    with pytest.raises(up.EngineFailed) as failed:
+        release.deploy(pin="v2")
+    message = str(failed.value)
+    green = endpoints.endpoint_name(release.settings, "green")
+    assert f"endpoint {green} serves v1" in message and "nothing was switched" in message, message
+    assert "\n" not in message
+    assert alias_targets(opensearch, release.settings) == [f"{release.unique}-v1"]
+    assert pointer_version(release.settings) == "v1"
+
+
 def test_destroy_keeps_the_live_the_standby_and_a_retained_index_and_says_why(release, opensearch):
     release.deploy(pin="v2", slots={"blue": "v1", "green": "v2"}, retain=["v3"])
     result = release.stack().destroy(on_output=release.output.append, color="never")
