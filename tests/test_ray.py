@@ -31,16 +31,20 @@ def ray_runtime(servers):
     """ONE local Ray runtime per session (2 CPUs, small object store), shared by every Ray test."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            object_store_memory=256 * 1024**2,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="WARNING",
-            runtime_env={
-                "env_vars": {k: os.environ[k] for k in ("OPENSEARCH_URL", "AWS_ENDPOINT_URL") if k in os.environ}
-            },
+    from lockstep.ops.backfill import ray_pipeline
+
+    if not ray.is_initialized():  # through the engine's start: a raylet too slow to start is one line
+        ray_pipeline.start(
+            {
+                "num_cpus": 2,
+                "object_store_memory": 256 * 1024**2,
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": "WARNING",
+                "runtime_env": {
+                    "env_vars": {k: os.environ[k] for k in ("OPENSEARCH_URL", "AWS_ENDPOINT_URL") if k in os.environ}
+                },
+            }
         )
     yield ray
     ray.shutdown()

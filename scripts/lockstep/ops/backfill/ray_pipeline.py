@@ -33,7 +33,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from lockstep.config import CatalogEntry, StackSettings
-from lockstep.errors import GuardRefused, LockstepError, UsageError
+from lockstep.errors import GuardRefused, LockstepError, Unreachable, UsageError
 from lockstep.ops import artifacts, clients, reembed
 from lockstep.ops.backfill import core
 from lockstep.ops.corpus import Document
@@ -74,9 +74,24 @@ def runtime(settings: StackSettings, progress: bool):
         options: dict[str, Any] = {"log_to_driver": progress, "logging_level": logging.WARNING}
         if not os.environ.get("RAY_ADDRESS"):  # a new local runtime (a job's or a cluster's has its own)
             options.update(include_dashboard=False, runtime_env={"env_vars": worker_env(settings)})
-        ray.init(**options)
+        start(options)
         atexit.register(ray.shutdown)
     yield ray
+
+
+def start(options: dict[str, Any]) -> None:
+    """ray.init; one line when the new node's raylet misses Ray's fixed 30-s startup window (a
+    heavily loaded machine: seen at load average ~25 on 2 cores) instead of Ray's traceback."""
+    try:
+        ray.init(**options)
+    except Exception as exc:  # noqa: BLE001 — Ray raises a bare Exception for this
+        if "timed out during startup" not in str(exc):
+            raise
+        ray.shutdown()
+        raise Unreachable(
+            "a local Ray runtime did not start within Ray's 30 s raylet window (the machine is overloaded); "
+            "retry, or set backfill.engine: local"
+        ) from None
 
 
 def s3_filesystem(settings: StackSettings):
