@@ -50,12 +50,14 @@ from boto3.dynamodb.types import TypeSerializer
 from lockstep import config
 from lockstep.config import DerivedStore, StackSettings
 from lockstep.errors import GuardRefused, LockstepError, UsageError
-from lockstep.ops import clients, index, progress
+from lockstep.ops import clients, index
 from lockstep.ops import derived as store_ops
 from lockstep.ops.corpus import Document, content_sha256
+from lockstep.ops.progress import batched
 
 DEFAULT_TTL = 2.0
 BATCH = 99  # TransactWriteItems takes 100 items: the fence's ConditionCheck and 99 records
+VERIFY_BATCH = 200  # `verify`: 8 BatchWriteItems of 25 per fence read (and at most this many undone)
 ATTEMPTS = 4  # transactions cancelled by a conflict or throttling are retried this often
 # Cancellation reasons worth a retry ("None": an item that did not cause the cancellation).
 RETRYABLE = frozenset({"None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
@@ -124,6 +126,7 @@ class Writer:
         self.settings, self.store, self.version = settings, found[0], version
         self.pointer = PointerCache(settings, ttl, clock)
         self.dynamodb = store_ops.dynamodb(settings)
+        self.batch = BATCH if self.store.writer_guard == "transaction" else VERIFY_BATCH
 
     @property
     def policy(self) -> str:
@@ -139,9 +142,9 @@ class Writer:
         return "quarantined" if result.quarantined else "written"
 
     def put_many(self, records: Iterable[Record]) -> WriteResult:
-        """Write records in batches of BATCH, each one transaction conditional on the fence."""
+        """Write records in batches of `self.batch`, each guarded by the fence as one."""
         result = WriteResult()
-        for batch in progress.batched(list(records), BATCH):
+        for batch in batched(list(records), self.batch):
             if any(record.doc_id == store_ops.FENCE_KEY for record in batch):
                 raise UsageError(f"doc_id {store_ops.FENCE_KEY!r} is reserved for lockstep's fence item; rename it")
             quarantined_for = self._write(batch)
@@ -191,8 +194,7 @@ class Writer:
         the fence no longer backs the decision, exactly this batch (its stamp) is undone — deleted,
         or on a `quarantine` store marked quarantined as the transaction would have written it.
         Returns (kept?, the version it is kept quarantined for or None, the fence as read).
-        The one window: a writer that dies between its write and its read leaves its batch, stamped
-        with its version — the check's derived row counts it and the repair fixes it."""
+        (Its one window, a writer dying between write and read: the module's docstring.)"""
         stamp = datetime.now(UTC).isoformat(timespec="microseconds")
         store_ops._batch_put(self.dynamodb, self.store.table, [self._item(r, stamp, quarantined_for) for r in batch])
         live = store_ops.read_fence(self.dynamodb, self.store.table)
@@ -320,9 +322,11 @@ def write_related(
         guarded = Writer(settings, store.name, version, ttl=ttl)
         pacer = store_ops.Pacer(store.write_rate)
         with store_ops._progress(progress, f"related {version} → {store.table}", len(ids), pacer) as advance:
-            for batch in progress.batched(ids, store_ops.BATCH):
-                with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
-                    lists = [r for r in store_ops.related(search, name, batch, store.k).values() if r]
+            for chunk in batched(ids, guarded.batch):  # one guarded batch per chunk
+                lists = []
+                for batch in batched(chunk, store_ops.BATCH):
+                    with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
+                        lists += [r for r in store_ops.related(search, name, batch, store.k).values() if r]
                 done = guarded.put_many(_records(lists, store))
                 total.written, total.quarantined = total.written + done.written, total.quarantined + done.quarantined
                 pacer.wrote(len(lists))
