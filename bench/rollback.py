@@ -21,9 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from lockstep import config, orchestrator, runtime, services, stackfile
-from lockstep.ops import artifacts, clients, endpoints, progress
+from lockstep.ops import artifacts, clients, endpoints
 from lockstep.ops.backfill.local import sync_documents
 from lockstep.ops.corpus import stdlib_documents
+from lockstep.ops.progress import batched
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -102,7 +103,7 @@ def throughput(size: int, root: Path, catalog) -> dict:
     artifacts.publish_artifact(s3, settings, entry)
     embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
     started = time.perf_counter()
-    for batch in progress.batched(documents, settings.backfill.batch_size):
+    for batch in batched(documents, settings.backfill.batch_size):
         embedder.encode([d.text for d in batch])
     encode = time.perf_counter() - started
     client = clients.opensearch(settings.opensearch)

@@ -32,8 +32,9 @@ from opensearchpy.helpers import scan
 
 from lockstep.config import Catalog, DerivedStore, StackSettings
 from lockstep.errors import UsageError
-from lockstep.ops import clients, progress
+from lockstep.ops import clients
 from lockstep.ops.corpus import Document
+from lockstep.ops.progress import batched, progress_bar
 from lockstep.state import StoreCounts
 
 KEY = "doc_id"
@@ -202,7 +203,7 @@ def related(client: OpenSearch, index_name: str, ids: Sequence[str], k: int) -> 
     """Each document's k nearest other documents in `index_name`, by its own stored vector
     (one mget and one msearch per batch). None: the document is not in the index."""
     found: dict[str, Related | None] = {}
-    for batch in progress.batched(list(ids), BATCH):
+    for batch in batched(list(ids), BATCH):
         docs = client.mget(
             index=index_name, body={"ids": list(batch)}, _source_includes=["embedding", "content_sha256"]
         )["docs"]
@@ -269,7 +270,7 @@ class Pacer:
 @contextmanager
 def _progress(enabled: bool, description: str, total: int, pacer: Pacer) -> Iterator[Callable[[int], None]]:
     """reembed's progress bar with one task; yields advance(n)."""
-    with progress.progress_bar(enabled and total > 0) as bar:
+    with progress_bar(enabled and total > 0) as bar:
         task = bar.add_task(description, total=total, rate="") if bar else None
 
         def advance(n: int) -> None:
@@ -315,11 +316,11 @@ def write_related(
     for target in stores:
         pacer = Pacer(target.write_rate)
         with _progress(progress, f"related {version} → {target.table}", len(ids), pacer) as advance:
-            for batch in progress.batched(ids, BATCH):
+            for batch in batched(ids, BATCH):
                 with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
                     lists = [r for r in related(search, index_name, batch, target.k).values() if r]
                 with reaching_dynamodb(settings):
-                    for chunk in progress.batched(lists, 25):
+                    for chunk in batched(lists, 25):
                         _batch_put(client, target.table, [_item(version, r, target.k) for r in chunk])
                         pacer.wrote(len(chunk))
                         advance(len(chunk))
@@ -431,7 +432,7 @@ def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progr
     index_name = settings.opensearch.index_name(pin)
     pacer = Pacer(store.write_rate)
     with _progress(progress, f"{store.repair} {store.name} → {pin}", len(todo), pacer) as advance:
-        for batch in progress.batched(todo, BATCH):
+        for batch in batched(todo, BATCH):
             fresh = {}
             if store.repair == "recompute":
                 with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):

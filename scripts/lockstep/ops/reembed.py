@@ -20,8 +20,9 @@ from opensearchpy.helpers import parallel_bulk, streaming_bulk
 
 from lockstep.errors import GuardRefused
 from lockstep.models import Embedder
-from lockstep.ops import index, progress
+from lockstep.ops import index
 from lockstep.ops.corpus import Document
+from lockstep.ops.progress import batched
 
 BULK_RETRIES = 8
 
@@ -106,7 +107,7 @@ def index_actions(
     documents: Sequence[Document], embedder: Embedder, index_name: str, batch_size: int
 ) -> Iterator[dict]:
     """Bulk `index` actions, each document stamped with its version and content hash."""
-    for batch in progress.batched(documents, batch_size):
+    for batch in batched(documents, batch_size):
         vectors = embedder.encode([doc.text for doc in batch])
         for doc, vector in zip(batch, vectors):
             yield {

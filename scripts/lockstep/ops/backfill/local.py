@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 from opensearchpy import OpenSearch
 
 from lockstep.config import CatalogEntry, StackSettings
-from lockstep.ops import artifacts, clients, progress, reembed
+from lockstep.ops import artifacts, clients, reembed
 from lockstep.ops.backfill import core
 from lockstep.ops.corpus import Document
+from lockstep.ops.progress import progress_bar
 
 if TYPE_CHECKING:  # the model families' module (loaded through artifacts at run time)
     from lockstep.models import Embedder
@@ -36,7 +37,7 @@ class LocalEngine:
     def load(self, index_name: str, todo: list[str]) -> int:
         by_id = {doc.id: doc for doc in self.documents}
         started = time.monotonic()
-        with progress.progress_bar(self.progress) as bar:
+        with progress_bar(self.progress) as bar:
             task = (
                 bar.add_task(f"embed {self.embedder.version} → {index_name}", total=len(todo), rate="") if bar else None
             )
