@@ -208,6 +208,7 @@ class ModelRelease(pulumi.ComponentResource):
 
         child = pulumi.ResourceOptions(parent=self)
         # The leaves: AWS resources, or lockstep's own against the embedded servers (same shapes).
+        self.artifacts: EmbeddedArtifactStore | ArtifactStore
         if settings.embedded:
             self.artifacts = EmbeddedArtifactStore(f"{name}-artifacts", settings, list(entries.values()), child)
         else:
@@ -264,7 +265,7 @@ class ModelRelease(pulumi.ComponentResource):
         ]
         # Runs in the provider, in-process; any change of what is live re-runs it (every cutover
         # changes switched_at; a redeployed live slot changes its revision).
-        revision = live.revision if settings.embedded else live.config.name
+        revision = live.revision if isinstance(live, EmbeddedEndpointSlot) else live.config.name
         self.check = Check(
             f"{name}-check",
             CheckArgs(

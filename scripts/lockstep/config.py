@@ -559,11 +559,11 @@ def validate_catalog(data: Any, where: str) -> Catalog:
     except ValidationError as exc:
         loc = exc.errors()[0]["loc"]
         names = data.get("versions") if isinstance(data, dict) else None
-        by_position = len(loc) >= 2 and loc[0] == "versions" and isinstance(loc[1], int)
-        if by_position and isinstance(names, dict) and loc[1] < len(names):
+        position = loc[1] if len(loc) >= 2 and loc[0] == "versions" else None
+        if isinstance(position, int) and isinstance(names, dict) and position < len(names):
             rest = ".".join(str(p) for p in loc[2:])
             detail = describe_validation_error(exc).split(": ", 1)[-1]
-            raise ConfigError(f"{where}versions.{list(names)[loc[1]]}.{rest}: {detail}") from None
+            raise ConfigError(f"{where}versions.{list(names)[position]}.{rest}: {detail}") from None
         raise ConfigError(f"{where}{describe_validation_error(exc)}") from None
 
 

@@ -27,6 +27,7 @@ from rich.table import Table
 from lockstep import config, models, orchestrator, report, services, stackfile
 from lockstep.models import builds
 from lockstep.ops import artifacts, check, clients, corpus, derived, endpoints
+from lockstep.ops.check import CheckRecord  # by name: the method Drill.check shadows the module in the class body
 from lockstep.ops.corpus import Document, stdlib_documents
 from lockstep.plan import TIMED
 
@@ -199,7 +200,7 @@ class Drill:
         check.store(record, self.settings())
         self.record_check(act, record)
 
-    def record_check(self, act: Act, record: check.CheckRecord | None) -> None:
+    def record_check(self, act: Act, record: CheckRecord | None) -> None:
         if record is None:
             act.check_passed = False
             return
@@ -282,7 +283,8 @@ class Drill:
         store = settings.derived[0]
         records = derived.read_records(settings, store)
         client = clients.opensearch(settings.opensearch)
-        fresh = derived.related(client, settings.opensearch.index_name(answering), list(records), store.k)
+        found = derived.related(client, settings.opensearch.index_name(answering), list(records), store.k)
+        fresh = {i: related for i, related in found.items() if related is not None}
         shared = [
             len(set(r["neighbours"]) & set(fresh[i].neighbours)) / store.k for i, r in records.items() if fresh.get(i)
         ]

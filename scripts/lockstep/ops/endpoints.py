@@ -220,7 +220,7 @@ class SageMakerEndpoint(EndpointClient):
     def _describe(self) -> dict:
         endpoint = self._call("sagemaker", "describe_endpoint", EndpointName=self.name)
         config = self._call("sagemaker", "describe_endpoint_config", EndpointConfigName=endpoint["EndpointConfigName"])
-        urls = set()
+        urls: set[str] = set()
         for variant in config["ProductionVariants"]:
             model = self._call("sagemaker", "describe_model", ModelName=variant["ModelName"])
             containers = [model["PrimaryContainer"]] if model.get("PrimaryContainer") else model.get("Containers", [])
