@@ -10,10 +10,11 @@ import pulumi
 import pulumi_aws as aws
 
 from lockstep import runtime
-from lockstep.config import CatalogEntry
+from lockstep.config import CatalogEntry, StackSettings
 from lockstep.errors import IntegrityError
 from lockstep.models import builds, sha256_of
-from lockstep.ops.artifacts import deny_insecure_transport_policy
+from lockstep.ops import clients
+from lockstep.ops.artifacts import deny_insecure_transport_policy, published_version
 
 
 def artifact_file(entry: CatalogEntry, cache_dir: Path | None = None) -> Path:
@@ -34,11 +35,20 @@ def artifact_file(entry: CatalogEntry, cache_dir: Path | None = None) -> Path:
     return path
 
 
+def stored_versions(settings: StackSettings, entries: list[CatalogEntry]) -> frozenset[str]:
+    """Versions whose object is already at its content-addressed key with the catalog's sha256
+    (retained when the version left the stack, or published earlier): read by ops, not the program."""
+    s3 = clients.aws_for(settings, "s3")
+    return frozenset(e.version for e in entries if published_version(s3, settings.artifacts.bucket, e) is not None)
+
+
 @dataclass
 class ArtifactStoreArgs:
     bucket: str
     entries: list[CatalogEntry]
     cache_dir: Path | None = None
+    stored: frozenset[str] = frozenset()
+    """Versions whose object is already in the bucket (`stored_versions`): adopted, never rebuilt."""
 
 
 class ArtifactStore(pulumi.ComponentResource):
@@ -93,27 +103,38 @@ class ArtifactStore(pulumi.ComponentResource):
 
         # Objects wait for the bucket's posture so no version is ever written unencrypted or unversioned.
         posture = [versioning, encryption, public_access, ownership, policy]
-        self.objects = {
-            entry.version: aws.s3.BucketObjectv2(
-                f"{name}-{entry.version}",
-                bucket=bucket.id,
-                key=entry.artifact_key,
-                source=pulumi.FileAsset(str(artifact_file(entry, args.cache_dir))),
-                checksum_algorithm="SHA256",
-                content_type="application/gzip",
-                # The same metadata lockstep.ops.artifacts.publish_artifact writes and verifies.
-                metadata={"sha256": entry.artifact_sha256, "model-version": entry.version},
-                # Content-addressed, so immutable: a version leaving the stack must not take its
-                # artifact with it (deleting an object removes all of its versions), or rolling back
-                # to it would depend on rebuilding the exact bytes.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=posture, retain_on_delete=True),
-            )
-            for entry in args.entries
-        }
+        self.objects = {entry.version: self._object(name, args, entry, bucket, posture) for entry in args.entries}
         self.bucket = bucket.bucket
         self.register_outputs(
             {
                 "bucket": self.bucket,
                 "keys": {version: obj.key for version, obj in self.objects.items()},
             }
+        )
+
+    def _object(
+        self, name: str, args: ArtifactStoreArgs, entry: CatalogEntry, bucket: aws.s3.Bucket, posture: list
+    ) -> aws.s3.BucketObjectv2:
+        """The version's object. Content-addressed, so immutable: retained on delete (deleting an object
+        removes all of its versions), and one already at its key is imported as it is, so a rollback to a
+        dropped version never depends on rebuilding its bytes. `source` and `checksumAlgorithm` (which a
+        read of the object may not return) are ignored once it exists: the key fixes the bytes. A version
+        Pulumi uploaded itself is imported once on the next update (state only: its delete is retained)."""
+        stored = entry.version in args.stored
+        return aws.s3.BucketObjectv2(
+            f"{name}-{entry.version}",
+            bucket=bucket.id,
+            key=entry.artifact_key,
+            source=None if stored else pulumi.FileAsset(str(artifact_file(entry, args.cache_dir))),
+            checksum_algorithm="SHA256",
+            content_type="application/gzip",
+            # The same metadata lockstep.ops.artifacts.publish_artifact writes and verifies.
+            metadata={"sha256": entry.artifact_sha256, "model-version": entry.version},
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=posture,
+                retain_on_delete=True,
+                import_=f"{args.bucket}/{entry.artifact_key}" if stored else None,
+                ignore_changes=["source", "checksumAlgorithm"],
+            ),
         )

@@ -8,12 +8,16 @@ protect) are recorded from the request the SDK sends to the monitor.
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from pulumi.runtime import mocks as sdk_mocks
 
+from components import artifact_store
 from lockstep import config
 from lockstep.errors import ConfigError
+from lockstep.ops import artifacts as ops_artifacts
+from lockstep.ops import clients
 from lockstep.ops import endpoints as ops_endpoints
 from tests.test_program import changed_resources, dev_values, evaluate, with_values
 
@@ -35,6 +39,7 @@ def options(monkeypatch) -> dict[str, dict]:
             "retain_on_delete": request.retainOnDelete,
             "protect": request.protect,
             "timeouts": (timeouts.create, timeouts.update, timeouts.delete),
+            "import_id": request.importId,
         }
         return register(self, request)
 
@@ -166,6 +171,28 @@ def test_artifact_objects_are_retained_on_delete(options):
     # v3 left the program: the engine deletes it, and retainOnDelete makes that delete leave the object.
     assert "lockstep-artifacts-v3" not in after.resources
     assert all(options[name]["retain_on_delete"] for name in after.of_type(OBJECT))
+
+
+def test_a_dropped_version_pinned_again_adopts_its_retained_object_without_a_local_build(options, monkeypatch):
+    """Defect 7's second half: v3 left the stack (its object retained in S3, on moto here) and comes back.
+    The program adopts the object at its content-addressed key (an import, no source) instead of
+    declaring a local build as its source; a version whose object is absent is still uploaded."""
+    bucket = f"lockstep-retained-{uuid.uuid4().hex[:8]}"
+    catalog = config.load_catalog()
+    s3 = clients.aws("s3", dev_values()["aws:region"], embedded=False)
+    ops_artifacts.ensure_bucket(s3, bucket)
+    ops_artifacts.upload_artifact(s3, bucket, catalog.get("v3"), ops_artifacts.verified_build(catalog.get("v3")))
+    built: list[str] = []
+    real_artifact_file = artifact_store.artifact_file
+    monkeypatch.setattr(
+        artifact_store, "artifact_file", lambda entry, *a: built.append(entry.version) or real_artifact_file(entry, *a)
+    )
+
+    run = evaluate(with_values(pin="v3", slots={"blue": "v3", "green": "v2"}, retain=[], artifacts={"bucket": bucket}))
+    assert "source" not in run.inputs("lockstep-artifacts-v3")
+    assert options["lockstep-artifacts-v3"]["import_id"] == f"{bucket}/{catalog.get('v3').artifact_key}"
+    assert built == ["v2"]  # only the version whose object is absent depends on a build
+    assert "source" in run.inputs("lockstep-artifacts-v2") and not options["lockstep-artifacts-v2"]["import_id"]
 
 
 # ---------------------------------------- defect 8: a slot's role may read both of its versions
