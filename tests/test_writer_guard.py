@@ -70,11 +70,12 @@ def fences(settings) -> dict[str, str | None]:
 
 
 def batch_writes(monkeypatch) -> list[list[str]]:
-    """The doc_ids of each BatchWriteItem batch the guarded writer sends from now on."""
+    """The doc_ids of each BatchWriteItem the guarded writer sends from now on (at most 25 each)."""
     sent: list[list[str]] = []
     real = derived._batch_put
 
     def spy(client, table, items):
+        assert len(items) <= 25, "DynamoDB refuses a BatchWriteItem of more than 25 items"
         sent.append([i[derived.KEY]["S"] for i in items])
         real(client, table, items)
 
@@ -125,7 +126,7 @@ def test_a_worker_of_the_rolled_back_version_is_stopped_on_its_first_write_with_
 
 
 @pytest.mark.parametrize("stack", MODES, indirect=True)
-def test_a_live_version_worker_is_never_refused_even_with_a_cache_naming_another_version(stack, catalog):
+def test_a_live_version_worker_is_never_refused_even_with_a_cache_naming_another_version(stack, catalog, monkeypatch):
     stacks, name, apply = stack
     settings = config.load_stack(name, stacks)
     clock = Clock()
@@ -135,7 +136,9 @@ def test_a_live_version_worker_is_never_refused_even_with_a_cache_naming_another
 
     ids = sorted(index.doc_hashes(clients.opensearch(), settings.opensearch.index_name("v2")))
     many = [application.Record(i, "ab" * 32, {"neighbours": [], "k": 0}) for i in ids[:SIZE]]
-    assert live.put_many(many).written == SIZE  # more than one record per transaction
+    sent = batch_writes(monkeypatch)
+    assert live.put_many(many).written == SIZE  # more than one record per transaction / per BatchWriteItem
+    assert [len(b) for b in sent] == ([25, SIZE - 25] if live.store.writer_guard == "verify" else [])
 
     assert apply("v1").passed
     settings = config.load_stack(name, stacks)

@@ -57,6 +57,7 @@ from lockstep.ops.progress import batched
 
 DEFAULT_TTL = 2.0
 BATCH = 99  # TransactWriteItems takes 100 items: the fence's ConditionCheck and 99 records
+WRITE_BATCH = 25  # BatchWriteItem's limit (moto does not enforce it; DynamoDB does)
 VERIFY_BATCH = 200  # `verify`: 8 BatchWriteItems of 25 per fence read (and at most this many undone)
 ATTEMPTS = 4  # transactions cancelled by a conflict or throttling are retried this often
 # Cancellation reasons worth a retry ("None": an item that did not cause the cancellation).
@@ -196,7 +197,8 @@ class Writer:
         Returns (kept?, the version it is kept quarantined for or None, the fence as read).
         (Its one window, a writer dying between write and read: the module's docstring.)"""
         stamp = datetime.now(UTC).isoformat(timespec="microseconds")
-        store_ops._batch_put(self.dynamodb, self.store.table, [self._item(r, stamp, quarantined_for) for r in batch])
+        for part in batched([self._item(r, stamp, quarantined_for) for r in batch], WRITE_BATCH):
+            store_ops._batch_put(self.dynamodb, self.store.table, list(part))
         live = store_ops.read_fence(self.dynamodb, self.store.table)
         if live is not None and (live[0] == self.version) == (quarantined_for is None):
             return True, quarantined_for, live  # the fence still backs the decision: kept
