@@ -195,6 +195,26 @@ def test_a_contaminated_index_fails_the_check_resource_and_a_backfill_lets_up_co
     assert record["passed"] and record["pin"] == "v2"
 
 
+def test_auto_revert_under_lockstep_up_runs_a_second_up_back_to_the_verified_standby(release, opensearch):
+    release.deploy(pin="v1", slots={"blue": "v1", "green": "v2"}, autoRevert=True)  # v1's check passes
+    live, standby = f"{release.unique}-v1", f"{release.unique}-v2"
+    hits = opensearch.search(index=live, body={"size": SIZE, "query": {"match_all": {}}})["hits"]["hits"]
+    for hit in hits:  # v1's vectors stamped v2 in v2's index: only the check's probes can tell
+        opensearch.index(index=standby, id=hit["_id"], body={**hit["_source"], "model_version": "v2"})
+    opensearch.indices.refresh(index=standby)
+    release.configure(pin="v2", slots={"blue": "v1", "green": "v2"}, autoRevert=True)
+
+    result = release.lockstep("up", "--stack", release.unique)
+    assert result.exit_code == 1, result.output
+    assert "autoRevert: the check of v2 failed (reembed-probe" in result.output, result.output
+    assert "Flipped back to v1" in result.output and "its check passed" in result.output, result.output
+    assert f"`lockstep pin --stack {release.unique} v1`" in result.output, result.output
+    assert alias_targets(opensearch, release.settings) == [live] and pointer_version(release.settings) == "v1"
+    record = json.loads(release.stack().outputs()["checkRecord"].value)
+    assert record["passed"] and record["pin"] == "v1"
+    assert "pin: v2" in (release.stacks / f"Pulumi.{release.unique}.yaml").read_text()  # the file is not edited
+
+
 def test_refresh_shows_an_alias_moved_by_hand_as_drift_on_the_cutover_and_up_restores_it(release, opensearch):
     release.deploy(pin="v1", slots={"blue": "v1", "green": "v2"})
     alias, live, standby = release.settings.opensearch.alias_name, f"{release.unique}-v1", f"{release.unique}-v2"

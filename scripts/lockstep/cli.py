@@ -313,7 +313,19 @@ def up_command(stack: str, preview: bool) -> None:
     from lockstep import up
 
     settings, catalog = stack_settings(stack)
-    steps = up.run(settings, catalog, preview=preview, say=lambda line: click.echo(line.rstrip("\n")))
+
+    def say(line: str) -> None:
+        click.echo(line.rstrip("\n"))
+
+    try:
+        steps = up.run(settings, catalog, preview=preview, say=say)
+    except up.EngineFailed as failed:
+        revert = None if preview or not settings.auto_revert else up.revert_after_failed_check(settings, catalog, say)
+        if revert is None:
+            raise
+        click.echo(f"lockstep: {failed}", err=True)
+        click.echo(revert.summary())
+        sys.exit(1)  # autoRevert: the update failed whatever the revert did
     kinds = steps.classify()
     click.echo(f"{stack}: index {kinds['index_action']}, endpoints {kinds['endpoint_action']}")
 

@@ -458,6 +458,7 @@ class Revert:
     to_version: str | None = None  # None: not reverted (see why)
     why: str = ""
     record: check.CheckRecord | None = None
+    command: str = "apply"  # what deploys the stack file again: apply or up
 
     def summary(self) -> str:
         """One screen: what failed, what autoRevert did, where things are, what to do."""
@@ -470,24 +471,23 @@ class Revert:
             lines.append(f"Flipped back to {self.to_version} ({self.why}); its check {outcome}.")
             lines.append(
                 f"Live is {self.to_version}; stacks/Pulumi.{self.stack}.yaml still pins {self.failed.pin}: fix "
-                f"{self.failed.pin} and apply again, or `lockstep pin --stack {self.stack} {self.to_version}`."
+                f"{self.failed.pin} and `lockstep {self.command}` again, or make the revert permanent: "
+                f"`lockstep pin --stack {self.stack} {self.to_version}`."
             )
         lines.append("Both check records are stored (what `lockstep promote` reads).")
         return "\n".join(lines)
 
 
-def auto_revert(env: Environment, catalog: Catalog, corpus: Corpus, failed: check.CheckRecord) -> Revert:
-    """autoRevert: flip back to the last version whose check passed, only when it is the warm
-    standby (its slot serves it) and its index is synced with the corpus, then check again; both
-    records are stored. Never reverts into an index that lags the corpus."""
+def revert_target(env: Environment, catalog: Catalog, corpus: Corpus, failed: check.CheckRecord) -> Revert:
+    """autoRevert's decision, shared by `lockstep apply` and `lockstep up`: the last version whose
+    check passed, only when it is the warm standby (its slot serves it) and its index is synced
+    with the corpus (`to_version` set), else why not. Never reverts into an index that lags the corpus."""
     settings = env.settings
     revert = Revert(settings.stack, failed)
     target = next((v for v in promote.passed_newest_first(settings) if v != failed.pin), None)
     if target is None or target != settings.standby:
         revert.why = f"the last version whose check passed ({target or 'none'}) is not the standby {settings.standby}"
         return revert
-    back = settings.with_pin(target)
-    entry = catalog.get(target)
     with env.reach_opensearch():
         state = index.inventory(env.opensearch, env.ssm, settings, catalog).indices.get(target)
         synced = state is not None and (
@@ -497,10 +497,21 @@ def auto_revert(env: Environment, catalog: Catalog, corpus: Corpus, failed: chec
     if not synced:
         revert.why = f"the index of {target} is not synced with the corpus"
         return revert
+    revert.to_version, revert.why = target, f"the {settings.with_pin(target).live_slot} standby, index synced"
+    return revert
+
+
+def auto_revert(env: Environment, catalog: Catalog, corpus: Corpus, failed: check.CheckRecord) -> Revert:
+    """autoRevert under `lockstep apply`: flip back to `revert_target`'s version, then check again;
+    both records are stored."""
+    revert = revert_target(env, catalog, corpus, failed)
+    if revert.to_version is None:
+        return revert
+    back = env.settings.with_pin(revert.to_version)
+    entry = catalog.get(revert.to_version)
     endpoint = endpoints.require_serving(back, back.live_slot, entry)
     with env.reach_opensearch(), env.reach_aws():
         index.cutover(env.opensearch, env.ssm, back, entry, endpoint)
-    revert.to_version, revert.why = target, f"the {back.live_slot} standby, index synced"
     revert.record = check.run(back, catalog)
     check.store(revert.record, back)
     return revert

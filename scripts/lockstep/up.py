@@ -167,3 +167,33 @@ def run(
         lines = [line for line in error_lines(exc) if "lockstep" in line] or error_lines(exc)
         raise EngineFailed("; ".join(lines)) from None
     return steps
+
+
+def revert_after_failed_check(
+    settings: StackSettings,
+    catalog: Catalog,
+    say: Callable[[str], None] = print,
+    backend: Path | None = None,
+):
+    """autoRevert under `lockstep up`: after an update whose Check failed, a second update with the pin
+    moved to `orchestrator.revert_target`'s version (the inline program's settings; the stack file is
+    not edited). None when the update failed for another reason (no failed check record of the pin)."""
+    from lockstep import orchestrator
+    from lockstep.ops import check
+
+    failed = check.latest(settings)
+    if failed is None or failed.passed or failed.pin != settings.pin:
+        return None
+    env = orchestrator.Environment(settings)
+    revert = orchestrator.revert_target(env, catalog, orchestrator.Corpus(env), failed)
+    revert.command = "up"
+    if revert.to_version is None:
+        return revert
+    back = settings.with_pin(revert.to_version)
+    try:
+        run(back, catalog, say=say, backend=backend)
+    except EngineFailed as exc:
+        revert.why += f"; the second update failed: {exc}"
+    latest = check.latest(back)
+    revert.record = latest if latest is not None and latest.pin == back.pin else None
+    return revert
