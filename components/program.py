@@ -32,7 +32,8 @@ def _is_text(annotation: Any) -> bool:
 
 
 def read_values(config: pulumi.Config) -> dict[str, Any]:
-    """Every `lockstep:<key>` StackSettings knows, by its camelCase name; `aws:region` as the region fallback."""
+    """Every `lockstep:<key>` StackSettings knows, by its camelCase name; `aws:region` as the region fallback,
+    `aws:profile` as the providers' AWS profile."""
     values: dict[str, Any] = {}
     for name, field in StackSettings.model_fields.items():
         if name == "stack":
@@ -48,6 +49,8 @@ def read_values(config: pulumi.Config) -> dict[str, Any]:
             values[key] = value
     if region := pulumi.Config("aws").get("region"):
         values["region"] = one_region(values.get("region"), region)
+    if profile := pulumi.Config("aws").get("profile"):
+        values["awsProfile"] = profile
     return values
 
 

@@ -237,8 +237,10 @@ class ModelReleaseArgs(TypedDict):
     """SSM parameter of the live pointer (default /<namePrefix>/<stack>/live)."""
     name_prefix: NotRequired[str]
     """First part of the endpoint names (<namePrefix>-<stack>-<slot>) and of the live pointer (default: the Pulumi project's name)."""
+    aws_profile: NotRequired[str]
+    """AWS profile of the boto3 sessions lockstep's own resources use (the program passes `aws:profile`); default: boto3's chain."""
     auto_revert: NotRequired[bool]
-    """`lockstep apply` only: flip back to the last version whose check passed when the post-deploy check fails."""
+    """`lockstep apply` and `lockstep up` (not a plain `pulumi up`): flip back to the last version whose check passed when the post-deploy check fails."""
     promoted_from: NotRequired[str]
     """Stack this pin was promoted from (recorded only)."""
     derived: NotRequired[list[DerivedRecordStore]]

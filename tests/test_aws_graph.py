@@ -240,6 +240,33 @@ def test_lockstep_region_and_aws_region_must_agree(tmp_path):
         evaluate(with_values(region="us-east-1"))
 
 
+def test_the_aws_profile_reaches_the_resources_and_their_boto3_sessions(monkeypatch):
+    """issue 18: the providers honour `aws:profile`, not only boto3's ambient chain."""
+    run = evaluate({**dev_values(), "aws:profile": "deployer"})
+    assert run.inputs("lockstep-cutover")["settings"]["awsProfile"] == "deployer"
+    document = {"config": {**dev_values(), "aws:profile": "deployer"}}  # the CLI reads the stack file alike
+    assert config.settings_from_document("dev", document, config.load_catalog(), "dev").aws_profile == "deployer"
+
+    made: list[dict] = []
+
+    class Session:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+        def client(self, service, **kwargs):
+            return (service, kwargs["region_name"], kwargs["endpoint_url"])
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # real AWS: no emulator's test credentials
+    monkeypatch.setattr(clients.boto3.session, "Session", Session)
+    clients._session_client.cache_clear()
+    try:
+        settings = settings_with().model_copy(update={"aws_profile": "deployer"})
+        assert clients.aws_for(settings, "ssm") == ("ssm", "eu-west-1", None)
+        assert made == [{"profile_name": "deployer"}]
+    finally:
+        clients._session_client.cache_clear()
+
+
 def test_sigv4_signs_in_the_stacks_region():
     settings = settings_with()
     assert settings.opensearch.auth == "sigv4" and settings.opensearch.region == settings.region == "eu-west-1"

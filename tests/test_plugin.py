@@ -116,6 +116,7 @@ EXPECTED_INPUTS = {
     "pointerParameter": ("string", False),
     "promotedFrom": ("string", False),
     "namePrefix": ("string", False),
+    "awsProfile": ("string", False),
     "autoRevert": ("boolean", False),
     "opensearchPassword": ("string", False),
 }

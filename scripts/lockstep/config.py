@@ -405,6 +405,8 @@ class StackSettings(Model):
     retain: tuple[str, ...] = ()
     promoted_from: str | None = None
     region: str = "us-east-1"
+    # The AWS profile the providers' boto3 sessions use (the stack's `aws:profile`); None: boto3's chain.
+    aws_profile: str | None = None
     artifacts: ArtifactSettings
     opensearch: OpenSearchSettings = OpenSearchSettings()
     corpus: CorpusSettings
@@ -416,7 +418,7 @@ class StackSettings(Model):
     # names never share one; default: the Pulumi project's name.
     name_prefix: str = PROJECT
     derived: tuple[DerivedStore, ...] = ()
-    # When the post-deploy check fails, `lockstep apply` flips back to the last version whose check passed.
+    # When the post-deploy check fails, `lockstep apply`/`lockstep up` flip back to the last version whose check passed.
     auto_revert: bool = False
 
     @model_validator(mode="before")
@@ -641,6 +643,8 @@ def settings_from_document(stack: str, data: Any, catalog: Catalog, path: str) -
             values[name] = value
     if (aws_region := config.get("aws:region")) is not None:
         values["region"] = one_region(values.get("region"), aws_region, path)
+    if (aws_profile := config.get("aws:profile")) is not None:
+        values["awsProfile"] = aws_profile
     try:
         return settings_from_config(stack, values, catalog)
     except ValidationError as exc:

@@ -189,16 +189,20 @@ def aws_endpoint(embedded: bool = True) -> str | None:
     return _require_url(endpoint, _aws_source()) if endpoint else None
 
 
-def _session(endpoint: str | None) -> boto3.session.Session:
-    kwargs = {}
-    if endpoint and not os.environ.get("AWS_ACCESS_KEY_ID"):
-        kwargs = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-    return boto3.session.Session(**kwargs)
+def _session(endpoint: str | None, profile: str | None = None) -> boto3.session.Session:
+    """Real AWS: the stack's profile (`aws:profile`) when it names one, else boto3's chain. An
+    endpoint override (an emulator) wins over the profile, with test credentials unless the
+    environment has some."""
+    if endpoint:
+        if os.environ.get("AWS_ACCESS_KEY_ID"):
+            return boto3.session.Session()
+        return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
 
 
 @lru_cache(maxsize=32)
-def _session_client(service: str, region: str, endpoint: str | None, key: str | None):
-    client = _session(endpoint).client(
+def _session_client(service: str, region: str, endpoint: str | None, key: str | None, profile: str | None = None):
+    client = _session(endpoint, profile).client(
         service,
         region_name=region,
         endpoint_url=endpoint,
@@ -252,14 +256,15 @@ def identify_aws(endpoint: str, region: str, source: str) -> None:
     )
 
 
-def aws(service: str, region: str | None = None, embedded: bool = True):
+def aws(service: str, region: str | None = None, embedded: bool = True, profile: str | None = None):
     region = region or _env("AWS_DEFAULT_REGION") or "us-east-1"
-    return _session_client(service, region, aws_endpoint(embedded), os.environ.get("AWS_ACCESS_KEY_ID"))
+    return _session_client(service, region, aws_endpoint(embedded), os.environ.get("AWS_ACCESS_KEY_ID"), profile)
 
 
 def aws_for(settings: StackSettings, service: str):
-    """A client for the stack: an AWS stack never falls back to the embedded moto server."""
-    return aws(service, settings.region, embedded=settings.embedded)
+    """A client for the stack, in its region and AWS profile: an AWS stack never falls back to the
+    embedded moto server."""
+    return aws(service, settings.region, embedded=settings.embedded, profile=settings.aws_profile)
 
 
 def redact(url: str) -> str:
