@@ -141,3 +141,13 @@ def test_pulumi_up_with_basic_auth_authenticates_every_resource_and_keeps_the_pa
     state = release.state_text()
     assert "opensearchPassword" in state and "ciphertext" in state
     assert password not in state
+
+
+def test_the_engine_and_its_plugins_never_inherit_the_password_in_plain_text(monkeypatch, tmp_path):
+    """`lockstep up` reads the password from its environment; the engine it starts (and the plugin the
+    engine starts) get the variable blanked: the password travels only as a secret input."""
+    password = f"pw-{uuid.uuid4().hex}"
+    monkeypatch.setenv(clients.PASSWORD_VARIABLE, password)
+    env = up.engine_env(up.the_engine(), tmp_path / "backend")
+    assert env[clients.PASSWORD_VARIABLE] == ""
+    assert all(password not in value for value in env.values())

@@ -17,6 +17,7 @@ from pathlib import Path
 from lockstep import engine, runtime
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import LockstepError, UsageError
+from lockstep.ops.clients import PASSWORD_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = ROOT / "components"
@@ -52,6 +53,9 @@ def engine_env(found: engine.Engine, backend: Path) -> dict[str, str]:
     # pulumi-resource-lockstep is found on PATH; plugins and credentials stay beside the backend.
     env["PATH"] = os.pathsep.join([str(PLUGIN_DIR), env["PATH"]])
     env["PULUMI_HOME"] = str(backend / ".pulumi-home")
+    # The engine and the plugins it starts inherit this process's environment: blank the password
+    # there, it reaches the resources only as a secret input (never plain text in a process's env).
+    env[PASSWORD_VARIABLE] = ""
     return env
 
 
@@ -65,8 +69,6 @@ def stack_for(settings: StackSettings, catalog: Catalog, backend: Path | None = 
     found = the_engine()
     password = None
     if settings.opensearch.auth == "basic":
-        from lockstep.ops.clients import PASSWORD_VARIABLE
-
         secret = os.environ.get(PASSWORD_VARIABLE)
         if not secret:
             raise UsageError(
