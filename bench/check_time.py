@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from lockstep import config, opensearch_node, orchestrator, runtime, services  # noqa: E402
-from lockstep.ops import artifacts, check, clients, endpoints, index  # noqa: E402
+from lockstep.ops import check, clients, corpus_store, endpoints, live_state  # noqa: E402
 from lockstep.ops.corpus import Document  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "check_time.json"
@@ -132,7 +132,7 @@ def measure(size: int, repeats: int, catalog: config.Catalog) -> dict:
     client = clients.opensearch(settings.opensearch)
     try:
         documents = synthetic_documents(size)
-        artifacts.ensure_corpus(s3, settings, documents)
+        corpus_store.ensure_corpus(s3, settings, documents)
         build_seconds, applied = timed(
             lambda: orchestrator.apply(settings, catalog, progress=False, say=lambda _: None)
         )
@@ -146,13 +146,13 @@ def measure(size: int, repeats: int, catalog: config.Catalog) -> dict:
             seconds, record = timed(lambda: check.run(settings, catalog))
             runs.append(seconds)
         live = endpoints.endpoint_for(settings, settings.live_slot)
-        golden = artifacts.read_golden(s3, settings)
+        golden = corpus_store.read_golden(s3, settings)
         alias, live_index = settings.opensearch.alias_name, settings.opensearch.index_name(settings.pin)
         parts = {
-            "read_corpus_from_s3": timed(lambda: {d.id: d.content_sha256 for d in artifacts.read_corpus(s3, settings)})[
-                0
-            ],
-            "count_by_model_version": timed(lambda: index.count_by_model_version(client, live_index))[0],
+            "read_corpus_from_s3": timed(
+                lambda: {d.id: d.content_sha256 for d in corpus_store.read_corpus(s3, settings)}
+            )[0],
+            "count_by_model_version": timed(lambda: live_state.count_by_model_version(client, live_index))[0],
             "count": timed(lambda: client.count(index=live_index))[0],
             "recall_probe": timed(lambda: check.recall_at_k(client, alias, live, golden, settings.check.k))[0],
         }

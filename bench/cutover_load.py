@@ -31,7 +31,7 @@ from opensearchpy import helpers  # noqa: E402
 
 from lockstep import config, services  # noqa: E402
 from lockstep.models import hashgram as model  # noqa: E402
-from lockstep.ops import clients, corpus  # noqa: E402
+from lockstep.ops import clients, corpus, live_state  # noqa: E402
 from lockstep.ops import index as ix  # noqa: E402
 
 VERSIONS = ("v1", "v2")  # same dimension, different spaces: the dangerous pair
@@ -128,8 +128,8 @@ class Readers:
         version_of = {self.settings.opensearch.index_name(v): v for v in VERSIONS}
         in_window = False
         while not self.stop.is_set():
-            targets = ix.alias_targets(client, self.settings.opensearch.alias_name)
-            pointer = ix.read_pointer(ssm, self.settings.pointer_name)
+            targets = live_state.alias_targets(client, self.settings.opensearch.alias_name)
+            pointer = live_state.read_pointer(ssm, self.settings.pointer_name)
             disagree = [version_of.get(t) for t in targets] != [pointer.version if pointer else None]
             self.samples += 1
             self.disagreeing += disagree
@@ -157,7 +157,7 @@ def run(rounds: int, docs: int, readers: int) -> dict:
     try:
         fill(client, settings, catalog, documents)
         endpoints = {v: f"lockstep-{settings.stack}-{settings.slots.slot_of(v)}" for v in VERSIONS}
-        ix.cutover(client, ssm, settings, catalog.get("v1"), endpoints["v1"])
+        live_state.cutover(client, ssm, settings, catalog.get("v1"), endpoints["v1"])
         query_vector = (
             model.load_artifact(model.build_artifact(model.SPECS["v1"])).encode([documents[0].text])[0].tolist()
         )
@@ -167,11 +167,11 @@ def run(rounds: int, docs: int, readers: int) -> dict:
             for round_ in range(rounds):
                 version = VERSIONS[(round_ + 1) % 2]
                 began = time.perf_counter()
-                ix.cutover(client, ssm, settings, catalog.get(version), endpoints[version])
+                live_state.cutover(client, ssm, settings, catalog.get(version), endpoints[version])
                 cutovers.append(time.perf_counter() - began)
             elapsed = time.perf_counter() - started
-        final_alias = ix.alias_targets(client, settings.opensearch.alias_name)
-        final_pointer = ix.read_pointer(ssm, settings.pointer_name)
+        final_alias = live_state.alias_targets(client, settings.opensearch.alias_name)
+        final_pointer = live_state.read_pointer(ssm, settings.pointer_name)
         return {
             "rounds": rounds,
             "elapsed": elapsed,

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from lockstep import config, services, stackfile  # noqa: E402
-from lockstep.ops import artifacts, clients, endpoints, index  # noqa: E402
+from lockstep.ops import artifacts, clients, corpus_store, endpoints, index, live_state  # noqa: E402
 from lockstep.ops.backfill import engine as backfill_engine  # noqa: E402
 from lockstep.ops.corpus import Document  # noqa: E402
 
@@ -121,11 +121,11 @@ def go_live_on_v1(settings: config.StackSettings, catalog: config.Catalog) -> No
     the sweep must never move."""
     s3 = clients.aws_for(settings, "s3")
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
-    artifacts.ensure_corpus(s3, settings)
+    corpus_store.ensure_corpus(s3, settings)
     entry = catalog.get("v1")
     artifacts.publish_artifact(s3, settings, entry)
     backfill_engine.sync_index(settings, entry, progress=False)
-    index.cutover(
+    live_state.cutover(
         clients.opensearch(settings.opensearch),
         clients.aws_for(settings, "ssm"),
         settings,
@@ -149,8 +149,8 @@ class LiveSampler:
         client = clients.opensearch(self.settings.opensearch)
         ssm = clients.aws_for(self.settings, "ssm")
         while not self.stop.is_set():
-            targets = index.alias_targets(client, self.settings.opensearch.alias_name)
-            pointer = index.read_pointer(ssm, self.settings.pointer_name)
+            targets = live_state.alias_targets(client, self.settings.opensearch.alias_name)
+            pointer = live_state.read_pointer(ssm, self.settings.pointer_name)
             seen = (targets, pointer.version if pointer else None)
             self.samples += 1
             if seen != self.expected and len(self.moved) < 50:
@@ -206,7 +206,7 @@ def finish(argv: list[str], env: dict) -> None:
 def edit_corpus(settings: config.StackSettings, rng: random.Random) -> list[Document]:
     """A catch-up's worth of change: ~40 % of texts changed, ~8 % deleted, ~8 % new."""
     s3 = clients.aws_for(settings, "s3")
-    documents = artifacts.read_corpus(s3, settings)
+    documents = corpus_store.read_corpus(s3, settings)
     edited = []
     for doc in documents:
         roll = rng.random()
@@ -217,7 +217,7 @@ def edit_corpus(settings: config.StackSettings, rng: random.Random) -> list[Docu
         Document(f"new-{n}", f"Newly arrived document {n}: {documents[n % len(documents)].text[:300]}")
         for n in range(max(1, len(documents) * 8 // 100))
     ]
-    artifacts.write_corpus(s3, settings, edited)
+    corpus_store.write_corpus(s3, settings, edited)
     return edited
 
 
@@ -250,7 +250,7 @@ def sweep(
     argv = backfill_argv(settings.stack)
     client = clients.opensearch(settings.opensearch)
     name = settings.opensearch.index_name(VERSION)
-    size = len(artifacts.read_corpus(clients.aws_for(settings, "s3"), settings))
+    size = len(corpus_store.read_corpus(clients.aws_for(settings, "s3"), settings))
     result = SweepResult()
     provision_points = max(1, (points * 3 + 1) // 5)
     boot = startup_seconds(env)
@@ -297,7 +297,7 @@ def verify(settings: config.StackSettings, client, documents: list[Document], re
     result.lost = sorted(set(truth) - set(stored))
     result.extra = sorted(set(stored) - set(truth))
     result.wrong_hash = sorted(i for i in set(truth) & set(stored) if stored[i] != truth[i])
-    result.versions = index.count_by_model_version(client, name)[1]
+    result.versions = live_state.count_by_model_version(client, name)[1]
     result.left_in_bulk_mode = index.in_bulk_mode(client, name)
 
 

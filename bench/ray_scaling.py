@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lockstep import config, services
-from lockstep.ops import artifacts, clients, index, reembed
+from lockstep.ops import artifacts, clients, corpus_store, index, reembed
 from lockstep.ops.backfill import engine as backfill_engine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ray_scaling.json"
@@ -97,9 +97,9 @@ def main() -> None:
     base = stack(name, args.docs, catalog)
     s3 = clients.aws_for(base, "s3")
     artifacts.ensure_bucket(s3, base.artifacts.bucket)
-    artifacts.ensure_corpus(s3, base)
+    corpus_store.ensure_corpus(s3, base)
     artifacts.publish_artifact(s3, base, entry)
-    documents = artifacts.read_corpus(s3, base)
+    documents = corpus_store.read_corpus(s3, base)
     print(f"{len(documents):,} documents, {os.cpu_count()} CPUs", flush=True)
 
     figures: dict = {

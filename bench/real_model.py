@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lockstep import config, orchestrator, runtime, services, stackfile
-from lockstep.ops import artifacts, clients, endpoints
+from lockstep.ops import artifacts, clients, corpus_store, endpoints
 from lockstep.ops.backfill import engine as backfill_engine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_model.json"
@@ -143,9 +143,9 @@ def run(docs: int) -> dict:
     base = settings_for(name, docs, catalog, f"{name}-local", engine="local")
     s3 = clients.aws_for(base, "s3")
     artifacts.ensure_bucket(s3, base.artifacts.bucket)
-    artifacts.ensure_corpus(s3, base)
+    corpus_store.ensure_corpus(s3, base)
     artifacts.publish_artifact(s3, base, entry)
-    documents = artifacts.read_corpus(s3, base)
+    documents = corpus_store.read_corpus(s3, base)
     embedder = artifacts.load_embedder(s3, base.artifacts.bucket, entry)
     print(f"{len(documents):,} documents, {os.cpu_count()} CPUs, {entry.family} ({entry.dimension} dims)", flush=True)
     figures: dict = {

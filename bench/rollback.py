@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lockstep import config, orchestrator, runtime, services, stackfile
-from lockstep.ops import artifacts, clients, endpoints
+from lockstep.ops import artifacts, clients, corpus_store, endpoints
 from lockstep.ops.backfill.local import sync_documents
 from lockstep.ops.corpus import stdlib_documents
 from lockstep.ops.progress import batched
@@ -97,8 +97,8 @@ def throughput(size: int, root: Path, catalog) -> dict:
     settings = config.load_stack(stack, stacks)
     s3 = clients.aws("s3")
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
-    artifacts.ensure_corpus(s3, settings)
-    documents = artifacts.read_corpus(s3, settings)
+    corpus_store.ensure_corpus(s3, settings)
+    documents = corpus_store.read_corpus(s3, settings)
     entry = catalog.get("v3")  # a version with no index yet: a fresh full load
     artifacts.publish_artifact(s3, settings, entry)
     embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
@@ -117,7 +117,7 @@ def throughput(size: int, root: Path, catalog) -> dict:
     # Catch-up of a 1 % delta vs the full rebuild just measured.
     step = 100
     edited = [replace(d, text=d.text + " (edited)") if n % step == 0 else d for n, d in enumerate(documents)]
-    artifacts.write_corpus(s3, settings, edited)
+    corpus_store.write_corpus(s3, settings, edited)
     catch_up = sync_documents(client, settings, entry, embedder, edited, progress=False)
     assert catch_up.embedded == len(documents[::step])
     print(
@@ -140,9 +140,9 @@ def catch_up_at(item: dict, root: Path, catalog) -> dict:
     v1's catch-up step with v1's full provision measured earlier on the same stack."""
     settings = config.load_stack(item["stack"], root)
     s3 = clients.aws("s3")
-    documents = artifacts.read_corpus(s3, settings)
+    documents = corpus_store.read_corpus(s3, settings)
     edited = [replace(d, text=d.text + " (edited)") if n % 100 == 0 else d for n, d in enumerate(documents)]
-    artifacts.write_corpus(s3, settings, edited)
+    corpus_store.write_corpus(s3, settings, edited)
     _, _, result = apply_timed(item["stack"], root, catalog)
     step = next(s for s in result.steps if (s.step.kind, s.step.version) == ("catch_up", "v1"))
     ratio = step.seconds / item["full_reembed_s"]

@@ -33,7 +33,7 @@ from boto3.dynamodb.types import TypeSerializer
 from bench.rollback import RESULTS
 from lockstep import config, services
 from lockstep import derived as application
-from lockstep.ops import clients, index
+from lockstep.ops import clients, index, live_state
 from lockstep.ops import derived as store_ops
 from lockstep.ops.corpus import content_sha256
 
@@ -100,9 +100,9 @@ def run(count: int = 500, rounds: int = 3) -> dict:
     store = settings.derived[0]
     store_ops.ensure_table(settings, store)
     ssm = clients.aws_for(settings, "ssm")
-    pointer = index.Pointer("v1", "e", f"{unique}-v1", "0" * 64, index.now())
+    pointer = live_state.Pointer("v1", "e", f"{unique}-v1", "0" * 64, index.now())
     store_ops.write_fences(settings, pointer.version, pointer.switched_at)  # what the cutover does first
-    index.write_pointer(ssm, settings.pointer_name, pointer)
+    live_state.write_pointer(ssm, settings.pointer_name, pointer)
     client = store_ops.dynamodb(settings)
     data = records(count)
     writers = {mode: application.Writer(stack(unique, catalog, mode), "related", "v1") for mode in MODES}

@@ -172,21 +172,21 @@ class Deployment:
         return artifacts.load_embedder(self.s3(), self.settings.artifacts.bucket, self.catalog.get(version))
 
     def documents(self) -> list:
-        from lockstep.ops import artifacts
+        from lockstep.ops import corpus_store
 
-        return artifacts.read_corpus(self.s3(), self.settings)
+        return corpus_store.read_corpus(self.s3(), self.settings)
 
     def golden_ids(self) -> set[str]:
-        from lockstep.ops import artifacts
+        from lockstep.ops import corpus_store
 
-        return {doc_id for query in artifacts.read_golden(self.s3(), self.settings) for doc_id in query["expected"]}
+        return {doc_id for query in corpus_store.read_golden(self.s3(), self.settings) for doc_id in query["expected"]}
 
     def live(self) -> tuple[list[str], str | None]:
         """(alias targets, pointer version) read from the real servers."""
-        from lockstep.ops import clients, index
+        from lockstep.ops import clients, live_state
 
-        pointer = index.read_pointer(clients.aws("ssm"), self.settings.pointer_name)
-        return index.alias_targets(clients.opensearch(), self.alias), pointer.version if pointer else None
+        pointer = live_state.read_pointer(clients.aws("ssm"), self.settings.pointer_name)
+        return live_state.alias_targets(clients.opensearch(), self.alias), pointer.version if pointer else None
 
     def state_of(self, version: str) -> tuple[list[str], str]:
         return [self.settings.opensearch.index_name(version)], version

@@ -12,7 +12,7 @@ import pytest
 
 from lockstep import config, orchestrator, stackfile
 from lockstep.errors import GuardRefused
-from lockstep.ops import artifacts, clients, endpoints, index, reembed
+from lockstep.ops import artifacts, clients, corpus_store, endpoints, index, live_state, reembed
 from lockstep.ops.corpus import Document
 from tests.conftest import lockstep
 
@@ -48,13 +48,13 @@ def test_upgrade_then_rollback_reembeds_only_what_changed(servers, scratch_stack
 
     # Edit the corpus: 3 texts change, 1 document goes, 2 arrive.
     s3 = clients.aws("s3")
-    documents = artifacts.read_corpus(s3, settings)
+    documents = corpus_store.read_corpus(s3, settings)
     edited = [replace(d, text=d.text + " (revised)") for d in documents[:3]] + documents[4:]
     edited += [
         Document(id=f"new-{n}", text=f"A brand new document number {n} about asyncio event loops and tasks.")
         for n in range(2)
     ]
-    artifacts.write_corpus(s3, settings, edited)
+    corpus_store.write_corpus(s3, settings, edited)
     stackfile.set_pin(stack, "v2", stacks)
     fourth = orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=lambda _: None)
     assert fourth.record.passed, [c.name for c in fourth.record.failures]
@@ -68,7 +68,7 @@ def test_killed_provision_resumes_without_duplicates(servers, scratch_stack, cat
     settings = config.load_stack(stack, stacks)
     s3 = clients.aws("s3")
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
-    artifacts.ensure_corpus(s3, settings)
+    corpus_store.ensure_corpus(s3, settings)
     artifacts.publish_artifact(s3, settings, catalog.get("v1"))
     name = settings.opensearch.index_name("v1")
     process = subprocess.Popen(
@@ -86,17 +86,17 @@ def test_killed_provision_resumes_without_duplicates(servers, scratch_stack, cat
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 0 < written < 600, "the kill must land mid-provision"
-    assert index.alias_targets(opensearch, settings.opensearch.alias_name) == []
+    assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == []
 
     result = lockstep("backfill", "--stack", stack, "--version", "v1", "--quiet")
     assert result.returncode == 0, result.stderr
     opensearch.indices.refresh(index=name)
     hashes = index.doc_hashes(opensearch, name)
-    corpus = {d.id: d.content_sha256 for d in artifacts.read_corpus(s3, settings)}
+    corpus = {d.id: d.content_sha256 for d in corpus_store.read_corpus(s3, settings)}
     assert hashes == corpus
     assert opensearch.count(index=name)["count"] == len(corpus)
-    assert index.count_by_model_version(opensearch, name)[1] == {"v1": len(corpus)}
-    assert index.alias_targets(opensearch, settings.opensearch.alias_name) == []
+    assert live_state.count_by_model_version(opensearch, name)[1] == {"v1": len(corpus)}
+    assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == []
 
 
 def test_write_guard_refuses_v1_vectors_in_the_v2_index(servers, make_settings, catalog, opensearch):

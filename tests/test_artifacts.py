@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 
 from lockstep.errors import IntegrityError, UsageError
 from lockstep.models import hashgram as model
-from lockstep.ops import artifacts, corpus
+from lockstep.ops import artifacts, corpus, corpus_store
 
 
 def object_versions(s3, bucket, key):
@@ -136,28 +136,28 @@ def test_corpus_is_seeded_once_and_can_be_edited(s3, make_settings):
     settings = make_settings(corpus={"size": 30})
     documents = corpus.stdlib_documents(30)
 
-    uploaded = artifacts.ensure_corpus(s3, settings, documents)
-    assert uploaded == [artifacts.corpus_uri(settings), artifacts.golden_uri(settings)]
-    assert artifacts.ensure_corpus(s3, settings) == []
+    uploaded = corpus_store.ensure_corpus(s3, settings, documents)
+    assert uploaded == [corpus_store.corpus_uri(settings), corpus_store.golden_uri(settings)]
+    assert corpus_store.ensure_corpus(s3, settings) == []
     assert s3.get_bucket_versioning(Bucket=settings.corpus.bucket)["Status"] == "Enabled"
-    assert artifacts.read_corpus(s3, settings) == documents
-    golden = artifacts.read_golden(s3, settings)
+    assert corpus_store.read_corpus(s3, settings) == documents
+    golden = corpus_store.read_golden(s3, settings)
     assert golden == corpus.golden_queries(documents)
 
     edited = [corpus.Document(documents[0].id, documents[0].text + " (edited)"), *documents[2:]]
-    artifacts.write_corpus(s3, settings, edited)
-    assert artifacts.read_corpus(s3, settings) == edited
+    corpus_store.write_corpus(s3, settings, edited)
+    assert corpus_store.read_corpus(s3, settings) == edited
 
 
 def test_default_corpus_is_generated_and_cached(s3, make_settings, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCKSTEP_HOME", str(tmp_path))
     settings = make_settings(corpus={"size": 12})
-    artifacts.ensure_corpus(s3, settings)
+    corpus_store.ensure_corpus(s3, settings)
     assert (tmp_path / f"corpus-r{corpus.REVISION}-12.jsonl").exists()
-    assert artifacts.read_corpus(s3, settings) == corpus.stdlib_documents(12)
+    assert corpus_store.read_corpus(s3, settings) == corpus.stdlib_documents(12)
 
 
 def test_missing_corpus_is_a_usage_error_naming_the_object(s3, make_settings):
     settings = make_settings()
     with pytest.raises(UsageError, match=f"corpus s3://{settings.corpus.bucket}/corpus/docs.jsonl not found"):
-        artifacts.read_corpus(s3, settings)
+        corpus_store.read_corpus(s3, settings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from lockstep import config, orchestrator, promote, stackfile
-from lockstep.ops import clients, endpoints, index
+from lockstep.ops import clients, endpoints, live_state
 
 SIZE = 40
 
@@ -49,8 +49,10 @@ def test_auto_revert_flips_back_after_a_contaminated_cutover(servers, scratch_st
     assert "foreign-versions" in {c.name for c in result.record.failures}
     revert = result.revert
     assert revert.to_version == "v1" and revert.record.passed and revert.record.pin == "v1"
-    assert index.alias_targets(opensearch, settings.opensearch.alias_name) == [settings.opensearch.index_name("v1")]
-    assert index.read_pointer(clients.aws("ssm"), settings.pointer_name).version == "v1"
+    assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == [
+        settings.opensearch.index_name("v1")
+    ]
+    assert live_state.read_pointer(clients.aws("ssm"), settings.pointer_name).version == "v1"
     summary = revert.summary()
     assert "the check of v2 failed (foreign-versions" in summary and "Flipped back to v1" in summary
     assert f"`lockstep pin --stack {stack} v1`" in summary and len(summary.splitlines()) <= 10

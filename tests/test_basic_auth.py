@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from lockstep import config, up
-from lockstep.ops import clients, index
+from lockstep.ops import clients, live_state
 from tests.authproxy import AUTHORIZED, MISSING, WRONG, AuthProxy
 from tests.conftest import lockstep
 from tests.test_engine import alias_targets, home, pointer_version, release, the_engine  # noqa: F401 (fixtures)
@@ -85,7 +85,9 @@ def test_apply_check_and_a_rollback_send_the_credentials_on_every_request(basic_
         assert proxy.count(AUTHORIZED, method, suffix) > 0, (method, suffix, proxy.seen)
     assert proxy.count(AUTHORIZED, suffix="/_search") > 0 and proxy.count(AUTHORIZED, "HEAD") > 0, proxy.seen
     settings = config.load_stack(stack, stacks)
-    assert index.alias_targets(opensearch, settings.opensearch.alias_name) == [f"{settings.opensearch.index_prefix}-v1"]
+    assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == [
+        f"{settings.opensearch.index_prefix}-v1"
+    ]
     assert pointer_version(settings) == "v1"
 
 

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from lockstep import runtime
-from lockstep.ops import artifacts, check, clients, endpoints, index, reembed
+from lockstep.ops import artifacts, check, clients, endpoints, index, live_state, reembed
 from lockstep.ops.corpus import Document
 from tests.conftest import Deployment, deploy, lockstep
 
@@ -191,12 +191,12 @@ def test_stale_document_text_fails_doc_count(stack, opensearch):
 
 
 def test_pointer_on_another_version_fails_pointer(stack, ssm, catalog):
-    original = index.read_pointer(ssm, stack.settings.pointer_name)
+    original = live_state.read_pointer(ssm, stack.settings.pointer_name)
     v2 = catalog.get("v2")
-    index.write_pointer(
+    live_state.write_pointer(
         ssm,
         stack.settings.pointer_name,
-        index.Pointer(
+        live_state.Pointer(
             "v2",
             endpoints.endpoint_name(stack.settings, "green"),
             stack.settings.opensearch.index_name("v2"),
@@ -208,17 +208,17 @@ def test_pointer_on_another_version_fails_pointer(stack, ssm, catalog):
         assert completed.returncode == 1, completed.stderr
         assert cli_failures(completed) == {"pointer"}
     finally:
-        index.write_pointer(ssm, stack.settings.pointer_name, original)
+        live_state.write_pointer(ssm, stack.settings.pointer_name, original)
 
 
 def test_pointer_that_is_not_lockstep_json_fails_pointer(stack, ssm):
-    original = index.read_pointer(ssm, stack.settings.pointer_name)
+    original = live_state.read_pointer(ssm, stack.settings.pointer_name)
     ssm.put_parameter(Name=stack.settings.pointer_name, Value="v1", Type="String", Overwrite=True)
     try:
         record = run_check(stack)
         assert failing(record) == {"pointer"}
     finally:
-        index.write_pointer(ssm, stack.settings.pointer_name, original)
+        live_state.write_pointer(ssm, stack.settings.pointer_name, original)
 
 
 def test_live_endpoint_stopped_fails_never_passes(stack, catalog):
@@ -272,7 +272,7 @@ def test_a_fifth_of_vectors_from_the_same_dimension_model_fail_only_probe_and_re
     )
     opensearch.indices.refresh(index=stack.live_index)
     try:
-        _, versions = index.count_by_model_version(opensearch, stack.live_index)
+        _, versions = live_state.count_by_model_version(opensearch, stack.live_index)
         assert versions == {"v1": len(documents)}  # the stored fields still claim the pin
 
         completed = cli_check(stack)

@@ -16,7 +16,7 @@ import pytest
 
 from lockstep import config, orchestrator
 from lockstep.errors import IntegrityError
-from lockstep.ops import artifacts, clients, endpoints, index
+from lockstep.ops import artifacts, clients, corpus_store, endpoints, index, live_state
 
 SIZE = 40
 
@@ -37,14 +37,14 @@ def test_a_moved_corpus_is_restamped_and_a_changed_one_caught_up_first(servers, 
     assert first.record.passed
     settings = config.load_stack(stack, stacks)
     s3 = clients.aws("s3")
-    documents = artifacts.read_corpus(s3, settings)
+    documents = corpus_store.read_corpus(s3, settings)
 
     # The same documents at a new key: only the stamps change, nothing is embedded.
     scratch_stack(corpus={"size": SIZE, "key": "corpus/moved.jsonl"})
     moved = config.load_stack(stack, stacks)
-    artifacts.write_corpus(s3, moved, documents)
+    corpus_store.write_corpus(s3, moved, documents)
     with pytest.raises(IntegrityError, match=r"the corpus moved; `lockstep plan` shows the restamp"):
-        index.cutover(opensearch, clients.aws("ssm"), moved, catalog.get("v1"), "x")  # named, not a wrong build
+        live_state.cutover(opensearch, clients.aws("ssm"), moved, catalog.get("v1"), "x")  # named, not a wrong build
 
     shown = lockstep("plan", "--stack", stack, "--format", "json")
     assert shown.returncode == 0, shown.stderr
@@ -65,7 +65,9 @@ def test_a_moved_corpus_is_restamped_and_a_changed_one_caught_up_first(servers, 
     # Another location with changed content: the slot indices catch up, then are re-stamped.
     scratch_stack(corpus={"size": SIZE, "key": "corpus/edited.jsonl"})
     edited = config.load_stack(stack, stacks)
-    artifacts.write_corpus(s3, edited, [replace(d, text=d.text + " (edited)") for d in documents[:2]] + documents[2:])
+    corpus_store.write_corpus(
+        s3, edited, [replace(d, text=d.text + " (edited)") for d in documents[:2]] + documents[2:]
+    )
     _, planned = orchestrator.plan_for(edited, catalog)
     kinds = [(s.kind, s.version) for s in planned.steps]
     for version in ("v1", "v2"):
@@ -87,13 +89,13 @@ def test_the_index_resource_update_restamps_a_moved_corpus(servers, make_setting
     s3 = clients.aws("s3")
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
     artifacts.publish_artifact(s3, settings, catalog.get("v1"))
-    artifacts.ensure_corpus(s3, settings)
+    corpus_store.ensure_corpus(s3, settings)
     handler, entry = IndexHandler(), catalog.get("v1")
     urn = "urn:pulumi:s::lockstep::lockstep:index:ModelRelease$lockstep:index:Index::x"
     olds = handler.create(urn, plain_map(wire_map(IndexArgs(settings, entry).inputs())))[1]
 
     moved = make_settings(corpus={"size": SIZE, "key": "corpus/moved.jsonl"})
-    artifacts.write_corpus(s3, moved, artifacts.read_corpus(s3, settings))
+    corpus_store.write_corpus(s3, moved, corpus_store.read_corpus(s3, settings))
     news = plain_map(wire_map(IndexArgs(moved, entry).inputs()))
     assert handler.diff(olds, news).replaces == []  # an update, not a replacement
     handler.update(urn, olds["index"], olds, news)

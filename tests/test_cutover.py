@@ -13,6 +13,7 @@ from opensearchpy import helpers
 from lockstep.errors import IntegrityError, Unreachable, UsageError
 from lockstep.models.hashgram import SPECS, build_artifact, load_artifact
 from lockstep.ops import index as ix
+from lockstep.ops import live_state
 from lockstep.ops.corpus import stdlib_documents
 
 
@@ -72,19 +73,19 @@ def closed_port_ssm():
     )
 
 
-def live_state(opensearch, ssm, settings):
-    pointer = ix.read_pointer(ssm, settings.pointer_name)
+def live_now(opensearch, ssm, settings):
+    pointer = live_state.read_pointer(ssm, settings.pointer_name)
     write_flags = opensearch.indices.get_alias(name=settings.opensearch.alias_name)
-    return ix.alias_targets(opensearch, settings.opensearch.alias_name), pointer, write_flags
+    return live_state.alias_targets(opensearch, settings.opensearch.alias_name), pointer, write_flags
 
 
 def test_cutover_moves_alias_and_pointer_together(opensearch, ssm, catalog, two_versions):
     settings, _ = two_versions
     alias = settings.opensearch.alias_name
     for version in ("v1", "v2", "v1"):
-        pointer = ix.cutover(opensearch, ssm, settings, catalog.get(version), endpoint(settings, version))
+        pointer = live_state.cutover(opensearch, ssm, settings, catalog.get(version), endpoint(settings, version))
         index = settings.opensearch.index_name(version)
-        targets, stored, flags = live_state(opensearch, ssm, settings)
+        targets, stored, flags = live_now(opensearch, ssm, settings)
         assert targets == [index]
         assert flags[index]["aliases"][alias]["is_write_index"] is True
         assert stored == pointer
@@ -98,7 +99,7 @@ def test_cutover_moves_alias_and_pointer_together(opensearch, ssm, catalog, two_
 
 def test_cutover_is_one_aliases_request_with_remove_and_add(opensearch, ssm, catalog, two_versions, monkeypatch):
     settings, _ = two_versions
-    ix.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
+    live_state.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
     sent = []
     real = opensearch.transport.perform_request
 
@@ -108,7 +109,7 @@ def test_cutover_is_one_aliases_request_with_remove_and_add(opensearch, ssm, cat
         return real(method, url, *args, **kwargs)
 
     monkeypatch.setattr(opensearch.transport, "perform_request", recording)
-    ix.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
+    live_state.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
 
     assert len(sent) == 1
     method, body = sent[0]
@@ -127,50 +128,50 @@ def test_cutover_is_one_aliases_request_with_remove_and_add(opensearch, ssm, cat
 
 def test_cutover_again_changes_nothing(opensearch, ssm, catalog, two_versions, monkeypatch):
     settings, _ = two_versions
-    first = ix.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
+    first = live_state.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
     writes = []
     monkeypatch.setattr(opensearch.indices, "update_aliases", lambda **kw: writes.append(kw))
-    again = ix.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
+    again = live_state.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
     assert again == first and writes == []
-    assert ix.read_pointer(ssm, settings.pointer_name).switched_at == first.switched_at
+    assert live_state.read_pointer(ssm, settings.pointer_name).switched_at == first.switched_at
 
 
 def test_cutover_repairs_a_stale_pointer_without_touching_the_alias(opensearch, ssm, catalog, two_versions):
     settings, _ = two_versions
-    ix.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
-    ix.write_pointer(ssm, settings.pointer_name, ix.Pointer("v1", "x", "y", "z"))
-    pointer = ix.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
-    assert ix.read_pointer(ssm, settings.pointer_name) == pointer and pointer.version == "v2"
+    live_state.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
+    live_state.write_pointer(ssm, settings.pointer_name, live_state.Pointer("v1", "x", "y", "z"))
+    pointer = live_state.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
+    assert live_state.read_pointer(ssm, settings.pointer_name) == pointer and pointer.version == "v2"
     ssm.put_parameter(Name=settings.pointer_name, Value="not json", Type="String", Overwrite=True)
-    assert ix.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2")).version == "v2"
-    assert ix.read_pointer(ssm, settings.pointer_name).version == "v2"
+    assert live_state.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2")).version == "v2"
+    assert live_state.read_pointer(ssm, settings.pointer_name).version == "v2"
 
 
 def test_cutover_refuses_an_index_built_by_another_artifact(opensearch, ssm, make_settings, catalog, cleanup):
     settings = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"})
     ix.ensure_index(opensearch, settings, catalog.get("v1"))
     ix.ensure_index(opensearch, settings, catalog.get("v2").model_copy(update={"space_type": "l2"}))
-    ix.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
+    live_state.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
 
     with pytest.raises(IntegrityError, match="space_type is 'l2', expected 'cosinesimil'"):
-        ix.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
+        live_state.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
     with pytest.raises(IntegrityError, match="does not exist"):
-        ix.cutover(opensearch, ssm, settings, catalog.get("v3"), "lockstep-x-green")
+        live_state.cutover(opensearch, ssm, settings, catalog.get("v3"), "lockstep-x-green")
 
-    targets, pointer, _ = live_state(opensearch, ssm, settings)
+    targets, pointer, _ = live_now(opensearch, ssm, settings)
     assert targets == [settings.opensearch.index_name("v1")] and pointer.version == "v1"
 
 
 def test_unreachable_ssm_puts_the_alias_back(opensearch, ssm, catalog, two_versions):
     settings, _ = two_versions
-    ix.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
+    live_state.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
 
     with pytest.raises(Unreachable) as error:
-        ix.cutover(opensearch, closed_port_ssm(), settings, catalog.get("v2"), endpoint(settings, "v2"))
+        live_state.cutover(opensearch, closed_port_ssm(), settings, catalog.get("v2"), endpoint(settings, "v2"))
 
     assert "alias" in str(error.value) and "restored" in str(error.value)
     assert "\n" not in str(error.value)
-    targets, pointer, flags = live_state(opensearch, ssm, settings)
+    targets, pointer, flags = live_now(opensearch, ssm, settings)
     v1 = settings.opensearch.index_name("v1")
     assert targets == [v1] and flags[v1]["aliases"][settings.opensearch.alias_name]["is_write_index"] is True
     assert pointer.version == "v1" and pointer.index == v1
@@ -178,21 +179,23 @@ def test_unreachable_ssm_puts_the_alias_back(opensearch, ssm, catalog, two_versi
 
 def test_rejected_pointer_name_puts_the_alias_back(opensearch, ssm, make_settings, catalog, unique, two_versions):
     settings, _ = two_versions
-    ix.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
+    live_state.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
     reserved = make_settings(pin="v2", slots={"blue": "v1", "green": "v2"}, pointerParameter=f"/aws/{unique}/live")
 
     with pytest.raises(UsageError, match="restored to " + settings.opensearch.index_name("v1")):
-        ix.cutover(opensearch, ssm, reserved, catalog.get("v2"), endpoint(settings, "v2"))
+        live_state.cutover(opensearch, ssm, reserved, catalog.get("v2"), endpoint(settings, "v2"))
 
-    assert ix.alias_targets(opensearch, settings.opensearch.alias_name) == [settings.opensearch.index_name("v1")]
-    assert ix.read_pointer(ssm, settings.pointer_name).version == "v1"
+    assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == [
+        settings.opensearch.index_name("v1")
+    ]
+    assert live_state.read_pointer(ssm, settings.pointer_name).version == "v1"
 
 
 def test_failed_first_cutover_leaves_no_alias(opensearch, catalog, two_versions):
     settings, _ = two_versions
     with pytest.raises(Unreachable, match="restored to no index"):
-        ix.cutover(opensearch, closed_port_ssm(), settings, catalog.get("v1"), endpoint(settings, "v1"))
-    assert ix.alias_targets(opensearch, settings.opensearch.alias_name) == []
+        live_state.cutover(opensearch, closed_port_ssm(), settings, catalog.get("v1"), endpoint(settings, "v1"))
+    assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == []
 
 
 def test_queries_during_200_cutovers_each_answer_from_one_index(opensearch, ssm, catalog, two_versions):
@@ -200,7 +203,7 @@ def test_queries_during_200_cutovers_each_answer_from_one_index(opensearch, ssm,
     alias = settings.opensearch.alias_name
     indices = {settings.opensearch.index_name(v) for v in ("v1", "v2")}
     query_vector = load_artifact(build_artifact(SPECS["v1"])).encode([documents[0].text])[0].tolist()
-    ix.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
+    live_state.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
     done = threading.Event()
     answered_from: list[set[str]] = []
     errors: list[BaseException] = []
@@ -225,7 +228,7 @@ def test_queries_during_200_cutovers_each_answer_from_one_index(opensearch, ssm,
     try:
         for round_ in range(200):
             version = "v2" if round_ % 2 == 0 else "v1"
-            ix.cutover(opensearch, ssm, settings, catalog.get(version), endpoint(settings, version))
+            live_state.cutover(opensearch, ssm, settings, catalog.get(version), endpoint(settings, version))
     finally:
         done.set()
         reader.join(timeout=30)
@@ -234,5 +237,5 @@ def test_queries_during_200_cutovers_each_answer_from_one_index(opensearch, ssm,
     assert len(answered_from) > 50
     assert all(len(sources) == 1 for sources in answered_from)
     assert set().union(*answered_from) == indices  # the reader saw both sides of the flips
-    assert ix.alias_targets(opensearch, alias) == [settings.opensearch.index_name("v1")]
-    assert ix.read_pointer(ssm, settings.pointer_name).version == "v1"
+    assert live_state.alias_targets(opensearch, alias) == [settings.opensearch.index_name("v1")]
+    assert live_state.read_pointer(ssm, settings.pointer_name).version == "v1"

@@ -10,7 +10,7 @@ import pytest
 
 from lockstep import config, orchestrator, stackfile
 from lockstep.errors import IntegrityError
-from lockstep.ops import clients, endpoints, index
+from lockstep.ops import clients, endpoints, live_state
 
 SIZE = 40
 
@@ -36,8 +36,10 @@ def test_the_cutover_refuses_a_slot_that_serves_another_artifact(servers, scratc
     assert "nothing was switched" in message and "\n" not in message
 
     # Nothing moved: the alias and the pointer still name v1 together.
-    assert index.alias_targets(opensearch, settings.opensearch.alias_name) == [settings.opensearch.index_name("v1")]
-    pointer = index.read_pointer(clients.aws("ssm"), settings.pointer_name)
+    assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == [
+        settings.opensearch.index_name("v1")
+    ]
+    pointer = live_state.read_pointer(clients.aws("ssm"), settings.pointer_name)
     assert (pointer.version, pointer.index) == ("v1", settings.opensearch.index_name("v1"))
 
     # Once the slot serves v2 again (redeployed), the same pin change goes through.

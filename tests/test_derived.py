@@ -18,7 +18,7 @@ import pytest
 
 from lockstep import config, orchestrator, stackfile
 from lockstep.errors import UsageError
-from lockstep.ops import artifacts, check, clients, derived, endpoints, index
+from lockstep.ops import check, clients, corpus_store, derived, endpoints, index, live_state
 from lockstep.plan import repair_rate_key
 from tests.conftest import lockstep as run_lockstep
 from tests.test_program import evaluate, with_values
@@ -117,7 +117,7 @@ def test_rollback_recomputes_what_v2_wrote_and_quarantines_where_asked(upgraded,
     # on the v1 index through check.nearest (another path than the repair's msearch), minus itself.
     records = derived.read_records(settings, related)
     v1_index = settings.opensearch.index_name("v1")
-    corpus = {d.id: d.content_sha256 for d in artifacts.read_corpus(clients.aws("s3"), settings)}
+    corpus = {d.id: d.content_sha256 for d in corpus_store.read_corpus(clients.aws("s3"), settings)}
     assert set(records) == set(corpus)
     stored = opensearch.mget(index=v1_index, body={"ids": list(records)}, _source_includes=["embedding"])["docs"]
     for doc in stored:
@@ -275,7 +275,9 @@ def test_missing_version_attribute_and_missing_table_are_one_line_exit_2(
         (line,) = result.stderr.strip().splitlines()
         assert "'orphan'" in line and "no model_version attribute" in line and store.table in line
         assert index.read_meta(opensearch, settings.opensearch.index_name("v2")) is None, "nothing provisioned"
-        assert index.alias_targets(opensearch, settings.opensearch.alias_name) == [settings.opensearch.index_name("v1")]
+        assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == [
+            settings.opensearch.index_name("v1")
+        ]
         assert list(derived.read_records(settings, store)) == ["orphan"], "nothing written"
         assert lockstep("check", "--stack", stack).returncode == 2
 

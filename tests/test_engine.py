@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from lockstep import config, engine, runtime, up
 from lockstep.cli import cli
-from lockstep.ops import clients, endpoints, index
+from lockstep.ops import clients, endpoints, live_state
 from tests.conftest import stack_values
 
 SIZE = 80
@@ -100,11 +100,11 @@ def release(the_engine, home, servers, unique, catalog, tmp_path, opensearch):
 
 
 def alias_targets(opensearch, settings) -> list[str]:
-    return index.alias_targets(opensearch, settings.opensearch.alias_name)
+    return live_state.alias_targets(opensearch, settings.opensearch.alias_name)
 
 
 def pointer_version(settings) -> str | None:
-    pointer = index.read_pointer(clients.aws("ssm"), settings.pointer_name)
+    pointer = live_state.read_pointer(clients.aws("ssm"), settings.pointer_name)
     return pointer.version if pointer else None
 
 

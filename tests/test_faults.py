@@ -32,7 +32,7 @@ from lockstep import config, orchestrator, runtime
 from lockstep.config import StackSettings
 from lockstep.errors import Unreachable
 from lockstep.models import hashgram as model
-from lockstep.ops import artifacts, check, clients, endpoints, index, reembed
+from lockstep.ops import check, clients, corpus_store, endpoints, index, live_state, reembed
 from lockstep.ops.corpus import Document
 from tests.conftest import deploy, lockstep
 from tests.faultproxy import DROP, FORWARD, LOST, FaultProxy, Request, after_first, answer, late, reject_items
@@ -135,7 +135,7 @@ def test_opensearch_failing_during_the_cutover_never_splits_alias_and_pointer(
     deployed, opensearch_proxy, fault, monkeypatch
 ):
     make_rule, code, where = CUTOVER_FAULTS[fault]
-    monkeypatch.setattr(index, "SETTLE_SECONDS", 6.0)
+    monkeypatch.setattr(live_state, "SETTLE_SECONDS", 6.0)
     old, new = deployed.flip()
     opensearch_proxy.rule = make_rule()
 
@@ -159,7 +159,7 @@ def test_answer_lost_and_opensearch_gone_for_good_says_so_and_apply_converges(de
     lost, and OpenSearch stayed away. The alias did move; the pointer could not follow. The
     command says exactly that in one line (exit 2), `lockstep check` then fails the pointer
     check (exit 1), and `lockstep apply` finishes the cutover."""
-    monkeypatch.setattr(index, "SETTLE_SECONDS", 2.0)
+    monkeypatch.setattr(live_state, "SETTLE_SECONDS", 2.0)
     old, new = deployed.flip()
     opensearch_proxy.rule = after_first(aliases_request, LOST, DROP)
 
@@ -192,7 +192,7 @@ def test_answer_arriving_after_the_client_timeout_is_retried_without_a_split(dep
     client = clients.opensearch(settings.opensearch, timeout=1)
 
     with clients.reaching("OpenSearch", opensearch_proxy.url):
-        pointer = index.cutover(
+        pointer = live_state.cutover(
             client,
             clients.aws("ssm"),
             settings,
@@ -236,8 +236,8 @@ def test_pointer_write_and_alias_restore_both_failing_is_reported_and_converges(
 KILL_AT_POINTER_WRITE = """
 import os, signal, sys
 from lockstep import cli
-from lockstep.ops import index
-index.write_pointer = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+from lockstep.ops import live_state
+live_state.write_pointer = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
 sys.argv = ["lockstep", "apply", "--stack", sys.argv[1], "--quiet"]
 cli.main()
 """
@@ -430,10 +430,10 @@ def test_bulk_rejections_are_backed_off_and_retried_without_losing_a_document(se
 
     name = settings.opensearch.index_name("v1")
     opensearch.indices.refresh(index=name)
-    corpus = {d.id: d.content_sha256 for d in artifacts.read_corpus(clients.aws("s3"), settings)}
+    corpus = {d.id: d.content_sha256 for d in corpus_store.read_corpus(clients.aws("s3"), settings)}
     assert index.doc_hashes(opensearch, name) == corpus
     assert opensearch.count(index=name)["count"] == len(corpus)
-    assert index.count_by_model_version(opensearch, name)[1] == {"v1": len(corpus)}
+    assert live_state.count_by_model_version(opensearch, name)[1] == {"v1": len(corpus)}
     assert not index.in_bulk_mode(opensearch, name)
     opensearch.indices.delete(index=name)
 
@@ -458,8 +458,8 @@ def query_reader(alias: str, pointer_name: str, vector_file: str, stop_file: str
             figures["by_indices"][str(seen)] = figures["by_indices"].get(str(seen), 0) + 1
         except Exception as exc:  # every failure is a finding
             figures["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
-        targets = index.alias_targets(search, alias)
-        pointer = index.read_pointer(ssm, pointer_name)
+        targets = live_state.alias_targets(search, alias)
+        pointer = live_state.read_pointer(ssm, pointer_name)
         now = time.monotonic()
         figures["samples"] += 1
         if [t.rsplit("-", 1)[-1] for t in targets] != [pointer.version if pointer else None]:
@@ -474,7 +474,7 @@ def query_reader(alias: str, pointer_name: str, vector_file: str, stop_file: str
 def test_50_cutovers_while_another_process_queries_through_the_alias(deployed, tmp_path):
     settings = deployed.load()
     pin, other = settings.pin, settings.standby
-    documents = artifacts.read_corpus(clients.aws("s3"), settings)
+    documents = corpus_store.read_corpus(clients.aws("s3"), settings)
     vector = model.load_artifact(model.build_artifact(model.SPECS[pin])).encode([documents[0].text])[0].tolist()
     (tmp_path / "vector.json").write_text(json.dumps(vector))
     stop, out = tmp_path / "stop", tmp_path / "figures.json"
@@ -508,7 +508,7 @@ def test_50_cutovers_while_another_process_queries_through_the_alias(deployed, t
         for round_ in range(50):
             version = other if round_ % 2 == 0 else pin
             started = time.perf_counter()
-            index.cutover(
+            live_state.cutover(
                 search,
                 ssm,
                 settings,

@@ -16,7 +16,7 @@ import pytest
 from lockstep import config, models, orchestrator
 from lockstep.errors import ConfigError
 from lockstep.models import builds
-from lockstep.ops import artifacts, check, clients, corpus, endpoints
+from lockstep.ops import check, clients, corpus, corpus_store, endpoints
 
 
 def flat(text: str) -> str:
@@ -184,4 +184,4 @@ def test_a_golden_file_without_sets_is_checked_as_the_easy_set(deployed, catalog
         assert result.observed.startswith("recall@10 easy ")
     finally:
         s3.put_object(Bucket=bucket, Key=key, Body=original)
-    assert artifacts.read_golden(s3, deployed) == [json.loads(line) for line in original.decode().splitlines()]
+    assert corpus_store.read_golden(s3, deployed) == [json.loads(line) for line in original.decode().splitlines()]

@@ -7,6 +7,7 @@ from opensearchpy import helpers
 
 from lockstep.errors import GuardRefused, IntegrityError, UsageError
 from lockstep.ops import index as ix
+from lockstep.ops import live_state
 
 
 @pytest.fixture
@@ -135,9 +136,9 @@ def test_inventory_counts_per_model_version_and_ignores_foreign_indices(
     load(opensearch, v1, {"a": ("v1", "s1"), "b": ("v1", "s2"), "c": ("v2", "s3"), "d": ("v2", "s4")})
     load(opensearch, v2, {"a": ("v2", "s1")})
     opensearch.indices.create(index=f"{unique}-other-v1")  # matches the prefix pattern, not a version
-    ix.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint="lockstep-x-blue")
+    live_state.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint="lockstep-x-blue")
 
-    found = ix.inventory(opensearch, ssm, settings, catalog)
+    found = live_state.inventory(opensearch, ssm, settings, catalog)
 
     assert sorted(found.indices) == ["v1", "v2"]
     assert found.indices["v1"].doc_count == 4
@@ -156,36 +157,36 @@ def test_retention_keeps_live_slot_retained_and_aliased_indices(
     old = catalog.get("v1").model_copy(update={"version": "v0"})  # left the catalog entirely
     for entry in (catalog.get("v1"), catalog.get("v2"), catalog.get("v3"), old):
         ix.ensure_index(opensearch, settings, entry)
-    ix.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint="lockstep-x-blue")
+    live_state.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint="lockstep-x-blue")
     opensearch.indices.put_alias(index=settings.opensearch.index_name("v0"), name=f"{unique}-audit")
-    found = ix.inventory(opensearch, ssm, settings, catalog)
+    found = live_state.inventory(opensearch, ssm, settings, catalog)
     assert sorted(found.indices) == ["v0", "v1", "v2", "v3"]
 
-    assert ix.droppable(settings, found) == ["v3"]
+    assert live_state.droppable(settings, found) == ["v3"]
     for version, reason in (("v1", "live pin"), ("v2", "green slot"), ("v0", f"alias {unique}-audit")):
         with pytest.raises(GuardRefused, match=reason):
-            ix.drop_index(opensearch, settings, version, found)
+            live_state.drop_index(opensearch, settings, version, found)
     retaining = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"}, retain=["v3"])
-    assert ix.droppable(retaining, found) == []
+    assert live_state.droppable(retaining, found) == []
     with pytest.raises(GuardRefused, match="retained"):
-        ix.drop_index(opensearch, retaining, "v3", found)
+        live_state.drop_index(opensearch, retaining, "v3", found)
 
-    assert ix.drop_index(opensearch, settings, "v3", found) is True
-    remaining = ix.inventory(opensearch, ssm, settings, catalog)
+    assert live_state.drop_index(opensearch, settings, "v3", found) is True
+    remaining = live_state.inventory(opensearch, ssm, settings, catalog)
     assert sorted(remaining.indices) == ["v0", "v1", "v2"]
-    assert ix.drop_index(opensearch, settings, "v3", remaining) is False
+    assert live_state.drop_index(opensearch, settings, "v3", remaining) is False
 
 
 def test_drop_rereads_aliases_instead_of_trusting_a_stale_inventory(opensearch, ssm, make_settings, catalog, cleanup):
     settings = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"})
     for version in ("v1", "v2", "v3"):
         ix.ensure_index(opensearch, settings, catalog.get(version))
-    stale = ix.inventory(opensearch, ssm, settings, catalog)  # taken before anything was aliased
+    stale = live_state.inventory(opensearch, ssm, settings, catalog)  # taken before anything was aliased
     # Someone points the live alias at v3 after the inventory was taken.
     opensearch.indices.put_alias(index=settings.opensearch.index_name("v3"), name=settings.opensearch.alias_name)
-    assert ix.droppable(settings, stale) == ["v3"]
+    assert live_state.droppable(settings, stale) == ["v3"]
     with pytest.raises(GuardRefused, match="alias"):
-        ix.drop_index(opensearch, settings, "v3", stale)
+        live_state.drop_index(opensearch, settings, "v3", stale)
     assert opensearch.indices.exists(index=settings.opensearch.index_name("v3"))
 
 
@@ -209,17 +210,17 @@ def test_doc_hashes_and_bulk_mode(opensearch, make_settings, catalog, cleanup):
 
 
 def test_pointer_json_round_trip_and_malformed_pointer(ssm, unique):
-    pointer = ix.Pointer("v2", "lockstep-s-green", "docs-v2", "a" * 64, "2026-01-01T00:00:00Z")
-    assert ix.Pointer.from_json(pointer.to_json()) == pointer
+    pointer = live_state.Pointer("v2", "lockstep-s-green", "docs-v2", "a" * 64, "2026-01-01T00:00:00Z")
+    assert live_state.Pointer.from_json(pointer.to_json()) == pointer
     name = f"/{unique}/live"
-    assert ix.read_pointer(ssm, name) is None
-    ix.write_pointer(ssm, name, pointer)
-    assert ix.read_pointer(ssm, name) == pointer
+    assert live_state.read_pointer(ssm, name) is None
+    live_state.write_pointer(ssm, name, pointer)
+    assert live_state.read_pointer(ssm, name) == pointer
     ssm.put_parameter(Name=name, Value='{"version": "v2"}', Type="String", Overwrite=True)
     with pytest.raises(IntegrityError, match="KeyError"):
-        ix.read_pointer(ssm, name)
+        live_state.read_pointer(ssm, name)
 
 
 def test_inventory_of_an_empty_stack(opensearch, ssm, make_settings, catalog):
-    found = ix.inventory(opensearch, ssm, make_settings(), catalog)
+    found = live_state.inventory(opensearch, ssm, make_settings(), catalog)
     assert (found.indices, found.alias_targets, found.pointer) == ({}, [], None)

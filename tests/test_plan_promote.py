@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lockstep import config, orchestrator, stackfile
-from lockstep.ops import clients, endpoints, index
+from lockstep.ops import clients, endpoints, live_state
 from lockstep.plan import embed_rate_key
 from tests.conftest import lockstep, stack_values
 
@@ -98,11 +98,11 @@ def test_promote_refuses_a_failed_record(deployed, catalog):
     stacks, stack = deployed
     settings = config.load_stack(stack, stacks)
     ssm = clients.aws("ssm")
-    pointer = index.read_pointer(ssm, settings.pointer_name)
-    index.write_pointer(
+    pointer = live_state.read_pointer(ssm, settings.pointer_name)
+    live_state.write_pointer(
         ssm,
         settings.pointer_name,
-        index.Pointer("v1", "somewhere-else", pointer.index, pointer.artifact_sha256, pointer.switched_at),
+        live_state.Pointer("v1", "somewhere-else", pointer.index, pointer.artifact_sha256, pointer.switched_at),
     )
     assert lockstep("check", "--stack", stack).returncode == 1
     target = target_stack(stacks, stack)
@@ -114,11 +114,11 @@ def test_promote_refuses_a_record_older_than_the_last_cutover(deployed):
     stacks, stack = deployed
     settings = config.load_stack(stack, stacks)
     ssm = clients.aws("ssm")
-    pointer = index.read_pointer(ssm, settings.pointer_name)
-    later = index.Pointer(
+    pointer = live_state.read_pointer(ssm, settings.pointer_name)
+    later = live_state.Pointer(
         pointer.version, pointer.endpoint, pointer.index, pointer.artifact_sha256, "2999-01-01T00:00:00Z"
     )
-    index.write_pointer(ssm, settings.pointer_name, later)
+    live_state.write_pointer(ssm, settings.pointer_name, later)
     target = target_stack(stacks, stack)
     result = lockstep("promote", "--from", stack, "--to", target)
     assert result.returncode == 1 and "older than its last cutover" in result.stderr

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from lockstep import config
-from lockstep.ops import artifacts, clients, endpoints, index
+from lockstep.ops import artifacts, clients, corpus_store, endpoints, live_state
 from lockstep.ops.backfill import engine as backfill_engine
 from tests.conftest import lockstep
 from tests.pulumi_harness import register_release
@@ -84,12 +84,12 @@ def deploy_data(settings: config.StackSettings, catalog: config.Catalog) -> None
     """Artifacts, one index per kept version and the cutover to the pin: the program's data side."""
     s3 = clients.aws_for(settings, "s3")
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
-    artifacts.ensure_corpus(s3, settings)
+    corpus_store.ensure_corpus(s3, settings)
     for version in settings.versions:
         artifacts.publish_artifact(s3, settings, catalog.get(version))
         backfill_engine.sync_index(settings, catalog.get(version), progress=False)
     pin = catalog.get(settings.pin)
-    index.cutover(
+    live_state.cutover(
         clients.opensearch(settings.opensearch),
         clients.aws_for(settings, "ssm"),
         settings,

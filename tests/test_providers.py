@@ -15,7 +15,7 @@ from components.providers.opensearch import CutoverHandler, IndexHandler, read_k
 from components.providers.provider import LockstepProvider, plain_map, wire_map
 from components.providers.resources import CheckArgs, CutoverArgs, IndexArgs
 from lockstep.errors import IntegrityError
-from lockstep.ops import artifacts, clients, endpoints, index
+from lockstep.ops import artifacts, clients, corpus_store, endpoints, live_state
 
 CORPUS_SIZE = 40
 
@@ -27,7 +27,7 @@ def stack(servers, s3, make_settings, catalog):
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
     for version in ("v1", "v2", "v3"):
         artifacts.publish_artifact(s3, settings, catalog.get(version))
-    artifacts.ensure_corpus(s3, settings)
+    corpus_store.ensure_corpus(s3, settings)
     return settings
 
 
@@ -122,7 +122,7 @@ def test_cutover_create_update_read_drift_and_delete_leaves_live_state(stack, se
     rollback = cutover_props(stack.model_copy(update={"pin": "v2"}), v2, "green")
     assert handler.diff(state, rollback).replaces == []
     state = handler.update(URN, id_, state, rollback)
-    pointer = index.read_pointer(ssm, stack.pointer_name)
+    pointer = live_state.read_pointer(ssm, stack.pointer_name)
     assert (pointer.version, pointer.endpoint) == ("v2", f"lockstep-{stack.stack}-green")
 
     # Someone moves the alias back by hand: a refresh sees it, the next diff is an update.
@@ -140,7 +140,7 @@ def test_cutover_create_update_read_drift_and_delete_leaves_live_state(stack, se
     assert drift.changes is True and drift.diffs == ["aliasTargets"]
 
     assert "left the live alias" in handler.delete(URN, id_, refreshed)
-    assert index.read_pointer(ssm, stack.pointer_name).version == "v2"
+    assert live_state.read_pointer(ssm, stack.pointer_name).version == "v2"
 
 
 def test_the_cutover_refuses_a_slot_that_serves_another_artifact_and_switches_nothing(
@@ -159,8 +159,8 @@ def test_the_cutover_refuses_a_slot_that_serves_another_artifact_and_switches_no
     message = str(refused.value)
     assert f"endpoint {endpoints.endpoint_name(stack, 'green')} serves v1" in message
     assert "nothing was switched" in message and "\n" not in message
-    assert index.alias_targets(opensearch, stack.opensearch.alias_name) == [stack.opensearch.index_name("v1")]
-    assert index.read_pointer(ssm, stack.pointer_name).version == "v1"
+    assert live_state.alias_targets(opensearch, stack.opensearch.alias_name) == [stack.opensearch.index_name("v1")]
+    assert live_state.read_pointer(ssm, stack.pointer_name).version == "v1"
 
 
 def test_bad_inputs_are_check_failures_by_property():

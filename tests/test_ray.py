@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from opensearchpy import helpers
 
-from lockstep.ops import artifacts, corpus, index
+from lockstep.ops import artifacts, corpus, corpus_store, index, live_state
 from lockstep.ops.backfill import engine as backfill_engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def seeded(make_settings, s3, size: int, engine: str = "ray", **overrides):
         corpus={"size": size}, backfill={"engine": engine, "workers": 2, "batchSize": 64}, **overrides
     )
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
-    artifacts.ensure_corpus(s3, settings)
+    corpus_store.ensure_corpus(s3, settings)
     return settings
 
 
@@ -128,7 +128,7 @@ def test_catch_up_on_ray_embeds_only_the_delta(ray_runtime, make_settings, s3, o
     first = backfill_engine.sync_index(settings, entry, progress=False)
     assert (first.created, first.embedded, first.deleted) == (True, 200, 0)
 
-    documents = artifacts.read_corpus(s3, settings)
+    documents = corpus_store.read_corpus(s3, settings)
     changed = {d.id for d in documents[10:15]}
     removed = {d.id for d in documents[20:27]}
     kept = [
@@ -139,7 +139,7 @@ def test_catch_up_on_ray_embeds_only_the_delta(ray_runtime, make_settings, s3, o
         for n in range(4)
     ]
     new_corpus = kept + added
-    artifacts.write_corpus(s3, settings, new_corpus)
+    corpus_store.write_corpus(s3, settings, new_corpus)
     untouched = documents[50].id
 
     second = backfill_engine.sync_index(settings, entry, progress=False)
@@ -214,7 +214,7 @@ def test_worker_killed_mid_run_still_finishes_exactly_once(ray_runtime, make_set
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
     assert result.embedded >= 800
-    documents = artifacts.read_corpus(s3, settings)
+    documents = corpus_store.read_corpus(s3, settings)
     ids_exactly_once(opensearch, name, documents)
     assert not index.in_bulk_mode(opensearch, name)
 
@@ -265,7 +265,7 @@ def test_driver_killed_mid_run_then_rerun_finishes_and_alias_never_moves(
     stacks, stack = scratch_stack(corpus={"size": 1500}, backfill={"engine": "ray", "workers": 2, "batchSize": 16})
     settings = config.load_stack(stack, stacks, catalog)
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
-    artifacts.ensure_corpus(s3, settings)
+    corpus_store.ensure_corpus(s3, settings)
     publish(s3, settings, catalog, "v1")
     live = settings.opensearch.index_name("v1")
     index.ensure_index(opensearch, settings, catalog.get("v1"))
@@ -282,15 +282,15 @@ def test_driver_killed_mid_run_then_rerun_finishes_and_alias_never_moves(
     driver.wait(30)
     partial = _indexed_ops(opensearch, target)
     assert 0 < partial < 1500
-    assert index.alias_targets(opensearch, settings.opensearch.alias_name) == [live]
+    assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == [live]
 
     rerun = _cli("backfill", "--stack", stack, "--version", "v2", "--quiet", env=env)
     out, err = rerun.communicate(timeout=240)
     assert rerun.returncode == 0, err[-2000:]
     assert f"{target}:" in out
-    ids_exactly_once(opensearch, target, artifacts.read_corpus(s3, settings))
+    ids_exactly_once(opensearch, target, corpus_store.read_corpus(s3, settings))
     assert not index.in_bulk_mode(opensearch, target)  # the killed run's bulk mode was undone
-    assert index.alias_targets(opensearch, settings.opensearch.alias_name) == [live]
+    assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == [live]
     assert index.read_meta(opensearch, target)["synced"]["documents"] == 1500
 
 
@@ -442,7 +442,7 @@ def test_backfill_as_a_ray_job_on_a_ray_start_cluster(head_cluster, scratch_stac
     )
     settings = config.load_stack(stack, stacks, catalog)
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
-    artifacts.ensure_corpus(s3, settings)
+    corpus_store.ensure_corpus(s3, settings)
     publish(s3, settings, catalog, "v1")
 
     # Started with SIGINT ignored, as a shell starts a background command (how CI ran it when this

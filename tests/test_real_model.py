@@ -4,7 +4,7 @@ dimension) and roll back, with the CLI, on a small corpus (a MiniLM document cos
 from __future__ import annotations
 
 from lockstep import config, orchestrator
-from lockstep.ops import endpoints, index
+from lockstep.ops import endpoints, index, live_state
 from tests.conftest import lockstep
 
 SIZE = 200
@@ -26,7 +26,7 @@ def test_pin_v4_apply_check_then_roll_back_to_v2_reattaches(servers, scratch_sta
     v4 = settings.opensearch.index_name("v4")
     meta = index.read_meta(opensearch, v4)
     assert (meta["model"], meta["dimension"]) == ("all-minilm-l6-v2", 384)
-    assert index.count_by_model_version(opensearch, v4) == (SIZE, {"v4": SIZE})
+    assert live_state.count_by_model_version(opensearch, v4) == (SIZE, {"v4": SIZE})
     live = endpoints.endpoint_for(settings, settings.live_slot).describe()
     assert (live["version"], live["artifact_sha256"]) == ("v4", config.load_catalog(stacks).get("v4").artifact_sha256)
 
@@ -41,8 +41,8 @@ def test_pin_v4_apply_check_then_roll_back_to_v2_reattaches(servers, scratch_sta
     # Reattached, not rebuilt: the same v2 index, no document re-embedded.
     assert (rollback.plan.index_action, rollback.embedded) == ("reattach", 0)
     assert opensearch.indices.get_settings(index=v2)[v2]["settings"]["index"]["uuid"] == v2_uuid
-    assert index.count_by_model_version(opensearch, v2) == (SIZE, {"v2": SIZE})
-    assert index.alias_targets(opensearch, settings.opensearch.alias_name) == [v2]
+    assert live_state.count_by_model_version(opensearch, v2) == (SIZE, {"v2": SIZE})
+    assert live_state.alias_targets(opensearch, settings.opensearch.alias_name) == [v2]
     checked = lockstep("check", "--stack", stack)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     endpoints.stop_local_slots(config.load_stack(stack, stacks))

@@ -22,7 +22,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from lockstep import config, stackfile
-from lockstep.ops import artifacts, clients, derived, endpoints, index, reembed
+from lockstep.ops import artifacts, clients, corpus_store, derived, endpoints, index, live_state, reembed
 from tests.test_workflows import VENV_BIN, check_call, lockstep_calls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +169,9 @@ class Scratch:
         )
 
     def alias_targets(self) -> list[str]:
-        return index.alias_targets(clients.opensearch(self.settings.opensearch), self.settings.opensearch.alias_name)
+        return live_state.alias_targets(
+            clients.opensearch(self.settings.opensearch), self.settings.opensearch.alias_name
+        )
 
     def break_it(self) -> None:
         """Before (c): someone points the alias at the v1 index by hand, and a writer stamps a few
@@ -200,7 +202,7 @@ class Scratch:
         name = settings.opensearch.index_name("v3")
         assert index.read_meta(client, name) is None, "(b) dropped v3's index"
         s3 = clients.aws("s3", settings.region)
-        documents = artifacts.read_corpus(s3, settings)
+        documents = corpus_store.read_corpus(s3, settings)
         embedder = artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
         index.ensure_index(client, settings, entry)
         index.set_bulk_mode(client, name, True, settings)
@@ -269,7 +271,7 @@ def test_the_runbook_runs_top_to_bottom_on_the_embedded_default(scratch):
     settings = scratch.settings
     assert (settings.pin, settings.slots.as_dict()) == ("v2", {"blue": "v3", "green": "v2"})
     assert scratch.alias_targets() == [f"{stack}-v2"]
-    pointer = index.read_pointer(clients.aws("ssm", settings.region), settings.pointer_name)
+    pointer = live_state.read_pointer(clients.aws("ssm", settings.region), settings.pointer_name)
     assert (pointer.version, pointer.index) == ("v2", f"{stack}-v2")
     client = clients.opensearch(settings.opensearch)
     v3 = f"{stack}-v3"

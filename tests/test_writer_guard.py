@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from lockstep import config, orchestrator, stackfile
 from lockstep import derived as application
-from lockstep.ops import check, clients, derived, endpoints, index
+from lockstep.ops import check, clients, derived, endpoints, index, live_state
 
 SIZE = 40
 TTL = 2.0
@@ -180,12 +180,12 @@ def test_a_failed_cutover_puts_the_fences_back_where_the_pointer_is(stack, monke
     def refuse(*_):
         raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "PutParameter")
 
-    monkeypatch.setattr(index, "write_pointer", refuse)
+    monkeypatch.setattr(live_state, "write_pointer", refuse)
     with pytest.raises(Exception, match="could not be written"):
         apply("v1")
     monkeypatch.undo()
     settings = config.load_stack(name, stacks)
-    assert index.read_pointer(clients.aws_for(settings, "ssm"), settings.pointer_name).version == "v2"
+    assert live_state.read_pointer(clients.aws_for(settings, "ssm"), settings.pointer_name).version == "v2"
     assert fences(settings) == {"related": "v2", "audit": "v2"}
     assert application.Writer(settings, "related", "v2").put("doc-z", {"k": 0}, text="z") == "written"
 
@@ -197,7 +197,7 @@ def test_a_write_is_refused_when_the_pointer_cannot_be_read(stack, monkeypatch):
     settings = config.load_stack(name, stacks)
     related = application.Writer(settings, "related", "v2", ttl=TTL, clock=Clock())
     monkeypatch.setattr(
-        application.index, "read_pointer", lambda *_: (_ for _ in ()).throw(application.UsageError("down"))
+        application.live_state, "read_pointer", lambda *_: (_ for _ in ()).throw(application.UsageError("down"))
     )
     with pytest.raises(application.UsageError, match="down"):
         related.put("doc-x", {"k": 0}, text="x")

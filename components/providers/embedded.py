@@ -13,7 +13,7 @@ from __future__ import annotations
 from components.providers.base import Handler, Property, detached_settings, entry_of, failures
 from components.providers.derived import store_of
 from lockstep import runtime
-from lockstep.ops import artifacts, clients, derived, endpoints
+from lockstep.ops import artifacts, clients, corpus_store, derived, endpoints
 
 
 def _s3(props: dict):
@@ -57,7 +57,7 @@ class CorpusHandler(Handler):
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
         settings = detached_settings(news)
         with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
-            artifacts.ensure_corpus(clients.aws_for(settings, "s3"), settings)
+            corpus_store.ensure_corpus(clients.aws_for(settings, "s3"), settings)
         return news["uri"], news
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:

@@ -31,7 +31,7 @@ from components.providers.base import (
 )
 from lockstep.config import StackSettings
 from lockstep.errors import GuardRefused
-from lockstep.ops import clients, endpoints, index
+from lockstep.ops import clients, endpoints, index, live_state
 from lockstep.ops.backfill import engine as backfill_engine
 
 # A change to any of these means another mapping (or another index): replace, never update.
@@ -141,9 +141,9 @@ class IndexHandler(Handler):
                 kept = read_kept(ssm, settings.pointer_name)
                 if kept:
                     settings = StackSettings.model_validate({**state["settings"], **kept})
-                live = index.Inventory(pointer=index.read_pointer(ssm, settings.pointer_name))
+                live = live_state.Inventory(pointer=live_state.read_pointer(ssm, settings.pointer_name))
                 try:
-                    index.drop_index(client, settings, state["version"], live)
+                    live_state.drop_index(client, settings, state["version"], live)
                 except GuardRefused as refused:
                     return f"kept index {id_}: {str(refused).split(': ', 1)[-1].split(';')[0]}"
         return None
@@ -151,7 +151,7 @@ class IndexHandler(Handler):
     @staticmethod
     def _observed(settings: StackSettings, name: str, client=None) -> dict[str, Any]:
         client = client or clients.opensearch(settings.opensearch)
-        total, _ = index.count_by_model_version(client, name)
+        total, _ = live_state.count_by_model_version(client, name)
         return {"meta": index.read_meta(client, name) or {}, "docCount": total}
 
 
@@ -201,9 +201,9 @@ class CutoverHandler(Handler):
             # The live slot must serve the pin's artifact before the alias follows it (issue 18, defect 5).
             endpoints.require_serving(settings, settings.live_slot, entry)
             with clients.reaching("OpenSearch", opensearch_where(settings)):
-                pointer = index.cutover(client, ssm, settings, entry, news["endpoint"])
+                pointer = live_state.cutover(client, ssm, settings, entry, news["endpoint"])
                 write_kept(ssm, settings)
-                targets = index.alias_targets(client, settings.opensearch.alias_name)
+                targets = live_state.alias_targets(client, settings.opensearch.alias_name)
         return settings.pointer_name, {**news, "switchedAt": pointer.switched_at, "aliasTargets": targets}
 
     def read(self, urn: str, id_: str, state: dict) -> tuple[str, dict]:
@@ -212,10 +212,10 @@ class CutoverHandler(Handler):
             ssm = clients.aws_for(settings, "ssm")
             client = clients.opensearch(settings.opensearch)
             with clients.reaching("OpenSearch", opensearch_where(settings)):
-                pointer = index.read_pointer(ssm, id_)
+                pointer = live_state.read_pointer(ssm, id_)
                 if pointer is None:
                     return "", {}
-                targets = index.alias_targets(client, settings.opensearch.alias_name)
+                targets = live_state.alias_targets(client, settings.opensearch.alias_name)
         observed = {key: value for key, value in asdict(pointer).items() if key in ("version", "endpoint", "index")}
         return id_, {**state, **observed, "switchedAt": pointer.switched_at, "aliasTargets": targets}
 

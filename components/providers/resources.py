@@ -23,7 +23,7 @@ from components.providers.embedded import (
 )
 from components.providers.opensearch import CutoverHandler, IndexHandler
 from lockstep.config import Catalog, CatalogEntry, DerivedStore, StackSettings
-from lockstep.ops import artifacts
+from lockstep.ops import corpus_store
 from lockstep.ops import endpoints as ops_endpoints
 
 # What an index (or a slot, or an artifact) needs from the stack: where things live, never which
@@ -221,7 +221,7 @@ class Corpus(LockstepResource):
     HANDLER = CorpusHandler
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None):
-        inputs = {"uri": artifacts.corpus_uri(settings), "settings": placement(settings)}
+        inputs = {"uri": corpus_store.corpus_uri(settings), "settings": placement(settings)}
         super().__init__(name, inputs, opts)
 
 

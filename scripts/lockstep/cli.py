@@ -14,7 +14,7 @@ import click
 
 from lockstep import config, drill, opensearch_node, orchestrator, promote, report, runtime, services, stackfile
 from lockstep.errors import LockstepError, Unreachable, UsageError
-from lockstep.ops import check, index
+from lockstep.ops import check, live_state
 from lockstep.plan import declared_state, release_plan
 
 
@@ -182,8 +182,8 @@ def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str)
         with env.reach_opensearch():  # an earlier run's index of another build: named, with the fix
             check.refuse_misbuilt_indices(env.opensearch, target, catalog)
         known = True
-        live = index.alias_targets(env.opensearch, settings.opensearch.alias_name)
-        counts = index.count_by_model_version(env.opensearch, live[0])[1] if len(live) == 1 else None
+        live = live_state.alias_targets(env.opensearch, settings.opensearch.alias_name)
+        counts = live_state.count_by_model_version(env.opensearch, live[0])[1] if len(live) == 1 else None
     except Unreachable:
         planned = release_plan(catalog, target, declared_state(before))
         known = False

@@ -12,7 +12,7 @@ and writes it only if its version is the live one:
   `quarantined_for`) — kept for audit, never counted as live, so the check stays green.
 
 The table's fence item (written by the cutover before the alias and the pointer move:
-`lockstep.ops.index.cutover`) decides, in one of two modes (`derived[].writerGuard`):
+`lockstep.ops.live_state.cutover`) decides, in one of two modes (`derived[].writerGuard`):
 
 - `transaction` (default; for AWS): each batch is ONE TransactWriteItems — a ConditionCheck on the
   fence (naming this version for a live write, another for a quarantined one) and the puts.
@@ -50,7 +50,7 @@ from boto3.dynamodb.types import TypeSerializer
 from lockstep import config
 from lockstep.config import DerivedStore, StackSettings
 from lockstep.errors import GuardRefused, LockstepError, UsageError
-from lockstep.ops import clients, index
+from lockstep.ops import clients, index, live_state
 from lockstep.ops import derived as store_ops
 from lockstep.ops.corpus import Document, content_sha256
 from lockstep.ops.progress import batched
@@ -95,15 +95,15 @@ class PointerCache:
         self.settings, self.ttl, self.clock = settings, ttl, clock
         self.ssm = clients.aws_for(settings, "ssm")
         self.reads = 0
-        self._pointer: index.Pointer | None = None
+        self._pointer: live_state.Pointer | None = None
         self._read_at: float | None = None
 
-    def live(self) -> index.Pointer | None:
+    def live(self) -> live_state.Pointer | None:
         now = self.clock()
         if self._read_at is None or now - self._read_at >= self.ttl:
             self._read_at = None  # a failed read leaves no answer behind: the next write asks again
             with clients.reaching("AWS (SSM)", clients.aws_endpoint(self.settings.embedded) or "AWS"):
-                self._pointer = index.read_pointer(self.ssm, self.settings.pointer_name)
+                self._pointer = live_state.read_pointer(self.ssm, self.settings.pointer_name)
             self._read_at, self.reads = now, self.reads + 1
         return self._pointer
 

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from lockstep import config, models, orchestrator, report, services, stackfile
 from lockstep.models import builds
-from lockstep.ops import artifacts, check, clients, corpus, derived, endpoints
+from lockstep.ops import check, clients, corpus, corpus_store, derived, endpoints, live_state
 from lockstep.ops.check import CheckRecord  # by name: the method Drill.check shadows the module in the class body
 from lockstep.ops.corpus import Document, stdlib_documents
 from lockstep.plan import TIMED
@@ -212,8 +212,8 @@ class Drill:
         """New documents land in the corpus (the source of truth) first."""
         settings = self.settings()
         s3 = clients.aws_for(settings, "s3")
-        current = artifacts.read_corpus(s3, settings)
-        artifacts.write_corpus(s3, settings, current + documents)
+        current = corpus_store.read_corpus(s3, settings)
+        corpus_store.write_corpus(s3, settings, current + documents)
 
     def measure(self, act: Act) -> None:
         """Recall of both golden sets through the alias, embedded by the live endpoint, and the
@@ -222,7 +222,7 @@ class Drill:
         settings = self.settings()
         s3 = clients.aws_for(settings, "s3")
         client = clients.opensearch(settings.opensearch)
-        golden = artifacts.read_golden(s3, settings)
+        golden = corpus_store.read_golden(s3, settings)
         live = endpoints.endpoint_for(settings, self.serving_slot(settings))
         if self.probe_query is None:
             self.probe_query = self.pick_probe(s3, settings, [g for g in golden if corpus.golden_set(g) == "easy"])
@@ -253,7 +253,7 @@ class Drill:
         answer in the drill can only come from a mismatch of endpoint and index. (The real model
         is left out: ranking the corpus with it costs as much as its own act; it answers the
         easy set at recall@10 1.0.)"""
-        documents = artifacts.read_corpus(s3, settings)
+        documents = corpus_store.read_corpus(s3, settings)
         ids = [d.id for d in documents]
         ranked = []
         for entry in self.catalog.versions:
@@ -313,7 +313,7 @@ class Drill:
     def serving_slot(self, settings: config.StackSettings) -> str:
         """The slot users' queries are embedded by: what the live pointer names."""
         ssm = clients.aws_for(settings, "ssm")
-        pointer = orchestrator.index.read_pointer(ssm, settings.pointer_name)
+        pointer = live_state.read_pointer(ssm, settings.pointer_name)
         if pointer and pointer.endpoint.endswith(("-blue", "-green")):
             return pointer.endpoint.rsplit("-", 1)[1]
         return settings.live_slot

@@ -21,7 +21,7 @@ from lockstep import plan as release
 from lockstep import promote, runtime
 from lockstep.config import Catalog, CatalogEntry, StackSettings
 from lockstep.errors import UsageError
-from lockstep.ops import artifacts, check, clients, derived, endpoints, index, reembed
+from lockstep.ops import artifacts, check, clients, corpus_store, derived, endpoints, index, live_state, reembed
 from lockstep.ops.backfill import engine as backfill_engine
 from lockstep.ops.backfill.core import BackfillResult
 from lockstep.ops.corpus import Document
@@ -105,9 +105,9 @@ class Corpus:
     def __init__(self, env: Environment):
         self.env = env
         with env.reach_aws():
-            self.ref = artifacts.corpus_ref(env.s3, env.settings)
+            self.ref = corpus_store.corpus_ref(env.s3, env.settings)
         self._documents: list[Document] | None = None
-        self._index: artifacts.CorpusIndex | None = None
+        self._index: corpus_store.CorpusIndex | None = None
         # Deltas found without scanning an index (see delta_since_sync), by version, for apply.
         self.deltas: dict[str, reembed.Delta] = {}
 
@@ -115,7 +115,7 @@ class Corpus:
     def documents(self) -> list[Document] | None:
         if self._documents is None and self.ref is not None:
             with self.env.reach_aws():
-                self._documents = artifacts.read_corpus(self.env.s3, self.env.settings)
+                self._documents = corpus_store.read_corpus(self.env.s3, self.env.settings)
         return self._documents
 
     @property
@@ -124,7 +124,7 @@ class Corpus:
             return self.ref.documents
         return len(self.documents or [])
 
-    def matches(self, state: index.IndexState) -> bool:
+    def matches(self, state: live_state.IndexState) -> bool:
         """The index was synced with exactly this corpus and holds only its own version's
         documents, as many as it had then: nothing to catch up, no need to scan."""
         synced = (state.meta or {}).get("synced") or {}
@@ -134,7 +134,7 @@ class Corpus:
             and state.count_by_model_version == {state.version: synced.get("documents")}
         )
 
-    def delta_since_sync(self, state: index.IndexState) -> reembed.Delta | None:
+    def delta_since_sync(self, state: live_state.IndexState) -> reembed.Delta | None:
         """The delta of an index that was synced with an earlier corpus and not written to since
         (same per-version count): the diff of the two corpus versions in the versioned bucket,
         line by line — no index scan, no parse. None when that cannot be established."""
@@ -142,14 +142,14 @@ class Corpus:
         if self.ref is None or state.count_by_model_version != {state.version: synced.get("documents")}:
             return None
         with self.env.reach_aws():
-            version_id = artifacts.corpus_version_with_etag(
+            version_id = corpus_store.corpus_version_with_etag(
                 self.env.s3, self.env.settings, synced.get("corpus_etag", "")
             )
             if version_id is None:
                 return None
             if self._index is None:
-                self._index = artifacts.corpus_index(self.env.s3, self.env.settings)
-            changes = self._index.changes_since(artifacts.corpus_index(self.env.s3, self.env.settings, version_id))
+                self._index = corpus_store.corpus_index(self.env.s3, self.env.settings)
+            changes = self._index.changes_since(corpus_store.corpus_index(self.env.s3, self.env.settings, version_id))
         if changes is None:
             return None
         new, changed, gone = changes
@@ -161,7 +161,7 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
     """What exists now: indices with their delta against the corpus, alias, pointer, slots."""
     settings = env.settings
     with env.reach_opensearch():
-        inventory = index.inventory(env.opensearch, env.ssm, settings, catalog)
+        inventory = live_state.inventory(env.opensearch, env.ssm, settings, catalog)
         observed_indices = {}
         for version, state in inventory.indices.items():
             delta = None
@@ -288,7 +288,7 @@ def apply(
     for store in settings.derived:  # first: a table of the wrong schema stops the apply before any write
         derived.ensure_table(settings, store)
     with env.reach_aws():
-        artifacts.ensure_corpus(env.s3, settings)
+        corpus_store.ensure_corpus(env.s3, settings)
     corpus = Corpus(env)
     planned = release.release_plan(catalog, settings, observe(env, catalog, corpus))
     if any(step.kind in ("provision", "catch_up") for step in planned.steps):
@@ -366,7 +366,7 @@ def _cutover(run: Run, step: release.Step) -> Done:
     # The live slot must serve the pin's artifact before the alias follows it (issue 18, defect 5).
     endpoint = endpoints.require_serving(settings, settings.live_slot, entry)
     with env.reach_opensearch(), env.reach_aws():
-        pointer = index.cutover(env.opensearch, env.ssm, settings, entry, endpoint)
+        pointer = live_state.cutover(env.opensearch, env.ssm, settings, entry, endpoint)
     return Done(f"alias {settings.opensearch.alias_name} → {pointer.index}, pointer → {pointer.version}")
 
 
@@ -396,8 +396,8 @@ def _drop(run: Run, step: release.Step) -> Done:
     env, settings = run.env, run.settings
     with env.reach_opensearch(), env.reach_aws():
         # The inventory is read now (after the cutover), and drop_index re-reads the aliases itself.
-        index.drop_index(
-            env.opensearch, settings, step.version, index.inventory(env.opensearch, env.ssm, settings, run.catalog)
+        live_state.drop_index(
+            env.opensearch, settings, step.version, live_state.inventory(env.opensearch, env.ssm, settings, run.catalog)
         )
     return Done(f"dropped {settings.opensearch.index_name(step.version)}")
 
@@ -430,10 +430,10 @@ def backfill(
     documents, corpus_etag = None, None
     with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
         if settings.embedded:
-            artifacts.ensure_corpus(env.s3, settings)
+            corpus_store.ensure_corpus(env.s3, settings)
         if settings.backfill.engine == "local":  # read once here, handed to the sync below
-            ref = artifacts.corpus_ref(env.s3, settings)
-            documents, corpus_etag = artifacts.read_corpus(env.s3, settings), ref.etag if ref else None
+            ref = corpus_store.corpus_ref(env.s3, settings)
+            documents, corpus_etag = corpus_store.read_corpus(env.s3, settings), ref.etag if ref else None
         if settings.embedded:
             artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
         artifacts.publish_artifact(env.s3, settings, entry)
@@ -489,7 +489,7 @@ def revert_target(env: Environment, catalog: Catalog, corpus: Corpus, failed: ch
         revert.why = f"the last version whose check passed ({target or 'none'}) is not the standby {settings.standby}"
         return revert
     with env.reach_opensearch():
-        state = index.inventory(env.opensearch, env.ssm, settings, catalog).indices.get(target)
+        state = live_state.inventory(env.opensearch, env.ssm, settings, catalog).indices.get(target)
         synced = state is not None and (
             corpus.matches(state)
             or not any(vars(reembed.index_delta(env.opensearch, state.index, target, corpus.documents or [])).values())
@@ -511,7 +511,7 @@ def auto_revert(env: Environment, catalog: Catalog, corpus: Corpus, failed: chec
     entry = catalog.get(revert.to_version)
     endpoint = endpoints.require_serving(back, back.live_slot, entry)
     with env.reach_opensearch(), env.reach_aws():
-        index.cutover(env.opensearch, env.ssm, back, entry, endpoint)
+        live_state.cutover(env.opensearch, env.ssm, back, entry, endpoint)
     revert.record = check.run(back, catalog)
     check.store(revert.record, back)
     return revert

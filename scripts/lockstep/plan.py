@@ -255,7 +255,7 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
             )
         )
     steps.append(Step("check", pin))
-    # The rule index.droppable applies, on what was observed: an index the live alias or pointer
+    # The rule live_state.droppable applies, on what was observed: an index the live alias or pointer
     # named before this release is kept until a later one (it stays an instant way back).
     pointer_index = search.index_name(observed.pointer_version) if observed.pointer_version else None
     for version, state in sorted(observed.indices.items()):

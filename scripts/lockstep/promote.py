@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lockstep import config, stackfile
 from lockstep.errors import LockstepError, UsageError
-from lockstep.ops import check, clients, index
+from lockstep.ops import check, clients, live_state
 
 
 class PromotionRefused(LockstepError):
@@ -103,7 +103,7 @@ def promote(source: str, target: str, version: str | None = None, stacks_dir: Pa
         )
     ssm = clients.aws_for(origin, "ssm")
     with clients.reaching("AWS (SSM)", clients.aws_endpoint() or "AWS"):
-        pointer = index.read_pointer(ssm, origin.pointer_name)
+        pointer = live_state.read_pointer(ssm, origin.pointer_name)
     if pointer is None or pointer.version != version:
         live = pointer.version if pointer else "nothing"
         raise PromotionRefused(f"{source} serves {live}, not {version}; the evidence must be about what is live")

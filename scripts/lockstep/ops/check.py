@@ -22,7 +22,7 @@ from opensearchpy.exceptions import RequestError
 
 from lockstep.config import Catalog, DerivedStore, StackSettings
 from lockstep.errors import IntegrityError, LockstepError, Unreachable
-from lockstep.ops import artifacts, clients, corpus, derived, endpoints, index
+from lockstep.ops import artifacts, clients, corpus, corpus_store, derived, endpoints, index, live_state
 
 RECORD_PREFIX = "checks"
 
@@ -95,7 +95,7 @@ class Reading:
     @cached_property
     def targets(self) -> list[str]:
         with self.opensearch():
-            return index.alias_targets(self.client, self.alias)
+            return live_state.alias_targets(self.client, self.alias)
 
     @cached_property
     def served(self) -> str:
@@ -149,7 +149,7 @@ def check_index_meta(r: Reading) -> Check:
 def check_foreign_versions(r: Reading) -> Check:
     """No documents of another version (one aggregation)."""
     with r.opensearch():
-        by_version = index.count_by_model_version(r.client, r.served)[1] if r.exists else {}
+        by_version = live_state.count_by_model_version(r.client, r.served)[1] if r.exists else {}
     foreign = {v: n for v, n in by_version.items() if v != r.settings.pin}
     return Check(
         "foreign-versions",
@@ -163,7 +163,7 @@ def check_foreign_versions(r: Reading) -> Check:
 def check_doc_count(r: Reading) -> Check:
     """Document count parity with the corpus, plus a sample of content hashes."""
     with r.aws("S3"):
-        corpus = artifacts.corpus_index(r.s3, r.settings)
+        corpus = corpus_store.corpus_index(r.s3, r.settings)
     with r.opensearch():
         count = r.client.count(index=r.served)["count"] if r.exists else 0
         stale = _stale_sample(r.client, r.served, corpus, r.settings.check.stale_sample, r.rng) if r.exists else 0
@@ -183,7 +183,7 @@ def check_pointer(r: Reading) -> Check:
     endpoint = endpoints.endpoint_name(settings, settings.live_slot)
     with r.aws("SSM"):
         try:
-            pointer = index.read_pointer(r.ssm, settings.pointer_name)
+            pointer = live_state.read_pointer(r.ssm, settings.pointer_name)
             observed = f"{pointer.version} / {pointer.endpoint} / {pointer.index}" if pointer else "(missing)"
         except IntegrityError:
             pointer, observed = None, "(not lockstep's JSON)"
@@ -263,7 +263,7 @@ def check_recall(r: Reading) -> Check:
     settings = r.settings
     floors = settings.check.recall_floors(r.entry)
     with r.aws("S3"):
-        golden = artifacts.read_golden(r.s3, settings)
+        golden = corpus_store.read_golden(r.s3, settings)
     recalls: dict[str, float] = {}
     observed = "endpoint unreachable" if not r.described else f"alias {r.alias} points to no index"
     if golden and r.described and r.targets:
@@ -397,7 +397,7 @@ def refuse_misbuilt_indices(
     """An index of a kept version that was built for another catalog entry (an earlier run with a
     catalog that lied about the dimension, say) can be neither caught up nor cut over to: name it
     and the fix, before anything is written (plan, apply, backfill)."""
-    live = index.alias_targets(client, settings.opensearch.alias_name)
+    live = live_state.alias_targets(client, settings.opensearch.alias_name)
     for version in versions or settings.versions:
         name = settings.opensearch.index_name(version)
         meta = index.read_meta(client, name)
@@ -446,7 +446,7 @@ def _random_docs(client, target: str, size: int, rng: random.Random) -> list[dic
     return [{"id": h["_id"], **h["_source"]} for h in hits]
 
 
-def _stale_sample(client, index_name: str, corpus: artifacts.CorpusIndex, size: int, rng: random.Random) -> int:
+def _stale_sample(client, index_name: str, corpus: corpus_store.CorpusIndex, size: int, rng: random.Random) -> int:
     """Sampled stored documents whose content hash is not the corpus's (only the sample is parsed)."""
     if size == 0:
         return 0

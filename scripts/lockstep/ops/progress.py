@@ -1,7 +1,7 @@
 """Batches and progress bars shared by the long loops (re-embed, derived repair, guarded writes).
 
 Its own module so the loops need not import one another: ops.derived once imported ops.reembed for
-these two helpers, which made a circle once the cutover (ops.index) started writing derived fences.
+these two helpers, which made a circle once the cutover (ops.live_state) started writing derived fences.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from opensearchpy import OpenSearch
 
 from lockstep.config import CatalogEntry, StackSettings
-from lockstep.ops import artifacts, clients, reembed
+from lockstep.ops import artifacts, clients, corpus_store, reembed
 from lockstep.ops.backfill import core
 from lockstep.ops.corpus import Document
 from lockstep.ops.progress import progress_bar
@@ -91,7 +91,7 @@ def sync_index(
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
         embedder = embedder or artifacts.load_embedder(s3, settings.artifacts.bucket, entry)
         if documents is None:
-            ref = artifacts.corpus_ref(s3, settings)
+            ref = corpus_store.corpus_ref(s3, settings)
             corpus_etag = ref.etag if ref else None
-            documents = artifacts.read_corpus(s3, settings)
+            documents = corpus_store.read_corpus(s3, settings)
         return sync_documents(client, settings, entry, embedder, documents, progress, corpus_etag, full, known_delta)

@@ -34,7 +34,7 @@ from ray.data.block import BlockAccessor
 
 from lockstep.config import CatalogEntry, StackSettings
 from lockstep.errors import GuardRefused, LockstepError, Unreachable, UsageError
-from lockstep.ops import artifacts, clients, reembed
+from lockstep.ops import artifacts, clients, corpus_store, reembed
 from lockstep.ops.backfill import core
 from lockstep.ops.corpus import Document
 
@@ -288,7 +288,7 @@ class RayEngine:
             if cause:
                 raise cause from None
             raise UsageError(
-                f"corpus {artifacts.corpus_uri(self.settings)} could not be read as JSONL of "
+                f"corpus {corpus_store.corpus_uri(self.settings)} could not be read as JSONL of "
                 f"{{id, text}} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); fix or re-upload it"
             ) from None
         _validate(documents, self.settings)
@@ -326,7 +326,7 @@ class RayEngine:
 
 def _validate(documents: list[Keyed], settings: StackSettings) -> None:
     """The local parser's rules: a non-empty corpus of unique ids."""
-    uri = artifacts.corpus_uri(settings)
+    uri = corpus_store.corpus_uri(settings)
     if not documents:
         raise UsageError(f"{uri}: the corpus is empty; upload documents (`lockstep corpus seed`)")
     seen: set[str] = set()
@@ -350,10 +350,10 @@ def sync_index(
     """The pipeline on this process's Ray runtime (a local one, or the cluster a Ray job runs in)."""
     s3 = clients.aws_for(settings, "s3")
     with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
-        ref = artifacts.corpus_ref(s3, settings)
+        ref = corpus_store.corpus_ref(s3, settings)
         if ref is None:
             raise UsageError(
-                f"corpus {artifacts.corpus_uri(settings)} not found; run `lockstep apply` (seeds the embedded corpus) or upload it"
+                f"corpus {corpus_store.corpus_uri(settings)} not found; run `lockstep apply` (seeds the embedded corpus) or upload it"
             )
     with runtime(settings, progress):
         return run_pipeline(settings, entry, full=full, corpus_etag=ref.etag)

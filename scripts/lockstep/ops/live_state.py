@@ -1,0 +1,358 @@
+"""What is live and what the stack keeps: the live alias, the live pointer, the cutover between
+them, the inventory of the stack's indices, and which of them may be dropped.
+
+The cutover is the one place where the live state changes: the alias moves in ONE `_aliases`
+request (never remove-then-add in two calls), then the SSM pointer names the same version. If the
+pointer cannot be written the alias goes back, so alias and pointer never stay apart. Before
+either moves, each derived table's fence item is set to the new version (see `cutover`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+
+from botocore.exceptions import BotoCoreError, ClientError
+from opensearchpy import OpenSearch
+from opensearchpy.exceptions import ConnectionError as OSConnectionError
+from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
+
+from lockstep.config import Catalog, CatalogEntry, StackSettings
+from lockstep.errors import GuardRefused, IntegrityError, LockstepError, Unreachable, UsageError
+from lockstep.ops import derived
+from lockstep.ops.index import describe_error, now, one_line, verify_meta
+from lockstep.state import keep_reason
+
+# Bucket name for documents without a `model_version` in the per-version counts.
+NO_VERSION = "(none)"
+# How long a cutover whose `_aliases` request failed in transit (the swap may or may not have
+# been applied) keeps asking OpenSearch where the alias is, and how long restoring the alias
+# after a failed pointer write keeps trying, before saying so.
+SETTLE_SECONDS = 12.0
+
+
+# ------------------------------------------------------------------------------ alias and pointer
+
+
+def _alias_map(client: OpenSearch, alias: str) -> dict[str, bool]:
+    """{index: is_write_index} for every index holding `alias`."""
+    try:
+        response = client.indices.get_alias(name=alias)
+    except NotFoundError:
+        return {}
+    return {
+        index: bool(body.get("aliases", {}).get(alias, {}).get("is_write_index", False))
+        for index, body in response.items()
+    }
+
+
+def alias_targets(client: OpenSearch, alias: str) -> list[str]:
+    return sorted(_alias_map(client, alias))
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """What is live, named together: the query embedder (endpoint) and the index it belongs to."""
+
+    version: str
+    endpoint: str
+    index: str
+    artifact_sha256: str
+    switched_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Pointer:
+        try:
+            data = json.loads(text)
+            return cls(
+                **{key: str(data[key]) for key in ("version", "endpoint", "index", "artifact_sha256")},
+                switched_at=str(data.get("switched_at", "")),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise IntegrityError(
+                f"live pointer is not lockstep's JSON ({type(exc).__name__}: {one_line(exc)}); "
+                "run `lockstep apply` to rewrite it"
+            ) from None
+
+
+def read_pointer(ssm, name: str) -> Pointer | None:
+    try:
+        value = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
+            return None
+        raise
+    return Pointer.from_json(value)
+
+
+def write_pointer(ssm, name: str, pointer: Pointer) -> None:
+    ssm.put_parameter(Name=name, Value=pointer.to_json(), Type="String", Overwrite=True)
+
+
+def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntry, endpoint: str) -> Pointer:
+    """Move the live alias and the live pointer to `entry`'s version together.
+
+    The derived tables' fences (`lockstep.derived` writes only if the fence names the writer's
+    version, in the same request) move FIRST: from that moment a writer of the old version is
+    refused or quarantined, even if its pointer cache still names the old version. Fence first
+    fails closed: until the pointer follows, the old version's writers are refused while
+    readers still see it live — refused writes, never wrong ones. If the swap or the pointer write
+    fails, the fences go back to whatever the pointer then names (or stay, failing closed).
+
+    Idempotent: when the alias is already on the target only a stale pointer is rewritten (and
+    the fences are rewritten, so a re-apply restores a lost one).
+    """
+    alias = settings.opensearch.alias_name
+    index = settings.opensearch.index_name(entry.version)
+    verify_meta(client, settings, entry)
+    target = Pointer(entry.version, endpoint, index, entry.artifact_sha256, now())
+    before = _alias_map(client, alias)
+    if before == {index: True}:
+        try:
+            current = read_pointer(ssm, settings.pointer_name)
+        except IntegrityError:  # malformed: rewriting it is the repair
+            current = None
+        if current is not None and asdict(current) | {"switched_at": ""} == asdict(target) | {"switched_at": ""}:
+            derived.write_fences(settings, current.version, current.switched_at)
+            return current
+        derived.write_fences(settings, target.version, target.switched_at)
+        write_pointer(ssm, settings.pointer_name, target)
+        return target
+
+    actions = [{"remove": {"index": name, "alias": alias}} for name in before if name != index]
+    actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
+    derived.write_fences(settings, target.version, target.switched_at)
+    try:
+        try:
+            _update_aliases(client, alias, actions)
+        except TransportError as exc:
+            if not _transient(exc):
+                raise
+            _after_swap_in_doubt(client, alias, index, before, settings.pointer_name, exc)
+        try:
+            write_pointer(ssm, settings.pointer_name, target)
+        except (ClientError, BotoCoreError) as exc:
+            _restore_alias(client, alias, index, before, settings.pointer_name, exc)
+    except Exception:
+        _fences_follow_pointer(ssm, settings)
+        raise
+    return target
+
+
+def _fences_follow_pointer(ssm, settings: StackSettings) -> None:
+    """After a failed cutover: fences back to the pointer's version, if it can be read (else they
+    stay on the target: writers are refused, which is the safe side)."""
+    if not settings.derived:
+        return
+    with suppress(LockstepError, ClientError, BotoCoreError):
+        pointer = read_pointer(ssm, settings.pointer_name)
+        if pointer is not None:
+            derived.write_fences(settings, pointer.version, pointer.switched_at)
+
+
+def _transient(exc: TransportError) -> bool:
+    """Connection lost, timed out, or a 5xx/429: the request may or may not have been applied."""
+    return isinstance(exc, OSConnectionError) or exc.status_code in (429, 500, 502, 503, 504)
+
+
+def _patiently(call: Callable):
+    """`call()`, retried with backoff on transient OpenSearch failures for SETTLE_SECONDS."""
+    deadline, wait = time.monotonic() + SETTLE_SECONDS, 0.25
+    while True:
+        try:
+            return call()
+        except TransportError as exc:
+            if not _transient(exc) or time.monotonic() + wait > deadline:
+                raise
+        time.sleep(wait)
+        wait = min(wait * 2, 4.0)
+
+
+def _where(client: OpenSearch) -> str:
+    host = (client.transport.hosts or [{}])[0]
+    return f"{host.get('scheme', 'http')}://{host.get('host', '?')}:{host.get('port', '?')}"
+
+
+def _after_swap_in_doubt(
+    client: OpenSearch, alias: str, index: str, before: dict[str, bool], pointer_name: str, cause: TransportError
+) -> None:
+    """The `_aliases` request failed in transit: it may have been applied with its answer lost.
+    Ask OpenSearch where the alias is now. Applied: return, so the pointer follows. Not applied:
+    nothing changed, say so. No answer: say exactly what may be split and how it converges."""
+    try:
+        now = _patiently(lambda: _alias_map(client, alias))
+    except TransportError:
+        now = None
+    if now == {index: True}:
+        return  # the swap went through; only its answer was lost
+    where, was, why = _where(client), ", ".join(sorted(before)) or "no index", type(cause).__name__
+    if now == before:
+        raise Unreachable(
+            f"OpenSearch at {where} failed during the alias swap ({why}); alias {alias} is still on "
+            f"{was} and the live pointer {pointer_name} was not touched: nothing changed; rerun once it answers"
+        )
+    if now is None:
+        raise Unreachable(
+            f"OpenSearch at {where} went away during the alias swap ({why}) and did not answer for "
+            f"{SETTLE_SECONDS:.0f} s: alias {alias} may already be on {index} while the live pointer {pointer_name} "
+            "still names the previous version; once OpenSearch answers, rerun `lockstep apply` (it finishes the "
+            "cutover; `lockstep check` shows where things are)"
+        )
+    raise LockstepError(
+        f"alias {alias} moved to {', '.join(sorted(now)) or 'no index'} during the swap to {index} "
+        "(another writer?); the live pointer was not touched: rerun `lockstep apply`"
+    )
+
+
+def _update_aliases(client: OpenSearch, alias: str, actions: list[dict]) -> None:
+    try:
+        client.indices.update_aliases(body={"actions": actions})
+    except RequestError as exc:
+        raise UsageError(
+            f"alias {alias}: OpenSearch refused the swap ({describe_error(exc)}); "
+            "an index may carry the alias' name: set opensearch.alias"
+        ) from None
+
+
+def _restore_alias(
+    client: OpenSearch, alias: str, index: str, before: dict[str, bool], pointer_name: str, cause: Exception
+) -> None:
+    """Put the alias back where it was (one request) and raise, saying so."""
+    actions = [] if index in before else [{"remove": {"index": index, "alias": alias}}]
+    actions += [{"add": {"index": name, "alias": alias, "is_write_index": write}} for name, write in before.items()]
+    was = ", ".join(sorted(before)) or "no index"
+    why = one_line(cause)
+    try:
+        _patiently(lambda: client.indices.update_aliases(body={"actions": actions}))
+    except TransportError as exc:
+        raise LockstepError(
+            f"live pointer {pointer_name} could not be written ({why}) and restoring alias {alias} "
+            f"to {was} failed too ({describe_error(exc)}); alias and pointer disagree: rerun `lockstep apply`"
+        ) from None
+    message = (
+        f"live pointer {pointer_name} could not be written ({why}); alias {alias} was restored "
+        f"to {was}, nothing changed; fix SSM access and rerun"
+    )
+    raise (Unreachable if isinstance(cause, BotoCoreError) else UsageError)(message) from None
+
+
+# ------------------------------------------------------------------------------------- inventory
+
+
+@dataclass(frozen=True)
+class IndexState:
+    version: str
+    index: str
+    meta: dict | None
+    doc_count: int
+    count_by_model_version: dict[str, int]
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    indices: dict[str, IndexState] = field(default_factory=dict)
+    alias_targets: list[str] = field(default_factory=list)
+    pointer: Pointer | None = None
+
+
+def _stack_indices(client: OpenSearch, settings: StackSettings, catalog: Catalog) -> Iterator[tuple[str, str, dict]]:
+    """(version, index, meta) of the stack's indices: `{prefix}-<version>` by `_meta` or by catalog name.
+
+    The prefix pattern can match another stack's indices (`docs-*` matches `docs-staging-v1`);
+    an index counts only when its name is exactly the one its version would get.
+    """
+    search = settings.opensearch
+    response = client.indices.get_mapping(index=f"{search.index_prefix}-*", params={"expand_wildcards": "open"})
+    by_name = {search.index_name(version): version for version in catalog.names}
+    for index, body in sorted(response.items()):
+        meta = body.get("mappings", {}).get("_meta") or {}
+        version = meta.get("version")
+        if not (isinstance(version, str) and search.index_name(version) == index):
+            version = by_name.get(index)
+        if version is not None:
+            yield version, index, meta
+
+
+def count_by_model_version(client: OpenSearch, index: str) -> tuple[int, dict[str, int]]:
+    """(total docs, {model_version: docs}) from one terms aggregation: no scan."""
+    response = client.search(
+        index=index,
+        body={
+            "size": 0,
+            "track_total_hits": True,
+            "aggs": {"versions": {"terms": {"field": "model_version", "size": 1000, "missing": NO_VERSION}}},
+        },
+    )
+    buckets = response["aggregations"]["versions"]["buckets"]
+    return response["hits"]["total"]["value"], {b["key"]: b["doc_count"] for b in buckets}
+
+
+def inventory(client: OpenSearch, ssm, settings: StackSettings, catalog: Catalog) -> Inventory:
+    aliases = client.indices.get_alias(index=f"{settings.opensearch.index_prefix}-*")
+    indices = {}
+    for version, index, meta in _stack_indices(client, settings, catalog):
+        total, counts = count_by_model_version(client, index)
+        names = tuple(sorted(aliases.get(index, {}).get("aliases", {})))
+        indices[version] = IndexState(version, index, meta, total, counts, names)
+    try:
+        pointer = read_pointer(ssm, settings.pointer_name)
+    except IntegrityError:  # not lockstep's JSON: seen as no pointer, so the plan cuts over and rewrites it
+        pointer = None
+    return Inventory(indices, alias_targets(client, settings.opensearch.alias_name), pointer)
+
+
+# ------------------------------------------------------------------------------------- retention
+
+
+def _protection(
+    settings: StackSettings, version: str, index: str, aliases: list[str], pointer: Pointer | None
+) -> str | None:
+    """Why `version`'s index must stay, or None when it may go (the rule is lockstep.state's)."""
+    return keep_reason(
+        settings, version, index, aliases, pointer.index if pointer else None, pointer.version if pointer else None
+    )
+
+
+def droppable(settings: StackSettings, inventory: Inventory) -> list[str]:
+    """Versions whose index left the config (pin ∪ slots ∪ retain) and that no alias points to."""
+    live_alias = settings.opensearch.alias_name
+    return sorted(
+        version
+        for version, state in inventory.indices.items()
+        if _protection(
+            settings,
+            version,
+            state.index,
+            sorted({*state.aliases, *([live_alias] if state.index in inventory.alias_targets else [])}),
+            inventory.pointer,
+        )
+        is None
+    )
+
+
+def drop_index(client: OpenSearch, settings: StackSettings, version: str, inventory: Inventory) -> bool:
+    """Delete `version`'s index; True if deleted. Aliases are re-read from the cluster, not trusted."""
+    state = inventory.indices.get(version)
+    index = state.index if state else settings.opensearch.index_name(version)
+    try:
+        aliases = sorted(next(iter(client.indices.get_alias(index=index).values()), {}).get("aliases", {}))
+    except NotFoundError:
+        return False
+    reason = _protection(settings, version, index, aliases, inventory.pointer)
+    if reason:
+        raise GuardRefused(
+            f"refusing to delete index {index}: {reason}; remove {version} from the stack "
+            "config (and move the alias) first"
+        )
+    try:
+        client.indices.delete(index=index)
+    except NotFoundError:
+        return False
+    return True
