@@ -142,7 +142,9 @@ class CorpusIndex:
     def __init__(self, data: bytes, uri: str):
         self.data, self.uri = data, uri
         lines = sum(1 for line in data.splitlines() if line.strip())
-        self._starts = {json.loads(b'"' + m.group(1) + b'"'): m.start() for m in _LINE_ID.finditer(data)}
+        self._starts: dict[str, int] | None = {
+            json.loads(b'"' + m.group(1) + b'"'): m.start() for m in _LINE_ID.finditer(data)
+        }
         if len(self._starts) != lines:  # not lockstep's layout, or duplicate ids: parse it all
             self._starts = None
             self._documents = {d.id: d for d in corpus.parse_documents(data, uri)}

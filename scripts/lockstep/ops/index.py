@@ -80,7 +80,8 @@ def read_meta(client: OpenSearch, index: str) -> dict | None:
         response = client.indices.get_mapping(index=index)
     except NotFoundError:
         return None
-    mappings = next(iter(response.values()), {}).get("mappings", {})
+    body: dict = next(iter(response.values()), {})
+    mappings = body.get("mappings", {})
     return mappings.get("_meta", {})
 
 

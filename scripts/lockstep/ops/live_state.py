@@ -125,7 +125,7 @@ def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntr
         write_pointer(ssm, settings.pointer_name, target)
         return target
 
-    actions = [{"remove": {"index": name, "alias": alias}} for name in before if name != index]
+    actions: list[dict[str, dict]] = [{"remove": {"index": name, "alias": alias}} for name in before if name != index]
     actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
     derived.write_fences(settings, target.version, target.switched_at)
     try:
@@ -224,7 +224,7 @@ def _restore_alias(
     client: OpenSearch, alias: str, index: str, before: dict[str, bool], pointer_name: str, cause: Exception
 ) -> None:
     """Put the alias back where it was (one request) and raise, saying so."""
-    actions = [] if index in before else [{"remove": {"index": index, "alias": alias}}]
+    actions: list[dict[str, dict]] = [] if index in before else [{"remove": {"index": index, "alias": alias}}]
     actions += [{"add": {"index": name, "alias": alias, "is_write_index": write}} for name, write in before.items()]
     was = ", ".join(sorted(before)) or "no index"
     why = one_line(cause)
@@ -342,7 +342,8 @@ def drop_index(client: OpenSearch, settings: StackSettings, version: str, invent
     state = inventory.indices.get(version)
     index = state.index if state else settings.opensearch.index_name(version)
     try:
-        aliases = sorted(next(iter(client.indices.get_alias(index=index).values()), {}).get("aliases", {}))
+        found: dict = next(iter(client.indices.get_alias(index=index).values()), {})
+        aliases = sorted(found.get("aliases", {}))
     except NotFoundError:
         return False
     reason = _protection(settings, version, index, aliases, inventory.pointer)
