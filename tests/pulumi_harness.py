@@ -7,6 +7,8 @@ engine would diff them.
 
 from __future__ import annotations
 
+import asyncio
+
 import pulumi
 
 ACCOUNT = "123456789012"
@@ -102,6 +104,9 @@ def run_mocked(
     """Run `body()` (which declares resources and may return an Output of a dict) under fresh mocks,
     with `config` as the stack's configuration (plain strings; `secret_keys` marked secret)."""
     mocks = mocks or CaptureMocks()
+    # The mock runtime schedules on the thread's event loop; a test elsewhere that ran asyncio.run()
+    # leaves the thread with none (RuntimeError: There is no current event loop).
+    asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.reset_options()
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview)
     pulumi.runtime.set_all_config(config or {}, secret_keys=secret_keys or [])

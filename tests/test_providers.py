@@ -199,6 +199,10 @@ def test_the_provider_serves_the_component_and_the_resources_schema():
     from pulumi.provider.experimental.provider import GetSchemaRequest
 
     provider = LockstepProvider(build_provider())
-    served = json.loads(asyncio.run(provider.get_schema(GetSchemaRequest(0))).schema)
+    loop = asyncio.new_event_loop()  # not asyncio.run: it unsets the thread's loop, which the mock runtime needs
+    try:
+        served = json.loads(loop.run_until_complete(provider.get_schema(GetSchemaRequest(0))).schema)
+    finally:
+        loop.close()
     assert {"lockstep:index:ModelRelease", "lockstep:index:Index", "lockstep:index:Check"} <= set(served["resources"])
     assert provider.handler("lockstep:index:ModelRelease$lockstep:index:Index").TOKEN == "lockstep:index:Index"
