@@ -45,6 +45,8 @@ from lockstep.errors import ConfigError
 
 TOKEN = "lockstep:index:ModelRelease"
 NAMESPACE = "lockstep"
+# The engine's own read of another stack's outputs (what a StackReference resolves with), as a call.
+READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 # Not a stack setting: a secret input of every resource that talks to OpenSearch.
 SECRET_ARGS = ("opensearch_password",)
 
@@ -66,6 +68,48 @@ def settings_document(settings: StackSettings, catalog: Catalog) -> str:
         },
         sort_keys=True,
     )
+
+
+# ------------------------------------------------------------------------------ the promotion gate
+
+
+def stack_name(stack: str) -> str:
+    """A stack of this project as the backend names it; a self-managed backend's organization is
+    literally `organization` (organization/<project>/<stack>)."""
+    return f"{pulumi.get_organization() or 'organization'}/{pulumi.get_project()}/{stack}"
+
+
+def stack_outputs(name: str, source_key: str) -> dict[str, Any]:
+    """Another stack's outputs, read now (the engine answers before anything is registered)."""
+    try:
+        return dict(pulumi.runtime.invoke(READ_STACK_OUTPUTS, {"name": name}).value.get("outputs") or {})
+    except Exception as exc:  # the engine's error, e.g. no such stack in this backend
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{NAMESPACE}:{source_key}: cannot read the outputs of stack {name} ({reason}); "
+            "deploy that stack first, or name the stack this one is promoted from"
+        ) from None
+
+
+def require_promotable(settings: StackSettings) -> None:
+    """Invariant 7, in the component so every consumer gets it: a stack promoted from A places in
+    its slots only versions A verified (A's `verifiedVersions` output) or versions this stack's own
+    slots already run (its `slots` output), so it can stay on, or flip back to, what it runs.
+    Raised before anything is registered: a refused gate changes nothing."""
+    source = settings.promoted_from
+    if not source:
+        return
+    verified = [str(v) for v in stack_outputs(stack_name(source), "promotedFrom").get("verifiedVersions") or []]
+    running = stack_outputs(stack_name(pulumi.get_stack()), "promotedFrom").get("slots") or {}
+    allowed = set(verified) | {str(v) for v in running.values()}
+    for slot, version in sorted(settings.slots.filled.items(), key=lambda item: item[1] != settings.pin):
+        if version not in allowed:
+            what = "pin" if version == settings.pin else f"slots.{slot}"
+            raise ConfigError(
+                f"{NAMESPACE}:{what}: {version} is not verified in {source} (verified there: "
+                f"{', '.join(verified) or 'nothing'}) and runs in none of {settings.stack}'s slots; "
+                f"deploy and check it in {source}, then `lockstep promote --from {source} --to {settings.stack}`"
+            )
 
 
 # ------------------------------------------------------------------------- args -> validated settings
@@ -200,13 +244,18 @@ class ModelRelease(pulumi.ComponentResource):
     """The last consistency check's result record (JSON), what `lockstep promote` reads."""
 
     def __init__(self, name: str, args: ModelReleaseArgs, opts: pulumi.ResourceOptions | None = None):
-        # Validated before anything is registered: a bad arg changes nothing.
+        # Validated, and the promotion gate passed, before anything is registered: a bad arg or an
+        # unverified version changes nothing.
         settings, catalog = release_settings(args)
+        require_promotable(settings)
         opensearch_password = args.get("opensearch_password")
         super().__init__(TOKEN, name, None, opts)
         entries = {version: catalog.get(version) for version in settings.versions}
 
         child = pulumi.ResourceOptions(parent=self)
+        if settings.promoted_from:
+            # The dependency on the source stack as the engine records it (the gate read it already).
+            self.upstream = pulumi.StackReference(stack_name(settings.promoted_from), opts=child)
         # The leaves: AWS resources, or lockstep's own against the embedded servers (same shapes).
         self.artifacts: EmbeddedArtifactStore | ArtifactStore
         if settings.embedded:

@@ -65,7 +65,7 @@ def load_settings(stack: str, config: pulumi.Config) -> tuple[StackSettings, Cat
         raise pulumi.RunError(str(exc)) from None
 
 
-def main() -> ModelRelease | pulumi.Output[ModelRelease]:
+def main() -> ModelRelease:
     """`pulumi up`: the stack's config (stacks/Pulumi.<stack>.yaml) -> the release."""
     config = pulumi.Config(NAMESPACE)
     settings, catalog = load_settings(pulumi.get_stack(), config)
@@ -73,19 +73,13 @@ def main() -> ModelRelease | pulumi.Output[ModelRelease]:
     return declare(settings, catalog, password)
 
 
-def declare(
-    settings: StackSettings, catalog: Catalog, password: pulumi.Input[str] | None
-) -> ModelRelease | pulumi.Output[ModelRelease]:
+def declare(settings: StackSettings, catalog: Catalog, password: pulumi.Input[str] | None) -> ModelRelease:
     """One ModelRelease and the stack outputs; an embedded stack's leaves are lockstep's own
     resources (`lockstep up` runs this as an inline program).
 
-    A promoted stack's release is registered only once the promotion gate passed: a refused gate
-    registers nothing (no index, endpoint, cutover or check changes)."""
-    release: ModelRelease | pulumi.Output[ModelRelease]
-    if settings.promoted_from:
-        release = require_verified_upstream(settings).apply(lambda _: _release(settings, catalog, password))
-    else:
-        release = _release(settings, catalog, password)
+    A promoted stack's gate is the component's (model_release.require_promotable): it reads the
+    source stack's `verifiedVersions` and this stack's `slots`, the outputs exported here."""
+    release = _release(settings, catalog, password)
     pulumi.export("pin", release.pin)
     pulumi.export("liveEndpoint", release.live_endpoint)
     pulumi.export("liveIndex", release.live_index)
@@ -116,27 +110,3 @@ def verified_versions(check_record: str | None) -> list[str]:
     except ValueError:
         return []
     return [record["pin"]] if isinstance(record, dict) and record.get("passed") and record.get("pin") else []
-
-
-def require_verified_upstream(settings: StackSettings) -> pulumi.Output:
-    """Invariant 7 at evaluation time: a stack promoted from A runs only a pin A ever verified, or
-    one this stack already deployed in a slot (so it can stay on, or flip back to, what it runs)."""
-    source = settings.promoted_from
-    # A self-managed backend's organization is literally "organization".
-    organization = pulumi.get_organization() or "organization"
-    project = pulumi.get_project()
-    upstream = pulumi.StackReference(f"{organization}/{project}/{source}")
-    # This stack's own outputs of its last deployment: the slots it runs now.
-    deployed = pulumi.StackReference(f"{organization}/{project}/{pulumi.get_stack()}")
-
-    def require(outputs: list) -> list[str]:
-        versions, slots = list(outputs[0] or []), outputs[1] or {}
-        if settings.pin not in versions and settings.pin not in set(slots.values()):
-            raise pulumi.RunError(
-                f"{NAMESPACE}:pin: {settings.pin} is not verified in {source} (verified there: "
-                f"{', '.join(versions) or 'nothing'}) and is in none of {settings.stack}'s deployed slots; "
-                f"deploy and check it in {source}, then `lockstep promote --from {source} --to {settings.stack}`"
-            )
-        return versions
-
-    return pulumi.Output.all(upstream.get_output("verifiedVersions"), deployed.get_output("slots")).apply(require)

@@ -32,12 +32,14 @@ def normalize(value):
 
 class CaptureMocks(pulumi.runtime.Mocks):
     """Records every resource's type and inputs; answers like a provider that accepted them.
-    A StackReference (the promotion gate's) answers with `upstream_verified` as the source
-    stack's verifiedVersions output."""
+    The promotion gate's reads of stack outputs answer with `upstream_verified` as another stack's
+    verifiedVersions output and `deployed_slots` as this stack's own slots output."""
 
-    def __init__(self, upstream_verified: tuple[str, ...] = ("v1", "v2", "v3")):
+    def __init__(self, upstream_verified: tuple[str, ...] = ("v1", "v2", "v3"), deployed_slots: dict | None = None):
         self.resources: dict[str, dict] = {}
         self.upstream_verified = list(upstream_verified)
+        self.deployed_slots = dict(deployed_slots or {})
+        self.stack_reads: list[str] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         self.resources[args.name] = {"type": args.typ, "inputs": normalize(args.inputs), "custom": args.custom}
@@ -57,6 +59,11 @@ class CaptureMocks(pulumi.runtime.Mocks):
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
+        if args.token == "pulumi:pulumi:readStackOutputs":
+            name = args.args["name"]
+            self.stack_reads.append(name)
+            own = name.endswith(f"/{pulumi.get_stack()}")
+            return {"outputs": {"slots": self.deployed_slots} if own else {"verifiedVersions": self.upstream_verified}}
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci", "userId": "ci", "id": ACCOUNT}
         return {}

@@ -1,7 +1,9 @@
-"""The program-level promotion gate: a stack with `promotedFrom: A` runs only a pin A verified.
+"""The promotion gate of the `ModelRelease` component: a release with `promotedFrom: A` places in
+its slots only versions A verified, or versions its own slots already run.
 
-Mock runtime (no Pulumi engine): the StackReference is answered as `pulumi:pulumi:StackReference`
-with the source stack's `verifiedVersions` output (tests/test_program.py CaptureMocks).
+Mock runtime (no Pulumi engine): the engine's `pulumi:pulumi:readStackOutputs` call is answered
+with the source's `verifiedVersions` and this stack's `slots` (tests/pulumi_harness.py CaptureMocks).
+tests/test_promotion_engine.py runs the same gate under the real engine, three stacks deep.
 """
 
 from __future__ import annotations
@@ -12,25 +14,38 @@ from components.program import verified_versions
 from tests.test_program import CaptureMocks, evaluate, with_values
 
 
-def run(verified: list[str], pin: str = "v2"):
-    values = with_values(pin=pin, promotedFrom="dev")
-    return evaluate(values, stack="staging", mocks=CaptureMocks(upstream_verified=verified))
+def run(verified: list[str], pin: str = "v2", slots: dict | None = None, deployed: dict | None = None):
+    values = with_values(pin=pin, promotedFrom="dev", **({"slots": slots} if slots else {}))
+    mocks = CaptureMocks(upstream_verified=verified, deployed_slots=deployed)
+    return evaluate(values, stack="staging", mocks=mocks), mocks
 
 
-def test_a_pin_verified_upstream_deploys():
-    result = run(verified=["v2"])
-    references = result.of_type("pulumi:pulumi:StackReference")
+def test_a_release_whose_slot_versions_were_verified_upstream_deploys():
+    result, mocks = run(verified=["v1", "v2"])  # dev's stack file: v1 in blue, v2 in green, pin v2
     # The source stack's verified versions, and this stack's own last outputs (its deployed slots).
-    assert sorted(inputs["name"] for inputs in references.values()) == [
-        "organization/lockstep/dev",
-        "organization/lockstep/staging",
-    ]
+    assert sorted(mocks.stack_reads) == ["organization/lockstep/dev", "organization/lockstep/staging"]
+    references = result.of_type("pulumi:pulumi:StackReference")
+    assert [inputs["name"] for inputs in references.values()] == ["organization/lockstep/dev"]
     assert result.outputs["pin"] == "v2"
 
 
-def test_a_pin_not_verified_upstream_fails_evaluation_naming_the_key():
-    with pytest.raises(Exception, match=r"lockstep:pin: v2 is not verified in dev \(verified there: v1\)"):
+def test_an_unverified_pin_is_refused_before_anything_is_registered():
+    with pytest.raises(Exception, match=r"lockstep:pin: v2 is not verified in dev \(verified there: v1\)") as refused:
         run(verified=["v1"])
+    assert "\n" not in str(refused.value).strip()
+
+
+def test_an_unverified_standby_is_refused_too_naming_its_slot():
+    """The gate covers every version placed in a slot, not only the pin: v3 in the standby would
+    run as prod's rollback target unverified."""
+    with pytest.raises(Exception, match=r"lockstep:slots.blue: v3 is not verified in dev \(verified there: v2\)"):
+        run(verified=["v2"], slots={"blue": "v3", "green": "v2"})
+
+
+def test_a_version_this_stack_already_runs_in_a_slot_passes_the_gate():
+    """A rollback to what the stack runs is never blocked by the source having moved on."""
+    result, _ = run(verified=["v3"], pin="v1", deployed={"blue": "v1", "green": "v2"})
+    assert result.outputs["pin"] == "v1"
 
 
 def test_verified_versions_come_from_a_passing_check_record():
