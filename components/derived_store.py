@@ -39,5 +39,6 @@ def derived_table(name: str, store: DerivedStore, opts: pulumi.ResourceOptions) 
         point_in_time_recovery=aws.dynamodb.TablePointInTimeRecoveryArgs(enabled=True),
         # The records are the lineage of past releases: deleting the table takes a deliberate step.
         deletion_protection_enabled=True,
-        opts=opts,
+        # ...so `pulumi destroy` leaves it (marked `[retain]`) instead of failing on the protection.
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=True)),
     )

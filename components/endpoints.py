@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -14,7 +15,7 @@ import pulumi_aws as aws
 from lockstep.config import CatalogEntry, DeploymentSettings, StackSettings
 from lockstep.errors import ConfigError
 from lockstep.ops.artifacts import artifact_uri
-from lockstep.ops.endpoints import endpoint_name
+from lockstep.ops.endpoints import endpoint_name, sagemaker_name
 
 ECR_IMAGE = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[a-z0-9._/-]+?)(?::[\w.-]+|@sha256:[0-9a-f]{64})?$"
@@ -40,6 +41,12 @@ def ecr_repository_arn(image_uri: str) -> str:
         )
     region = match["region"]
     return f"arn:{partition(region)}:ecr:{region}:{match['account']}:repository/{match['repo']}"
+
+
+def content_name(endpoint: str, version: str, *content: Any) -> str:
+    """`<endpoint>-<version>-<8 hex of the content's sha256>`, valid for SageMaker (ops.endpoints.sagemaker_name)."""
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
+    return sagemaker_name(endpoint, version, digest)
 
 
 def assume_role_policy() -> str:
@@ -109,9 +116,26 @@ def alarm_names(endpoint: str) -> dict[str, str]:
     return {"Invocation5XXErrors": f"{endpoint}-5xx", "ModelLatency": f"{endpoint}-latency"}
 
 
-def rollback_alarms(endpoint: str, deployment: DeploymentSettings) -> list[str]:
-    """Every alarm an update of the endpoint rolls back on: lockstep's own, then the config's others."""
-    return [*alarm_names(endpoint).values(), *deployment.rollback_alarms]
+def config_alarm_name(endpoint: str) -> str:
+    """The composite alarm standing for `rollbackAlarms` (the config's alarms declared elsewhere)."""
+    return f"{endpoint}-rollback-alarms"
+
+
+def config_alarm_rule(deployment: DeploymentSettings) -> str:
+    """In ALARM when any of `rollbackAlarms` is; `FALSE` (never) when there are none."""
+    return " OR ".join(f'ALARM("{alarm}")' for alarm in deployment.rollback_alarms) or "FALSE"
+
+
+def rollback_alarms(endpoint: str) -> list[str]:
+    """The endpoint's auto-rollback alarm list: fixed per endpoint, so no config edit ever changes it
+    (the aws provider replaces an endpoint whose alarm list changes). `rollbackAlarms` reach it through
+    the composite alarm, whose rule an edit updates in place."""
+    return [*alarm_names(endpoint).values(), config_alarm_name(endpoint)]
+
+
+def described_alarms(endpoint: str, deployment: DeploymentSettings) -> list[str]:
+    """Every alarm SageMaker may read during an update: the endpoint's list and what the composite names."""
+    return [*rollback_alarms(endpoint), *deployment.rollback_alarms]
 
 
 def deployment_config(deployment: DeploymentSettings, endpoint: str) -> Any:  # the provider's args dict
@@ -122,7 +146,7 @@ def deployment_config(deployment: DeploymentSettings, endpoint: str) -> Any:  # 
         routing["canary_size"] = step
     elif deployment.traffic_routing == "LINEAR":
         routing["linear_step_size"] = step
-    alarms = rollback_alarms(endpoint, deployment)
+    alarms = rollback_alarms(endpoint)
     return {
         "blue_green_update_policy": {
             "traffic_routing_configuration": routing,
@@ -139,7 +163,8 @@ def endpoint_timeouts(deployment: DeploymentSettings) -> pulumi.CustomTimeouts:
 
 
 def declare_alarms(name: str, endpoint: str, deployment: DeploymentSettings, parent: pulumi.Resource) -> list:
-    """The CloudWatch alarms the endpoint rolls back on: server errors and model latency, thresholds from config."""
+    """The CloudWatch alarms the endpoint rolls back on: server errors and model latency, thresholds from
+    config, and the composite alarm of `rollbackAlarms` (its rule is updated in place on an edit)."""
     limits = deployment.alarms
     thresholds = {
         "Invocation5XXErrors": ("Sum", limits.max_5xx_errors),
@@ -162,6 +187,14 @@ def declare_alarms(name: str, endpoint: str, deployment: DeploymentSettings, par
             opts=pulumi.ResourceOptions(parent=parent),
         )
         for metric, alarm in alarm_names(endpoint).items()
+    ] + [
+        aws.cloudwatch.CompositeAlarm(
+            f"{name}-alarm-config",
+            alarm_name=config_alarm_name(endpoint),
+            alarm_rule=config_alarm_rule(deployment),
+            alarm_description=f"lockstep: rollbackAlarms of {endpoint}; SageMaker rolls an update back when it fires",
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
     ]
 
 
@@ -177,8 +210,10 @@ class EndpointSlotArgs:
 class EndpointSlot(pulumi.ComponentResource):
     """Execution role, model, endpoint configuration, rollback alarms and the slot's endpoint.
 
-    The endpoint's name is fixed per slot; a new version in the slot replaces the model and the
-    configuration (auto-named) and updates the endpoint in place through its blue/green policy.
+    The endpoint's name is fixed per slot; a new version (or image, instance type or count) in the
+    slot replaces the model and the configuration (named by content) and updates the endpoint in
+    place through its blue/green policy. Replaced models and configurations are retained (see
+    `require_serving`: the endpoint may still run on them after a rollback).
     """
 
     endpoint: aws.sagemaker.Endpoint
@@ -214,38 +249,46 @@ class EndpointSlot(pulumi.ComponentResource):
                     region=settings.region,
                     account=account_id,
                     endpoint=endpoint,
-                    alarms=rollback_alarms(endpoint, endpoints.deployment),
+                    alarms=described_alarms(endpoint, endpoints.deployment),
                 )
             ),
             opts=child,
         )
+        container: Any = {
+            "image": endpoints.image_uri,
+            "model_data_url": self.model_data_url,
+            "environment": {
+                "LOCKSTEP_MODEL_VERSION": entry.version,
+                "LOCKSTEP_ARTIFACT_SHA256": entry.artifact_sha256,
+            },
+        }
+        # Named by what they hold (every field of both forces a new one): a change gets a new name, so
+        # the replacement is created before the old one goes; the name is valid whatever the stack's.
+        model_name = role.arn.apply(lambda arn: content_name(endpoint, entry.version, arn, container))
         self.model = aws.sagemaker.Model(
             f"{name}-model",
+            name=model_name,
             execution_role_arn=role.arn,
-            primary_container={
-                "image": endpoints.image_uri,
-                "model_data_url": self.model_data_url,
-                "environment": {
-                    "LOCKSTEP_MODEL_VERSION": entry.version,
-                    "LOCKSTEP_ARTIFACT_SHA256": entry.artifact_sha256,
-                },
-            },
+            primary_container=container,
             tags={"lockstep:version": entry.version, "lockstep:slot": args.slot},
-            # SageMaker checks the role can read the artifact when the model is created.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy, *filter(None, [args.artifact])]),
+            # SageMaker checks the role can read the artifact when the model is created. Retained:
+            # after an update SageMaker rolled back, the endpoint still runs on the old model and
+            # configuration, which the engine would otherwise delete as replaced.
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[policy, *filter(None, [args.artifact])], retain_on_delete=True
+            ),
         )
+        variant: Any = {
+            "variant_name": VARIANT,
+            "initial_instance_count": endpoints.instance_count,
+            "instance_type": endpoints.instance_type,
+        }
         self.config = aws.sagemaker.EndpointConfiguration(
             f"{name}-config",
-            production_variants=[
-                {
-                    "variant_name": VARIANT,
-                    "model_name": self.model.name,
-                    "initial_instance_count": endpoints.instance_count,
-                    "instance_type": endpoints.instance_type,
-                }
-            ],
+            name=self.model.name.apply(lambda model: content_name(endpoint, entry.version, model, variant)),
+            production_variants=[{**variant, "model_name": self.model.name}],
             tags={"lockstep:version": entry.version, "lockstep:slot": args.slot},
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )
         self.alarms = declare_alarms(name, endpoint, endpoints.deployment, self)
         self.endpoint = aws.sagemaker.Endpoint(
@@ -255,7 +298,12 @@ class EndpointSlot(pulumi.ComponentResource):
             deployment_config=deployment_config(endpoints.deployment, endpoint),
             tags={"lockstep:version": entry.version, "lockstep:slot": args.slot},
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=self.alarms, custom_timeouts=endpoint_timeouts(endpoints.deployment)
+                parent=self,
+                depends_on=self.alarms,
+                custom_timeouts=endpoint_timeouts(endpoints.deployment),
+                # The name is fixed per slot: a replacement can only delete first (a create first fails
+                # with "Cannot create already existing endpoint"). Nothing in lockstep's config forces one.
+                delete_before_replace=True,
             ),
         )
         self.register_outputs(

@@ -18,7 +18,7 @@ import pulumi
 from pulumi.provider.experimental.util import camel_case
 from pydantic import ValidationError
 
-from components.artifact_store import ArtifactStore, ArtifactStoreArgs, stored_versions
+from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.derived_store import derived_table
 from components.embedded import EmbeddedArtifactStore, EmbeddedEndpointSlot, embedded_table
 from components.endpoints import EndpointSlot, EndpointSlotArgs
@@ -262,13 +262,7 @@ class ModelRelease(pulumi.ComponentResource):
             self.artifacts = EmbeddedArtifactStore(f"{name}-artifacts", settings, list(entries.values()), child)
         else:
             self.artifacts = ArtifactStore(
-                f"{name}-artifacts",
-                ArtifactStoreArgs(
-                    settings.artifacts.bucket,
-                    list(entries.values()),
-                    stored=stored_versions(settings, list(entries.values())),
-                ),
-                child,
+                f"{name}-artifacts", ArtifactStoreArgs(settings, list(entries.values())), child
             )
         password = pulumi.Output.secret(opensearch_password) if opensearch_password is not None else None
         self.indices = {

@@ -13,7 +13,6 @@ import uuid
 import pytest
 from pulumi.runtime import mocks as sdk_mocks
 
-from components import artifact_store
 from lockstep import config
 from lockstep.errors import ConfigError
 from lockstep.ops import artifacts as ops_artifacts
@@ -24,6 +23,7 @@ from tests.test_program import changed_resources, dev_values, evaluate, with_val
 ENDPOINT = "aws:sagemaker/endpoint:Endpoint"
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
+ARTIFACT = "lockstep:embedded:Artifact"
 POLICY = "aws:iam/rolePolicy:RolePolicy"
 
 
@@ -40,6 +40,7 @@ def options(monkeypatch) -> dict[str, dict]:
             "protect": request.protect,
             "timeouts": (timeouts.create, timeouts.update, timeouts.delete),
             "import_id": request.importId,
+            "delete_before_replace": request.deleteBeforeReplace,
         }
         return register(self, request)
 
@@ -130,7 +131,11 @@ def test_the_rollback_alarms_are_declared_and_referenced_by_name():
     latency = alarms["lockstep-dev-green-latency"]
     assert latency["threshold"] == 500 * 1000  # the dev stack's maxLatencyMs, ModelLatency in microseconds
     rollback = run.inputs("lockstep-green-endpoint")["deploymentConfig"]["autoRollbackConfiguration"]["alarms"]
-    assert [a["alarmName"] for a in rollback] == ["lockstep-dev-green-5xx", "lockstep-dev-green-latency"]
+    assert [a["alarmName"] for a in rollback] == [
+        "lockstep-dev-green-5xx",
+        "lockstep-dev-green-latency",
+        "lockstep-dev-green-rollback-alarms",
+    ]
 
 
 def test_an_alarm_threshold_edit_changes_no_endpoint():
@@ -160,39 +165,154 @@ def test_the_endpoint_name_has_one_home_and_carries_the_project():
     assert evaluate(dev_values()).outputs["live_endpoint"] == ops_endpoints.endpoint_name(settings, "green")
 
 
-# ------------------------------------------------------- defect 7: artifacts retained on delete
+# ----------------------------- issue 24 (9): editing rollbackAlarms updates, never replaces
 
 
-def test_artifact_objects_are_retained_on_delete(options):
-    evaluate(with_values(pin="v2", slots={"blue": "v3", "green": "v2"}, retain=[]))
-    assert options["lockstep-artifacts-v3"]["retain_on_delete"] is True
-    options.clear()
-    after = evaluate(with_values(pin="v2", slots={"blue": "v1", "green": "v2"}, retain=[]))
-    # v3 left the program: the engine deletes it, and retainOnDelete makes that delete leave the object.
-    assert "lockstep-artifacts-v3" not in after.resources
-    assert all(options[name]["retain_on_delete"] for name in after.of_type(OBJECT))
+def test_editing_rollback_alarms_updates_the_composite_alarm_and_no_endpoint(options):
+    """The endpoint's alarm list is forced-new in the aws provider; 302bdd0 put `rollbackAlarms` in it,
+    so an edit replaced a fixed-name endpoint (create-before-delete: "Cannot create already existing
+    endpoint"). Now the list is fixed per endpoint and the edit is an in-place update of a composite alarm."""
+    before = evaluate(dev_values())
+    after = evaluate(with_values(endpoints=deployment(rollbackAlarms=["team-p99", "team-errors"])))
+
+    changed = changed_resources(before, after)
+    assert not {name for name in changed if before.resources[name]["type"].startswith("aws:sagemaker/")}
+    assert before.of_type(ENDPOINT) == after.of_type(ENDPOINT)
+    assert {"lockstep-green-alarm-config", "lockstep-blue-alarm-config"} <= changed
+    composite = after.inputs("lockstep-green-alarm-config")
+    assert composite["alarmName"] == before.inputs("lockstep-green-alarm-config")["alarmName"]  # same alarm
+    assert composite["alarmRule"] == 'ALARM("team-p99") OR ALARM("team-errors")'
+    assert before.inputs("lockstep-green-alarm-config")["alarmRule"] == "FALSE"
+    # Should anything force a replacement of a fixed-name endpoint, it deletes first.
+    assert options["lockstep-green-endpoint"]["delete_before_replace"] is True
 
 
-def test_a_dropped_version_pinned_again_adopts_its_retained_object_without_a_local_build(options, monkeypatch):
-    """Defect 7's second half: v3 left the stack (its object retained in S3, on moto here) and comes back.
-    The program adopts the object at its content-addressed key (an import, no source) instead of
-    declaring a local build as its source; a version whose object is absent is still uploaded."""
-    bucket = f"lockstep-retained-{uuid.uuid4().hex[:8]}"
-    catalog = config.load_catalog()
-    s3 = clients.aws("s3", dev_values()["aws:region"], embedded=False)
-    ops_artifacts.ensure_bucket(s3, bucket)
-    ops_artifacts.upload_artifact(s3, bucket, catalog.get("v3"), ops_artifacts.verified_build(catalog.get("v3")))
-    built: list[str] = []
-    real_artifact_file = artifact_store.artifact_file
-    monkeypatch.setattr(
-        artifact_store, "artifact_file", lambda entry, *a: built.append(entry.version) or real_artifact_file(entry, *a)
+# ------------------------------------------- issue 24 (5): names SageMaker accepts, derived
+
+
+@pytest.mark.parametrize("stack", ["team_a.eu-west-1.production-candidate-with-a-long-name", "dev"])
+def test_every_sagemaker_name_is_valid_and_deterministic(stack):
+    """302bdd0 named the endpoint `<prefix>-<stack>-<slot>` whatever the stack (75 characters with `_`
+    and `.` here) and left models and configurations to auto-naming from the component's name."""
+    first = evaluate(with_values(namePrefix="acme-search-platform"), stack=stack)
+    again = evaluate(with_values(namePrefix="acme-search-platform"), stack=stack)
+    named = {
+        name: resource["inputs"]["name"]
+        for name, resource in first.resources.items()
+        if resource["type"].startswith("aws:sagemaker/")
+    }
+    assert len(named) == 6  # endpoint, configuration and model of each slot
+    for name in named.values():
+        assert len(name) <= 63 and ops_endpoints.SAGEMAKER_NAME.match(name), name
+    assert named == {name: again.inputs(name)["name"] for name in named}
+    if stack == "dev":  # a valid name stays as it reads
+        assert named["lockstep-green-endpoint"] == "acme-search-platform-dev-green"
+    else:
+        assert named["lockstep-green-endpoint"].startswith("acme-search-platform-team-a-eu-west-1-")
+    # The ops layer (the check, the cutover) names the same endpoint the program declares.
+    settings = settings_with().model_copy(update={"stack": stack, "name_prefix": "acme-search-platform"})
+    assert ops_endpoints.endpoint_name(settings, "green") == named["lockstep-green-endpoint"]
+
+
+def test_a_new_image_replaces_model_and_configuration_under_new_names_and_retains_the_old(options):
+    before = evaluate(dev_values())
+    image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/lockstep-serve:0.2.0"
+    after = evaluate(with_values(endpoints={**dev_values()["lockstep:endpoints"], "imageUri": image}))
+    for part in ("model", "config"):
+        assert before.inputs(f"lockstep-green-{part}")["name"] != after.inputs(f"lockstep-green-{part}")["name"]
+        # Retained: after a rollback the endpoint still runs on the old one (issue 24, point 2).
+        assert options[f"lockstep-green-{part}"]["retain_on_delete"] is True
+    assert (
+        after.inputs("lockstep-green-endpoint")["endpointConfigName"] == after.inputs("lockstep-green-config")["name"]
     )
 
-    run = evaluate(with_values(pin="v3", slots={"blue": "v3", "green": "v2"}, retain=[], artifacts={"bucket": bucket}))
-    assert "source" not in run.inputs("lockstep-artifacts-v3")
-    assert options["lockstep-artifacts-v3"]["import_id"] == f"{bucket}/{catalog.get('v3').artifact_key}"
-    assert built == ["v2"]  # only the version whose object is absent depends on a build
-    assert "source" in run.inputs("lockstep-artifacts-v2") and not options["lockstep-artifacts-v2"]["import_id"]
+
+# ---------------------------------------- issue 24 (3): adopting a retained artifact is no import
+
+
+def test_no_artifact_is_an_aws_import_and_each_is_a_lockstep_artifact(options):
+    """302bdd0 imported a stored object as an `aws:s3/bucketObjectv2` with the id `bucket/key` (the
+    provider's id is the key): an import-replacement and a delete of every object the stack created."""
+    run = evaluate(with_values(pin="v3", slots={"blue": "v3", "green": "v2"}, retain=[]))
+    assert not any(seen["import_id"] for seen in options.values())
+    assert not run.of_type(OBJECT)
+    artifacts = run.of_type(ARTIFACT)
+    assert set(artifacts) == {"lockstep-artifacts-v2", "lockstep-artifacts-v3"}
+    v3 = config.load_catalog().get("v3")
+    assert (artifacts["lockstep-artifacts-v3"]["key"], artifacts["lockstep-artifacts-v3"]["artifactSha256"]) == (
+        v3.artifact_key,
+        v3.artifact_sha256,
+    )
+    # The stack's profile reaches the Artifact's S3 client (it uploads with the deployer's credentials).
+    profiled = evaluate({**with_values(pin="v3", slots={"blue": "v3", "green": "v2"}), "aws:profile": "deployer"})
+    assert profiled.inputs("lockstep-artifacts-v3")["settings"]["awsProfile"] == "deployer"
+
+
+def test_the_artifact_adopts_a_retained_object_without_a_build_and_builds_a_missing_one(servers, monkeypatch):
+    """The Artifact's create (what the provider runs under the engine) against S3 on moto: a version whose
+    object was retained in the bucket is adopted as it is; one that is absent is built and uploaded."""
+    from components.providers.base import dump
+    from components.providers.embedded import ArtifactHandler
+    from components.providers.resources import placement
+
+    catalog = config.load_catalog()
+    settings = settings_with().model_copy(
+        update={"artifacts": config.ArtifactSettings(bucket=f"lockstep-adopt-{uuid.uuid4().hex[:8]}")}
+    )
+    s3 = clients.aws_for(settings, "s3")
+    ops_artifacts.ensure_bucket(s3, settings.artifacts.bucket)
+    retained = ops_artifacts.upload_artifact(
+        s3, settings.artifacts.bucket, catalog.get("v3"), ops_artifacts.verified_build(catalog.get("v3"))
+    )
+    built: list[str] = []
+    real_build = ops_artifacts.verified_build
+    monkeypatch.setattr(ops_artifacts, "verified_build", lambda entry: built.append(entry.version) or real_build(entry))
+
+    def props(version: str) -> dict:
+        entry = catalog.get(version)
+        return {
+            "bucket": settings.artifacts.bucket,
+            "key": entry.artifact_key,
+            "version": version,
+            "artifactSha256": entry.artifact_sha256,
+            "entry": dump(entry),
+            "settings": placement(settings),
+        }
+
+    handler = ArtifactHandler()
+    assert (
+        handler.create("urn:v3", props("v3"))[0] == f"s3://{settings.artifacts.bucket}/{catalog.get('v3').artifact_key}"
+    )
+    assert built == []  # adopted: no build
+    assert ops_artifacts.published_version(s3, settings.artifacts.bucket, catalog.get("v3")) == retained
+    handler.create("urn:v2", props("v2"))
+    assert built == ["v2"] and ops_artifacts.published_version(s3, settings.artifacts.bucket, catalog.get("v2"))
+    assert "kept artifact" in (handler.delete("urn:v3", "s3://x", props("v3")) or "")
+
+
+# --------------------------------------------- issue 24 (4): destroy finishes and keeps the data
+
+
+def test_destroy_keeps_the_bucket_its_posture_and_the_derived_tables(options):
+    """On AWS a versioned bucket holding objects, or a table with deletion protection, fails a delete:
+    302bdd0's destroy stopped there. Retained, the engine leaves them (shown `[retain]`)."""
+    stores = [{"name": "related", "kind": "related-documents", "table": "lockstep-dev-related"}]
+    run = evaluate(with_values(derived=stores))
+    kept = [name for name, inputs in run.resources.items() if inputs["type"].startswith("aws:s3/")]
+    assert set(kept) == {
+        "lockstep-artifacts-bucket",
+        "lockstep-artifacts-versioning",
+        "lockstep-artifacts-encryption",
+        "lockstep-artifacts-public-access",
+        "lockstep-artifacts-ownership",
+        "lockstep-artifacts-tls-only",
+    }
+    assert all(options[name]["retain_on_delete"] for name in kept)
+    [table] = run.of_type("aws:dynamodb/table:Table")
+    assert options[table]["retain_on_delete"] and run.inputs(table)["deletionProtectionEnabled"] is True
+    # What destroy deletes for real: the slots' SageMaker parts other than models and configurations.
+    assert not options["lockstep-green-endpoint"]["retain_on_delete"]
+    assert not options["lockstep-green-role"]["retain_on_delete"]
 
 
 # ---------------------------------------- defect 8: a slot's role may read both of its versions
@@ -219,6 +339,7 @@ def test_a_new_version_in_a_slot_adds_its_grant_and_keeps_the_old_one_until_the_
     assert statements["ReadRollbackAlarms"]["Resource"] == [
         "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:lockstep-dev-blue-5xx",
         "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:lockstep-dev-blue-latency",
+        "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:lockstep-dev-blue-rollback-alarms",
     ]
 
 

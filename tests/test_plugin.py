@@ -316,7 +316,7 @@ def test_construct_registers_the_same_graph_as_the_python_program(hosted):
 
     assert constructed.resources["lockstep"]["type"] == TOKEN
     assert constructed.inputs("lockstep-artifacts-bucket")["bucket"] == "acme-lockstep-dev-artifacts"
-    assert set(constructed.of_type("aws:s3/bucketObjectv2:BucketObjectv2")) == {
+    assert set(constructed.of_type("lockstep:embedded:Artifact")) == {
         "lockstep-artifacts-v1",
         "lockstep-artifacts-v2",
     }

@@ -77,14 +77,12 @@ def test_first_deploy_declares_the_whole_unit():
     run = evaluate(dev_values())  # pin v2 in green, v1 in blue, v1 retained
 
     assert run.resources["lockstep"]["type"] == "lockstep:index:ModelRelease"
-    assert set(run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")) == {
-        "lockstep-artifacts-v1",
-        "lockstep-artifacts-v2",
-    }
+    # Artifacts are lockstep's own resource on AWS too (adopted when already stored; issue 24).
+    assert set(run.of_type("lockstep:embedded:Artifact")) == {"lockstep-artifacts-v1", "lockstep-artifacts-v2"}
+    assert not run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
     v2_object = run.inputs("lockstep-artifacts-v2")
     assert v2_object["key"].startswith("models/hashgram/v2/65878d63")
-    assert v2_object["checksumAlgorithm"] == "SHA256"
-    assert v2_object["source"][0] == "FileAsset" and Path(v2_object["source"][1]).is_file()
+    assert v2_object["bucket"] == "acme-lockstep-dev-artifacts"
 
     indices = run.of_type(INDEX)
     assert set(indices) == {"lockstep-index-v1", "lockstep-index-v2"}
@@ -106,6 +104,7 @@ def test_first_deploy_declares_the_whole_unit():
     assert [a["alarmName"] for a in deployment["autoRollbackConfiguration"]["alarms"]] == [
         "lockstep-dev-green-5xx",
         "lockstep-dev-green-latency",
+        "lockstep-dev-green-rollback-alarms",
     ]
 
     cutover = run.inputs("lockstep-cutover")
@@ -194,7 +193,8 @@ def test_check_triggers_follow_the_pin_and_nothing_else():
 
     assert v2 == v2_again
     assert v1 != v2
-    assert v1[0] == "v1" and "docs-v1" in v1 and "lockstep-blue-config" in v1
+    blue_config = evaluate(with_values(pin="v1")).inputs("lockstep-blue-config")["name"]
+    assert v1[0] == "v1" and "docs-v1" in v1 and blue_config in v1 and blue_config.startswith("lockstep-dev-blue-v1-")
 
 
 def test_preview_declares_the_same_graph():

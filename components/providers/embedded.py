@@ -1,9 +1,11 @@
 """The embedded default's leaves (endpoints.backend local): what pulumi-aws declares for an AWS stack,
-realised against the embedded servers (moto, local endpoint processes) with lockstep.ops.
+realised against the embedded servers (moto, local endpoint processes) with lockstep.ops. The
+Artifact serves AWS stacks too: adopting an object already at its key is no import (issue 24).
 
 - `lockstep:embedded:Bucket`: the artifact bucket with the AWS stack's posture (lockstep.ops.artifacts).
 - `lockstep:embedded:Corpus`: the stack's corpus and golden queries, generated when missing.
-- `lockstep:embedded:Artifact`: one version's content-addressed artifact (immutable: kept on delete).
+- `lockstep:embedded:Artifact`: one version's content-addressed artifact (immutable: kept on delete;
+  one already at its key with the catalog's sha256 is adopted, not rebuilt), on any stack.
 - `lockstep:embedded:EndpointSlot`: the slot's local endpoint process serving one version.
 - `lockstep:embedded:DerivedTable`: a derived store's table (kept on delete, like deletion protection).
 """

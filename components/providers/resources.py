@@ -28,7 +28,17 @@ from lockstep.ops import endpoints as ops_endpoints
 
 # What an index (or a slot, or an artifact) needs from the stack: where things live, never which
 # version is live. A flip or a new retain list must not touch their inputs.
-PLACEMENT = {"stack", "name_prefix", "region", "artifacts", "opensearch", "corpus", "backfill", "pointer_parameter"}
+PLACEMENT = {
+    "stack",
+    "name_prefix",
+    "region",
+    "aws_profile",
+    "artifacts",
+    "opensearch",
+    "corpus",
+    "backfill",
+    "pointer_parameter",
+}
 
 
 def placement(settings: StackSettings, *extra: str) -> dict:

@@ -158,9 +158,14 @@ def _verified_build(entry: CatalogEntry) -> bytes:
 def publish_artifact(s3, settings: StackSettings, entry: CatalogEntry) -> str:
     """Build the entry's model.tar.gz, verify it against the catalog, upload it; return the VersionId.
 
-    Idempotent: an object already holding these bytes is left alone. The bucket must exist
-    (`ensure_bucket`, or the Pulumi component in AWS stacks).
+    Idempotent: an object already at its key with the catalog's sha256 is adopted as it is, without
+    a build, so a rollback to a dropped version (its object retained) never depends on rebuilding its
+    bytes. The bucket must exist (`ensure_bucket`, or the Pulumi component in AWS stacks).
     """
+    with reaching("S3", s3_endpoint(s3)):
+        existing = published_version(s3, settings.artifacts.bucket, entry)
+    if existing is not None:
+        return existing
     return upload_artifact(s3, settings.artifacts.bucket, entry, verified_build(entry))
 
 

@@ -8,8 +8,10 @@ the caller gets one `Unreachable` line naming the endpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -36,10 +38,28 @@ RETRYABLE_AWS_CODES = {
 }
 
 
+# What SageMaker accepts as an endpoint, endpoint-configuration or model name.
+SAGEMAKER_NAME = re.compile(r"^[A-Za-z0-9](-*[A-Za-z0-9])*$")
+SAGEMAKER_NAME_MAX = 63
+
+
+def sagemaker_name(*parts: str) -> str:
+    """`parts` joined by '-' when SageMaker accepts that; else derived deterministically: every run of
+    other characters becomes '-', the result is cut to fit and ends in 8 hex digits of the sha256 of
+    the joined parts (so two stacks whose names differ only in `_` vs `.` never share an endpoint)."""
+    joined = "-".join(parts)
+    if len(joined) <= SAGEMAKER_NAME_MAX and SAGEMAKER_NAME.match(joined):
+        return joined
+    digest = hashlib.sha256(joined.encode()).hexdigest()[:8]
+    cleaned = re.sub(r"[^A-Za-z0-9]+", "-", joined).strip("-")
+    return f"{cleaned[: SAGEMAKER_NAME_MAX - len(digest) - 1].rstrip('-')}-{digest}".lstrip("-")
+
+
 def endpoint_name(settings: StackSettings, slot: str) -> str:
     """The SageMaker endpoint name of a slot (the program names it so), also the name local clients
-    report: the one home of that name."""
-    return f"{settings.name_prefix}-{settings.stack}-{slot}"
+    report: the one home of that name. `<namePrefix>-<stack>-<slot>`, or its derived form when the
+    stack name makes that longer than 63 characters or puts `_`/`.` in it (`sagemaker_name`)."""
+    return sagemaker_name(settings.name_prefix, settings.stack, slot)
 
 
 def process_name(settings: StackSettings, slot: str) -> str:
