@@ -192,12 +192,18 @@ def test_preview_comments_the_pulumi_preview_and_a_sticky_plan_per_changed_stack
     assert preview["with"]["policyPacks"] == "policy" and (ROOT / "policy" / "PulumiPolicy.yaml").exists()
 
     plan = next(s for s in job["steps"] if "lockstep plan" in s.get("run", ""))
-    assert plan["run"].strip() == 'lockstep plan --stack "$STACK" --base "origin/$BASE_REF" --format md > plan.md'
+    assert plan["run"].strip() == (
+        'lockstep plan --stack "$STACK" --base "origin/$BASE_REF" --engine-preview engine-preview.json --format md > plan.md'
+    )
+    engine_diff = next(s for s in job["steps"] if "--json" in s.get("run", ""))
+    assert engine_diff["run"].strip() == 'pulumi preview --stack "$STACK" --json > engine-preview.json'
+    assert engine_diff["if"] == plan["if"] == "success() || failure()"
     assert job["env"]["BASE_REF"] == "${{ github.base_ref }}" and job["env"]["STACK"] == "${{ matrix.stack }}"
     (sticky,) = uses(workflow, "marocchino/sticky-pull-request-comment@v2")
     assert sticky["with"]["header"] == "lockstep-plan-${{ matrix.stack }}"
     assert sticky["with"]["path"] == "plan.md"
-    assert job["steps"].index(preview) < job["steps"].index(plan) < job["steps"].index(sticky)
+    assert job["steps"].index(preview) < job["steps"].index(engine_diff) < job["steps"].index(plan)
+    assert job["steps"].index(plan) < job["steps"].index(sticky)
     (aws,) = uses(workflow, "aws-actions/configure-aws-credentials@v4")
     assert aws["with"]["role-to-assume"] == "${{ secrets.AWS_DEPLOY_ROLE_ARN }}"
 
@@ -400,6 +406,7 @@ def test_the_preview_plan_step_renders_markdown_against_a_base_ref(servers, uniq
         "BASE_REF": "main",
         "LOCKSTEP_STACKS_DIR": str(stacks),
     }
+    (tmp_path / "engine-preview.json").write_text("")  # the engine's step wrote nothing: "not compared"
     result = subprocess.run(
         ["bash", "-eo", "pipefail", "-c", step["run"]],
         cwd=tmp_path,
@@ -412,3 +419,4 @@ def test_the_preview_plan_step_renders_markdown_against_a_base_ref(servers, uniq
     plan = (tmp_path / "plan.md").read_text()
     assert plan.startswith(f"### lockstep plan — stack `{unique}`")
     assert "`v2`" in plan and "| index |" in plan
+    assert "**Not compared**" in plan.splitlines()[2]

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from lockstep import config, drill, opensearch_node, orchestrator, promote, report, runtime, services, stackfile
+from lockstep.engine_preview import compare, read_preview
 from lockstep.errors import LockstepError, Unreachable, UsageError
 from lockstep.ops import check, live_state
 from lockstep.plan import declared_state, release_plan
@@ -164,7 +165,13 @@ def publish_command(
 @click.option("--to", "to_version", help="Plan a change of the pin to this version (default: the stack file as it is).")
 @click.option("--base", help="Git ref whose stack file is the 'before' (e.g. origin/main in a PR).")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md")
-def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str) -> None:
+@click.option(
+    "--engine-preview",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="`pulumi preview --json` output of the same change: the comment adds the engine's resource diff "
+    "and whether it agrees with the plan.",
+)
+def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str, engine_preview: Path | None) -> None:
     """What a change does to the data: reattach or provision, documents to embed, endpoints, undo."""
     settings, catalog = stack_settings(stack)
     before = settings
@@ -187,11 +194,22 @@ def plan_command(stack: str, to_version: str | None, base: str | None, fmt: str)
     except Unreachable:
         planned = release_plan(catalog, target, declared_state(before))
         known = False
+    engine = None
+    if engine_preview is not None:
+        preview = read_preview(engine_preview.read_text(encoding="utf-8", errors="replace"))
+        engine = (preview, compare(planned, target, preview))
     if fmt == "json":
         document = planned.to_dict(data_state="observed" if known else "unknown", records_by_model_version=counts)
+        if engine is not None:
+            document["engine"] = {
+                "agrees": engine[1].agrees,
+                "line": engine[1].line,
+                "changes": [{"op": c.op, "type": c.type, "name": c.name} for c in engine[0].changes],
+                "errors": list(engine[0].errors),
+            }
         click.echo(json.dumps(document, indent=2))
     else:
-        click.echo(report.plan_markdown(planned, known=known, counts=counts, base_pin=before.pin))
+        click.echo(report.plan_markdown(planned, known=known, counts=counts, base_pin=before.pin, engine=engine))
 
 
 def git_show(ref: str, path: Path) -> str:

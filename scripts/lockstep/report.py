@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from lockstep.engine_preview import Agreement, EnginePreview
 from lockstep.ops.check import CheckRecord
 
 
@@ -64,10 +65,14 @@ def plan_markdown(
     known: bool = True,
     counts: dict[str, int] | None = None,
     base_pin: str | None = None,
+    engine: tuple[EnginePreview, Agreement] | None = None,
 ) -> str:
-    """The PR comment: what the change does to the data, before anyone merges it."""
+    """The PR comment: what the change does to the data, before anyone merges it; with `engine`, the
+    engine's own resource diff below it and, first, whether the two agree."""
     source = plan.from_version or base_pin or "nothing"
     lines = [f"### lockstep plan — stack `{plan.stack}`: `{source}` → `{plan.to_version}`", ""]
+    if engine is not None:
+        lines += [engine[1].line, ""]
     if not known:
         lines += [
             "> **Data state unknown**: the environment could not be reached, so this is the config-level "
@@ -135,4 +140,23 @@ def plan_markdown(
                 "**Records a rolled-back model wrote** (documents in the live index by `model_version`, "
                 "to review): " + ", ".join(f"`{v}`: {n}" for v, n in sorted(others.items())),
             ]
+    if engine is not None:
+        lines += ["", *engine_section(engine[0])]
     return "\n".join(lines)
+
+
+def engine_section(preview: EnginePreview) -> list[str]:
+    """The engine's half: every resource `pulumi preview` would change, with the properties it names."""
+    lines = ["**What the engine will do** (`pulumi preview`: its own resource diff)", ""]
+    if not preview.usable:
+        reasons = preview.errors or ("the preview wrote no diff; its step's log says why",)
+        return lines + ["The engine's preview **failed**:", "", *(f"- {reason}" for reason in reasons)]
+    if not preview.changes:
+        return lines + ["No resource changes."]
+    lines += ["| resource | type | operation | properties it names |", "|---|---|---|---|"]
+    lines += [
+        f"| `{c.name}` | `{c.type}` | **{c.op}** | {', '.join(c.properties) or '—'} |"
+        for c in preview.changes
+        if not c.type.startswith("pulumi:pulumi:")
+    ]
+    return lines
