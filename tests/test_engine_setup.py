@@ -1,6 +1,6 @@
 """The engine set-up (scripts/engine/build.sh + lockstep.engine): a pulumi on PATH is used as it is,
-its YAML host beside it or else the cached build; the cached build is reused; a build that cannot run
-is one line, and lockstep.engine raises that line."""
+its language hosts beside it or else the cached builds; the cached build is reused; a build that
+cannot run is one line, and lockstep.engine raises that line."""
 
 from __future__ import annotations
 
@@ -40,25 +40,41 @@ def test_the_cached_build_is_reused_and_says_where():
     assert first.returncode == 0, first.stderr
     again = run_build(path)
     assert again.returncode == 0, again.stderr
-    pulumi, yaml_host = again.stdout.split()
-    assert again.stdout == first.stdout and Path(pulumi).parent == Path(yaml_host).parent
+    pulumi, yaml_host, python_host = again.stdout.split()
+    assert again.stdout == first.stdout and Path(pulumi).parent == Path(yaml_host).parent == Path(python_host).parent
+    assert os.access(Path(python_host).parent / "pulumi-language-python-exec", os.X_OK)
     assert again.stderr.count("\n") == 1 and "building" not in again.stderr
     assert again.stderr.startswith(f"lockstep engine: pulumi v3.274.1 at {pulumi} (built from the Go module proxy)")
     version = subprocess.run([pulumi, "version"], capture_output=True, text=True)
     assert version.stdout.strip() == "v3.274.1"
 
 
-def test_a_pulumi_on_path_is_used_with_the_yaml_host_beside_it_or_the_cached_one(tmp_path):
+def test_a_pulumi_on_path_is_used_with_the_hosts_beside_it_or_the_cached_ones(tmp_path):
     built = engine.engine()
     user = wrapper(tmp_path / "user", "pulumi", built.pulumi)
     proc = run_build(f"{user.parent}:{os.environ['PATH']}")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [str(user), str(built.yaml_host)]
+    assert proc.stdout.split() == [str(user), str(built.yaml_host), str(built.python_host)]
     assert "(user's install on PATH)" in proc.stderr
 
     yaml_host = wrapper(user.parent, "pulumi-language-yaml", built.yaml_host)
+    python_host = wrapper(user.parent, "pulumi-language-python", built.python_host)
     proc = run_build(f"{user.parent}:{os.environ['PATH']}")
-    assert proc.stdout.split() == [str(user), str(yaml_host)]
+    assert proc.stdout.split() == [str(user), str(yaml_host), str(python_host)]
+
+
+def test_a_python_host_without_its_sources_is_one_line(tmp_path):
+    """No Python host beside the user's pulumi, none cached, and no sources to build it from."""
+    built = engine.engine()
+    user = wrapper(tmp_path / "user", "pulumi", built.pulumi)
+    wrapper(user.parent, "pulumi-language-yaml", built.yaml_host)
+    env_path = f"{user.parent}:{Path(shutil.which('go') or '/nonexistent').parent}:{SYSTEM_PATH}"
+    env = {**os.environ, "PATH": env_path, "LOCKSTEP_ENGINE_CACHE": str(tmp_path / "cache")}
+    env["LOCKSTEP_PYTHON_HOST_SRC"] = str(tmp_path / "missing")
+    proc = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    line = f"lockstep engine: cannot build pulumi-language-python: its sources are not at {tmp_path / 'missing'}"
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(line)
 
 
 def test_a_build_that_cannot_run_is_one_line_and_engine_raises_it(tmp_path):

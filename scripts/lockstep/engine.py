@@ -1,4 +1,4 @@
-"""Where the real Pulumi engine is: the `pulumi` CLI and the YAML language host.
+"""Where the real Pulumi engine is: the `pulumi` CLI, the YAML and the Python language hosts.
 
 scripts/engine/build.sh decides (a `pulumi` on PATH, else a pinned build from the Go module proxy,
 cached outside the repo and built once); this module runs it once per process and hands its answer
@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "engine" / "build.sh"
+# Where `make setup` installs uv (the Makefile's TOOLS); the Python host runs `uv sync` for a
+# `toolchain: uv` project, so uv must be on the PATH the engine gets.
+SETUP_UV = Path.home() / ".cache" / "lockstep" / "tools" / "bin" / "uv"
 
 
 class EngineUnavailable(RuntimeError):
@@ -26,16 +30,24 @@ class EngineUnavailable(RuntimeError):
 class Engine:
     pulumi: Path  # the `pulumi` executable
     yaml_host: Path  # the `pulumi-language-yaml` executable
+    python_host: Path  # the `pulumi-language-python` executable (its `-exec` shim beside it)
 
     @property
     def root(self) -> Path:
         """The directory above pulumi's bin/: auto.PulumiCommand(root=…) runs root/bin/pulumi."""
         return self.pulumi.parent.parent
 
-    def path(self) -> str:
-        """PATH with the CLI's and the YAML host's directories first (the engine finds plugins there)."""
-        dirs = dict.fromkeys(str(p.parent) for p in (self.pulumi, self.yaml_host))
-        return os.pathsep.join([*dirs, os.environ.get("PATH", "")])
+    def path(self, rest: str | None = None) -> str:
+        """PATH with the CLI's, the language hosts' and uv's directories first (the engine finds
+        language hosts there; the Python host runs uv), then `rest` (default: this process's PATH).
+        lockstep's own plugin is not on it: a program names it in its Pulumi.yaml (`plugins.providers`),
+        or the user installs it (`make plugin`)."""
+        tools = [self.pulumi, self.yaml_host, self.python_host]
+        uv = shutil.which("uv") or (str(SETUP_UV) if SETUP_UV.exists() else None)
+        if uv:
+            tools.append(Path(uv))
+        dirs = dict.fromkeys(str(p.parent) for p in tools)
+        return os.pathsep.join([*dirs, os.environ.get("PATH", "") if rest is None else rest])
 
     def env(self, backend: Path, passphrase: str = "lockstep") -> dict[str, str]:
         """The environment for an engine run on a local file backend at `backend` (a directory).
@@ -66,8 +78,8 @@ def _resolve() -> Engine | str:
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         return lines[-1] if lines else f"lockstep engine: {BUILD_SCRIPT} exited {proc.returncode}"
-    pulumi, yaml_host = proc.stdout.split()
-    return Engine(Path(pulumi), Path(yaml_host))
+    pulumi, yaml_host, python_host = proc.stdout.splitlines()
+    return Engine(Path(pulumi), Path(yaml_host), Path(python_host))
 
 
 def engine() -> Engine:
