@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from lockstep import config, opensearch_node, orchestrator, runtime, services  # noqa: E402
+from lockstep import config, opensearch_node, orchestrator, reader, runtime, services  # noqa: E402
 from lockstep.ops import check, clients, corpus_store, endpoints, live_state  # noqa: E402
 from lockstep.ops.corpus import Document  # noqa: E402
 
@@ -145,16 +145,17 @@ def measure(size: int, repeats: int, catalog: config.Catalog) -> dict:
         for _ in range(repeats):
             seconds, record = timed(lambda: check.run(settings, catalog))
             runs.append(seconds)
-        live = endpoints.endpoint_for(settings, settings.live_slot)
         golden = corpus_store.read_golden(s3, settings)
-        alias, live_index = settings.opensearch.alias_name, settings.opensearch.index_name(settings.pin)
+        live_index = settings.opensearch.index_name(settings.pin)
         parts = {
             "read_corpus_from_s3": timed(
                 lambda: {d.id: d.content_sha256 for d in corpus_store.read_corpus(s3, settings)}
             )[0],
             "count_by_model_version": timed(lambda: live_state.count_by_model_version(client, live_index))[0],
             "count": timed(lambda: client.count(index=live_index))[0],
-            "recall_probe": timed(lambda: check.recall_at_k(client, alias, live, golden, settings.check.k))[0],
+            "recall_probe": timed(lambda: check.recall_at_k(reader.Reader(settings, ttl=0), golden, settings.check.k))[
+                0
+            ],
         }
         return {
             "documents": size,

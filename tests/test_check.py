@@ -216,7 +216,9 @@ def test_pointer_that_is_not_lockstep_json_fails_pointer(stack, ssm):
     ssm.put_parameter(Name=stack.settings.pointer_name, Value="v1", Type="String", Overwrite=True)
     try:
         record = run_check(stack)
-        assert failing(record) == {"pointer"}
+        # Readers (lockstep.reader) cannot read it either: the recall probe, asked through one, fails.
+        assert failing(record) == {"pointer", "recall"}
+        assert "the reader refuses" in by_name(record)["recall"].observed
     finally:
         live_state.write_pointer(ssm, stack.settings.pointer_name, original)
 

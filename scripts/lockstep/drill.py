@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from lockstep import config, models, orchestrator, report, services, stackfile
+from lockstep import config, models, orchestrator, reader, report, services, stackfile
 from lockstep.models import builds
-from lockstep.ops import check, clients, corpus, corpus_store, derived, endpoints, live_state
+from lockstep.ops import check, clients, corpus, corpus_store, derived, endpoints
 from lockstep.ops.check import CheckRecord  # by name: the method Drill.check shadows the module in the class body
 from lockstep.ops.corpus import Document, stdlib_documents
 from lockstep.plan import TIMED
@@ -216,25 +216,28 @@ class Drill:
         corpus_store.write_corpus(s3, settings, current + documents)
 
     def measure(self, act: Act) -> None:
-        """Recall of both golden sets through the alias, embedded by the live endpoint, and the
-        answer to one probe query that a person can read. Queries that OpenSearch refuses (a
-        vector of another dimension than the index) are the observation."""
+        """Recall of both golden sets and the answer to one probe query that a person can read, as
+        an application's reader gets them (`lockstep.reader`: the pointer's endpoint encodes, the
+        pointer's index answers). A reader's refusal (the endpoint serves another artifact than the
+        pointer names) or a query OpenSearch refuses is the observation."""
         settings = self.settings()
         s3 = clients.aws_for(settings, "s3")
-        client = clients.opensearch(settings.opensearch)
         golden = corpus_store.read_golden(s3, settings)
-        live = endpoints.endpoint_for(settings, self.serving_slot(settings))
+        live = reader.Reader(settings, ttl=0)
         if self.probe_query is None:
             self.probe_query = self.pick_probe(s3, settings, [g for g in golden if corpus.golden_set(g) == "easy"])
         query = self.probe_query
         try:
-            act.recall = check.recall_by_set(client, settings.opensearch.alias_name, live, golden, settings.check.k)
-            top = check.nearest(client, settings.opensearch.alias_name, live.embed([query["query"]])[0], 3)
-        except RequestError as exc:
-            reason = exc.info.get("error", {}).get("reason", exc) if isinstance(exc.info, dict) else exc
+            act.recall = check.recall_by_set(live, golden, settings.check.k)
+            top = [hit["_id"] for hit in live.search(query["query"], k=3).hits]
+        except (RequestError, reader.PointerUnreadable, reader.StaleReading) as exc:
+            refused = not isinstance(exc, RequestError)
+            info = None if refused else getattr(exc, "info", None)
+            reason = info.get("error", {}).get("reason", exc) if isinstance(info, dict) else exc
             act.probe = {"query": query["query"], "expected": query["expected"][0], "top3": [], "right": False}
-            act.probe["error"] = " ".join(str(reason).split())[:120]
-            self.say(f"probe query “{query['query'][:70]}” → [red]the query fails[/]: {act.probe['error']}")
+            act.probe["error"] = " ".join(str(reason).split())[:160]
+            outcome = "the reader refuses" if refused else "the query fails"
+            self.say(f"probe query “{query['query'][:70]}” → [red]{outcome}[/]: {act.probe['error']}")
             return
         act.probe = {
             "query": query["query"],
@@ -309,14 +312,6 @@ class Drill:
             f"\n  e.g. {example}: stored {', '.join(records[example]['neighbours'][:3])}… — "
             f"{answering} says {', '.join(fresh[example].neighbours[:3])}…"
         )
-
-    def serving_slot(self, settings: config.StackSettings) -> str:
-        """The slot users' queries are embedded by: what the live pointer names."""
-        ssm = clients.aws_for(settings, "ssm")
-        pointer = live_state.read_pointer(ssm, settings.pointer_name)
-        if pointer and pointer.endpoint.endswith(("-blue", "-green")):
-            return pointer.endpoint.rsplit("-", 1)[1]
-        return settings.live_slot
 
     def plan(self, act: Act, version: str) -> None:
         """`lockstep plan --to VERSION`, printed and kept in the act."""

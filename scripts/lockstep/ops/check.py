@@ -20,6 +20,7 @@ from importlib.metadata import version as package_version
 import numpy as np
 from opensearchpy.exceptions import RequestError
 
+from lockstep import reader
 from lockstep.config import Catalog, DerivedStore, StackSettings
 from lockstep.errors import IntegrityError, LockstepError, Unreachable
 from lockstep.ops import artifacts, clients, corpus, corpus_store, derived, endpoints, index, live_state
@@ -257,9 +258,10 @@ def check_reembed_probe(r: Reading) -> Check:
 
 
 def check_recall(r: Reading) -> Check:
-    """Both golden sets, embedded by the live endpoint, find their documents through the alias;
-    each set against the pin's floor for it (the catalog version's, see CheckSettings.recall_floors).
-    The easy set is reported last (its figure ends the observation)."""
+    """Both golden sets find their documents as an application's reader asks them (`lockstep.reader`:
+    encoded by the pointer's endpoint, searched in the pointer's index); each set against the pin's
+    floor for it (the catalog version's, see CheckSettings.recall_floors). With the alias on no
+    index users' queries fail, so recall does too. The easy set is reported last."""
     settings = r.settings
     floors = settings.check.recall_floors(r.entry)
     with r.aws("S3"):
@@ -268,13 +270,14 @@ def check_recall(r: Reading) -> Check:
     observed = "endpoint unreachable" if not r.described else f"alias {r.alias} points to no index"
     if golden and r.described and r.targets:
         try:
-            with r.opensearch():
-                recalls = recall_by_set(r.client, r.alias, r.live, golden, settings.check.k)
+            recalls = recall_by_set(reader.Reader(settings, ttl=0), golden, settings.check.k)
             shown = sorted(recalls, key=lambda name: name == "easy")
             observed = f"recall@{settings.check.k} " + ", ".join(f"{name} {recalls[name]:.2f}" for name in shown)
         except RequestError as exc:  # e.g. a query vector of another dimension than the index
             reason = exc.info.get("error", {}).get("reason", exc) if isinstance(exc.info, dict) else exc
             observed = f"queries fail: {index.one_line(reason)}"[:160]
+        except (reader.PointerUnreadable, reader.StaleReading, IntegrityError) as exc:  # the reader refused
+            observed = f"the reader refuses: {exc}"[:200]
     checked = {name: floor for name, floor in floors.items() if name in recalls or name == "easy"}
     return Check(
         "recall",
@@ -472,24 +475,24 @@ def nearest(client, target: str, vector: np.ndarray, k: int) -> list[str]:
     return [h["_id"] for h in client.search(index=target, body=body)["hits"]["hits"]]
 
 
-def _hits(client, alias: str, live, golden: list[dict], k: int) -> list[float]:
-    """Per golden query, the share of its expected documents found in its top k through `alias`."""
-    vectors = live.embed([g["query"] for g in golden])
+def _hits(live: reader.Reader, golden: list[dict], k: int) -> list[float]:
+    """Per golden query, the share of its expected documents found in its top k, as `live` reads them."""
+    answers = live.search_many([g["query"] for g in golden], k)
     return [
-        len(set(nearest(client, alias, vector, k)) & set(query["expected"])) / max(len(query["expected"]), 1)
-        for query, vector in zip(golden, vectors)
+        len({hit["_id"] for hit in answer.hits} & set(query["expected"])) / max(len(query["expected"]), 1)
+        for query, answer in zip(golden, answers)
     ]
 
 
-def recall_at_k(client, alias: str, live, golden: list[dict], k: int) -> float:
-    """Mean share of each golden query's expected documents found in its top k through `alias`."""
-    return sum(_hits(client, alias, live, golden, k)) / len(golden)
+def recall_at_k(live: reader.Reader, golden: list[dict], k: int) -> float:
+    """Mean share of each golden query's expected documents found in its top k."""
+    return sum(_hits(live, golden, k)) / len(golden)
 
 
-def recall_by_set(client, alias: str, live, golden: list[dict], k: int) -> dict[str, float]:
-    """recall_at_k of each golden set (corpus.SETS) present in `golden`, with one embed call."""
+def recall_by_set(live: reader.Reader, golden: list[dict], k: int) -> dict[str, float]:
+    """recall_at_k of each golden set (corpus.SETS) present in `golden`, from one pointer and one embed call."""
     found: dict[str, list[float]] = {}
-    for query, hit in zip(golden, _hits(client, alias, live, golden, k)):
+    for query, hit in zip(golden, _hits(live, golden, k)):
         found.setdefault(corpus.golden_set(query), []).append(hit)
     return {name: sum(hits) / len(hits) for name, hits in found.items()}
 

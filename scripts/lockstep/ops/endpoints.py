@@ -26,6 +26,7 @@ from lockstep import runtime, services
 from lockstep.config import CatalogEntry, StackSettings
 from lockstep.errors import IntegrityError, LockstepError, Unreachable, UsageError
 from lockstep.ops import artifacts, clients
+from lockstep.serve import SHA_HEADER
 
 SLOTS = ("blue", "green")
 START_TIMEOUT = 60.0
@@ -87,6 +88,9 @@ class EndpointClient(ABC):
     url: str | None
     max_batch: int
     retry: RetryPolicy
+    # The artifact the last answer says it came from (a local slot's response header), else None:
+    # `lockstep.reader` refuses a query vector of another artifact than its pointer names.
+    served_artifact: str | None = None
 
     @abstractmethod
     def _invoke(self, texts: list[str]) -> list:
@@ -173,7 +177,9 @@ class LocalEndpoint(EndpointClient):
         return response
 
     def _invoke(self, texts: list[str]) -> list:
-        return self._request("POST", "/invocations", json={"inputs": texts}).json()
+        response = self._request("POST", "/invocations", json={"inputs": texts})
+        self.served_artifact = response.headers.get(SHA_HEADER)
+        return response.json()
 
     def _describe(self) -> dict:
         ping = self._request("GET", "/ping").json()
