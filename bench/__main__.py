@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from bench import cutover_load, kill_sweep, real_model, rollback, writer_guard
+from bench import cutover_load, derived_repair, kill_sweep, real_model, rollback, writer_guard
 from lockstep import config, opensearch_node, runtime, services
 from lockstep.ops import check
 
@@ -121,6 +121,39 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
             True,
         )
     )
+    if load.get("clients"):
+        clients = load["clients"]
+        reader, alias = clients["reader"], clients["alias"]
+        out.append(
+            (
+                f"readers during the same {load['rounds']} cutovers: answers encoded by one version, answered by "
+                f"another — lockstep.reader (control: the alias-reading client)",
+                f"{reader['mixed'] + reader['errors']} of {reader['answers']} (control: {alias['mixed']} of {alias['answers']})",
+                "0 (control > 0)",
+                reader["mixed"] + reader["errors"] == 0 and alias["mixed"] > 0,
+            )
+        )
+        out.append(
+            (
+                "lockstep.reader latency vs the alias-reading client (same pointer read and encode), p50",
+                f"{clients['latency_ratio_p50']:.2f}× ({reader['p50_ms']:.1f} vs {alias['p50_ms']:.1f} ms; "
+                f"load {load['load_average']:.1f})",
+                "≤ 1.10×",
+                clients["latency_ratio_p50"] <= 1.10,
+            )
+        )
+    if "derived_repair" in figures:
+        repair = figures["derived_repair"]
+        rates = repair["per_s"]
+        out.append(
+            (
+                f"derived repair (recompute) vs the slower of bare msearch k-NN / bare BatchWriteItem, {repair['docs']:,} ids",
+                f"{repair['ratio']:.2f} ({rates['repair']:,.0f}/s; msearch {rates['msearch']:,.0f}/s, "
+                f"writes {rates['write']:,.0f}/s; load {repair['load_average']})",
+                "≥ 0.9",
+                repair["ratio"] >= 0.9,
+            )
+        )
     if "kill_sweep" in figures:
         sweep = figures["kill_sweep"]
         out.append(
@@ -169,11 +202,13 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--rounds", type=int, default=1000, help="cutovers under load")
+    parser.add_argument("--rounds", type=int, default=200, help="cutovers under load (bench/README: why not 1,000)")
+    parser.add_argument("--clients", type=int, default=2, help="lockstep.reader threads, and as many alias clients")
     parser.add_argument("--check-repeats", type=int, default=3)
     parser.add_argument("--kill-points", type=int, default=20, help="0 skips the kill sweep")
     parser.add_argument("--ray-docs", type=int, default=5000, help="0 skips local-vs-Ray")
     parser.add_argument("--guard-records", type=int, default=500, help="0 skips the writer guard")
+    parser.add_argument("--repair-docs", type=int, default=1000, help="derived repair vs its ceiling; 0 skips it")
     parser.add_argument("--real-docs", type=int, default=1000, help="real-model rows (v4); 0 skips them")
     args = parser.parse_args(argv)
 
@@ -189,8 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     figures["catch_up_largest"] = rollback.catch_up_at(figures["rollback"][-1], root, config.load_catalog())
     rollback.stop_slots(figures)
     print(f"{args.rounds} cutovers under load:", flush=True)
-    load = cutover_load.run(args.rounds, 200, 2)
+    load = cutover_load.run(args.rounds, 200, 2, args.clients)
     figures["cutover_load"] = {
+        "clients": cutover_load.client_summary(load["clients"]),
+        "load_average": os.getloadavg()[0],
         "rounds": load["rounds"],
         "seconds": round(load["elapsed"], 1),
         "queries": load["queries"],
@@ -211,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.guard_records:
         print(f"guarded vs unguarded derived-record writes ({args.guard_records:,} records):", flush=True)
         figures["writer_guard"] = writer_guard.run(args.guard_records)
+    if args.repair_docs:
+        print(f"derived repair vs its ceiling ({args.repair_docs:,} ids):", flush=True)
+        figures["derived_repair"] = derived_repair.run(args.repair_docs, 2)
     if args.real_docs:
         print(f"the real model, v4 ({args.real_docs:,} docs):", flush=True)
         figures["real_model"] = real_model.run(args.real_docs)

@@ -10,8 +10,9 @@ rolled-back version's items behind; they still answer, and point at the wrong ne
   version stamp or carry a version outside the catalog (one filtered scan that returns only those).
 - `repair` rewrites every item whose version is not the pin with the pin's neighbours
   (`recompute`) or marks it (`quarantine`: `quarantined_at`, kept as it was). Its work list is
-  "items of another version, not quarantined", and every write is conditional on the version it
-  read: a killed repair re-run touches only what is left, and never writes an item twice.
+  "items of another version, not quarantined", and each batch is read again right before it is
+  written (only items still of the version read are rewritten): a killed repair re-run touches
+  only what is left, and never writes an item twice.
 - Writes are paced to the store's `writeRate` (items/s) and shown with reembed's progress bar.
 - Each table holds one fence item (`doc_id` FENCE_KEY, no `model_version`): the live version, written
   by the cutover (`write_fences`). `lockstep.derived` makes every guarded write conditional on it.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -248,22 +250,26 @@ def _item(version: str, related_doc: Related, k: int, repaired_from: str | None 
 
 
 class Pacer:
-    """Keeps writes at or under `rate` items per second over the whole run."""
+    """Keeps writes at or under `rate` items per second from the first write on (time spent
+    before it, e.g. on the first k-NN batch, is no credit for a burst)."""
 
     def __init__(self, rate: float):
         self.rate = rate
-        self.started = time.monotonic()
+        self.started: float | None = None
         self.done = 0
 
     def wrote(self, count: int) -> None:
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
         self.done += count
-        ahead = self.done / self.rate - (time.monotonic() - self.started)
+        ahead = self.done / self.rate - (now - self.started)
         if ahead > 0:
             time.sleep(ahead)
 
     @property
     def achieved(self) -> float:
-        elapsed = time.monotonic() - self.started
+        elapsed = time.monotonic() - self.started if self.started is not None else 0.0
         return self.done / elapsed if elapsed > 0 else 0.0
 
 
@@ -420,7 +426,9 @@ def _stale_ids(client, store: DerivedStore, versions: Iterable[str]) -> list[tup
 
 def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progress: bool = True) -> RepairResult:
     """Bring a store in line with the pin: `recompute` rewrites other versions' items with the
-    pin's related documents; `quarantine` marks them and keeps them. Resumable and idempotent."""
+    pin's related documents; `quarantine` marks them and keeps them. Resumable and idempotent.
+    The next batch's k-NN queries run while this batch is written (the two sides overlap, so the
+    repair runs at the slower one's rate); the store's `writeRate` caps the writes."""
     started = time.monotonic()
     pin = settings.pin
     result = RepairResult(store.name, store.repair, pin)
@@ -430,20 +438,94 @@ def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progr
         todo = _stale_ids(client, store, counts.stale(pin))
     search = clients.opensearch(settings.opensearch)
     index_name = settings.opensearch.index_name(pin)
+
+    def recomputed(batch: list[tuple[str, str]]) -> dict[str, Related | None]:
+        if store.repair != "recompute":
+            return {}
+        with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
+            return related(search, index_name, [doc_id for doc_id, _ in batch], store.k)
+
     pacer = Pacer(store.write_rate)
-    with _progress(progress, f"{store.repair} {store.name} → {pin}", len(todo), pacer) as advance:
-        for batch in batched(todo, BATCH):
-            fresh = {}
-            if store.repair == "recompute":
-                with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
-                    fresh = related(search, index_name, [doc_id for doc_id, _ in batch], store.k)
+    batches = [list(batch) for batch in batched(todo, BATCH)]
+    with (
+        _progress(progress, f"{store.repair} {store.name} → {pin}", len(todo), pacer) as advance,
+        ThreadPoolExecutor(1) as ahead,
+    ):
+        pending = ahead.submit(recomputed, batches[0]) if batches else None
+        for number, batch in enumerate(batches):
+            assert pending is not None
+            fresh = pending.result()
+            pending = ahead.submit(recomputed, batches[number + 1]) if number + 1 < len(batches) else None
             with reaching_dynamodb(settings):
+                if store.repair == "recompute":
+                    _recompute_batch(client, store, result, batch, fresh, pacer, advance)
+                    continue
                 for doc_id, seen in batch:
-                    _repair_item(client, store, result, doc_id, seen, fresh.get(doc_id))
+                    _repair_item(client, store, result, doc_id, seen, None)
                     pacer.wrote(1)
                     advance(1)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _recompute_batch(
+    client,
+    store: DerivedStore,
+    result: RepairResult,
+    batch: list[tuple[str, str]],
+    fresh: dict[str, Related | None],
+    pacer: Pacer,
+    advance: Callable[[int], None],
+) -> None:
+    """Rewrite a batch with BatchWriteItems of 25: the items are read again (one consistent
+    BatchGetItem) right before, and only those still as the work list saw them (the version read,
+    not quarantined) are written. Items whose document left the index are deleted one by one,
+    conditionally. (BatchWriteItem takes no condition: an item rewritten by the pin's own writer
+    between the re-read and the write is overwritten with the pin's recomputed list — same version.)"""
+    now = _current_versions(client, store.table, [doc_id for doc_id, _ in batch])
+    still = [(doc_id, seen) for doc_id, seen in batch if now.get(doc_id) == seen]
+    result.skipped += len(batch) - len(still)
+    advance(len(batch) - len(still))
+    for doc_id, seen in still:
+        if fresh.get(doc_id) is None:
+            _repair_item(client, store, result, doc_id, seen, None)
+            pacer.wrote(1)
+            advance(1)
+    rewrites = [(doc_id, seen, found) for doc_id, seen in still if (found := fresh.get(doc_id)) is not None]
+    for chunk in batched(rewrites, 25):
+        _batch_put(
+            client, store.table, [_item(result.pin, found, store.k, repaired_from=seen) for _, seen, found in chunk]
+        )
+        result.rewritten += len(chunk)
+        pacer.wrote(len(chunk))
+        advance(len(chunk))
+
+
+def _current_versions(client, table: str, ids: list[str]) -> dict[str, str]:
+    """{doc_id: model_version} of the items that exist and are not quarantined (consistent reads)."""
+    found: dict[str, str] = {}
+    for part in batched(ids, 100):
+        request = {
+            table: {
+                "Keys": [{KEY: {"S": doc_id}} for doc_id in part],
+                "ConsistentRead": True,
+                "ProjectionExpression": f"{KEY}, {VERSION_ATTRIBUTE}, {QUARANTINED}",
+            }
+        }
+        for attempt in range(8):
+            answer = client.batch_get_item(RequestItems=request)
+            for item in answer.get("Responses", {}).get(table, []):
+                if QUARANTINED not in item and VERSION_ATTRIBUTE in item:
+                    found[item[KEY]["S"]] = item[VERSION_ATTRIBUTE]["S"]
+            request = answer.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            time.sleep(min(0.05 * 2**attempt, 2))
+        else:
+            raise UsageError(
+                f"DynamoDB table {table} kept refusing reads (throttled); lower derived[].writeRate and retry"
+            )
+    return found
 
 
 def _repair_item(
