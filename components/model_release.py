@@ -9,6 +9,7 @@ No `from __future__ import annotations`: the schema analyzer reads `__init__`'s 
 """
 
 import json
+import os
 import re
 import typing
 from collections.abc import Awaitable
@@ -42,6 +43,7 @@ from lockstep.config import (
     validate_catalog,
 )
 from lockstep.errors import ConfigError
+from lockstep.up import AUTO_REVERT_ACTOR
 
 TOKEN = "lockstep:index:ModelRelease"
 NAMESPACE = "lockstep"
@@ -49,6 +51,17 @@ NAMESPACE = "lockstep"
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 # Not a stack setting: a secret input of every resource that talks to OpenSearch.
 SECRET_ARGS = ("opensearch_password",)
+
+
+def require_revert_actor(settings: StackSettings) -> None:
+    """autoRevert is a second update after a failed check: only `lockstep up` runs one. A plain
+    `pulumi up` (any language) is refused in one line rather than leave a failed version live while
+    the config promises a revert; a preview is not refused (it deploys nothing)."""
+    if settings.auto_revert and not pulumi.runtime.is_dry_run() and not os.environ.get(AUTO_REVERT_ACTOR):
+        raise ConfigError(
+            f"{NAMESPACE}:autoRevert: only `lockstep up --stack {settings.stack}` acts on it (a plain `pulumi up` "
+            "cannot run the second update that reverts); deploy with `lockstep up`, or set autoRevert to false"
+        )
 
 
 def require_reachable(settings: StackSettings) -> None:
@@ -200,6 +213,7 @@ def release_settings(args: ModelReleaseArgs) -> tuple[StackSettings, Catalog]:
     except ValidationError as exc:
         raise ConfigError(f"{NAMESPACE}:{describe_validation_error(exc)}") from None
     require_reachable(settings)
+    require_revert_actor(settings)
     return settings, catalog
 
 
@@ -297,10 +311,26 @@ class ModelRelease(pulumi.ComponentResource):
             )
             for store in settings.derived
         }
+        # Both slots must serve what this update deployed (on SageMaker: on the configuration it created).
+        slot_deployments = {
+            slot: {
+                "entry": entries[version].model_dump(by_alias=True, mode="json"),
+                **({"endpointConfig": deployed.config.name} if isinstance(deployed, EndpointSlot) else {}),
+            }
+            for slot, version in settings.slots.filled.items()
+            for deployed in [self.endpoint_slots[slot]]
+        }
         self.cutover = Cutover(
             f"{name}-cutover",
-            CutoverArgs(settings, pin_entry, endpoint=live.endpoint.name, opensearch_password=password),
-            pulumi.ResourceOptions(parent=self, depends_on=[pin_index, live.endpoint, *self.derived_tables.values()]),
+            CutoverArgs(settings, pin_entry, live.endpoint.name, password, slot_deployments),
+            pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[
+                    pin_index,
+                    *(deployed.endpoint for deployed in self.endpoint_slots.values()),
+                    *self.derived_tables.values(),
+                ],
+            ),
         )
         self.derived_repairs = [
             DerivedRepair(

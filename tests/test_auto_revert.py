@@ -7,10 +7,13 @@ lockstep does during the cutover window: vectors stamped with another version in
 
 from __future__ import annotations
 
+import stat
+
 import numpy as np
 
-from lockstep import config, orchestrator, promote, stackfile
-from lockstep.ops import clients, endpoints, live_state
+from lockstep import config, orchestrator, promote, stackfile, up
+from lockstep.ops import check, clients, endpoints, live_state
+from tests.conftest import lockstep
 
 SIZE = 40
 
@@ -59,6 +62,22 @@ def test_auto_revert_flips_back_after_a_contaminated_cutover(servers, scratch_st
     # Both outcomes are recorded: the failed v2 check and the passing v1 check after the flip.
     assert promote.passed_newest_first(settings) == ["v1"]
     assert config.load_stack(stack, stacks).pin == "v2"  # the stack file is the team's to change
+    assert "Both check records are stored" in summary
+
+    # issue 24 (8): `lockstep check` now says first that live is v1 by autoRevert while the file pins v2,
+    # and checks v1 as what it is (302bdd0 checked v2 against the live v1: "contaminated", stored).
+    checked = lockstep("check", "--stack", stack, env={"LOCKSTEP_STACKS_DIR": str(stacks)})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    first_line = checked.stdout.splitlines()[0]
+    assert first_line.startswith("lockstep: live is v1 by autoRevert while") and "pins v2" in first_line
+    assert f"`lockstep pin --stack {stack} v1`" in first_line
+    assert check.latest(settings).pin == "v1" and check.latest(settings).passed
+
+    # `lockstep pin` makes the revert permanent and keeps the stack file's mode (302bdd0 left it 600).
+    path = config.stack_path(stack, stacks)
+    path.chmod(0o644)
+    stackfile.set_pin(stack, "v1", stacks)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and config.load_stack(stack, stacks).pin == "v1"
     endpoints.stop_local_slots(settings)
 
 
@@ -75,4 +94,11 @@ def test_auto_revert_never_flips_into_a_version_that_is_not_the_standby(servers,
     assert not result.record.passed
     assert result.revert.to_version is None and "is not the standby" in result.revert.why
     assert "Not reverted" in result.revert.summary()
+    # issue 24 (8): only the failed record is stored, and the summary says so.
+    assert "Both check records" not in result.revert.summary()
+    assert "The failed check record of v2 is stored" in result.revert.summary()
+    # `lockstep up`'s revert acts only on a check record this update wrote (started at or after it).
+    assert up.revert_after_failed_check(settings, catalog, since="9999-01-01T00:00:00Z") is None
+    acted = up.revert_after_failed_check(settings, catalog, since=result.record.started_at)
+    assert acted is not None and acted.failed.pin == "v2" and acted.to_version is None
     endpoints.stop_local_slots(settings)

@@ -13,7 +13,7 @@ import uuid
 import pytest
 from pulumi.runtime import mocks as sdk_mocks
 
-from lockstep import config
+from lockstep import config, up
 from lockstep.errors import ConfigError
 from lockstep.ops import artifacts as ops_artifacts
 from lockstep.ops import clients
@@ -190,10 +190,10 @@ def test_editing_rollback_alarms_updates_the_composite_alarm_and_no_endpoint(opt
 # ------------------------------------------- issue 24 (5): names SageMaker accepts, derived
 
 
-@pytest.mark.parametrize("stack", ["team_a.eu-west-1.production-candidate-with-a-long-name", "dev"])
-def test_every_sagemaker_name_is_valid_and_deterministic(stack):
+def test_every_sagemaker_name_is_valid_and_deterministic():
     """302bdd0 named the endpoint `<prefix>-<stack>-<slot>` whatever the stack (75 characters with `_`
     and `.` here) and left models and configurations to auto-naming from the component's name."""
+    stack = "team_a.eu-west-1.production-candidate-with-a-long-name"
     first = evaluate(with_values(namePrefix="acme-search-platform"), stack=stack)
     again = evaluate(with_values(namePrefix="acme-search-platform"), stack=stack)
     named = {
@@ -205,10 +205,8 @@ def test_every_sagemaker_name_is_valid_and_deterministic(stack):
     for name in named.values():
         assert len(name) <= 63 and ops_endpoints.SAGEMAKER_NAME.match(name), name
     assert named == {name: again.inputs(name)["name"] for name in named}
-    if stack == "dev":  # a valid name stays as it reads
-        assert named["lockstep-green-endpoint"] == "acme-search-platform-dev-green"
-    else:
-        assert named["lockstep-green-endpoint"].startswith("acme-search-platform-team-a-eu-west-1-")
+    assert named["lockstep-green-endpoint"].startswith("acme-search-platform-team-a-eu-west-1-")
+    assert ops_endpoints.sagemaker_name("acme", "dev", "green") == "acme-dev-green"  # a valid name stays as it reads
     # The ops layer (the check, the cutover) names the same endpoint the program declares.
     settings = settings_with().model_copy(update={"stack": stack, "name_prefix": "acme-search-platform"})
     assert ops_endpoints.endpoint_name(settings, "green") == named["lockstep-green-endpoint"]
@@ -225,6 +223,19 @@ def test_a_new_image_replaces_model_and_configuration_under_new_names_and_retain
     assert (
         after.inputs("lockstep-green-endpoint")["endpointConfigName"] == after.inputs("lockstep-green-config")["name"]
     )
+
+
+# --------------------------- issue 24 (8): autoRevert is refused where nothing can act on it
+
+
+def test_auto_revert_is_refused_under_a_plain_pulumi_up_and_accepted_under_lockstep_up(monkeypatch):
+    """Only `lockstep up` runs the second update that reverts; 302bdd0 accepted autoRevert everywhere."""
+    monkeypatch.delenv(up.AUTO_REVERT_ACTOR, raising=False)
+    with pytest.raises(Exception, match=r"lockstep:autoRevert: only `lockstep up --stack dev` acts on it"):
+        evaluate(with_values(autoRevert=True))
+    assert evaluate(with_values(autoRevert=True), preview=True).resources  # a preview deploys nothing
+    monkeypatch.setenv(up.AUTO_REVERT_ACTOR, "lockstep up")  # what `lockstep up` sets while it runs
+    assert evaluate(with_values(autoRevert=True)).resources
 
 
 # ---------------------------------------- issue 24 (3): adopting a retained artifact is no import

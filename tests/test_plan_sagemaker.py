@@ -179,3 +179,54 @@ def test_a_dropped_index_is_provisioned_while_the_endpoints_stay(sagemaker_stack
 
     assert steps(plan) == [("provision", "v2", None), ("cutover", "v2", "green"), ("check", "v2", None)]
     assert (plan["index_action"], plan["endpoint_action"]) == ("provision", "flip")
+
+
+# ------------------------- issue 24 (2): a rolled-back SageMaker update is not success, whatever changed
+
+
+def created_configs(settings: config.StackSettings, catalog: config.Catalog) -> dict[str, str]:
+    """slot -> the endpoint configuration name the program declares for `settings`."""
+    registered = register_release(settings, catalog)
+    return {inputs["tags"]["lockstep:slot"]: inputs["name"] for inputs in registered.of_type(CONFIG).values()}
+
+
+def test_a_rolled_back_update_of_either_slot_fails_the_cutover_even_when_the_version_is_the_same(
+    sagemaker_stack, catalog
+):
+    """moto has no update_endpoint, so a rolled-back update is what it leaves behind: the update created
+    new endpoint configurations (a new image: same versions, same artifacts) and each endpoint is
+    InService on its old one. 302bdd0 compared the live slot's artifact sha256 only: success."""
+    from components.providers.opensearch import CutoverHandler
+    from components.providers.provider import plain_map, wire_map
+    from components.providers.resources import CutoverArgs
+    from lockstep.errors import IntegrityError
+
+    settings = sagemaker_stack  # v1 live in blue, v2 warm in green, InService on what the program declared
+    entries = {slot: catalog.get(version) for slot, version in settings.slots.filled.items()}
+    running = created_configs(settings, catalog)
+    assert endpoints.require_slots_serving(settings, entries, running) == endpoints.endpoint_name(settings, "blue")
+
+    image = IMAGE.replace(":0.1.0", ":0.2.0")
+    updated = settings.model_copy(update={"endpoints": settings.endpoints.model_copy(update={"image_uri": image})})
+    created = created_configs(updated, catalog)
+    assert created["blue"] != running["blue"] and created["green"] != running["green"]
+    for slot in ("blue", "green"):  # the live slot's update rolled back, or the standby's
+        with pytest.raises(IntegrityError) as refused:
+            endpoints.require_slots_serving(updated, entries, {**running, slot: created[slot]})
+        message = str(refused.value)
+        assert f"endpoint {endpoints.endpoint_name(settings, slot)} serves" in message
+        assert f"configuration {running[slot]})" in message and f"configuration {created[slot]})" in message
+        assert "nothing was switched" in message and "\n" not in message
+
+    # The Cutover resource (what `pulumi up` runs) fails the update and switches nothing.
+    deployments = {
+        slot: {"entry": entry.model_dump(by_alias=True, mode="json"), "endpointConfig": created[slot]}
+        for slot, entry in entries.items()
+    }
+    ssm = clients.aws_for(settings, "ssm")
+    before = live_state.read_pointer(ssm, settings.pointer_name)
+    args = CutoverArgs(updated, catalog.get("v1"), endpoints.endpoint_name(settings, "blue"), None, deployments)
+    urn = "urn:pulumi:s::lockstep::lockstep:index:ModelRelease$lockstep:index:Cutover::lockstep-cutover"
+    with pytest.raises(IntegrityError, match="may have been rolled back"):
+        CutoverHandler().create(urn, plain_map(wire_map(args.inputs())))
+    assert live_state.read_pointer(ssm, settings.pointer_name) == before

@@ -171,6 +171,13 @@ class CutoverHandler(Handler):
         "index": Property("The pin's index."),
         "artifactSha256": Property("sha256 of the pin's artifact."),
         "endpoint": Property("Name of the endpoint serving the pin."),
+        "slotDeployments": Property(
+            "Per filled slot: the catalog entry it serves and (SageMaker) the endpoint configuration this "
+            "update created. The cutover refuses unless each slot's endpoint serves that artifact on that "
+            "configuration, InService: a rolled-back update is not success, whatever changed.",
+            "object",
+            optional=True,
+        ),
         "entry": Property("The pin's catalog entry.", "any"),
         "settings": Property("The stack settings.", "any"),
         PASSWORD: PASSWORD_PROPERTY,
@@ -198,8 +205,14 @@ class CutoverHandler(Handler):
             ssm = clients.aws_for(settings, "ssm")
             # Reattach: catch up the delta (new, changed, gone documents) before anyone reads the index.
             backfill_engine.sync_index(settings, entry, progress=False)
-            # The live slot must serve the pin's artifact before the alias follows it (issue 18, defect 5).
-            endpoints.require_serving(settings, settings.live_slot, entry)
+            # Both slots must serve what this update deployed before the alias follows the pin
+            # (issue 18, defect 5; issue 24: the configuration too, the standby too).
+            deployed = news.get("slotDeployments") or {settings.live_slot: {"entry": news["entry"]}}
+            endpoints.require_slots_serving(
+                settings,
+                {slot: entry_of(deployment) for slot, deployment in deployed.items()},
+                {slot: d["endpointConfig"] for slot, d in deployed.items() if d.get("endpointConfig")},
+            )
             with clients.reaching("OpenSearch", opensearch_where(settings)):
                 pointer = live_state.cutover(client, ssm, settings, entry, news["endpoint"])
                 write_kept(ssm, settings)

@@ -114,6 +114,8 @@ class CutoverArgs:
     entry: CatalogEntry
     endpoint: pulumi.Input[str]
     opensearch_password: pulumi.Input[str] | None = None
+    # Per filled slot: the entry it serves and, on SageMaker, the endpoint configuration just created.
+    slot_deployments: dict[str, dict[str, Any]] | None = None
 
     def inputs(self) -> dict[str, Any]:
         settings, entry = self.settings, self.entry
@@ -127,6 +129,7 @@ class CutoverArgs:
                 "endpoint": self.endpoint,
                 "entry": dump(entry),
                 "settings": dump(settings),
+                **({"slotDeployments": self.slot_deployments} if self.slot_deployments else {}),
             },
             self.opensearch_password,
         )

@@ -15,7 +15,7 @@ import click
 from lockstep import config, drill, opensearch_node, orchestrator, promote, report, runtime, services, stackfile
 from lockstep.engine_preview import compare, read_preview
 from lockstep.errors import LockstepError, Unreachable, UsageError
-from lockstep.ops import check, live_state
+from lockstep.ops import check, index, live_state
 from lockstep.plan import declared_state, release_plan
 
 
@@ -86,7 +86,9 @@ def apply_command(stack: str, quiet: bool) -> None:
 def check_command(stack: str, as_json: bool) -> None:
     """Exit 0 consistent, 1 inconsistent, 2 could not check."""
     settings, catalog = stack_settings(stack)
-    outcome = check.evaluate(settings, catalog)  # could not check: nothing stored, one line, exit 2
+    outcome = check.evaluate_live(settings, catalog)  # could not check: nothing stored, one line, exit 2
+    if outcome.note:  # after autoRevert: what is live, and how to make it the stack file's pin
+        click.echo(f"lockstep: {outcome.note}", err=as_json)
     if outcome.record is None:
         click.echo(f"lockstep: {outcome.reason}", err=True)
         sys.exit(outcome.exit_code)
@@ -335,10 +337,15 @@ def up_command(stack: str, preview: bool) -> None:
     def say(line: str) -> None:
         click.echo(line.rstrip("\n"))
 
+    started = index.now()  # autoRevert acts only on a check record this update wrote
     try:
         steps = up.run(settings, catalog, preview=preview, say=say)
     except up.EngineFailed as failed:
-        revert = None if preview or not settings.auto_revert else up.revert_after_failed_check(settings, catalog, say)
+        revert = (
+            None
+            if preview or not settings.auto_revert
+            else up.revert_after_failed_check(settings, catalog, say, since=started)
+        )
         if revert is None:
             raise
         click.echo(f"lockstep: {failed}", err=True)

@@ -474,7 +474,10 @@ class Revert:
                 f"{self.failed.pin} and `lockstep {self.command}` again, or make the revert permanent: "
                 f"`lockstep pin --stack {self.stack} {self.to_version}`."
             )
-        lines.append("Both check records are stored (what `lockstep promote` reads).")
+        if self.record is not None:
+            lines.append("Both check records are stored (what `lockstep promote` reads).")
+        else:
+            lines.append(f"The failed check record of {self.failed.pin} is stored (what `lockstep promote` reads).")
         return "\n".join(lines)
 
 
@@ -513,6 +516,7 @@ def auto_revert(env: Environment, catalog: Catalog, corpus: Corpus, failed: chec
     with env.reach_opensearch(), env.reach_aws():
         live_state.cutover(env.opensearch, env.ssm, back, entry, endpoint)
     revert.record = check.run(back, catalog)
+    revert.record.reverted_from = failed.pin
     check.store(revert.record, back)
     return revert
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,7 @@ def write_validated(path: Path, document, stack: str, stacks_dir: Path, catalog:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
+    os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # mkstemp makes it 600: keep the file's own mode
     os.replace(tmp, path)
 
 

@@ -30,6 +30,9 @@ SLOT_TYPES = {
     "aws:sagemaker/endpoint:Endpoint": {"endpointConfigName"},
 }
 CHANGES = ("create", "update", "replace", "create-replacement", "delete", "delete-replaced")
+# Set while `lockstep up` runs the program: the ModelRelease accepts autoRevert only then (the revert
+# is a second update, which only `lockstep up` runs; see components/model_release.py).
+AUTO_REVERT_ACTOR = "LOCKSTEP_AUTO_REVERT_ACTOR"
 
 
 class EngineFailed(LockstepError):
@@ -56,6 +59,7 @@ def engine_env(found: engine.Engine, backend: Path) -> dict[str, str]:
     # The engine and the plugins it starts inherit this process's environment: blank the password
     # there, it reaches the resources only as a secret input (never plain text in a process's env).
     env[PASSWORD_VARIABLE] = ""
+    env[AUTO_REVERT_ACTOR] = "lockstep up"
     return env
 
 
@@ -160,6 +164,7 @@ def run(
 
     stack = stack_for(settings, catalog, backend)
     steps = Steps()
+    os.environ[AUTO_REVERT_ACTOR] = "lockstep up"  # the inline program runs in this process
     try:
         if preview:
             stack.preview(diff=True, on_output=say, on_event=steps.on_event, color="never")
@@ -168,6 +173,8 @@ def run(
     except auto_errors.CommandError as exc:
         lines = [line for line in error_lines(exc) if "lockstep" in line] or error_lines(exc)
         raise EngineFailed("; ".join(lines)) from None
+    finally:
+        os.environ.pop(AUTO_REVERT_ACTOR, None)
     return steps
 
 
@@ -176,15 +183,18 @@ def revert_after_failed_check(
     catalog: Catalog,
     say: Callable[[str], None] = print,
     backend: Path | None = None,
+    since: str = "",
 ):
     """autoRevert under `lockstep up`: after an update whose Check failed, a second update with the pin
     moved to `orchestrator.revert_target`'s version (the inline program's settings; the stack file is
-    not edited). None when the update failed for another reason (no failed check record of the pin)."""
+    not edited). None when the update failed for another reason: no failed check record of the pin
+    written by this update (started at or after `since`, `ops.index.now()`'s format) — an older
+    failed record is never acted on."""
     from lockstep import orchestrator
     from lockstep.ops import check
 
     failed = check.latest(settings)
-    if failed is None or failed.passed or failed.pin != settings.pin:
+    if failed is None or failed.passed or failed.pin != settings.pin or failed.started_at < since:
         return None
     env = orchestrator.Environment(settings)
     revert = orchestrator.revert_target(env, catalog, orchestrator.Corpus(env), failed)
@@ -197,5 +207,8 @@ def revert_after_failed_check(
     except EngineFailed as exc:
         revert.why += f"; the second update failed: {exc}"
     latest = check.latest(back)
-    revert.record = latest if latest is not None and latest.pin == back.pin else None
+    revert.record = latest if latest is not None and latest.pin == back.pin and latest.started_at >= since else None
+    if revert.record is not None:  # the second update's check, marked as autoRevert's (`lockstep check` reads it)
+        revert.record.reverted_from = failed.pin
+        check.store(revert.record, back)
     return revert

@@ -49,6 +49,8 @@ class CheckRecord:
     checks: list[Check] = field(default_factory=list)
     # Per derived store: records_by_version and quarantined_by_version (see ops.derived.StoreCounts).
     derived: dict[str, dict] = field(default_factory=dict)
+    # autoRevert's check of the version it flipped back to: the pin whose check failed.
+    reverted_from: str = ""
 
     @property
     def passed(self) -> bool:
@@ -374,6 +376,7 @@ class Outcome:
     exit_code: int
     reason: str = ""
     key: str | None = None
+    note: str = ""  # said before the record (`live_after_revert`)
 
 
 def evaluate(settings: StackSettings, catalog: Catalog, seed: int | None = None, keep: bool = True) -> Outcome:
@@ -388,6 +391,38 @@ def evaluate(settings: StackSettings, catalog: Catalog, seed: int | None = None,
             raise
         return Outcome(None, 2, str(exc))
     return Outcome(record, 0 if record.passed else 1, key=key)
+
+
+def live_after_revert(settings: StackSettings) -> tuple[StackSettings, str]:
+    """What `lockstep check` checks: the stack file's pin, unless autoRevert flipped the live pointer
+    back (the latest record is its check of the live version, reverted from this pin). Then the live
+    unit is checked as what it is, with one line saying so first."""
+    record = latest(settings)
+    if record is None or record.reverted_from != settings.pin or record.pin not in settings.slots.filled.values():
+        return settings, ""
+    with clients.reaching("AWS (SSM)", clients.aws_endpoint(settings.embedded) or "AWS"):
+        pointer = live_state.read_pointer(clients.aws_for(settings, "ssm"), settings.pointer_name)
+    if pointer is None or pointer.version != record.pin:
+        return settings, ""
+    note = (
+        f"live is {record.pin} by autoRevert while stacks/Pulumi.{settings.stack}.yaml pins {settings.pin} "
+        f"(checking {record.pin}, what is live): make it permanent with "
+        f"`lockstep pin --stack {settings.stack} {record.pin}`, or fix {settings.pin} and deploy again"
+    )
+    return settings.with_pin(record.pin), note
+
+
+def evaluate_live(settings: StackSettings, catalog: Catalog) -> Outcome:
+    """`lockstep check`: `evaluate` of what is live (`live_after_revert`), stored, with its note."""
+    try:
+        checked, note = live_after_revert(settings)
+    except LockstepError as exc:
+        if exc.exit_code != 2:
+            raise
+        return Outcome(None, 2, str(exc))
+    outcome = evaluate(checked, catalog)
+    outcome.note = note
+    return outcome
 
 
 # `_meta` keys that say which model built an index (engine and corpus may change without a rebuild).

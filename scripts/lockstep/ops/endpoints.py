@@ -263,6 +263,7 @@ class SageMakerEndpoint(EndpointClient):
             "artifact_sha256": parsed["sha256"],
             "model_data_url": url,
             "status": endpoint.get("EndpointStatus"),
+            "endpoint_config": endpoint["EndpointConfigName"],
             "arn": endpoint.get("EndpointArn"),
         }
 
@@ -292,23 +293,45 @@ def deployed(settings: StackSettings, slot: str) -> dict | None:
     return running.describe() if running else None
 
 
-def require_serving(settings: StackSettings, slot: str, entry: CatalogEntry) -> str:
-    """The slot's endpoint name, once the endpoint itself says it serves `entry`'s artifact; else refuse.
+def require_serving(settings: StackSettings, slot: str, entry: CatalogEntry, config: str | None = None) -> str:
+    """The slot's endpoint name, once the endpoint itself says it serves `entry`'s artifact, InService,
+    on `config` when given (the SageMaker endpoint configuration this update created); else refuse.
 
-    The cutover asks this before it moves the alias: an update that SageMaker rolled back (alarm)
-    leaves the endpoint InService on the old model, which a wait for InService takes for success.
+    An update that SageMaker rolled back (alarm) leaves the endpoint InService on the old configuration,
+    which a wait for InService takes for success. Comparing the configuration catches a rolled-back
+    update that kept the version (a new image, instance type or count), which the sha256 alone cannot.
     """
     endpoint = endpoint_for(settings, slot)
     described = endpoint.describe()
     status = described.get("status", "InService")  # SageMaker reports it; a local slot that answers is serving
-    if described.get("artifact_sha256") != entry.artifact_sha256 or status != "InService":
-        served = f"{described.get('version')} (artifact {str(described.get('artifact_sha256'))[:12]}…, {status})"
+    running = described.get("endpoint_config")
+    if (
+        described.get("artifact_sha256") != entry.artifact_sha256
+        or status != "InService"
+        or (config is not None and running != config)
+    ):
+        served = f"{described.get('version')} (artifact {str(described.get('artifact_sha256'))[:12]}…, {status}"
+        served += f", configuration {running})" if config is not None else ")"
+        wanted = f"{entry.version} (artifact {entry.artifact_sha256[:12]}…"
+        wanted += f", configuration {config})" if config is not None else ")"
         raise IntegrityError(
-            f"endpoint {endpoint.name} serves {served}, not {entry.version} (artifact {entry.artifact_sha256[:12]}…): "
-            f"refusing to point the live alias at {entry.version}; nothing was switched — redeploy the {slot} slot "
-            "(its update may have been rolled back) and rerun"
+            f"endpoint {endpoint.name} serves {served}, not {wanted}: refusing to point the live alias at "
+            f"{settings.pin}; nothing was switched — redeploy the {slot} slot (its update may have been "
+            "rolled back) and rerun"
         )
     return endpoint.name
+
+
+def require_slots_serving(
+    settings: StackSettings, entries: dict[str, CatalogEntry], configs: dict[str, str] | None = None
+) -> str:
+    """`require_serving` for every filled slot (`entries`: slot -> the version it must serve), the
+    standby too: its update rolled back is as much a failed update. Returns the live endpoint's name."""
+    for slot in sorted(entries, key=lambda name: name != settings.live_slot):  # the live slot first
+        name = require_serving(settings, slot, entries[slot], (configs or {}).get(slot))
+        if slot == settings.live_slot:
+            live = name
+    return live
 
 
 # ----------------------------------------------------------------------------------- local slots
