@@ -8,6 +8,7 @@ tests/test_promotion_engine.py runs the same gate under the real engine, three s
 
 from __future__ import annotations
 
+import pulumi
 import pytest
 
 from components.program import verified_versions
@@ -52,3 +53,23 @@ def test_verified_versions_come_from_a_passing_check_record():
     assert verified_versions('{"pin": "v2", "passed": true}') == ["v2"]
     assert verified_versions('{"pin": "v2", "passed": false}') == []
     assert verified_versions("not json") == []
+
+
+def test_a_yaml_or_typescript_consumer_gets_the_gate_through_construct():
+    """The package's `construct` (what a YAML or TypeScript program's engine calls) runs the same
+    gate: the consumer's project names the stacks it reads."""
+    from components import plugin
+    from tests.pulumi_harness import run_mocked
+    from tests.test_plugin import TOKEN, dev_properties, wire_inputs
+
+    provider = plugin.build_provider()
+    inputs = wire_inputs({**dev_properties(), "promotedFrom": "dev"})  # pin v2, v1 in the standby
+    mocks = CaptureMocks(upstream_verified=("v2",))
+
+    def body():
+        return provider.construct("lockstep", TOKEN, inputs, pulumi.ResourceOptions()).urn
+
+    with pytest.raises(Exception, match=r"lockstep:slots.blue: v1 is not verified in dev \(verified there: v2\)"):
+        run_mocked(body, stack="staging", project="consumer", mocks=mocks)
+    assert sorted(mocks.stack_reads) == ["organization/consumer/dev", "organization/consumer/staging"]
+    assert mocks.resources == {}
