@@ -233,8 +233,9 @@ def test_plan_serializes_to_json(make_settings, catalog):
         "docs": 10,
         "detail": "create the index and embed the corpus (10 documents)",
         "eta_seconds": None,
+        "eta_estimated": False,
     }
-    assert data["eta_seconds"] is None  # nothing measured yet: unknown, not guessed
+    assert data["eta_seconds"] is None  # nothing measured or estimated: unknown, not guessed
 
 
 def test_etas_come_from_measured_rates_or_are_unknown(make_settings, catalog):
@@ -253,6 +254,16 @@ def test_etas_come_from_measured_rates_or_are_unknown(make_settings, catalog):
     assert measured.eta_seconds == 5.0
     other_engine = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"}, backfill={"engine": "ray"})
     assert release_plan(catalog, other_engine, Observed(corpus_size=300, rates={v1: 150.0})).eta_seconds is None
+
+
+def test_an_estimate_stands_in_until_a_rate_is_measured(make_settings, catalog):
+    settings = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"})
+    v1, v2 = (embed_rate_key(catalog.get(v), settings.backfill.engine) for v in ("v1", "v2"))
+    observed = Observed(corpus_size=300, rates={v1: 150.0}, estimated_rates={v1: 3000.0, v2: 100.0})
+    plan = release_plan(catalog, settings, observed)
+    etas = {s.version: (s.eta_seconds, s.eta_estimated) for s in plan.steps if s.kind == "provision"}
+    assert etas == {"v1": (2.0, False), "v2": (3.0, True)}  # the measured rate wins over the estimate
+    assert plan.eta_seconds == 5.0 and plan.eta_estimated and plan.to_dict()["eta_estimated"] is True
 
 
 def test_plan_imports_no_module_that_talks_to_a_server():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lockstep import config, orchestrator, stackfile
+from lockstep import config, orchestrator, report, stackfile
 from lockstep.ops import clients, endpoints, live_state
 from lockstep.plan import embed_rate_key
 from tests.conftest import lockstep, stack_values
@@ -25,7 +25,7 @@ def deployed(servers, scratch_stack, catalog):
     endpoints.stop_local_slots(config.load_stack(stack, stacks))
 
 
-def test_plan_rollback_to_the_standby_is_a_reversible_reattach(deployed, opensearch, catalog):
+def test_plan_rollback_to_the_standby_is_a_reversible_reattach(deployed, opensearch, catalog, monkeypatch, tmp_path):
     stacks, stack = deployed
     result = lockstep("plan", "--stack", stack, "--to", "v2", "--format", "json")
     assert result.returncode == 0, result.stderr
@@ -59,6 +59,14 @@ def test_plan_rollback_to_the_standby_is_a_reversible_reattach(deployed, opensea
     markdown = lockstep("plan", "--stack", stack, "--to", "v2").stdout
     assert "**provision**" in markdown and f"{SIZE} documents to embed" in markdown
     assert f"ETA ~{round(SIZE / rate, 1):g}s (measured rate)" in markdown
+
+    # The first plan on a machine that never ran v2 (no rates.json): an estimate from a short
+    # calibration of v2's model, labelled as such — not "unknown".
+    monkeypatch.setattr(orchestrator, "_rates_file", lambda: tmp_path / "rates.json")
+    _, first = orchestrator.plan_for(config.load_stack(stack, stacks).with_pin("v2"), catalog)
+    provision = next(s for s in first.steps if s.kind == "provision")
+    assert provision.eta_estimated and provision.eta_seconds and first.eta_estimated
+    assert "estimated: short calibration" in report.plan_markdown(first)
 
 
 def test_plan_without_servers_renders_the_config_diff_and_says_so(scratch_stack):

@@ -180,7 +180,8 @@ class Drill:
         self.record_check(act, result.record)
 
     def record_timings(self, act: Act, result: orchestrator.ApplyResult) -> None:
-        """The plan's ETA (from rates earlier runs measured, or unknown) beside what the step took."""
+        """The plan's ETA (from rates earlier runs measured, else a first plan's calibration, else unknown)
+        beside what the step took."""
         for done in (r for r in result.steps if r.step.kind in TIMED):
             eta = done.step.eta_seconds
             act.timings.append(
@@ -188,10 +189,12 @@ class Drill:
                     "kind": done.step.kind,
                     "version": done.step.version,
                     "estimate": eta,
+                    "estimated": done.step.eta_estimated,
                     "actual": round(done.seconds, 2),
                 }
             )
             estimate = "unknown (never measured)" if eta is None else f"~{eta:g}s"
+            estimate += " (calibration, not measured yet)" if done.step.eta_estimated else ""
             self.say(f"  {done.step.kind} {done.step.version}: estimated {estimate}, took {done.seconds:.1f}s")
 
     def check(self, act: Act) -> None:

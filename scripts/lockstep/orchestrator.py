@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from botocore.exceptions import BotoCoreError, ClientError
+from opensearchpy.exceptions import TransportError
 
 from lockstep import plan as release
 from lockstep import promote, runtime
 from lockstep.config import Catalog, CatalogEntry, StackSettings
-from lockstep.errors import UsageError
+from lockstep.errors import LockstepError, UsageError
 from lockstep.ops import artifacts, check, clients, corpus_store, derived, endpoints, index, live_state, reembed
 from lockstep.ops.backfill import engine as backfill_engine
 from lockstep.ops.backfill.core import BackfillResult
@@ -191,6 +193,7 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
         )
     with env.reach_aws():
         slots_deployed = {slot: _slot_version(settings, catalog, slot) for slot in endpoints.SLOTS}
+    rates = measured_rates()
     return release.Observed(
         indices=observed_indices,
         alias_targets=tuple(inventory.alias_targets),
@@ -199,8 +202,63 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
         corpus_size=corpus.size,
         artifacts=published,
         derived=derived_counts,
-        rates=measured_rates(),
+        rates=rates,
+        estimated_rates=estimated_rates(env, catalog, corpus, observed_indices, derived_counts, rates),
     )
+
+
+CALIBRATION_DOCS = 16  # documents a first plan encodes to estimate a version's re-embedding rate
+
+
+def estimated_rates(
+    env: Environment,
+    catalog: Catalog,
+    corpus: Corpus,
+    indices: dict[str, release.ObservedIndex],
+    stores: dict,
+    measured: dict[str, float],
+) -> dict[str, float]:
+    """A short calibration for the work this plan has and no earlier run measured, so the first plan
+    gives an ETA (labelled estimated): the version's model encoding CALIBRATION_DOCS corpus documents
+    (model load excluded; the bulk writes are not in it), and a store's k-NN lookups for one repair
+    batch on the pin's index. What cannot be calibrated (artifact not published yet, no index) stays
+    unknown; a calibration never fails the plan."""
+    settings, pin, found = env.settings, catalog.get(env.settings.pin), {}
+    embeds = []
+    for version in settings.versions:
+        entry, state = catalog.get(version), indices.get(version)
+        key = release.embed_rate_key(entry, settings.backfill.engine)
+        if key not in measured and (
+            state is None or state.delta is None or state.delta.missing + state.delta.changed > 0
+        ):
+            embeds.append((key, entry))
+    repairs = [
+        (key, store)
+        for store in settings.derived
+        if (key := release.repair_rate_key(store, pin)) not in measured
+        and (counts := stores.get(store.name)) is not None
+        and sum(counts.stale(pin.version).values())
+    ]
+    documents = (corpus.documents or []) if embeds or repairs else []  # read only when there is work to time
+    texts, ids = [d.text for d in documents[:CALIBRATION_DOCS]], [d.id for d in documents[: derived.BATCH]]
+    for key, entry in embeds if texts else []:
+        try:
+            with env.reach_aws():
+                model = artifacts.load_embedder(env.s3, settings.artifacts.bucket, entry)
+            started = time.perf_counter()
+            model.encode(texts)
+            found[key] = round(len(texts) / max(time.perf_counter() - started, 1e-6), 2)
+        except (LockstepError, ClientError, BotoCoreError):
+            continue
+    for key, store in repairs if ids else []:
+        try:
+            with env.reach_opensearch():
+                started = time.perf_counter()
+                derived.related(env.opensearch, settings.opensearch.index_name(pin.version), ids, store.k)
+            found[key] = round(len(ids) / max(time.perf_counter() - started, 1e-6), 2)
+        except (LockstepError, TransportError):
+            continue
+    return found
 
 
 def _slot_version(settings: StackSettings, catalog: Catalog, slot: str) -> str | None:

@@ -6,7 +6,8 @@ contract that, for every release scenario, the resources `pulumi up` changes are
 plan's steps (with the observed state the previous `pulumi up` left behind: `declared_state`).
 
 Every ETA comes from a measured rate (`Observed.rates`, recorded by earlier runs under
-`embed_rate_key` / `repair_rate_key`) or is None: unknown.
+`embed_rate_key` / `repair_rate_key`), else from an estimate (`Observed.estimated_rates`: a short
+calibration before the first run; the step says `eta_estimated`), or is None: unknown.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Observed:
     derived: dict[str, StoreCounts] = field(default_factory=dict)
     # Measured rates (items/s) by embed_rate_key / repair_rate_key: what the ETAs are computed from.
     rates: dict[str, float] = field(default_factory=dict)
+    # Estimated rates by the same keys, for what was never measured (a short calibration).
+    estimated_rates: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class DerivedAction:
     quarantined_by_version: dict[str, int]
     action: Literal["recompute", "quarantine", "none"]
     records: int  # items another version wrote, not quarantined: what the repair touches
-    eta_seconds: float | None  # at the measured repair rate; None: never measured
+    eta_seconds: float | None  # at the measured (else estimated) repair rate; None: neither
+    eta_estimated: bool = False  # from a calibration, not a measured rate
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Step:
     docs: int = 0
     detail: str = ""
     eta_seconds: float | None = None  # for steps that embed or repair: at a measured rate, None if unknown
+    eta_estimated: bool = False  # the rate is a calibration's estimate, not measured yet
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,11 @@ class ReleasePlan:
         etas = [s.eta_seconds for s in self.steps if s.kind in TIMED]
         return None if None in etas else round(sum(e for e in etas if e is not None), 1)
 
+    @property
+    def eta_estimated(self) -> bool:
+        """Some timed step's ETA is an estimate (no measured rate yet)."""
+        return any(s.eta_estimated for s in self.steps if s.kind in TIMED)
+
     def to_dict(self, **extra) -> dict:
         """The plan as JSON (`lockstep plan --format json`, the drill's record): `extra` adds what the
         caller observed besides the plan (data_state, records_by_model_version)."""
@@ -112,6 +122,7 @@ class ReleasePlan:
             "reversible": self.reversible,
             "pointer_moves": self.pointer_moves,
             "eta_seconds": self.eta_seconds,
+            "eta_estimated": self.eta_estimated,
             **extra,
             "steps": [asdict(step) for step in self.steps],
             "derived": [asdict(action) for action in self.derived],
@@ -136,6 +147,14 @@ def _eta(items: int, rate: float | None) -> float | None:
     return round(items / rate, 1) if rate else None
 
 
+def rate_for(observed: Observed, key: str) -> tuple[float | None, bool]:
+    """(rate, estimated?): the measured rate for `key`, else the estimate, else (None, False)."""
+    if key in observed.rates:
+        return observed.rates[key], False
+    estimate = observed.estimated_rates.get(key)
+    return estimate, estimate is not None
+
+
 def declared_state(settings: StackSettings, corpus_size: int = 0) -> Observed:
     """What a deploy of `settings` leaves behind, as observed state: its indices (in step with the
     corpus), artifacts and slots, alias and pointer on its pin. The plan from this state is what
@@ -151,7 +170,7 @@ def declared_state(settings: StackSettings, corpus_size: int = 0) -> Observed:
     )
 
 
-def _index_step(version: str, observed: Observed, rate: float | None) -> Step | None:
+def _index_step(version: str, observed: Observed, rate: float | None, estimated: bool = False) -> Step | None:
     """Provision a missing index, catch up one that lags the corpus, or nothing."""
     state = observed.indices.get(version)
     if state is None:
@@ -161,6 +180,7 @@ def _index_step(version: str, observed: Observed, rate: float | None) -> Step | 
             docs=observed.corpus_size,
             detail=f"create the index and embed the corpus ({observed.corpus_size} documents)",
             eta_seconds=_eta(observed.corpus_size, rate),
+            eta_estimated=estimated,
         )
     delta = state.delta
     if delta is None:
@@ -178,6 +198,7 @@ def _index_step(version: str, observed: Observed, rate: float | None) -> Step | 
         docs=docs,
         detail=f"embed {delta.missing} missing and {delta.changed} changed, delete {delta.deleted} gone{how}",
         eta_seconds=_eta(docs, rate),
+        eta_estimated=estimated,
     )
 
 
@@ -208,8 +229,8 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
     deploys = 0
     for version in kept:
         slot = settings.slots.slot_of(version)
-        rate = observed.rates.get(embed_rate_key(catalog.get(version), settings.backfill.engine))
-        index_step = _index_step(version, observed, rate)
+        rate, estimated = rate_for(observed, embed_rate_key(catalog.get(version), settings.backfill.engine))
+        index_step = _index_step(version, observed, rate, estimated)
         # A retained index catches up when it is reattached; until then only its existence is kept.
         if index_step is not None and (slot or index_step.kind == "provision"):
             steps.append(index_step)
@@ -252,6 +273,7 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
                 eta_seconds=None
                 if any(a.eta_seconds is None for a in repairs)
                 else round(sum(a.eta_seconds or 0 for a in repairs), 1),
+                eta_estimated=any(a.eta_estimated for a in repairs),
             )
         )
     steps.append(Step("check", pin))
@@ -323,6 +345,7 @@ def _derived_actions(settings: StackSettings, catalog: Catalog, observed: Observ
         if counts is None:
             continue
         stale = sum(counts.stale(settings.pin).values())
+        rate, estimated = rate_for(observed, repair_rate_key(store, pin))
         actions.append(
             DerivedAction(
                 store=store.name,
@@ -331,7 +354,8 @@ def _derived_actions(settings: StackSettings, catalog: Catalog, observed: Observ
                 quarantined_by_version=dict(counts.quarantined_by_version),
                 action=store.repair if stale else "none",
                 records=stale,
-                eta_seconds=_eta(stale, observed.rates.get(repair_rate_key(store, pin))) if stale else 0.0,
+                eta_seconds=_eta(stale, rate) if stale else 0.0,
+                eta_estimated=estimated and bool(stale),
             )
         )
     return tuple(actions)

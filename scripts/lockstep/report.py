@@ -52,11 +52,17 @@ CHECK_NAMES = [
 ]
 
 
-def eta_text(seconds: float | None, items: int) -> str:
-    """An ETA from a measured rate, or says it has none."""
+def eta_text(seconds: float | None, items: int, estimated: bool = False) -> str:
+    """An ETA from a measured rate, from a calibration's estimate (labelled so), or says it has none."""
     if not items:
         return "none"
-    return "unknown (no measured rate yet)" if seconds is None else f"~{seconds:g}s (measured rate)"
+    if seconds is None:
+        return "unknown (no measured rate yet)"
+    return (
+        f"~{seconds:g}s (estimated: short calibration, not measured yet)"
+        if estimated
+        else f"~{seconds:g}s (measured rate)"
+    )
 
 
 def plan_markdown(
@@ -81,7 +87,11 @@ def plan_markdown(
         ]
     embedding = [s for s in plan.steps if s.kind in ("provision", "catch_up")]
     etas = [s.eta_seconds for s in embedding]
-    eta = eta_text(None if None in etas else round(sum(e or 0 for e in etas), 1), plan.docs_to_embed)
+    eta = eta_text(
+        None if None in etas else round(sum(e or 0 for e in etas), 1),
+        plan.docs_to_embed,
+        any(s.eta_estimated for s in embedding),
+    )
     lines += [
         "| part | action | detail |",
         "|---|---|---|",
@@ -106,7 +116,7 @@ def plan_markdown(
         + (f" ({s.slot})" if s.slot else "")
         + (f" — {s.docs} {'records' if s.kind == 'repair_derived' else 'docs'}" if s.docs else "")
         + (f" — {s.detail}" if s.detail else "")
-        + (f" — ETA {eta_text(s.eta_seconds, s.docs)}" if s.docs else "")
+        + (f" — ETA {eta_text(s.eta_seconds, s.docs, s.eta_estimated)}" if s.docs else "")
         for n, s in enumerate(plan.steps, 1)
     ]
     if plan.derived:
@@ -128,7 +138,7 @@ def plan_markdown(
             )
             action = f"**{item.action}** {item.records} records" if item.records else "none"
             lines.append(
-                f"| `{item.store}` ({item.table}) | {held} | {action} | {eta_text(item.eta_seconds, item.records)} |"
+                f"| `{item.store}` ({item.table}) | {held} | {action} | {eta_text(item.eta_seconds, item.records, item.eta_estimated)} |"
             )
     checks = CHECK_NAMES[:-1] + [f"derived:{item.store}" for item in plan.derived] + CHECK_NAMES[-1:]
     lines += ["", "**Checks that will run**: " + ", ".join(checks)]
