@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from clusterctl import Cluster
 
 from lockstep import runtime, services
 
@@ -231,3 +232,18 @@ def deploy(tmp_path_factory, **overrides) -> Iterator[Deployment]:
     clients.opensearch().indices.delete(
         index=f"{stack}-*", params={"expand_wildcards": "all", "ignore_unavailable": "true"}
     )
+
+
+@pytest.fixture(scope="session")
+def cluster(servers, tmp_path_factory) -> Iterator[Cluster]:
+    """The 3-node cluster, started once per session by the first test that asks for it. Its home:
+    LOCKSTEP_CLUSTER_HOME (kept with LOCKSTEP_KEEP_SERVICES=1), else a session temp dir (stopped)."""
+    given = os.environ.get("LOCKSTEP_CLUSTER_HOME")
+    home = Path(given) if given else tmp_path_factory.mktemp("cluster-home")
+    started = Cluster(home, "")
+    started.up()
+    started.url = started.node(1).url
+    started.wait_green()
+    yield started
+    if not (given and os.environ.get("LOCKSTEP_KEEP_SERVICES") == "1"):
+        lockstep("services", "down", env=started.env())

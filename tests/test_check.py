@@ -185,7 +185,7 @@ def test_stale_document_text_fails_doc_count(stack, opensearch):
     try:
         record = run_check(stack)
         assert failing(record) == {"doc-count"}
-        assert by_name(record)["doc-count"].observed == "200 docs, 1 stale in sample"
+        assert by_name(record)["doc-count"].observed == "200 docs, 1 stale in sample; copies compared: 1 (1 shards)"
     finally:
         rewrite(stack, [stale], "v1")
 

@@ -294,9 +294,15 @@ def services_install() -> None:
 
 
 @services_group.command("up")
-def services_up() -> None:
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="OpenSearch as a cluster of N nodes on loopback (default: as many as run, else 1).",
+)
+def services_up(nodes: int | None) -> None:
     """Start what is not running (idempotent) and print `export NAME=value` lines."""
-    states = services.up()
+    states = services.up(nodes)
     for state in states:
         click.echo(
             f"# {state.name}: {state.source} {state.url}"

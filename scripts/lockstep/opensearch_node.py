@@ -6,11 +6,13 @@ with a small heap, as `nobody` when we are root (OpenSearch refuses to run as ro
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -125,21 +127,124 @@ def java_home() -> str:
 
 
 def start() -> runtime.Managed:
-    installed = install()
+    """One node on its own (`discovery.type=single-node`), its data wiped: the default embedded server."""
+    (runtime.run_dir() / "opensearch.layout").unlink(missing_ok=True)
     port, transport = runtime.free_port(), runtime.free_port()
-    data, logs = state_dir() / "data", state_dir() / "logs"
-    shutil.rmtree(data, ignore_errors=True)
+    options = ["-Ediscovery.type=single-node", "-Ecluster.name=lockstep"]
+    managed = _spawn("opensearch", state_dir(), port, transport, options, wipe=True)
+    runtime.wait_until(lambda: healthy(managed.url), f"OpenSearch on {managed.url}", managed.log, alive=managed.alive)
+    return managed
+
+
+# ------------------------------------------------------------------------------ a cluster of N
+
+
+def node_name(number: int) -> str:
+    """The pid-file name of node `number` (1-based): node 1 keeps the single node's name, so its
+    address is the one `OPENSEARCH_URL` exports and everything that reads "opensearch" finds it."""
+    return "opensearch" if number == 1 else f"opensearch-{number}"
+
+
+@dataclass
+class Layout:
+    """The ports of a cluster's nodes, remembered in `<run>/opensearch.layout` so that a node that
+    died is started again on its own ports with its own data (`start_cluster` is idempotent)."""
+
+    http: list[int]
+    transport: list[int]
+
+    @property
+    def nodes(self) -> int:
+        return len(self.http)
+
+    @classmethod
+    def load(cls) -> Layout | None:
+        path = runtime.run_dir() / "opensearch.layout"
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+    def save(self) -> None:
+        (runtime.run_dir() / "opensearch.layout").write_text(json.dumps(self.__dict__))
+
+
+def running_nodes() -> int:
+    """How many nodes this home's OpenSearch was started with (1 when it is a single node or none)."""
+    layout = Layout.load()
+    return layout.nodes if layout else 1
+
+
+def start_cluster(nodes: int) -> tuple[runtime.Managed, bool]:
+    """Start the nodes of an N-node cluster that are not running; (node 1, whether any was started).
+
+    A fresh cluster (no node alive) gets new ports and empty data dirs; a node that died is started
+    again on its ports with its data, and rejoins. Every node is cluster-manager eligible and holds
+    data; the cluster is ready when all N have joined and it is at least yellow.
+    """
+    previous = Layout.load()
+    alive = [runtime.Managed.load(node_name(n)) for n in range(1, nodes + 1)]
+    fresh = previous is None or previous.nodes != nodes or not any(m and m.alive() for m in alive)
+    layout = (
+        Layout([runtime.free_port() for _ in range(nodes)], [runtime.free_port() for _ in range(nodes)])
+        if fresh
+        else previous
+    )
+    assert layout is not None
+    layout.save()
+    seeds = ",".join(f"127.0.0.1:{port}" for port in layout.transport)
+    names = ",".join(f"node-{n}" for n in range(1, nodes + 1))
+    tag = hashlib.sha256(str(runtime.run_dir().resolve()).encode()).hexdigest()[:10]
+    started = False
+    for number, managed in enumerate(alive, start=1):
+        if managed and managed.alive():
+            continue
+        if managed:
+            managed.stop()
+        options = [
+            f"-Enode.name=node-{number}",
+            f"-Ecluster.name=lockstep-{tag}",
+            f"-Ediscovery.seed_hosts={seeds}",
+            f"-Ecluster.initial_cluster_manager_nodes={names}",
+            "-Enode.processors=1",
+        ]
+        folder = state_dir() / f"node-{number}"
+        _spawn(node_name(number), folder, layout.http[number - 1], layout.transport[number - 1], options, wipe=fresh)
+        started = True
+    first = runtime.Managed.load(node_name(1))
+    assert first is not None
+    runtime.wait_until(
+        lambda: cluster_formed(first.url, nodes), f"OpenSearch cluster of {nodes} on {first.url}", first.log
+    )
+    return first, started
+
+
+def cluster_formed(url: str, nodes: int) -> bool:
+    try:
+        response = requests.get(
+            f"{url}/_cluster/health",
+            params={"wait_for_nodes": str(nodes), "wait_for_status": "yellow", "timeout": "1s"},
+            timeout=3,
+        )
+        body = response.json()
+        return response.status_code == 200 and body.get("number_of_nodes") == nodes and not body.get("timed_out")
+    except (requests.RequestException, ValueError):
+        return False
+
+
+def _spawn(name: str, folder: Path, port: int, transport: int, options: list[str], wipe: bool) -> runtime.Managed:
+    """Start one node with its data and logs under `folder` (emptied first with `wipe`)."""
+    installed = install()
+    data, logs = folder / "data", folder / "logs"
+    if wipe:
+        shutil.rmtree(data, ignore_errors=True)
     for path in (data, logs):
         path.mkdir(parents=True, exist_ok=True)
     argv = [
         str(installed / "bin" / "opensearch"),
-        "-Ediscovery.type=single-node",
+        *options,
         "-Enetwork.host=127.0.0.1",
         f"-Ehttp.port={port}",
         f"-Etransport.port={transport}",
         f"-Epath.data={data}",
         f"-Epath.logs={logs}",
-        "-Ecluster.name=lockstep",
         "-Ecluster.routing.allocation.disk.threshold_enabled=false",
         "-Eaction.auto_create_index=false",
     ]
@@ -153,10 +258,7 @@ def start() -> runtime.Managed:
         for path in (installed, data, logs):
             subprocess.run(["chown", "-R", "nobody:nogroup", str(path)], check=True)
         argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
-    url = f"http://127.0.0.1:{port}"
-    managed = runtime.spawn("opensearch", argv, url, env=env, cwd=installed)
-    runtime.wait_until(lambda: healthy(url), f"OpenSearch on {url}", managed.log, alive=managed.alive)
-    return managed
+    return runtime.spawn(name, argv, f"http://127.0.0.1:{port}", env=env, cwd=installed)
 
 
 def healthy(url: str) -> bool:

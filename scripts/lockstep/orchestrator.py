@@ -23,7 +23,18 @@ from lockstep import plan as release
 from lockstep import promote, runtime
 from lockstep.config import Catalog, CatalogEntry, StackSettings
 from lockstep.errors import LockstepError, UsageError
-from lockstep.ops import artifacts, check, clients, corpus_store, derived, endpoints, index, live_state, reembed
+from lockstep.ops import (
+    artifacts,
+    check,
+    clients,
+    cluster,
+    corpus_store,
+    derived,
+    endpoints,
+    index,
+    live_state,
+    reembed,
+)
 from lockstep.ops.backfill import engine as backfill_engine
 from lockstep.ops.backfill.core import BackfillResult
 from lockstep.ops.corpus import Document
@@ -164,6 +175,7 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
     settings = env.settings
     with env.reach_opensearch():
         inventory = live_state.inventory(env.opensearch, env.ssm, settings, catalog)
+        health, index_health = cluster.by_index(env.opensearch)
         observed_indices = {}
         for version, state in inventory.indices.items():
             delta = None
@@ -178,7 +190,11 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
                 delta = release.Delta(missing=len(d.missing), changed=len(d.changed), deleted=len(d.deleted))
             others = tuple(a for a in state.aliases if a != settings.opensearch.alias_name)
             observed_indices[version] = release.ObservedIndex(
-                doc_count=state.doc_count, delta=delta, aliases=others, corpus=(state.meta or {}).get("corpus")
+                doc_count=state.doc_count,
+                delta=delta,
+                aliases=others,
+                corpus=(state.meta or {}).get("corpus"),
+                unassigned_primaries=cluster.unassigned_primaries(index_health.get(state.index, {})),
             )
     with env.reach_aws():
         # Derived records by version (the lineage of a rollback); an embedded apply creates missing tables.
@@ -204,6 +220,7 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
         derived=derived_counts,
         rates=rates,
         estimated_rates=estimated_rates(env, catalog, corpus, observed_indices, derived_counts, rates),
+        cluster=release.ClusterHealth(health["status"], health["number_of_nodes"], health["unassigned_shards"]),
     )
 
 

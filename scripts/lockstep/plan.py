@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from lockstep.config import Catalog, CatalogEntry, DerivedStore, StackSettings
-from lockstep.errors import ConfigError
+from lockstep.errors import ConfigError, Unreachable
 from lockstep.state import StoreCounts, keep_reason
 
 StepKind = Literal[
@@ -40,6 +40,16 @@ class ObservedIndex:
     delta: Delta | None = None
     corpus: str | None = None  # `_meta.corpus`: the corpus location the index was built from
     aliases: tuple[str, ...] = ()  # aliases on the index besides the live one
+    unassigned_primaries: int = 0  # primary shards no node holds now: part of the index cannot be read
+
+
+@dataclass(frozen=True)
+class ClusterHealth:
+    """`_cluster/health` as the plan needs it: a cluster that is not green is said in the plan."""
+
+    status: str  # green, yellow, red
+    nodes: int
+    unassigned_shards: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class Observed:
     rates: dict[str, float] = field(default_factory=dict)
     # Estimated rates by the same keys, for what was never measured (a short calibration).
     estimated_rates: dict[str, float] = field(default_factory=dict)
+    cluster: ClusterHealth | None = None  # None: not observed (the config-level preview)
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class ReleasePlan:
     pointer_moves: bool
     reversible: bool
     derived: tuple[DerivedAction, ...] = ()
+    warnings: tuple[str, ...] = ()  # what the plan runs into but does not stop at (a yellow cluster)
 
     @property
     def eta_seconds(self) -> float | None:
@@ -126,6 +138,7 @@ class ReleasePlan:
             **extra,
             "steps": [asdict(step) for step in self.steps],
             "derived": [asdict(action) for action in self.derived],
+            "warnings": list(self.warnings),
         }
 
 
@@ -246,6 +259,7 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
 
     moves = observed.pointer_version != pin or list(observed.alias_targets) != [pin_index]
     if moves:
+        _refuse_cutover_onto_missing_primaries(pin_index, observed.indices.get(pin))
         was = ", ".join(observed.alias_targets) or "no index"
         steps.append(
             Step(
@@ -311,7 +325,31 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
         pointer_moves=moves,
         reversible=_reversible(settings, observed, [s.version for s in steps if s.kind == "drop"]),
         derived=derived,
+        warnings=_cluster_warnings(observed.cluster),
     )
+
+
+def _refuse_cutover_onto_missing_primaries(index: str, state: ObservedIndex | None) -> None:
+    """The alias never goes to an index part of which no node holds: its queries would miss documents."""
+    if state is not None and state.unassigned_primaries:
+        raise Unreachable(
+            f"cutover to {index} refused: {state.unassigned_primaries} of its primary shards are unassigned "
+            "(a node holding them is gone); start the node again or wait until "
+            f"GET _cluster/health/{index}?wait_for_status=yellow answers, then run again"
+        )
+
+
+def _cluster_warnings(health: ClusterHealth | None) -> tuple[str, ...]:
+    """A cluster that is not green, and what that means for the release's steps."""
+    if health is None or health.status == "green":
+        return ()
+    said = f"the OpenSearch cluster is {health.status} ({health.nodes} nodes, {health.unassigned_shards} shard copies unassigned)"
+    if health.status == "yellow":
+        return (
+            f"{said}: a provision or catch-up runs and its replicas are assigned when nodes return; "
+            "the check waits for every copy and exits 2 if they are not all there",
+        )
+    return (f"{said}: indices with unassigned primaries cannot be read whole; a cutover onto one is refused",)
 
 
 def _refuse_replacing_the_live_slot(settings: StackSettings, observed: Observed) -> None:

@@ -85,6 +85,7 @@ def plan_markdown(
             "diff only (no document counts, no index state).",
             "",
         ]
+    lines += [f"> **Warning**: {warning}" for warning in plan.warnings] + ([""] if plan.warnings else [])
     embedding = [s for s in plan.steps if s.kind in ("provision", "catch_up")]
     etas = [s.eta_seconds for s in embedding]
     eta = eta_text(

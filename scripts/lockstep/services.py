@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from lockstep import opensearch_node, runtime
+from lockstep.errors import UsageError
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 REGION = "us-east-1"
@@ -66,18 +67,22 @@ def _exclusive():
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def up() -> list[ServiceState]:
-    """Start what is not running; reuse what is. Idempotent."""
+def up(nodes: int | None = None) -> list[ServiceState]:
+    """Start what is not running; reuse what is. Idempotent. `nodes`: OpenSearch as a cluster of
+    that many nodes (default: as many as run, else 1)."""
     with _exclusive():
-        return _up()
+        return _up(nodes)
 
 
-def _up() -> list[ServiceState]:
+def _up(nodes: int | None = None) -> list[ServiceState]:
     states = []
     for name, (variable, start, healthy) in SERVICES.items():
         external = os.environ.get(variable)
         if external and not _is_ours(name, external):
             states.append(ServiceState(name, external, "external"))
+            continue
+        if name == "opensearch" and max(nodes or 1, opensearch_node.running_nodes()) > 1:
+            states.append(_cluster_up(nodes or opensearch_node.running_nodes()))
             continue
         current = runtime.Managed.load(name)
         if current and current.alive():
@@ -99,6 +104,20 @@ def _up() -> list[ServiceState]:
     return states
 
 
+def _cluster_up(nodes: int) -> ServiceState:
+    """OpenSearch as N nodes: refuse to change the node count of a running cluster; start (or start
+    again, keeping their data) the nodes that are not running."""
+    first = runtime.Managed.load("opensearch")
+    running = opensearch_node.running_nodes() if first and first.alive() else nodes
+    if running != nodes:
+        raise UsageError(
+            f"OpenSearch in {runtime.home()} runs {running} node(s), not {nodes}: "
+            f"run `lockstep services down` first, then `lockstep services up --nodes {nodes}`"
+        )
+    managed, started = opensearch_node.start_cluster(nodes)
+    return ServiceState("opensearch", managed.url, "started" if started else "running", managed.pid, managed.log)
+
+
 def _is_ours(name: str, url: str) -> bool:
     current = runtime.Managed.load(name)
     return bool(current and current.url == url)
@@ -112,6 +131,8 @@ def down(names: list[str] | None = None) -> list[str]:
         if managed and (names is None or managed.name in names):
             managed.stop()
             stopped.append(managed.name)
+    if not any(runtime.run_dir().glob("opensearch*.json")):
+        (runtime.run_dir() / "opensearch.layout").unlink(missing_ok=True)
     return stopped
 
 
@@ -126,6 +147,17 @@ def status() -> list[ServiceState]:
             states.append(ServiceState(name, current.url, "running", current.pid, current.log))
         else:
             states.append(ServiceState(name, "", "stopped"))
+    for number in range(2, opensearch_node.running_nodes() + 1):
+        node = runtime.Managed.load(opensearch_node.node_name(number))
+        alive = bool(node and node.alive())
+        states.append(
+            ServiceState(
+                opensearch_node.node_name(number),
+                node.url if node else "",
+                "running" if alive else "stopped",
+                node.pid if alive and node else None,
+            )
+        )
     return states
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -23,9 +24,12 @@ from opensearchpy.exceptions import RequestError
 from lockstep import reader
 from lockstep.config import Catalog, DerivedStore, StackSettings
 from lockstep.errors import IntegrityError, LockstepError, Unreachable
-from lockstep.ops import artifacts, clients, corpus, corpus_store, derived, endpoints, index, live_state
+from lockstep.ops import artifacts, clients, cluster, corpus, corpus_store, derived, endpoints, index, live_state
 
 RECORD_PREFIX = "checks"
+# How long the check waits for every shard copy to be started and to agree before it says it
+# could not read them (exit 2) or that a copy differs (a failure).
+COPIES_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -51,6 +55,7 @@ class CheckRecord:
     derived: dict[str, dict] = field(default_factory=dict)
     # autoRevert's check of the version it flipped back to: the pin whose check failed.
     reverted_from: str = ""
+    copies_compared: int = 0  # shard copies (primaries + replicas) whose counts and samples were read
 
     @property
     def passed(self) -> bool:
@@ -111,6 +116,26 @@ class Reading:
             return bool(self.client.indices.exists(index=self.served))
 
     @cached_property
+    def copies(self) -> list[cluster.ShardCopy]:
+        """Every shard copy of the served index, once all are started (read before any other
+        fact, and again after the last: a check never reads a partial view of the index)."""
+        if not self.exists:
+            return []
+        with self.opensearch():
+            return cluster.whole_copies(self.client, self.served, COPIES_WAIT_SECONDS)
+
+    def copies_unchanged(self) -> None:
+        """After the checks: the same copies, all still started, or the view was partial (exit 2)."""
+        with self.opensearch():
+            now = cluster.copies(self.client, self.served) if self.copies else []
+        if now != self.copies:
+            gaps = cluster.missing(now) or ["copies moved"]
+            raise Unreachable(
+                f"index {self.served} changed while the check read it ({'; '.join(gaps)}): "
+                "its reads may be partial; run the check again once the cluster is green"
+            )
+
+    @cached_property
     def live(self):
         return endpoints.endpoint_for(self.settings, self.settings.live_slot)
 
@@ -163,19 +188,46 @@ def check_foreign_versions(r: Reading) -> Check:
     )
 
 
-def check_doc_count(r: Reading) -> Check:
-    """Document count parity with the corpus, plus a sample of content hashes."""
+def check_doc_count(r: Reading, record: CheckRecord) -> Check:
+    """Document count parity with the corpus, plus a sample of content hashes, read on every shard
+    copy (primaries and replicas): a replica that missed writes differs from its primary. Copies
+    that disagree are read again for up to COPIES_WAIT_SECONDS (a refresh may lag)."""
     with r.aws("S3"):
         corpus = corpus_store.corpus_index(r.s3, r.settings)
-    with r.opensearch():
-        count = r.client.count(index=r.served)["count"] if r.exists else 0
-        stale = _stale_sample(r.client, r.served, corpus, r.settings.check.stale_sample, r.rng) if r.exists else 0
+    count, stale, behind, copies = 0, 0, [], r.copies
+    if copies:
+        with r.opensearch():
+            deadline = time.monotonic() + COPIES_WAIT_SECONDS
+            while True:
+                counts = {copy: cluster.copy_count(r.client, r.served, copy) for copy in copies}
+                primaries = {copy.shard: n for copy, n in counts.items() if copy.primary}
+                behind = [
+                    f"{c.label} {n} ≠ primary {primaries[c.shard]}"
+                    for c, n in counts.items()
+                    if n != primaries[c.shard]
+                ]
+                if not behind or time.monotonic() >= deadline:
+                    break
+                time.sleep(1.0)
+            count = sum(primaries.values())
+            seed = r.rng.randint(0, 2**31)
+            stale = sum(
+                _stale_sample(r.client, r.served, corpus, r.settings.check.stale_sample, seed, c) for c in copies
+            )
+    record.copies_compared = len(copies)
+    shards = len({c.shard for c in copies})
     return Check(
         "doc-count",
-        count == corpus.count and stale == 0,
-        f"{count} docs, {stale} stale in sample",
-        f"{corpus.count} docs, 0 stale",
-        f"run `lockstep backfill --stack {r.settings.stack} --version {r.settings.pin}` to catch up",
+        count == corpus.count and stale == 0 and not behind,
+        f"{count} docs, {stale} stale in sample; copies compared: {len(copies)} ({shards} shards)"
+        + (f"; behind: {'; '.join(behind)}" if behind else ""),
+        f"{corpus.count} docs, 0 stale, every copy equal",
+        f"run `lockstep backfill --stack {r.settings.stack} --version {r.settings.pin}` to catch up"
+        + (
+            "; a replica that differs from its primary: set number_of_replicas to 0 and back to rebuild it"
+            if behind
+            else ""
+        ),
     )
 
 
@@ -356,12 +408,18 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
         index.now(),
         tool_version=package_version("lockstep"),
     )
+    try:
+        reading.copies  # noqa: B018 — every copy is there before anything is read
+    except Unreachable as exc:
+        raise Unreachable(f"could not check: {exc}") from None
     for name, function in checks_for(settings):
         try:
-            result = function(reading, record) if name.startswith("derived:") else function(reading)
+            writes_record = name.startswith("derived:") or name == "doc-count"  # they add to the record
+            result = function(reading, record) if writes_record else function(reading)
         except Unreachable as exc:
             raise Unreachable(f"could not check {name}: {exc}") from None
         record.checks.append(result)
+    reading.copies_unchanged()
     record.finished_at = index.now()
     return record
 
@@ -484,21 +542,23 @@ def _random_docs(client, target: str, size: int, rng: random.Random) -> list[dic
     return [{"id": h["_id"], **h["_source"]} for h in hits]
 
 
-def _stale_sample(client, index_name: str, corpus: corpus_store.CorpusIndex, size: int, rng: random.Random) -> int:
-    """Sampled stored documents whose content hash is not the corpus's (only the sample is parsed)."""
+def _stale_sample(
+    client, index_name: str, corpus: corpus_store.CorpusIndex, size: int, seed: int, copy: cluster.ShardCopy
+) -> int:
+    """Sampled documents of one shard copy whose content hash is not the corpus's (only the sample is parsed)."""
     if size == 0:
         return 0
     body = {
         "size": size,
         "_source": ["content_sha256"],
-        "query": {
-            "function_score": {
-                "query": {"match_all": {}},
-                "random_score": {"seed": rng.randint(0, 2**31), "field": "_seq_no"},
-            }
-        },
+        "query": {"function_score": {"query": {"match_all": {}}, "random_score": {"seed": seed, "field": "_seq_no"}}},
     }
-    hits = client.search(index=index_name, body=body)["hits"]["hits"]
+    answer = cluster.read_copy(
+        index_name,
+        copy,
+        lambda preference: client.search(index=index_name, body=body, params={"preference": preference}),
+    )
+    hits = answer["hits"]["hits"]
     truth = corpus.content_sha256([h["_id"] for h in hits])
     return sum(1 for h in hits if truth.get(h["_id"]) != h["_source"].get("content_sha256"))
 

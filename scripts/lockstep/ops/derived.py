@@ -33,7 +33,7 @@ from opensearchpy import OpenSearch
 from opensearchpy.helpers import scan
 
 from lockstep.config import Catalog, DerivedStore, StackSettings
-from lockstep.errors import UsageError
+from lockstep.errors import Unreachable, UsageError
 from lockstep.ops import clients
 from lockstep.ops.corpus import Document
 from lockstep.ops.progress import batched, progress_bar
@@ -224,6 +224,13 @@ def related(client: OpenSearch, index_name: str, ids: Sequence[str], k: int) -> 
                 },
             ]
         for doc, answer in zip(stored, client.msearch(body=body)["responses"]):
+            shards = answer.get("_shards", {})
+            if shards.get("failed") or shards.get("successful", 0) < shards.get("total", 0):
+                # Never neighbours from part of the index (a node lost mid-repair).
+                raise Unreachable(
+                    f"k-NN query for {doc['_id']} on {index_name} read {shards.get('successful')} of "
+                    f"{shards.get('total')} shards; run again when the cluster is back: the repair resumes"
+                )
             if "error" in answer:
                 raise UsageError(f"k-NN query for {doc['_id']} on {index_name} failed: {answer['error']}")
             neighbours = [h["_id"] for h in answer["hits"]["hits"] if h["_id"] != doc["_id"]][:k]
