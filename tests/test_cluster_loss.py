@@ -1,4 +1,4 @@
-"""A data node SIGKILLed during the cutover, on the 3-node cluster (3 shards, 1 replica).
+"""A data node SIGKILLed during the cutover and the derived repair, on the 3-node cluster (3 shards, 1 replica).
 
 The moment is chosen by a hook: a fault proxy in front of node 1 (the node clients talk to, never
 killed) kills node 3, or the elected cluster manager, just before it forwards the N-th request of a
@@ -17,10 +17,10 @@ from faultproxy import FaultProxy
 from bench.kill_sweep import go_live_on_v1
 from lockstep import config, stackfile
 from lockstep.errors import LockstepError
-from lockstep.ops import artifacts, clients, endpoints, live_state
+from lockstep.ops import artifacts, clients, derived, endpoints, live_state
 from lockstep.ops.backfill import engine as backfill_engine
 
-SIZE = 600
+SIZE = 600  # twelve `_msearch` requests of a repair (50 documents each)
 
 
 @pytest.fixture
@@ -68,3 +68,31 @@ def test_node_lost_mid_cutover_alias_on_one_index_and_pointer_follows(on_cluster
     pointer = live_state.read_pointer(ssm, settings.pointer_name)
     assert targets == [settings.opensearch.index_name(expected)]
     assert pointer is not None and pointer.version == expected
+
+
+def test_node_lost_mid_repair_every_item_once_and_resumable(on_cluster, cluster, catalog):
+    settings, proxy = on_cluster
+    backfill_engine.sync_index(settings, catalog.get("v2"), progress=False)
+    store = settings.derived[0]
+    derived.ensure_table(settings, store)
+    assert derived.write_related(settings, "v2") == SIZE  # v2 was live and wrote its lists
+    cluster.wait_green()
+    loss = NodeLoss(cluster, lambda r: r.is_("POST", "/_msearch"), nth=2)
+    proxy.rule = loss
+    first_run = None
+    try:
+        first_run = derived.repair(settings, catalog, store, progress=False)
+    except LockstepError as exc:
+        assert "\n" not in str(exc)
+    loss.wait()
+    proxy.rule = None
+    done_first = sum(1 for r in derived.read_records(settings, store).values() if r["model_version"] == "v1")
+    second = derived.repair(settings, catalog, store, progress=False)
+    records = derived.read_records(settings, store)
+    assert len(records) == SIZE and {r["model_version"] for r in records.values()} == {"v1"}
+    assert second.rewritten == SIZE - done_first and second.skipped == 0  # nothing written twice
+    if first_run is not None:
+        assert first_run.rewritten == done_first == SIZE
+    # Every list is the pin's whole-index answer (none computed from part of the index).
+    truth = derived.related(clients.opensearch(), settings.opensearch.index_name("v1"), list(records), store.k)
+    assert {i: tuple(r["neighbours"]) for i, r in records.items()} == {i: t.neighbours for i, t in truth.items()}
