@@ -7,7 +7,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup test demo bench lock services-up services-down clean schema engine sdks
+.PHONY: setup test demo bench lock services-up services-down clean schema engine sdks plugin
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -26,6 +26,11 @@ lock: $(UV)
 # need it. A failed build does not stop `test`: the engine tests then fail with build.sh's line.
 engine:
 	@scripts/engine/build.sh >/dev/null
+
+# lockstep's resource plugin as an archive for Pulumi programs outside this repository, installed with
+# `pulumi plugin install resource lockstep <version> --file <archive>` (scripts/plugin/build.sh).
+plugin: $(UV)
+	@scripts/plugin/build.sh
 
 # lockstep's TypeScript and Go SDKs generated from schema.json by Pulumi's codegen into build/sdk,
 # compiled, and examples/typescript type-checked against them (tests/test_sdks.py runs the same).

@@ -75,7 +75,7 @@ def main() -> ModelRelease:
 
 def declare(settings: StackSettings, catalog: Catalog, password: pulumi.Input[str] | None) -> ModelRelease:
     """One ModelRelease and the stack outputs; an embedded stack's leaves are lockstep's own
-    resources (`lockstep up` runs this as an inline program).
+    resources.
 
     A promoted stack's gate is the component's (model_release.require_promotable): it reads the
     source stack's `verifiedVersions` and this stack's `slots`, the outputs exported here."""

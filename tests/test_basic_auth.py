@@ -118,17 +118,13 @@ def test_pulumi_up_with_basic_auth_authenticates_every_resource_and_keeps_the_pa
     release,  # noqa: F811 (the fixture imported from test_engine)
     proxy,
     password,
-    monkeypatch,
     opensearch,
 ):
-    monkeypatch.setenv("OPENSEARCH_URL", proxy.url)
-    monkeypatch.setenv(clients.PASSWORD_VARIABLE, password)
-    # The provider process inherits the engine's environment: a stale password there would be
-    # refused, so only the resources' secret input can authenticate them.
-    engine_env = up.engine_env
-    monkeypatch.setattr(
-        up, "engine_env", lambda *a, **k: {**engine_env(*a, **k), clients.PASSWORD_VARIABLE: "stale-env-password"}
-    )
+    # The password as a user gives it, encrypted in the stack config. The provider process inherits
+    # the engine's environment: a stale password there would be refused, so only the resources'
+    # secret input can authenticate them.
+    release.cli.env |= {"OPENSEARCH_URL": proxy.url, clients.PASSWORD_VARIABLE: "stale-env-password"}
+    release.cli.run("config", "set", "--secret", "lockstep:opensearchPassword", password, *release.cli.config)
     steps = release.deploy(opensearch={"indexPrefix": release.unique, "auth": "basic", "username": USER})
     created = {name for name, op in steps.changed().items() if op == "create"}
     assert {"lockstep-index-v1", "lockstep-index-v2", "lockstep-cutover", "lockstep-check"} <= created, created
@@ -138,18 +134,19 @@ def test_pulumi_up_with_basic_auth_authenticates_every_resource_and_keeps_the_pa
     assert proxy.count(AUTHORIZED, "POST", "/_aliases") > 0  # Cutover
     assert proxy.count(AUTHORIZED, suffix="/_search") > 0  # Check
     assert alias_targets(opensearch, release.settings) == [f"{release.unique}-v1"]
-    assert json.loads(release.stack().outputs()["checkRecord"].value)["passed"] is True
+    assert json.loads(release.outputs()["checkRecord"])["passed"] is True
 
-    state = release.state_text()
+    state = release.cli.state_text()
     assert "opensearchPassword" in state and "ciphertext" in state
     assert password not in state
 
 
 def test_the_engine_and_its_plugins_never_inherit_the_password_in_plain_text(monkeypatch, tmp_path):
-    """`lockstep up` reads the password from its environment; the engine it starts (and the plugin the
-    engine starts) get the variable blanked: the password travels only as a secret input."""
+    """The engine `lockstep up` starts (and the plugin the engine starts) get the password variable
+    blanked: the password travels only as the stack's secret config, a secret input."""
     password = f"pw-{uuid.uuid4().hex}"
     monkeypatch.setenv(clients.PASSWORD_VARIABLE, password)
-    env = up.engine_env(up.the_engine(), tmp_path / "backend")
+    monkeypatch.setenv("LOCKSTEP_PULUMI_BACKEND", str(tmp_path / "backend"))
+    env = up.engine_env(up.the_engine())
     assert env[clients.PASSWORD_VARIABLE] == ""
     assert all(password not in value for value in env.values())

@@ -1,10 +1,14 @@
-"""lockstep under the real Pulumi engine: the CLI (lockstep.engine), a file backend, the embedded servers.
+"""lockstep under the real Pulumi engine, on the user's path: `pulumi preview|up|refresh|destroy
+--stack <scratch>` as subprocesses on the repository's own Pulumi.yaml + __main__.py (tests/pulumi_cli.py:
+the CLI and Pulumi's Python language host from lockstep.engine, a file backend and a passphrase set
+as a user sets them, the plugin found through Pulumi.yaml's `plugins.providers` — nothing of
+lockstep's on PATH), on the embedded servers.
 
-Each test drives an embedded stack isolated by name through `lockstep.up` (the program as an
-Automation API inline program; lockstep's resources served by components/pulumi-resource-lockstep)
-and asserts what the engine reports: the steps of a preview or an update, the refresh summary,
-the state file. No `aws:` resource is involved: the embedded stack has none. When the engine
-cannot be had, every test here fails with the one line saying how to build it.
+Each test drives an embedded stack isolated by name and asserts what the engine reports: the steps
+of a preview or an update (its event log), the refresh and destroy output, the state file. No `aws:`
+resource is involved: the embedded stack has none. `lockstep up` is tested as the thin convenience
+over the same program. When the engine cannot be had, every test here fails with the one line
+saying how to build it.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from lockstep import config, engine, runtime, up
 from lockstep.cli import cli
 from lockstep.ops import clients, endpoints, live_state
 from tests.conftest import stack_values
+from tests.pulumi_cli import CliFailed, UserStack
 
 SIZE = 80
 FLIP = {"lockstep-cutover": "update", "lockstep-check": "update"}
+# Each CLI operation starts the Python host, uv and the plugin: five of them took over pyproject's
+# 600 s per test on 2 cores shared at load ~16 (405-520 s for three to five here).
+pytestmark = pytest.mark.timeout(1500)
 
 
 @pytest.fixture(scope="module")
@@ -54,38 +62,50 @@ def home(tmp_path_factory, servers):
 
 
 class Release:
-    """One embedded stack on its own file backend; `deploy`/`preview` take stack-config overrides."""
+    """One embedded stack of the repository's project on its own file backend, driven by the `pulumi`
+    CLI; `deploy`/`preview` take stack-config overrides. Its stack file sits in `stacks` (with the
+    catalog), where `lockstep` commands read it too."""
 
-    def __init__(self, unique: str, catalog, backend: Path, stacks: Path):
-        self.unique, self.catalog, self.backend, self.stacks = unique, catalog, backend, stacks
-        self.output: list[str] = []
-        self.settings = self.configure()
+    def __init__(self, unique: str, catalog, found: engine.Engine, stacks: Path):
+        self.unique, self.catalog, self.stacks = unique, catalog, stacks
+        self.cli = UserStack(found, unique, stacks)
+        self.values = stack_values(unique, corpus={"size": SIZE})
+        self.cli.init(self.values)
+        self.settings = config.settings_from_config(unique, self.values, catalog)
+
+    @property
+    def output(self) -> list[str]:
+        return self.cli.output
 
     def configure(self, **overrides) -> config.StackSettings:
-        values = stack_values(self.unique, **{"corpus": {"size": SIZE}, **overrides})
-        from lockstep import stackfile
-
-        stackfile.write_stack(self.stacks, self.unique, values)
-        self.settings = config.settings_from_config(self.unique, values, self.catalog)
+        self.values = stack_values(self.unique, **{"corpus": {"size": SIZE}, **overrides})
+        self.cli.write_config(self.values)
+        self.settings = config.settings_from_config(self.unique, self.values, self.catalog)
         return self.settings
 
     def deploy(self, **overrides) -> up.Steps:
         if overrides:
             self.configure(**overrides)
-        return up.run(self.settings, self.catalog, say=self.output.append, backend=self.backend)
+        return self.cli.up()
 
-    def preview(self, settings: config.StackSettings) -> up.Steps:
-        return up.run(settings, self.catalog, preview=True, say=self.output.append, backend=self.backend)
+    def preview(self, pin: str) -> up.Steps:
+        """The engine's preview of the stack file as `lockstep pin PIN` would leave it (placed in the
+        standby slot when in neither); the file is put back after."""
+        kept, moved = self.values, self.settings.with_pin(pin)
+        self.cli.write_config({**kept, "pin": pin, "slots": moved.slots.as_dict()})
+        try:
+            return self.cli.preview()
+        finally:
+            self.cli.write_config(kept)
 
-    def stack(self, settings: config.StackSettings | None = None):
-        return up.stack_for(settings or self.settings, self.catalog, self.backend)
+    def outputs(self) -> dict:
+        return self.cli.outputs()
 
     def lockstep(self, *args: str):
-        env = {"LOCKSTEP_STACKS_DIR": str(self.stacks), "LOCKSTEP_PULUMI_BACKEND": str(self.backend)}
+        """`lockstep ARGS` on this stack, with the user's backend and passphrase in the environment."""
+        keys = ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_HOME")
+        env = {"LOCKSTEP_STACKS_DIR": str(self.stacks)} | {k: self.cli.env[k] for k in keys}
         return CliRunner().invoke(cli, list(args), env=env)
-
-    def state_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in self.backend.rglob("*.json") if p.is_file())
 
 
 @pytest.fixture
@@ -93,7 +113,7 @@ def release(the_engine, home, servers, unique, catalog, tmp_path, opensearch):
     stacks = tmp_path / "stacks"
     stacks.mkdir()
     shutil.copy(config.STACKS_DIR / config.CATALOG_FILE, stacks / config.CATALOG_FILE)
-    deployed = Release(unique, catalog, tmp_path / "backend", stacks)
+    deployed = Release(unique, catalog, the_engine, stacks)
     yield deployed
     endpoints.stop_local_slots(deployed.settings)
     opensearch.indices.delete(index=f"{unique}-*", params={"expand_wildcards": "all"})
@@ -137,11 +157,12 @@ def test_first_up_then_a_new_version_then_the_rollback_is_exactly_the_flip(relea
     assert rollback.classify() == {"index_action": "reattach", "endpoint_action": "flip"}
     assert alias_targets(opensearch, release.settings) == [f"{release.unique}-v1"]
     assert pointer_version(release.settings) == "v1"
-    outputs = release.stack().outputs()
-    assert json.loads(outputs["checkRecord"].value)["passed"] is True
-    assert "v1" in outputs["verifiedVersions"].value
+    outputs = release.outputs()
+    assert json.loads(outputs["checkRecord"])["passed"] is True
+    assert "v1" in outputs["verifiedVersions"]
 
-    # The same stack through the command: the engine's progress, then what the preview would do.
+    # The same stack through `lockstep up` (the user's backend and passphrase from the environment):
+    # the engine's progress, then what the preview would do.
     previewed = release.lockstep("up", "--stack", release.unique, "--preview")
     assert previewed.exit_code == 0, previewed.output
     assert "Previewing update" in previewed.output
@@ -162,12 +183,12 @@ def test_the_engines_preview_of_a_rollback_classifies_it_as_lockstep_plan_does(r
         "v3": {"index_action": "provision", "endpoint_action": "deploy"},  # no index yet
     }
     for version, expected in cases.items():
-        previewed = release.preview(release.settings.with_pin(version)).classify()
+        previewed = release.preview(pin=version).classify()
         assert previewed == plan_kinds(release, version) == expected, version
 
     # A retained index in neither slot: reattached, and its version deployed to the standby slot.
     release.deploy(retain=["v3"])
-    previewed = release.preview(release.settings.with_pin("v3")).classify()
+    previewed = release.preview(pin="v3").classify()
     assert previewed == plan_kinds(release, "v3") == {"index_action": "reattach", "endpoint_action": "deploy"}
 
 
@@ -181,22 +202,22 @@ def test_a_contaminated_index_fails_the_check_resource_and_a_backfill_lets_up_co
         opensearch.index(index=standby, id=hit["_id"], body={**hit["_source"], "model_version": "v2"})
     opensearch.indices.refresh(index=standby)
 
-    with pytest.raises(up.EngineFailed) as failed:
+    with pytest.raises(CliFailed) as failed:
         release.deploy(pin="v2")
-    message = str(failed.value)
+    (message,) = [line for line in failed.value.lines if "inconsistent" in line]
     assert "inconsistent after the deploy of v2" in message and "reembed-probe" in message, message
-    assert "\n" not in message
 
     result = release.lockstep("backfill", "--stack", release.unique, "--version", "v2", "--full", "--quiet")
     assert result.exit_code == 0, result.output
     converged = release.deploy()
     assert converged.changed() == {"lockstep-check": "update"}
-    record = json.loads(release.stack().outputs()["checkRecord"].value)
+    record = json.loads(release.outputs()["checkRecord"])
     assert record["passed"] and record["pin"] == "v2"
 
 
 def test_auto_revert_under_lockstep_up_runs_a_second_up_back_to_the_verified_standby(release, opensearch):
-    release.deploy(pin="v1", slots={"blue": "v1", "green": "v2"}, autoRevert=True)  # v1's check passes
+    # v1's check passes (a plain `pulumi up`: autoRevert is `lockstep up`'s, set only for it below)
+    release.deploy(pin="v1", slots={"blue": "v1", "green": "v2"})
     live, standby = f"{release.unique}-v1", f"{release.unique}-v2"
     hits = opensearch.search(index=live, body={"size": SIZE, "query": {"match_all": {}}})["hits"]["hits"]
     for hit in hits:  # v1's vectors stamped v2 in v2's index: only the check's probes can tell
@@ -210,7 +231,7 @@ def test_auto_revert_under_lockstep_up_runs_a_second_up_back_to_the_verified_sta
     assert "Flipped back to v1" in result.output and "its check passed" in result.output, result.output
     assert f"`lockstep pin --stack {release.unique} v1`" in result.output, result.output
     assert alias_targets(opensearch, release.settings) == [live] and pointer_version(release.settings) == "v1"
-    record = json.loads(release.stack().outputs()["checkRecord"].value)
+    record = json.loads(release.outputs()["checkRecord"])
     assert record["passed"] and record["pin"] == "v1"
     assert "pin: v2" in (release.stacks / f"Pulumi.{release.unique}.yaml").read_text()  # the file is not edited
 
@@ -222,9 +243,9 @@ def test_refresh_shows_an_alias_moved_by_hand_as_drift_on_the_cutover_and_up_res
         body={"actions": [{"remove": {"index": live, "alias": alias}}, {"add": {"index": standby, "alias": alias}}]}
     )
 
-    refreshed = up.Steps()
-    result = release.stack().refresh(on_event=refreshed.on_event, on_output=release.output.append, color="never")
-    assert result.summary.resource_changes.get("update") == 1, result.summary.resource_changes
+    result = release.cli.refresh()
+    history = json.loads(release.cli.run("stack", "history", "--json").stdout)
+    assert history[0]["kind"] == "refresh" and history[0]["resourceChanges"].get("update") == 1, history[0]
     drifted = [line for line in result.stdout.splitlines() if re.match(r"^\s*~\s+lockstep:\S+ \S+ updated", line)]
     assert len(drifted) == 1 and "lockstep-cutover" in drifted[0], result.stdout
 
@@ -237,20 +258,18 @@ def test_the_cutover_resource_refuses_a_slot_that_serves_another_artifact_in_one
     """Issue 18, defect 5 under the engine: green fell back to v1's model; the flip to v2 fails, nothing moves."""
     release.deploy(pin="v1", slots={"blue": "v1", "green": "v2"})
     endpoints.deploy_local_slot(release.settings, "green", release.catalog.get("v1"))
-    with pytest.raises(up.EngineFailed) as failed:
+    with pytest.raises(CliFailed) as failed:
         release.deploy(pin="v2")
-    message = str(failed.value)
     green = endpoints.endpoint_name(release.settings, "green")
-    assert f"endpoint {green} serves v1" in message and "nothing was switched" in message, message
-    assert "\n" not in message
+    (message,) = [line for line in failed.value.lines if "nothing was switched" in line]
+    assert f"endpoint {green} serves v1" in message, message
     assert alias_targets(opensearch, release.settings) == [f"{release.unique}-v1"]
     assert pointer_version(release.settings) == "v1"
 
 
 def test_destroy_keeps_the_live_the_standby_and_a_retained_index_and_says_why(release, opensearch):
     release.deploy(pin="v2", slots={"blue": "v1", "green": "v2"}, retain=["v3"])
-    result = release.stack().destroy(on_output=release.output.append, color="never")
-    assert result.summary.result == "succeeded"
+    result = release.cli.destroy()
     kept = {version: f"{release.unique}-{version}" for version in ("v1", "v2", "v3")}
     for version, name in kept.items():
         assert opensearch.indices.exists(index=name), version
@@ -265,12 +284,8 @@ def test_a_replaced_index_resource_leaves_the_physical_index_its_replacement_ado
     release.deploy(pin="v1", slots={"blue": "v1", "green": "v2"})
     name = f"{release.unique}-v2"
     before = opensearch.count(index=name)["count"]
-    stack = release.stack()
-    urn = next(
-        r["urn"] for r in stack.export_stack().deployment["resources"] if r["urn"].endswith("::lockstep-index-v2")
-    )
-    replaced = up.Steps()
-    result = stack.up(replace=[urn], on_event=replaced.on_event, on_output=release.output.append, color="never")
+    urn = next(r["urn"] for r in release.cli.resources() if r["urn"].endswith("::lockstep-index-v2"))
+    replaced, result = release.cli.operation("up", "--yes", "--skip-preview", "--replace", urn)
     ops = {op for op, _, resource, _ in replaced.steps if resource == "lockstep-index-v2"}
     assert {"create-replacement", "delete-replaced"} <= ops, replaced.steps
     assert f"kept index {name}: it serves the green slot" in result.stdout, result.stdout
@@ -278,11 +293,13 @@ def test_a_replaced_index_resource_leaves_the_physical_index_its_replacement_ado
     assert opensearch.count(index=name)["count"] == before == SIZE
 
 
-def test_the_opensearch_password_is_a_secret_in_the_state_never_plain_text(release, monkeypatch):
+def test_the_opensearch_password_is_a_secret_in_the_state_never_plain_text(release):
+    """The password as a user gives it: encrypted stack config (`pulumi config set --secret`)."""
     password = f"pw-{release.unique}-Secr3t"
-    monkeypatch.setenv(clients.PASSWORD_VARIABLE, password)
+    release.cli.run("config", "set", "--secret", "lockstep:opensearchPassword", password, *release.cli.config)
     release.deploy(opensearch={"indexPrefix": release.unique, "auth": "basic", "username": "lockstep"})
-    state = release.state_text()
+    assert password not in release.cli.config_file.read_text()
+    state = release.cli.state_text()
     assert release.unique in state and "opensearchPassword" in state
     assert password not in state
     assert "ciphertext" in state

@@ -23,7 +23,7 @@ from pulumi.provider.experimental.property_value import Computed, PropertyValue
 from pulumi.provider.experimental.server import ProviderServicer
 from pulumi.provider.provider import Provider as ComponentBase
 from pulumi.provider.server import ProviderServicer as ComponentServicer
-from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc, provider_pb2_grpc
+from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc, provider_pb2, provider_pb2_grpc
 
 from components.providers.base import SECRET_KEYS, UNKNOWN, Handler
 from components.providers.check import CheckHandler
@@ -222,6 +222,12 @@ class Servicer(ProviderServicer):
 
     async def Construct(self, request, context):
         return await self._components.Construct(request, context)
+
+    async def DiffConfig(self, request, context):
+        """No change, ever: the provider has no configuration of its own. The engine hands the default
+        provider the stack's whole `lockstep:` config, which is the program's (a pin flip changes
+        it), so without this every flip under plain `pulumi up` also "updated" the provider."""
+        return provider_pb2.DiffResponse(changes=provider_pb2.DiffResponse.DIFF_NONE)
 
     async def _plainly(self, method, request, context):
         try:

@@ -333,24 +333,26 @@ def services_status() -> None:
 @click.option("--stack", required=True)
 @click.option("--preview", is_flag=True, help="Show what the engine would do; change nothing.")
 def up_command(stack: str, preview: bool) -> None:
-    """The stack's release through the real Pulumi engine (inline program, file backend in the lockstep cache).
+    """`pulumi preview|up --stack S` on this repository, plus a one-line summary and autoRevert.
 
-    Exit 1 when the engine fails the update (e.g. the consistency check), 2 on bad input."""
+    The user's PULUMI_BACKEND_URL and secrets settings are used; without a backend, lockstep's file
+    backend in the lockstep cache. Exit 1 when the engine fails the update (e.g. the consistency
+    check), 2 on bad input."""
     from lockstep import up
 
     settings, catalog = stack_settings(stack)
+    stack_file = config.stack_path(stack, stacks_dir())
 
     def say(line: str) -> None:
         click.echo(line.rstrip("\n"))
 
     started = index.now()  # autoRevert acts only on a check record this update wrote
     try:
-        steps = up.run(settings, catalog, preview=preview, say=say)
+        steps = up.run(settings, stack_file, preview=preview, say=say)
     except up.EngineFailed as failed:
+        auto_revert = settings.auto_revert and not preview
         revert = (
-            None
-            if preview or not settings.auto_revert
-            else up.revert_after_failed_check(settings, catalog, say, since=started)
+            up.revert_after_failed_check(settings, catalog, stack_file, say, since=started) if auto_revert else None
         )
         if revert is None:
             raise

@@ -84,6 +84,15 @@ class Managed:
             return False
         return self.started is None or int(fields[19]) == self.started
 
+    def code_gone(self) -> str | None:
+        """The program the process was started with, when that file is gone (its checkout or venv
+        was deleted): it still runs, but imports anything it had not loaded yet in vain."""
+        try:
+            program = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return program if program.startswith("/") and not os.path.exists(program) else None
+
     def stop(self, timeout: float = 30) -> None:
         if self.alive():
             try:

@@ -85,6 +85,12 @@ def _up(nodes: int | None = None) -> list[ServiceState]:
             states.append(_cluster_up(nodes or opensearch_node.running_nodes()))
             continue
         current = runtime.Managed.load(name)
+        if current and current.alive() and (gone := current.code_gone()):
+            runtime.log(
+                f"lockstep services: {name} (pid {current.pid}) runs {gone}, which is gone; restarting it from {sys.executable}"
+            )
+            current.stop()
+            current = None
         if current and current.alive():
             # Ours and running: a busy node answers slowly, it is never replaced from here
             # (replacing it would wipe its data). Wait for it; say so if it never answers.
@@ -101,6 +107,8 @@ def _up(nodes: int | None = None) -> list[ServiceState]:
             current.stop()  # its pid file outlived it: clean up, then start anew
         started = start()
         states.append(ServiceState(name, started.url, "started", started.pid, started.log))
+        if _ran_before(name):
+            runtime.log(f"lockstep services: {name} started empty: {RESTARTED_EMPTY}")
     return states
 
 
@@ -116,6 +124,22 @@ def _cluster_up(nodes: int) -> ServiceState:
         )
     managed, started = opensearch_node.start_cluster(nodes)
     return ServiceState("opensearch", managed.url, "started" if started else "running", managed.pid, managed.log)
+
+
+# Neither embedded server keeps its data across a restart; Pulumi's state of a stack deployed on the
+# previous ones still lists it.
+RESTARTED_EMPTY = (
+    "stacks deployed on the previous servers have Pulumi state for data that is gone; "
+    "run `pulumi refresh --stack S` on each before its next `pulumi up`"
+)
+
+
+def _ran_before(name: str) -> bool:
+    """Whether a server of this name was started under this home before (a marker that outlives it)."""
+    marker = runtime.run_dir() / f"{name}.started-before"
+    before = marker.exists()
+    marker.touch()
+    return before
 
 
 def _is_ours(name: str, url: str) -> bool:
@@ -144,7 +168,16 @@ def status() -> list[ServiceState]:
         if external and not _is_ours(name, external):
             states.append(ServiceState(name, external, "external" if healthy(external) else "external (unreachable)"))
         elif current and current.alive():
-            states.append(ServiceState(name, current.url, "running", current.pid, current.log))
+            # Health is answering (and running the code it started with), not a live pid.
+            gone = current.code_gone()
+            source = (
+                f"stale (runs {gone}, which is gone)"
+                if gone
+                else "running"
+                if healthy(current.url)
+                else "not answering"
+            )
+            states.append(ServiceState(name, current.url, source, current.pid, current.log))
         else:
             states.append(ServiceState(name, "", "stopped"))
     for number in range(2, opensearch_node.running_nodes() + 1):

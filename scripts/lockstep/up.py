@@ -1,34 +1,45 @@
-"""`lockstep up --stack S [--preview]`: the stack's release through the real Pulumi engine.
+"""`lockstep up --stack S [--preview]`: a thin convenience over the plain `pulumi up --stack S`.
 
-The program is components/program.py's, run as an Automation API inline program (no Python
-language host needed), on a file backend under the lockstep cache; the custom resources are
-served by components/pulumi-resource-lockstep, found on PATH. The CLI is lockstep.engine's (a
-`pulumi` on PATH, or the one scripts/engine/build.sh builds once from the Go module proxy).
+It runs the same command a team runs — the `pulumi` CLI on the repository's own Pulumi.yaml +
+__main__.py, the program run by Pulumi's Python language host, lockstep's plugin named by
+Pulumi.yaml's `plugins.providers` — with the stack file as `--config-file`. What it adds: the CLI
+and the language hosts (lockstep.engine's: a `pulumi` on PATH, or the one scripts/engine/build.sh
+builds once), a backend when the user has none, a one-line summary in the release plan's words, and
+autoRevert. The user's PULUMI_BACKEND_URL, secrets provider and passphrase are used as they are;
+only without a PULUMI_BACKEND_URL does it use lockstep's own file backend, with a local passphrase
+unless one is set.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lockstep import engine, runtime
+import yaml
+
+from lockstep import config, engine, runtime
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import LockstepError, UsageError
 from lockstep.ops.clients import PASSWORD_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[2]
-PLUGIN_DIR = ROOT / "components"
-PROJECT = "lockstep"
-# The local backend's secrets are encrypted with this unless PULUMI_CONFIG_PASSPHRASE is set.
+# The local backend's secrets are encrypted with this unless PULUMI_CONFIG_PASSPHRASE(_FILE) is set.
 LOCAL_PASSPHRASE = "lockstep-local"
+PASSPHRASE_VARIABLES = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 # A slot's resource (by backend) and the properties whose change deploys another model there.
 SLOT_TYPES = {
     "lockstep:embedded:EndpointSlot": {"version", "artifactSha256"},
     "aws:sagemaker/endpoint:Endpoint": {"endpointConfigName"},
 }
+OPERATIONS = ("preview", "up", "refresh", "destroy")
+# `--event-log FILE` (the engine's events, as the Automation API reads them) exists only with this set.
+EVENT_LOG_ENV = {"PULUMI_DEBUG_COMMANDS": "true"}
 CHANGES = ("create", "update", "replace", "create-replacement", "delete", "delete-replaced")
 # Set while `lockstep up` runs the program: the ModelRelease accepts autoRevert only then (the revert
 # is a second update, which only `lockstep up` runs; see components/model_release.py).
@@ -50,49 +61,25 @@ def backend_dir() -> Path:
     return Path(os.environ.get("LOCKSTEP_PULUMI_BACKEND", runtime.home() / "pulumi-backend"))
 
 
-def engine_env(found: engine.Engine, backend: Path) -> dict[str, str]:
-    backend.mkdir(parents=True, exist_ok=True)
-    env = found.env(backend, os.environ.get("PULUMI_CONFIG_PASSPHRASE", LOCAL_PASSPHRASE))
-    # pulumi-resource-lockstep is found on PATH; plugins and credentials stay beside the backend.
-    env["PATH"] = os.pathsep.join([str(PLUGIN_DIR), env["PATH"]])
-    env["PULUMI_HOME"] = str(backend / ".pulumi-home")
-    # The engine and the plugins it starts inherit this process's environment: blank the password
-    # there, it reaches the resources only as a secret input (never plain text in a process's env).
+def engine_env(found: engine.Engine) -> dict[str, str]:
+    """This process's environment for the CLI: the user's backend and secrets settings as they are,
+    lockstep's file backend (and local passphrase) only where the user set none."""
+    env = dict(os.environ)
+    env["PATH"] = found.path()
+    env["PULUMI_SKIP_UPDATE_CHECK"] = "1"
+    # A missing plugin fails at once by name instead of a download attempt from outside.
+    env["PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"] = "true"
+    if not env.get("PULUMI_BACKEND_URL"):
+        backend = backend_dir()
+        backend.mkdir(parents=True, exist_ok=True)
+        env["PULUMI_BACKEND_URL"] = f"file://{backend}"
+        if not any(env.get(name) for name in PASSPHRASE_VARIABLES):
+            env["PULUMI_CONFIG_PASSPHRASE"] = LOCAL_PASSPHRASE
+    # The engine and the plugins it starts inherit this environment: blank the password there; it
+    # reaches the resources only as the stack's secret config (`lockstep:opensearchPassword`).
     env[PASSWORD_VARIABLE] = ""
     env[AUTO_REVERT_ACTOR] = "lockstep up"
     return env
-
-
-def stack_for(settings: StackSettings, catalog: Catalog, backend: Path | None = None):
-    """The engine's stack for `settings`, selected or created, with the release as its inline program."""
-    import pulumi
-    from pulumi import automation as auto
-
-    from components import program
-
-    found = the_engine()
-    password = None
-    if settings.opensearch.auth == "basic":
-        secret = os.environ.get(PASSWORD_VARIABLE)
-        if not secret:
-            raise UsageError(
-                f"opensearch.auth is basic: set {PASSWORD_VARIABLE} (it reaches the resources as a secret)"
-            )
-        password = secret
-
-    def declare() -> None:
-        # The secret is made inside the program: an Output belongs to the program's event loop.
-        program.declare(settings, catalog, pulumi.Output.secret(password) if password else None)
-
-    return auto.create_or_select_stack(
-        stack_name=settings.stack,
-        project_name=PROJECT,
-        program=declare,
-        opts=auto.LocalWorkspaceOptions(
-            pulumi_command=auto.PulumiCommand(root=str(found.root), skip_version_check=True),
-            env_vars=engine_env(found, backend or backend_dir()),
-        ),
-    )
 
 
 # ----------------------------------------------------------------------------------- the steps
@@ -138,9 +125,8 @@ class Steps:
         }
 
 
-def error_lines(exc: Exception) -> list[str]:
+def error_lines(text: str) -> list[str]:
     """The engine's error lines (`error: …`), each once, without the engine's decoration."""
-    text = f"{getattr(exc, 'stdout', '')}\n{getattr(exc, 'stderr', '')}\n{exc}"
     found = []
     for line in text.splitlines():
         match = re.search(r"error: (.*)", line)
@@ -149,47 +135,96 @@ def error_lines(exc: Exception) -> list[str]:
             message = re.sub(r"^(update failed|preview failed)$", "", message)
             if message and message not in found:
                 found.append(message)
-    return found or [str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__]
+    return found or [text.strip().splitlines()[-1] if text.strip() else "pulumi failed with no output"]
 
 
-def run(
-    settings: StackSettings,
-    catalog: Catalog,
-    preview: bool = False,
-    say: Callable[[str], None] = print,
-    backend: Path | None = None,
-) -> Steps:
-    """Preview or update the stack; raise EngineFailed with the engine's own error lines."""
-    from pulumi.automation import errors as auto_errors
+def pulumi(args: list[str], env: dict[str, str], say: Callable[[str], None] = print) -> tuple[int, str, Steps]:
+    """`pulumi ARGS` in the repository, its output streamed to `say`: (exit status, output, steps).
+    An operation (preview, up, refresh, destroy) writes an event log; its steps are read from it."""
+    from pulumi.automation import events
 
-    stack = stack_for(settings, catalog, backend)
-    steps = Steps()
-    os.environ[AUTO_REVERT_ACTOR] = "lockstep up"  # the inline program runs in this process
-    try:
-        if preview:
-            stack.preview(diff=True, on_output=say, on_event=steps.on_event, color="never")
-        else:
-            stack.up(on_output=say, on_event=steps.on_event, color="never")
-    except auto_errors.CommandError as exc:
-        lines = [line for line in error_lines(exc) if "lockstep" in line] or error_lines(exc)
-        raise EngineFailed("; ".join(lines)) from None
-    finally:
-        os.environ.pop(AUTO_REVERT_ACTOR, None)
+    found = the_engine()
+    with tempfile.TemporaryDirectory(prefix="lockstep-up-") as scratch:
+        log = Path(scratch) / "events.jsonl"
+        argv = [str(found.pulumi), *args, "--non-interactive", "--color", "never"]
+        if args[0] in OPERATIONS:
+            argv += ["--event-log", str(log)]
+            env = env | EVENT_LOG_ENV
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        output = []
+        for line in proc.stdout:
+            output.append(line)
+            say(line)
+        status = proc.wait()
+        steps = Steps()
+        for line in log.read_text().splitlines() if log.exists() else []:
+            steps.on_event(events.EngineEvent.from_json(json.loads(line)))
+    return status, "".join(output), steps
+
+
+def run(settings: StackSettings, stack_file: Path, preview: bool = False, say: Callable[[str], None] = print) -> Steps:
+    """`pulumi preview|up --stack S --config-file STACK_FILE` (the stack created on first use);
+    raise EngineFailed with the engine's own error lines."""
+    found = the_engine()
+    env = engine_env(found)
+    stack = ["--stack", settings.stack]
+    listed = subprocess.run(
+        [str(found.pulumi), "stack", "ls", "--json", "--non-interactive"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if listed.returncode == 0 and settings.stack not in {s["name"] for s in json.loads(listed.stdout or "[]")}:
+        create_stack(settings.stack, stack_file, env, say)
+    verb = ["preview", "--diff"] if preview else ["up", "--yes", "--skip-preview"]
+    status, output, steps = pulumi([*verb, *stack, "--config-file", str(stack_file)], env, say)
+    if status != 0:
+        lines = error_lines(output)
+        raise EngineFailed("; ".join([line for line in lines if "lockstep" in line] or lines))
     return steps
+
+
+def create_stack(stack: str, stack_file: Path, env: dict[str, str], say: Callable[[str], None]) -> None:
+    """`pulumi stack init S`, as a user runs it. Pulumi keeps a passphrase's salt in the project's
+    stacks/Pulumi.S.yaml (Pulumi.yaml's stackConfigDir); when the stack file is elsewhere
+    (LOCKSTEP_STACKS_DIR), the salt moves into it and the file Pulumi created goes."""
+    written = ROOT / "stacks" / stack_file.name
+    created_here = not written.exists()
+    status, output, _ = pulumi(["stack", "init", stack], env, say)
+    if status != 0:
+        raise EngineFailed("; ".join(error_lines(output)))
+    if written.resolve() == stack_file.resolve() or not created_here or not written.exists():
+        return
+    salt = (yaml.safe_load(written.read_text()) or {}).get("encryptionsalt")
+    written.unlink()
+    if salt and "encryptionsalt" not in (yaml.safe_load(stack_file.read_text()) or {}):
+        with stack_file.open("a", encoding="utf-8") as handle:
+            handle.write(f"encryptionsalt: {salt}\n")
+
+
+def copy_with_pin(stack_file: Path, directory: Path, pin: str) -> Path:
+    """A copy of the stack file (its secrets and salt as they are) with `lockstep:pin` moved."""
+    document = yaml.safe_load(stack_file.read_text()) or {}
+    document.setdefault("config", {})[f"{config.PROJECT}:pin"] = pin
+    copy = directory / stack_file.name
+    copy.write_text(yaml.safe_dump(document, sort_keys=False))
+    return copy
 
 
 def revert_after_failed_check(
     settings: StackSettings,
     catalog: Catalog,
+    stack_file: Path,
     say: Callable[[str], None] = print,
-    backend: Path | None = None,
     since: str = "",
 ):
     """autoRevert under `lockstep up`: after an update whose Check failed, a second update with the pin
-    moved to `orchestrator.revert_target`'s version (the inline program's settings; the stack file is
-    not edited). None when the update failed for another reason: no failed check record of the pin
-    written by this update (started at or after `since`, `ops.index.now()`'s format) — an older
-    failed record is never acted on."""
+    moved to `orchestrator.revert_target`'s version — from a copy of the stack file with that pin (the
+    stack file is not edited). None when the update failed for another reason: no failed check record
+    of the pin written by this update (started at or after `since`, `ops.index.now()`'s format) — an
+    older failed record is never acted on."""
     from lockstep import orchestrator
     from lockstep.ops import check
 
@@ -202,10 +237,12 @@ def revert_after_failed_check(
     if revert.to_version is None:
         return revert
     back = settings.with_pin(revert.to_version)
-    try:
-        run(back, catalog, say=say, backend=backend)
-    except EngineFailed as exc:
-        revert.why += f"; the second update failed: {exc}"
+    with tempfile.TemporaryDirectory(prefix="lockstep-revert-") as scratch:
+        copy = copy_with_pin(stack_file, Path(scratch), back.pin)
+        try:
+            run(back, copy, say=say)
+        except EngineFailed as exc:
+            revert.why += f"; the second update failed: {exc}"
     latest = check.latest(back)
     revert.record = latest if latest is not None and latest.pin == back.pin and latest.started_at >= since else None
     if revert.record is not None:  # the second update's check, marked as autoRevert's (`lockstep check` reads it)
