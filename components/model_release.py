@@ -49,8 +49,6 @@ TOKEN = "lockstep:index:ModelRelease"
 NAMESPACE = "lockstep"
 # The engine's own read of another stack's outputs (what a StackReference resolves with), as a call.
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
-# Not a stack setting: a secret input of every resource that talks to OpenSearch.
-SECRET_ARGS = ("opensearch_password",)
 
 
 def require_revert_actor(settings: StackSettings) -> None:
@@ -197,7 +195,7 @@ def release_settings(args: ModelReleaseArgs) -> tuple[StackSettings, Catalog]:
     wire = {
         camel_case(key): to_wire(value, hints.get(key), camel_case(key))
         for key, value in dict(args).items()
-        if key not in SECRET_ARGS and value is not None
+        if value is not None
     }
     if "catalog" not in wire:
         raise ConfigError(f"{NAMESPACE}:catalog: is required; pass the catalog of model versions (stacks/catalog.yaml)")
@@ -217,9 +215,7 @@ def release_settings(args: ModelReleaseArgs) -> tuple[StackSettings, Catalog]:
     return settings, catalog
 
 
-def release_args(
-    settings: StackSettings, catalog: Catalog, opensearch_password: pulumi.Input[str] | None = None
-) -> ModelReleaseArgs:
+def release_args(settings: StackSettings, catalog: Catalog) -> ModelReleaseArgs:
     """The args for validated settings (how the Python program in this repository calls the component)."""
     args: dict[str, Any] = settings.model_dump(mode="json", exclude_none=True, exclude={"stack"})
     args["stack"] = settings.stack
@@ -233,8 +229,6 @@ def release_args(
             for entry in catalog.versions
         },
     }
-    if opensearch_password is not None:
-        args["opensearch_password"] = opensearch_password
     return typing.cast(ModelReleaseArgs, args)
 
 
@@ -262,7 +256,6 @@ class ModelRelease(pulumi.ComponentResource):
         # unverified version changes nothing.
         settings, catalog = release_settings(args)
         require_promotable(settings)
-        opensearch_password = args.get("opensearch_password")
         super().__init__(TOKEN, name, None, opts)
         entries = {version: catalog.get(version) for version in settings.versions}
 
@@ -278,11 +271,10 @@ class ModelRelease(pulumi.ComponentResource):
             self.artifacts = ArtifactStore(
                 f"{name}-artifacts", ArtifactStoreArgs(settings, list(entries.values())), child
             )
-        password = pulumi.Output.secret(opensearch_password) if opensearch_password is not None else None
         self.indices = {
             version: Index(
                 f"{name}-index-{version}",
-                IndexArgs(settings, entry, password),
+                IndexArgs(settings, entry),
                 # The provider embeds the corpus with the artifact it reads from the bucket.
                 pulumi.ResourceOptions(parent=self, depends_on=[self.artifacts.objects[version]]),
             )
@@ -322,7 +314,7 @@ class ModelRelease(pulumi.ComponentResource):
         }
         self.cutover = Cutover(
             f"{name}-cutover",
-            CutoverArgs(settings, pin_entry, live.endpoint.name, password, slot_deployments),
+            CutoverArgs(settings, pin_entry, live.endpoint.name, slot_deployments),
             pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[
@@ -335,7 +327,7 @@ class ModelRelease(pulumi.ComponentResource):
         self.derived_repairs = [
             DerivedRepair(
                 f"{name}-repair-{store.name}",
-                DerivedRepairArgs(settings, catalog, store, self.derived_tables[store.name].name, password),
+                DerivedRepairArgs(settings, catalog, store, self.derived_tables[store.name].name),
                 pulumi.ResourceOptions(parent=self, depends_on=[self.cutover]),
             )
             for store in settings.derived
@@ -349,7 +341,6 @@ class ModelRelease(pulumi.ComponentResource):
                 settings,
                 catalog,
                 [settings.pin, live.endpoint.name, revision, pin_index.index, self.cutover.switched_at],
-                password,
             ),
             pulumi.ResourceOptions(parent=self, depends_on=[self.cutover, *self.derived_repairs]),
         )

@@ -69,17 +69,30 @@ def main() -> ModelRelease:
     """`pulumi up`: the stack's config (stacks/Pulumi.<stack>.yaml) -> the release."""
     config = pulumi.Config(NAMESPACE)
     settings, catalog = load_settings(pulumi.get_stack(), config)
-    password = config.require_secret(PASSWORD_KEY) if settings.opensearch.auth == "basic" else None
-    return declare(settings, catalog, password)
+    require_secret_password(config, settings)
+    return declare(settings, catalog)
 
 
-def declare(settings: StackSettings, catalog: Catalog, password: pulumi.Input[str] | None) -> ModelRelease:
+def require_secret_password(config: pulumi.Config, settings: StackSettings) -> None:
+    """The password is the lockstep provider's configuration (this very key, read by its Configure),
+    never a resource input: required for basic auth, and only ever a secret (the engine stores the
+    default provider's configuration in the state)."""
+    key = f"{NAMESPACE}:{PASSWORD_KEY}"
+    fix = f"run `pulumi config set --secret {key} <password>`"
+    if config.get(PASSWORD_KEY) is None:
+        if settings.opensearch.auth == "basic":
+            raise pulumi.RunError(f"{key}: is required when opensearch.auth is basic; {fix}")
+    elif not pulumi.runtime.is_config_secret(key):
+        raise pulumi.RunError(f"{key}: is stored in plain text in the stack config; {fix}")
+
+
+def declare(settings: StackSettings, catalog: Catalog) -> ModelRelease:
     """One ModelRelease and the stack outputs; an embedded stack's leaves are lockstep's own
     resources.
 
     A promoted stack's gate is the component's (model_release.require_promotable): it reads the
     source stack's `verifiedVersions` and this stack's `slots`, the outputs exported here."""
-    release = _release(settings, catalog, password)
+    release = _release(settings, catalog)
     pulumi.export("pin", release.pin)
     pulumi.export("liveEndpoint", release.live_endpoint)
     pulumi.export("liveIndex", release.live_index)
@@ -95,9 +108,9 @@ def declare(settings: StackSettings, catalog: Catalog, password: pulumi.Input[st
     return release
 
 
-def _release(settings: StackSettings, catalog: Catalog, password: pulumi.Input[str] | None) -> ModelRelease:
+def _release(settings: StackSettings, catalog: Catalog) -> ModelRelease:
     try:
-        return ModelRelease(NAMESPACE, release_args(settings, catalog, opensearch_password=password))
+        return ModelRelease(NAMESPACE, release_args(settings, catalog))
     except LockstepError as exc:
         raise pulumi.RunError(str(exc)) from None
 

@@ -7,14 +7,13 @@ gets the CLI's rules and the CLI's one-line messages.
 
 Every property that decides which resources exist (versions, slots, catalog, names) is a plain
 value: it has to be known when the program runs, so the schema marks it `plain` and a TypeScript
-compiler rejects an Output there. Only the OpenSearch password is a `pulumi.Input` (a secret).
+compiler rejects an Output there. The OpenSearch password is not an arg: it is the lockstep
+provider's configuration (`lockstep:opensearchPassword`, a secret).
 
 No `from __future__ import annotations` here: the analyzer reads the annotations as real types.
 """
 
 from typing import NotRequired, TypedDict
-
-import pulumi
 
 
 class VersionRecallFloor(TypedDict):
@@ -245,5 +244,3 @@ class ModelReleaseArgs(TypedDict):
     """Stack this pin was promoted from (recorded only)."""
     derived: NotRequired[list[DerivedRecordStore]]
     """Derived-record stores: a rollback counts, then recomputes or quarantines what other versions wrote."""
-    opensearch_password: NotRequired[pulumi.Input[str]]
-    """Password for opensearch.auth=basic; a secret that reaches only the check's environment."""

@@ -4,8 +4,8 @@ A floating tag (`latest`, `stable`, …) or a missing sha256 in prod means nobod
 artifact built an index or serves an endpoint — and a rollback then has nothing to return to.
 The rules read what components/ declares:
 
-- lockstep's `Index` and `Cutover` resources carry `version`, `artifactSha256` and the catalog
-  `entry` (camelCase, as pydantic dumps it);
+- lockstep's `Index` and `Cutover` resources carry the catalog entry's fields as typed inputs
+  (`version`, `artifactSha256`, `dimension`, …: one fact each, camelCase);
 - SageMaker `Model`, `EndpointConfiguration` and `Endpoint` carry the `lockstep:version` tag; the
   model's `modelDataUrl` is the content-addressed key `models/<model>/<version>/<sha256>/model.tar.gz`.
 
@@ -166,16 +166,8 @@ def production_rule(*resource_types: str):
 
 @production_rule(INDEX_TYPE, CUTOVER_TYPE)
 def validate_index(props: Mapping[str, Any], catalog: config.Catalog | None) -> list[str]:
-    """Index and Cutover: `version`, `artifactSha256` and the catalog `entry` name one version."""
-    version, sha = _get(props, "version"), _get(props, "artifactSha256")
-    problems = pinned_problems(version, sha, "inputs", catalog)
-    entry = _get(props, "entry")
-    if not isinstance(entry, Mapping):
-        return [*problems, "inputs: no catalog `entry`; the resource must carry the version's catalog entry"]
-    for key, expected in (("version", version), ("artifactSha256", sha)):
-        if entry.get(key) != expected:
-            problems.append(f"entry.{key}: {entry.get(key)!r} differs from the resource's {expected!r}")
-    return problems
+    """Index and Cutover: `version` and `artifactSha256` name one catalog version."""
+    return pinned_problems(_get(props, "version"), _get(props, "artifactSha256"), "inputs", catalog)
 
 
 def model_data_urls(props: Mapping[str, Any]) -> list[Any]:

@@ -256,15 +256,14 @@ def test_no_artifact_is_an_aws_import_and_each_is_a_lockstep_artifact(options):
     )
     # The stack's profile reaches the Artifact's S3 client (it uploads with the deployer's credentials).
     profiled = evaluate({**with_values(pin="v3", slots={"blue": "v3", "green": "v2"}), "aws:profile": "deployer"})
-    assert profiled.inputs("lockstep-artifacts-v3")["settings"]["awsProfile"] == "deployer"
+    assert profiled.inputs("lockstep-artifacts-v3")["awsProfile"] == "deployer"
 
 
 def test_the_artifact_adopts_a_retained_object_without_a_build_and_builds_a_missing_one(servers, monkeypatch):
     """The Artifact's create (what the provider runs under the engine) against S3 on moto: a version whose
     object was retained in the bucket is adopted as it is; one that is absent is built and uploaded."""
-    from components.providers.base import dump
     from components.providers.embedded import ArtifactHandler
-    from components.providers.resources import placement
+    from components.providers.resources import typed_inputs
 
     catalog = config.load_catalog()
     settings = settings_with().model_copy(
@@ -282,12 +281,9 @@ def test_the_artifact_adopts_a_retained_object_without_a_build_and_builds_a_miss
     def props(version: str) -> dict:
         entry = catalog.get(version)
         return {
+            **typed_inputs(ArtifactHandler, settings, entry),
             "bucket": settings.artifacts.bucket,
             "key": entry.artifact_key,
-            "version": version,
-            "artifactSha256": entry.artifact_sha256,
-            "entry": dump(entry),
-            "settings": placement(settings),
         }
 
     handler = ArtifactHandler()
@@ -375,7 +371,7 @@ def test_lockstep_region_and_aws_region_must_agree(tmp_path):
 def test_the_aws_profile_reaches_the_resources_and_their_boto3_sessions(monkeypatch):
     """issue 18: the providers honour `aws:profile`, not only boto3's ambient chain."""
     run = evaluate({**dev_values(), "aws:profile": "deployer"})
-    assert run.inputs("lockstep-cutover")["settings"]["awsProfile"] == "deployer"
+    assert run.inputs("lockstep-cutover")["awsProfile"] == "deployer"
     document = {"config": {**dev_values(), "aws:profile": "deployer"}}  # the CLI reads the stack file alike
     assert config.settings_from_document("dev", document, config.load_catalog(), "dev").aws_profile == "deployer"
 
@@ -390,13 +386,13 @@ def test_the_aws_profile_reaches_the_resources_and_their_boto3_sessions(monkeypa
 
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # real AWS: no emulator's test credentials
     monkeypatch.setattr(clients.boto3.session, "Session", Session)
-    clients._session_client.cache_clear()
+    clients.configure(clients.Credentials())  # no client cached from before
     try:
         settings = settings_with().model_copy(update={"aws_profile": "deployer"})
         assert clients.aws_for(settings, "ssm") == ("ssm", "eu-west-1", None)
-        assert made == [{"profile_name": "deployer"}]
+        assert made == [{"profile_name": "deployer", "region_name": "eu-west-1"}]
     finally:
-        clients._session_client.cache_clear()
+        clients.configure(clients.Credentials())
 
 
 def test_sigv4_signs_in_the_stacks_region():
@@ -411,9 +407,11 @@ def test_sigv4_signs_in_the_stacks_region():
     assert resolved.opensearch.region == "ap-south-1"
 
 
-def test_the_opensearch_password_is_a_secret_in_the_served_schema():
+def test_the_opensearch_password_is_a_secret_of_the_provider_configuration_not_an_input():
     from components import plugin
 
-    inputs = plugin.schema()["resources"]["lockstep:index:ModelRelease"]["inputProperties"]
-    assert inputs["opensearchPassword"].get("secret") is True
-    assert not any(prop.get("secret") for name, prop in inputs.items() if name != "opensearchPassword")
+    schema = plugin.schema()
+    assert schema["provider"]["inputProperties"]["opensearchPassword"].get("secret") is True
+    assert schema["config"]["variables"]["opensearchPassword"].get("secret") is True
+    for resource in schema["resources"].values():
+        assert "opensearchPassword" not in resource.get("inputProperties", {})

@@ -62,7 +62,6 @@ def schema(hosted) -> dict:
     """What the plugin serves: the component's inferred schema plus the custom resources."""
     served = plugin.schema()
     inferred = json.loads(hosted.schema)["resources"][TOKEN]
-    inferred["inputProperties"]["opensearchPassword"]["secret"] = True  # what the analyzer cannot mark
     assert served["resources"][TOKEN] == inferred
     return served
 
@@ -81,8 +80,11 @@ def test_the_host_serves_one_component_at_the_package_version(hosted, schema):
     assert not [token for token in CUSTOM_RESOURCES if schema["resources"][token].get("isComponent")]
     check = schema["resources"]["lockstep:index:Check"]["properties"]
     assert {"record", "passed", "failed", "pin"} <= set(check)
-    for token in ("lockstep:index:Index", "lockstep:index:Cutover", "lockstep:index:Check"):
-        assert schema["resources"][token]["inputProperties"]["opensearchPassword"]["secret"] is True, token
+    # Credentials are the provider's configuration (issue 24), never a resource input.
+    for token in CUSTOM_RESOURCES:
+        assert "opensearchPassword" not in schema["resources"][token]["inputProperties"], token
+    assert schema["provider"]["inputProperties"]["opensearchPassword"]["secret"] is True
+    assert set(schema["config"]["variables"]) == {"region", "awsProfile", "roleArn", "opensearchPassword"}
     assert "blue/green" in schema["resources"][TOKEN]["description"]
 
 
@@ -118,7 +120,6 @@ EXPECTED_INPUTS = {
     "namePrefix": ("string", False),
     "awsProfile": ("string", False),
     "autoRevert": ("boolean", False),
-    "opensearchPassword": ("string", False),
 }
 
 
@@ -133,8 +134,9 @@ def test_every_input_with_its_type_requiredness_and_description(schema):
     assert set(resource["requiredInputs"]) == {n for n, (_, required) in EXPECTED_INPUTS.items() if required}
     assert inputs["retain"]["items"]["type"] == "string"
     assert kind(inputs["derived"]["items"]) == "DerivedRecordStore"
-    # Everything but the password decides which resources exist: plain, never an Output.
-    assert {name for name, prop in inputs.items() if not prop.get("plain")} == {"opensearchPassword"}
+    # Everything decides which resources exist: plain, never an Output (the password is the
+    # provider's configuration, not an input).
+    assert {name for name, prop in inputs.items() if not prop.get("plain")} == set()
 
     catalog = schema["types"]["lockstep:index:ReleaseCatalog"]
     assert kind(catalog["properties"]["versions"]) == "object"
@@ -209,7 +211,7 @@ def test_inputs_mirror_the_stack_config_models_field_for_field(schema):
     inputs = schema["resources"][TOKEN]["inputProperties"]
     settings = fields_by_alias(lockstep_config.StackSettings)
     settings.pop("stack")
-    component_only = {"catalog", "stack", "opensearchPassword"}
+    component_only = {"catalog", "stack"}
     assert set(inputs) - component_only == set(settings)
     for name, (model, type_name) in PARITY.items():
         definition = schema["types"][f"lockstep:index:{type_name}"]

@@ -92,7 +92,7 @@ def test_the_prod_program_satisfies_every_rule(prod_program):
 @pytest.mark.parametrize("tag", sorted(rules.config.FLOATING_TAGS) + ["LATEST"])
 def test_a_floating_tag_on_an_index_is_refused(prod_program, resource_type, tag):
     _, inputs = of_type(prod_program, resource_type)
-    props = {**inputs, "version": tag, "entry": {**inputs["entry"], "version": tag}}
+    props = {**inputs, "version": tag}
     found = violations(Args(resource_type, props))
     assert any("floating tag" in v for v in found), found
 
@@ -107,23 +107,14 @@ def test_an_index_without_a_real_sha256_is_refused(prod_program, sha):
 def test_an_index_with_a_sha_the_catalog_does_not_have_is_refused(prod_program):
     _, inputs = of_type(prod_program, rules.INDEX_TYPE)
     forged = "0" * 64
-    props = {**inputs, "artifactSha256": forged, "entry": {**inputs["entry"], "artifactSha256": forged}}
+    props = {**inputs, "artifactSha256": forged}
     found = violations(Args(rules.INDEX_TYPE, props))
     assert any("differs from the catalog" in v for v in found), found
 
 
-def test_an_index_whose_entry_disagrees_with_its_version_is_refused(prod_program):
-    _, inputs = of_type(prod_program, rules.INDEX_TYPE)
-    other = "v2" if inputs["version"] != "v2" else "v1"
-    props = {**inputs, "entry": {**inputs["entry"], "version": other}}
-    assert any(v.startswith("entry.version") for v in violations(Args(rules.INDEX_TYPE, props)))
-    props = {k: v for k, v in inputs.items() if k != "entry"}
-    assert any("no catalog `entry`" in v for v in violations(Args(rules.INDEX_TYPE, props)))
-
-
 def test_a_version_outside_the_catalog_is_refused(prod_program):
     _, inputs = of_type(prod_program, rules.INDEX_TYPE)
-    props = {**inputs, "version": "v9", "entry": {**inputs["entry"], "version": "v9"}}
+    props = {**inputs, "version": "v9"}
     assert any("not in the catalog" in v for v in violations(Args(rules.INDEX_TYPE, props)))
 
 

@@ -114,7 +114,7 @@ def test_first_deploy_declares_the_whole_unit():
 
     check = run.inputs("lockstep-check")
     assert run.resources["lockstep-check"]["type"] == CHECK
-    assert (check["stack"], check["pin"], check["settings"]["pin"]) == ("dev", "v2", "v2")
+    assert (check["stack"], check["pin"], check["slots"]) == ("dev", "v2", {"blue": "v1", "green": "v2"})
     assert check["triggers"][0] == "v2" and "docs-v2" in check["triggers"]
 
     assert run.outputs == {
@@ -183,7 +183,7 @@ def test_a_dropped_version_leaves_the_graph_only_when_not_retained(retain, kept)
 def test_text_settings_are_read_as_plain_strings():
     run = evaluate(with_values(pointerParameter="/acme/dev/live-pointer", promotedFrom="staging"))
     assert run.inputs("lockstep-cutover")["pointer"] == "/acme/dev/live-pointer"
-    assert run.inputs("lockstep-cutover")["settings"]["promotedFrom"] == "staging"
+    assert run.inputs("lockstep-check")["promotedFrom"] == "staging"
 
 
 def test_check_triggers_follow_the_pin_and_nothing_else():
@@ -249,16 +249,19 @@ def test_execution_role_reads_only_its_versions_artifacts():
     assert blue["Resource"].endswith("/models/hashgram/v1/*")
 
 
-def test_basic_auth_password_reaches_every_resource_that_talks_to_opensearch_as_a_secret():
+def test_the_basic_auth_password_is_no_resource_input_and_is_required_as_provider_config():
+    """Issue 24: the password is the lockstep provider's configuration (its Configure reads the
+    secret `lockstep:opensearchPassword`), so rotating it diffs no resource."""
     password = "s3cr3t-Pa55"
     opensearch = {**dev_values()["lockstep:opensearch"], "auth": "basic", "username": "lockstep"}
     run = evaluate(with_values(opensearch=opensearch), secrets={"lockstep:opensearchPassword": password})
+    assert run.resources and not [
+        n for n, r in run.resources.items() if password in json.dumps(r["inputs"], default=str)
+    ]
+    assert not [n for n, r in run.resources.items() if "opensearchPassword" in r["inputs"]]
 
-    holders = {name for name, r in run.resources.items() if password in json.dumps(r["inputs"], default=str)}
-    assert holders == {"lockstep-index-v1", "lockstep-index-v2", "lockstep-cutover", "lockstep-check"}
-    for name in holders:
-        assert run.inputs(name)["opensearchPassword"] == ("secret", password), name
-        assert password not in json.dumps(run.inputs(name)["settings"])  # never inside the settings
+    with pytest.raises(Exception, match="lockstep:opensearchPassword: is required when opensearch.auth is basic"):
+        evaluate(with_values(opensearch=opensearch))
 
 
 # ---------------------------------------------------------------------------------- bad config

@@ -4,18 +4,16 @@ and the plugin process answering the engine's RPCs (tests/test_engine.py runs th
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
 from components.plugin import build_provider
-from components.providers.base import PASSWORD, credentials
 from components.providers.check import CheckFailed, CheckHandler
 from components.providers.opensearch import CutoverHandler, IndexHandler, read_kept
 from components.providers.provider import LockstepProvider, plain_map, wire_map
 from components.providers.resources import CheckArgs, CutoverArgs, IndexArgs
 from lockstep.errors import IntegrityError
-from lockstep.ops import artifacts, clients, corpus_store, endpoints, live_state
+from lockstep.ops import artifacts, corpus_store, endpoints, live_state
 
 CORPUS_SIZE = 40
 
@@ -81,8 +79,10 @@ def test_index_diff_replaces_only_on_mapping_changes_and_a_flip_does_not_reach_i
 
     assert handler.diff(state, props).changes is False
     assert index_props(make_settings(pin="v2", corpus={"size": CORPUS_SIZE}), entry) == props
-    described = handler.diff(state, {**props, "entry": {**props["entry"], "description": "reworded"}})
-    assert described.changes is True and described.replaces == []
+    reworded = catalog.get("v1").model_copy(update={"description": "reworded"})
+    assert handler.diff(state, index_props(stack, reworded)).changes is False  # not an input of an index
+    replicas = handler.diff(state, {**props, "opensearch": {**props.get("opensearch", {}), "replicas": 1}})
+    assert replicas.detailed == {"opensearch.replicas": False} and replicas.replaces == []
     wider = handler.diff(state, {**props, "dimension": 256})
     assert wider.replaces == ["dimension"] and wider.delete_before_replace is True
     moved = handler.diff(state, index_props(stack, catalog.get("v3")))
@@ -164,10 +164,7 @@ def test_the_cutover_refuses_a_slot_that_serves_another_artifact_and_switches_no
 
 
 def test_bad_inputs_are_check_failures_by_property():
-    assert {name for name, _ in CutoverHandler().check({"settings": {"pin": "v1"}, "entry": {}})} == {
-        "settings",
-        "entry",
-    }
+    assert {name for name, _ in CutoverHandler().check({}, {"pin": "v1", "version": "v1"})} == {"settings", "entry"}
 
 
 # --------------------------------------------------------------------------------------- check
@@ -182,15 +179,6 @@ def test_the_check_fails_on_an_inconsistent_system_naming_the_failed_checks(stac
     message = str(failed.value)
     assert message.startswith(f"stack {stack.stack} is inconsistent after the deploy of v1 (exit 1): failed checks ")
     assert "alias" in message and "pointer" in message and "\n" not in message
-
-
-def test_the_password_is_in_the_environment_only_while_an_operation_runs(monkeypatch):
-    monkeypatch.delenv(clients.PASSWORD_VARIABLE, raising=False)
-    with credentials({PASSWORD: "pw"}):
-        assert os.environ[clients.PASSWORD_VARIABLE] == "pw"
-    assert clients.PASSWORD_VARIABLE not in os.environ
-    secret = wire_map({PASSWORD: "pw", "index": "docs-v1"})
-    assert secret[PASSWORD].is_secret and not secret["index"].is_secret
 
 
 def test_the_provider_serves_the_component_and_the_resources_schema():

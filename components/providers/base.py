@@ -1,31 +1,51 @@
 """What every lockstep custom resource shares inside the provider process (pulumi-resource-lockstep).
 
 A handler sees plain Python values: the provider unwraps the engine's PropertyValues (secrets
-included) before calling it and wraps the outputs again, marking SECRET_KEYS secret. Handlers
-call lockstep.ops only; they hold no clients: every call builds its own from the environment.
+included) before calling it and wraps the outputs again. A resource's inputs are typed
+(components/providers/shapes.py): the stack settings and the catalog entry's fields it uses, plus
+its own. Credentials are not inputs: they are the provider's configuration (lockstep.ops.clients).
+
+The state an older lockstep wrote is read through `migrate` (STATE_VERSION): fields it no longer
+has are ignored, fields it gained take their defaults, so an upgrade of lockstep is not a change.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from lockstep.config import CatalogEntry, StackSettings, describe_validation_error
+from components.providers import shapes
+from lockstep.config import Catalog, CatalogEntry, DerivedStore, StackSettings, describe_validation_error
 from lockstep.errors import Unreachable
 from lockstep.ops import clients
 
-PASSWORD = "opensearchPassword"
-# Inputs kept secret in the state (the engine encrypts them) and never echoed in a message.
-SECRET_KEYS = frozenset({PASSWORD})
+# What an older lockstep kept in a resource's inputs and this one no longer takes: the password is
+# the provider's configuration now (a rotation re-runs nothing).
+RETIRED_INPUTS = frozenset({"opensearchPassword"})
+# 0: lockstep up to 302bdd0 (`settings` and `entry` as opaque objects); 1: typed inputs.
+STATE_VERSION = 1
+STATE_VERSION_KEY = "stateVersion"
 # StackSettings requires a pin and two slots; resources that must not change on a flip (indices,
 # slots) never read them. Naming no real version keeps drop_index's guard to what is recorded.
 DETACHED = {"pin": "(detached)", "slots": {"blue": "(detached)", "green": "(detached-standby)"}}
+# Where things live, never what is live: a flip or a new retain list must not touch these resources.
+PLACEMENT = (
+    "stack",
+    "namePrefix",
+    "region",
+    "awsProfile",
+    "artifacts",
+    "opensearch",
+    "corpus",
+    "backfill",
+    "pointerParameter",
+)
+# Every stack setting a resource can take (autoRevert is `lockstep up`'s, not a resource's).
+EVERY_SETTING = tuple(f.alias or name for name, f in StackSettings.model_fields.items() if name != "auto_revert")
+# The catalog entry's fields that decide what an artifact embeds (not its description or floors).
+EMBEDDER = ("version", "model", "family", "dimension", "spaceType", "artifactSha256")
 
 
 class UnknownValue:
@@ -54,39 +74,144 @@ class Diff:
     replaces: list[str] = field(default_factory=list)
     diffs: list[str] = field(default_factory=list)
     delete_before_replace: bool = False
+    # Every changed leaf (`opensearch.replicas`) and whether it replaces the resource.
+    detailed: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
 class Property:
-    """One schema property: `type` a JSON schema type or "any"; inputs are required unless optional."""
+    """One schema property: `type` a JSON schema type or "any"; inputs are required unless optional.
+    `spec` is a full schema type (an object type of a stack setting) instead of `type`."""
 
     description: str
     type: str = "string"
     optional: bool = False
     output_only: bool = False
+    spec: dict | None = None
+
+
+def _setting_property(name: str, found: dict) -> Property:
+    fields = {f.alias or key: f for key, f in StackSettings.model_fields.items()}
+    return Property(
+        f"The stack's `{name}` setting (lockstep:{name} in stacks/Pulumi.<stack>.yaml).",
+        optional=not fields[name].is_required(),
+        spec=shapes.schema_of(fields[name].annotation, found),
+    )
+
+
+def _entry_property(name: str, found: dict) -> Property:
+    fields = {f.alias or key: f for key, f in CatalogEntry.model_fields.items()}
+    return Property(
+        f"The catalog entry's `{name}` (stacks/catalog.yaml).",
+        optional=not fields[name].is_required(),
+        spec=shapes.schema_of(fields[name].annotation, found),
+    )
 
 
 class Handler:
-    """One custom resource type. Subclasses set TOKEN, DESCRIPTION and PROPERTIES."""
+    """One custom resource type. Subclasses set TOKEN, DESCRIPTION, SETTINGS (the stack settings
+    it uses), ENTRY (the catalog entry's fields it uses) and OWN (its other properties)."""
 
     TOKEN = ""
     DESCRIPTION = ""
-    PROPERTIES: dict[str, Property] = {}
-    # Inputs whose change replaces the resource.
+    SETTINGS: tuple[str, ...] = ()
+    ENTRY: tuple[str, ...] = ()
+    OWN: dict[str, Property] = {}
+    # Inputs (or leaves of one: `opensearch.shards`) whose change replaces the resource.
     REPLACE_ON: tuple[str, ...] = ()
     # Outputs the handler observes; never compared as inputs.
     OBSERVED: frozenset[str] = frozenset()
 
-    def check(self, news: dict) -> list[tuple[str, str]]:
-        return []
+    @classmethod
+    def properties(cls, types: dict | None = None) -> dict[str, Property]:
+        found = types if types is not None else {}
+        props = {name: _setting_property(name, found) for name in cls.SETTINGS}
+        props.update({name: _entry_property(name, found) for name in cls.ENTRY})
+        props.update(cls.OWN)
+        props[STATE_VERSION_KEY] = Property(
+            "Shape of this resource's state (lockstep migrates older state when it reads it).",
+            "integer",
+            output_only=True,
+        )
+        return props
 
-    def input_keys(self, news: dict) -> list[str]:
-        return sorted(key for key in news if key not in self.OBSERVED)
+    @classmethod
+    def input_names(cls) -> list[str]:
+        return [name for name, prop in cls.properties().items() if not prop.output_only]
+
+    # ---------------------------------------------------------------------- state and inputs
+
+    @classmethod
+    def migrate(cls, state: dict) -> dict:
+        """State as this lockstep writes it. Version 0 held the settings and the catalog entry as
+        two opaque objects (`settings`, `entry`): their fields become the resource's own."""
+        if not state or state.get(STATE_VERSION_KEY) == STATE_VERSION:
+            return state
+        state = dict(state)
+        settings = state.pop("settings", None) if "settings" not in cls.OWN else None
+        entry = state.pop("entry", None) if "entry" not in cls.OWN else None
+        if isinstance(settings, dict):
+            for name in cls.SETTINGS:
+                if name in settings:
+                    state.setdefault(name, settings[name])
+        if isinstance(entry, dict):
+            for name in cls.ENTRY:
+                if name in entry:
+                    state.setdefault(name, entry[name])
+        for name in RETIRED_INPUTS:
+            state.pop(name, None)
+        return state
+
+    def check(self, olds: dict, news: dict) -> list[tuple[str, str]]:
+        """(property, reason) for inputs the models refuse; unknown inputs pass."""
+        if any(has_unknown(news.get(name)) for name in self.SETTINGS):
+            return []
+        found = failures(news, ("settings", self.settings_of))
+        if self.ENTRY and not any(has_unknown(news.get(name)) for name in self.ENTRY):
+            found += failures(news, ("entry", entry_of))
+        return found
+
+    def settings_of(self, props: dict) -> StackSettings:
+        """The stack settings this resource was given (a resource without the pin is detached)."""
+        values = {name: props[name] for name in self.SETTINGS if props.get(name) is not None}
+        if "pin" not in self.SETTINGS:
+            values.update(DETACHED)
+        return StackSettings.model_validate(shapes.known_fields(StackSettings, values))
+
+    # -------------------------------------------------------------------------------- diff
+
+    def _normalized(self, name: str, value: Any) -> Any:
+        if name in self.SETTINGS or name in self.ENTRY:
+            model = StackSettings if name in self.SETTINGS else CatalogEntry
+            fields = {f.alias or key: f for key, f in model.model_fields.items()}
+            if value is None and not fields[name].is_required():
+                value = shapes.dump_default(fields[name])
+            return shapes.normalized(fields[name].annotation, value)
+        if name == "catalog":
+            return shapes.catalog_normalized(value)
+        if name == "store":
+            return shapes.normalized(DerivedStore, value)
+        return value
 
     def diff(self, olds: dict, news: dict) -> Diff:
-        changed = [key for key in self.input_keys(news) if olds.get(key) != news.get(key) or has_unknown(news.get(key))]
-        replaces = [key for key in self.REPLACE_ON if key in changed]
-        return Diff(bool(changed), replaces, changed)
+        """Each changed input leaf, and whether it replaces; defaults and retired inputs are no change."""
+        olds = self.migrate(olds)
+        changed: list[str] = []
+        for name in self.input_names():
+            old, new = olds.get(name), news.get(name)
+            if has_unknown(new):
+                changed.append(name)
+            else:
+                changed += shapes.changed_paths(self._normalized(name, old), self._normalized(name, new), name)
+        detailed = {path: self.replaces(path) for path in changed}
+        tops = list(dict.fromkeys(path.split(".")[0].split("[")[0] for path in changed))
+        replaces = list(dict.fromkeys(p.split(".")[0].split("[")[0] for p, r in detailed.items() if r))
+        return Diff(bool(changed), replaces, tops, detailed=detailed)
+
+    def replaces(self, path: str) -> bool:
+        return any(path == key or path.startswith(f"{key}.") or path.startswith(f"{key}[") for key in self.REPLACE_ON)
+
+    # ------------------------------------------------------------------------------ operations
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
         raise NotImplementedError
@@ -121,15 +246,16 @@ def failures(props: dict, *builders) -> list[tuple[str, str]]:
 
 
 def entry_of(props: dict) -> CatalogEntry:
-    return CatalogEntry.model_validate(props["entry"])
+    names = [f.alias or key for key, f in CatalogEntry.model_fields.items()]
+    return CatalogEntry.model_validate({name: props[name] for name in names if props.get(name) is not None})
 
 
-def settings_of(props: dict) -> StackSettings:
-    return StackSettings.model_validate(props["settings"])
+def catalog_of(props: dict) -> Catalog:
+    return Catalog.model_validate(shapes.known_fields(Catalog, props["catalog"]))
 
 
-def detached_settings(props: dict) -> StackSettings:
-    return StackSettings.model_validate({**props["settings"], **DETACHED})
+def store_of(props: dict) -> DerivedStore:
+    return DerivedStore.model_validate(shapes.known_fields(DerivedStore, props["store"]))
 
 
 def dump(model) -> dict:
@@ -141,28 +267,3 @@ def opensearch_where(settings: StackSettings) -> str:
         return clients.opensearch_url(settings.opensearch)
     except Unreachable:  # only used in messages; building the client raises the real error
         return "(unconfigured)"
-
-
-# ------------------------------------------------------------------------------- credentials
-
-
-# lockstep.ops reads the OpenSearch password from the process environment; the provider sets it
-# from the resource's secret input for the duration of one operation. Operations are serialized:
-# two resources' passwords never meet in the environment.
-_operation = threading.Lock()
-
-
-@contextmanager
-def credentials(props: dict) -> Iterator[None]:
-    with _operation:
-        password = props.get(PASSWORD)
-        before = os.environ.get(clients.PASSWORD_VARIABLE)
-        if isinstance(password, str) and password:
-            os.environ[clients.PASSWORD_VARIABLE] = password
-        try:
-            yield
-        finally:
-            if before is None:
-                os.environ.pop(clients.PASSWORD_VARIABLE, None)
-            else:
-                os.environ[clients.PASSWORD_VARIABLE] = before

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import json
 
-from components.providers.base import PASSWORD, Handler, Property, credentials, failures, settings_of
-from components.providers.derived import catalog_of
-from components.providers.opensearch import PASSWORD_PROPERTY
+from components.providers.base import (
+    EVERY_SETTING,
+    STATE_VERSION,
+    STATE_VERSION_KEY,
+    Handler,
+    Property,
+    catalog_of,
+    failures,
+)
 from lockstep import promote
 from lockstep.errors import LockstepError
 from lockstep.ops import check
@@ -29,13 +35,10 @@ class CheckHandler(Handler):
         "artifact, endpoint, re-embed and recall probes, derived records). Its create/update fail the deployment "
         "on an inconsistent or uncheckable system; the record, the pin and the failed checks are its outputs."
     )
-    PROPERTIES = {
-        "stack": Property("The stack checked."),
-        "pin": Property("The version that must be live."),
-        "settings": Property("The stack settings.", "any"),
-        "catalog": Property("The catalog.", "any"),
+    SETTINGS = EVERY_SETTING
+    OWN = {
+        "catalog": Property("The catalog.", spec={"$ref": "#/types/lockstep:index:Catalog"}),
         "triggers": Property("What is live (a change re-runs the check).", "array"),
-        PASSWORD: PASSWORD_PROPERTY,
         "record": Property("The check's result record (JSON), what `lockstep promote` reads.", output_only=True),
         "passed": Property("Whether every check passed.", "boolean", output_only=True),
         "failed": Property("Names of the failed checks.", "array", output_only=True),
@@ -47,14 +50,13 @@ class CheckHandler(Handler):
     }
     OBSERVED = frozenset({"record", "passed", "failed"})
 
-    def check(self, news: dict) -> list[tuple[str, str]]:
-        return failures(news, ("settings", settings_of), ("catalog", catalog_of))
+    def check(self, olds: dict, news: dict) -> list[tuple[str, str]]:
+        return super().check(olds, news) + failures(news, ("catalog", catalog_of))
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
-        with credentials(news):
-            settings, catalog = settings_of(news), catalog_of(news)
-            outcome = check.evaluate(settings, catalog)  # stores the record (not when uncheckable)
-            verified = promote.verified_versions(settings) if outcome.exit_code == 0 else []
+        settings, catalog = self.settings_of(news), catalog_of(news)
+        outcome = check.evaluate(settings, catalog)  # stores the record (not when uncheckable)
+        verified = promote.verified_versions(settings) if outcome.exit_code == 0 else []
         if outcome.record is None:
             raise CheckFailed(f"could not check stack {settings.stack} (exit {outcome.exit_code}): {outcome.reason}")
         record = outcome.record
@@ -70,5 +72,6 @@ class CheckHandler(Handler):
             "passed": record.passed,
             "failed": failed,
             "verified": verified,
+            STATE_VERSION_KEY: STATE_VERSION,
         }
         return f"{settings.stack}:{settings.pin}", {**news, **outputs}

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.providers.base import PASSWORD, Handler, Property, credentials, failures, settings_of
-from components.providers.opensearch import PASSWORD_PROPERTY
-from lockstep.config import Catalog, DerivedStore
+from components.providers.base import (
+    EVERY_SETTING,
+    STATE_VERSION,
+    STATE_VERSION_KEY,
+    Handler,
+    Property,
+    catalog_of,
+    failures,
+    store_of,
+)
 from lockstep.ops import derived
 
-
-def catalog_of(props: dict) -> Catalog:
-    return Catalog.model_validate(props["catalog"])
-
-
-def store_of(props: dict) -> DerivedStore:
-    return DerivedStore.model_validate(props["store"])
+STORE = Property(
+    "The derived store (stack config's derived entry).", spec={"$ref": "#/types/lockstep:index:DerivedStore"}
+)
 
 
 class DerivedRepairHandler(Handler):
@@ -28,35 +31,33 @@ class DerivedRepairHandler(Handler):
         "Records another version wrote into a derived store are recomputed with the pin or quarantined "
         "(the store's repair policy). Deleting the resource keeps the records."
     )
-    PROPERTIES = {
-        "pin": Property("The pin the records are repaired for."),
+    SETTINGS = EVERY_SETTING
+    OWN = {
         "table": Property("The store's table."),
-        "store": Property("The derived store (stack config's derived entry).", "any"),
-        "catalog": Property("The catalog.", "any"),
-        "settings": Property("The stack settings.", "any"),
-        PASSWORD: PASSWORD_PROPERTY,
+        "store": STORE,
+        "catalog": Property("The catalog.", spec={"$ref": "#/types/lockstep:index:Catalog"}),
         "repaired": Property("What the last repair did.", output_only=True),
         "recordsByVersion": Property("Records per writing version.", "any", output_only=True),
         "quarantinedByVersion": Property("Quarantined records per version.", "any", output_only=True),
     }
     OBSERVED = frozenset({"repaired", "recordsByVersion", "quarantinedByVersion"})
 
-    def check(self, news: dict) -> list[tuple[str, str]]:
-        return failures(news, ("settings", settings_of), ("catalog", catalog_of), ("store", store_of))
+    def check(self, olds: dict, news: dict) -> list[tuple[str, str]]:
+        return super().check(olds, news) + failures(news, ("catalog", catalog_of), ("store", store_of))
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
-        with credentials(news):
-            settings, catalog, store = settings_of(news), catalog_of(news), store_of(news)
-            done = derived.repair(settings, catalog, store, progress=False)
-            return f"{news['table']}:{news['pin']}", {
-                **news,
-                "repaired": done.summary(),
-                **self._counts(settings, catalog, store),
-            }
+        settings, catalog, store = self.settings_of(news), catalog_of(news), store_of(news)
+        done = derived.repair(settings, catalog, store, progress=False)
+        return f"{news['table']}:{news['pin']}", {
+            **news,
+            "repaired": done.summary(),
+            **self._counts(settings, catalog, store),
+            STATE_VERSION_KEY: STATE_VERSION,
+        }
 
     def read(self, urn: str, id_: str, state: dict) -> tuple[str, dict]:
-        with credentials(state):
-            return id_, {**state, **self._counts(settings_of(state), catalog_of(state), store_of(state))}
+        settings = self.settings_of(state)
+        return id_, {**state, **self._counts(settings, catalog_of(state), store_of(state))}
 
     @staticmethod
     def _counts(settings, catalog, store) -> dict[str, Any]:

@@ -12,33 +12,40 @@ Artifact serves AWS stacks too: adopting an object already at its key is no impo
 
 from __future__ import annotations
 
-from components.providers.base import Handler, Property, detached_settings, entry_of, failures
-from components.providers.derived import store_of
+from components.providers.base import (
+    EMBEDDER,
+    STATE_VERSION,
+    STATE_VERSION_KEY,
+    Handler,
+    Property,
+    entry_of,
+    failures,
+    store_of,
+)
+from components.providers.derived import STORE
 from lockstep import runtime
 from lockstep.ops import artifacts, clients, corpus_store, derived, endpoints
 
+# What an embedded leaf reads: where the bucket, the corpus and the tables are.
+AWS_PLACEMENT = ("stack", "namePrefix", "region", "awsProfile", "artifacts", "corpus")
 
-def _s3(props: dict):
-    return clients.aws_for(detached_settings(props), "s3")
+
+def versioned(outputs: dict) -> dict:
+    return {**outputs, STATE_VERSION_KEY: STATE_VERSION}
 
 
 class BucketHandler(Handler):
     TOKEN = "lockstep:embedded:Bucket"
     DESCRIPTION = "The artifact bucket on the embedded S3: private, versioned, encrypted, TLS-only (kept on delete)."
-    PROPERTIES = {
-        "bucket": Property("Bucket name."),
-        "settings": Property("The stack settings (where things live).", "any"),
-    }
+    SETTINGS = AWS_PLACEMENT
+    OWN = {"bucket": Property("Bucket name.")}
     REPLACE_ON = ("bucket",)
 
-    def check(self, news: dict) -> list[tuple[str, str]]:
-        return failures(news, ("settings", detached_settings))
-
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
-        s3 = _s3(news)
+        s3 = clients.aws_for(self.settings_of(news), "s3")
         with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
             artifacts.ensure_bucket(s3, news["bucket"])
-        return news["bucket"], news
+        return news["bucket"], versioned(news)
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:
         return f"kept bucket {id_}: it holds the artifacts and the check records"
@@ -47,20 +54,15 @@ class BucketHandler(Handler):
 class CorpusHandler(Handler):
     TOKEN = "lockstep:embedded:Corpus"
     DESCRIPTION = "The embedded stack's corpus and golden queries in the embedded S3 (generated when missing)."
-    PROPERTIES = {
-        "uri": Property("s3:// location of the corpus."),
-        "settings": Property("The stack settings (corpus location and size).", "any"),
-    }
+    SETTINGS = AWS_PLACEMENT
+    OWN = {"uri": Property("s3:// location of the corpus.")}
     REPLACE_ON = ("uri",)
 
-    def check(self, news: dict) -> list[tuple[str, str]]:
-        return failures(news, ("settings", detached_settings))
-
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
-        settings = detached_settings(news)
+        settings = self.settings_of(news)
         with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
             corpus_store.ensure_corpus(clients.aws_for(settings, "s3"), settings)
-        return news["uri"], news
+        return news["uri"], versioned(news)
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:
         return f"kept corpus {id_}: it is data, not part of the release"
@@ -69,24 +71,25 @@ class CorpusHandler(Handler):
 class ArtifactHandler(Handler):
     TOKEN = "lockstep:embedded:Artifact"
     DESCRIPTION = "One version's model artifact at its content-addressed key, verified by sha256 (kept on delete)."
-    PROPERTIES = {
+    SETTINGS = AWS_PLACEMENT
+    ENTRY = EMBEDDER
+    OWN = {
         "bucket": Property("Artifact bucket."),
         "key": Property("Content-addressed key."),
-        "version": Property("Catalog version."),
-        "artifactSha256": Property("sha256 of the artifact."),
-        "entry": Property("The catalog entry.", "any"),
-        "settings": Property("The stack settings (where things live).", "any"),
+        "embedded": Property(
+            "Whether the stack runs on the embedded servers (default); an AWS stack's artifact never goes to the embedded moto.",
+            "boolean",
+            optional=True,
+        ),
     }
     REPLACE_ON = ("bucket", "key", "artifactSha256")
 
-    def check(self, news: dict) -> list[tuple[str, str]]:
-        return failures(news, ("settings", detached_settings), ("entry", entry_of))
-
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
-        settings = detached_settings(news)
-        with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
-            artifacts.publish_artifact(clients.aws_for(settings, "s3"), settings, entry_of(news))
-        return f"s3://{news['bucket']}/{news['key']}", news
+        settings, embedded = self.settings_of(news), news.get("embedded") is not False
+        s3 = clients.aws("s3", settings.region, embedded=embedded, profile=settings.aws_profile)
+        with clients.reaching("AWS (S3)", clients.aws_endpoint(embedded) or "AWS"):
+            artifacts.publish_artifact(s3, settings, entry_of(news))
+        return f"s3://{news['bucket']}/{news['key']}", versioned(news)
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:
         return f"kept artifact {id_}: content-addressed artifacts are immutable (a rollback may need it)"
@@ -95,27 +98,22 @@ class ArtifactHandler(Handler):
 class EndpointSlotHandler(Handler):
     TOKEN = "lockstep:embedded:EndpointSlot"
     DESCRIPTION = "A blue/green slot's local endpoint process serving one version's artifact."
-    PROPERTIES = {
+    SETTINGS = (*AWS_PLACEMENT, "endpoints")
+    ENTRY = EMBEDDER
+    OWN = {
         "slot": Property("blue or green."),
         "name": Property("The slot's endpoint name (fixed per slot)."),
-        "version": Property("Version the slot serves."),
-        "artifactSha256": Property("sha256 of the artifact the slot serves."),
-        "entry": Property("The catalog entry.", "any"),
-        "settings": Property("The stack settings (where things live).", "any"),
         "url": Property("Where the endpoint process listens.", output_only=True),
     }
     REPLACE_ON = ("slot", "name")
     OBSERVED = frozenset({"url"})
 
-    def check(self, news: dict) -> list[tuple[str, str]]:
-        return failures(news, ("settings", detached_settings), ("entry", entry_of))
-
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
-        running = endpoints.deploy_local_slot(detached_settings(news), news["slot"], entry_of(news))
-        return news["name"], {**news, "url": running.url}
+        running = endpoints.deploy_local_slot(self.settings_of(news), news["slot"], entry_of(news))
+        return news["name"], versioned({**news, "url": running.url})
 
     def read(self, urn: str, id_: str, state: dict) -> tuple[str, dict]:
-        running = endpoints.local_slot(detached_settings(state), state["slot"])
+        running = endpoints.local_slot(self.settings_of(state), state["slot"])
         if running is None:
             return "", {}
         described = running.describe()
@@ -127,7 +125,7 @@ class EndpointSlotHandler(Handler):
         }
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:
-        managed = runtime.Managed.load(endpoints.process_name(detached_settings(state), state["slot"]))
+        managed = runtime.Managed.load(endpoints.process_name(self.settings_of(state), state["slot"]))
         if managed is not None:
             managed.stop()
         return None
@@ -136,19 +134,16 @@ class EndpointSlotHandler(Handler):
 class DerivedTableHandler(Handler):
     TOKEN = "lockstep:embedded:DerivedTable"
     DESCRIPTION = "A derived store's table on the embedded DynamoDB, indexed by model_version (kept on delete)."
-    PROPERTIES = {
-        "name": Property("Table name."),
-        "store": Property("The derived store (stack config's derived entry).", "any"),
-        "settings": Property("The stack settings (where things live).", "any"),
-    }
+    SETTINGS = AWS_PLACEMENT
+    OWN = {"name": Property("Table name."), "store": STORE}
     REPLACE_ON = ("name",)
 
-    def check(self, news: dict) -> list[tuple[str, str]]:
-        return failures(news, ("settings", detached_settings), ("store", store_of))
+    def check(self, olds: dict, news: dict) -> list[tuple[str, str]]:
+        return super().check(olds, news) + failures(news, ("store", store_of))
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
-        derived.ensure_table(detached_settings(news), store_of(news))
-        return news["name"], news
+        derived.ensure_table(self.settings_of(news), store_of(news))
+        return news["name"], versioned(news)
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:
         return f"kept table {id_}: its records are the lineage of past releases"

@@ -1,8 +1,7 @@
 """`lockstep:index:Index` and `lockstep:index:Cutover`: a version's k-NN index and the cutover.
 
-Both call lockstep.ops and nothing else. Inputs are plain JSON (the settings and the catalog
-entry as dumped by pydantic, rebuilt with `model_validate` inside each call) plus the OpenSearch
-password as a secret input.
+Both call lockstep.ops and nothing else. Their inputs are typed (components/providers/base.py):
+the stack settings and catalog entry fields each uses; the password is the provider's configuration.
 
 What the stack keeps (pin, slots, retain) is recorded by the Cutover next to the live pointer
 (`<pointer>-kept`): an Index's delete reads it, so neither `destroy` nor a replace deletes the
@@ -18,27 +17,38 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from components.providers.base import (
-    PASSWORD,
+    EMBEDDER,
+    PLACEMENT,
+    STATE_VERSION,
+    STATE_VERSION_KEY,
     Diff,
     Handler,
     Property,
-    credentials,
-    detached_settings,
+    dump,
     entry_of,
-    failures,
     opensearch_where,
-    settings_of,
 )
-from lockstep.config import StackSettings
+from lockstep.config import CatalogEntry, StackSettings
 from lockstep.errors import GuardRefused
 from lockstep.ops import clients, endpoints, index, live_state
 from lockstep.ops.backfill import engine as backfill_engine
 
-# A change to any of these means another mapping (or another index): replace, never update.
-MAPPING_FIELDS = ("index", "version", "dimension", "spaceType", "engine", "artifactSha256")
-PASSWORD_PROPERTY = Property(
-    "Password for opensearch.auth basic (secret); the provider hands it to the ops calls, never to the state in plain text.",
-    optional=True,
+# A change to any of these means another mapping, another embedder or another cluster: replace,
+# never an update that leaves the index as it was. `opensearch.replicas` is an update (put-settings).
+MAPPING_FIELDS = (
+    "index",
+    "version",
+    "dimension",
+    "spaceType",
+    "engine",
+    "artifactSha256",
+    "model",
+    "family",
+    "opensearch.url",
+    "opensearch.engine",
+    "opensearch.shards",
+    "opensearch.hnswM",
+    "opensearch.efConstruction",
 )
 
 
@@ -77,24 +87,16 @@ class IndexHandler(Handler):
         "One model version's k-NN index, provisioned and filled from the corpus with the version's artifact. "
         "A delete never removes the live, the standby or a retained index: it leaves it and says why."
     )
-    PROPERTIES = {
+    SETTINGS = PLACEMENT
+    ENTRY = EMBEDDER
+    OWN = {
         "index": Property("Name of the index (<indexPrefix>-<version>)."),
-        "version": Property("Catalog version the index belongs to."),
-        "dimension": Property("Vector dimension of the version.", "integer"),
-        "spaceType": Property("k-NN space type of the version."),
         "engine": Property("k-NN engine (lucene, faiss, nmslib)."),
-        "artifactSha256": Property("sha256 of the version's artifact (the embedder)."),
-        "entry": Property("The catalog entry (stacks/catalog.yaml's fields).", "any"),
-        "settings": Property("The stack settings an index reads: where things live, never what is live.", "any"),
-        PASSWORD: PASSWORD_PROPERTY,
         "docCount": Property("Documents in the index.", "integer", output_only=True),
         "meta": Property("The index mapping's _meta.", "any", output_only=True),
     }
     REPLACE_ON = MAPPING_FIELDS
     OBSERVED = frozenset({"docCount", "meta"})
-
-    def check(self, news: dict) -> list[tuple[str, str]]:
-        return failures(news, ("settings", detached_settings), ("entry", entry_of))
 
     def diff(self, olds: dict, news: dict) -> Diff:
         diff = super().diff(olds, news)
@@ -104,27 +106,29 @@ class IndexHandler(Handler):
         return diff
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
-        with credentials(news):
-            settings = detached_settings(news)
-            backfill_engine.sync_index(settings, entry_of(news), progress=False)
-            # In line with the configured corpus now: a moved corpus is re-stamped (issue 18, defect 2).
-            index.restamp_corpus(clients.opensearch(settings.opensearch), settings, entry_of(news))
-            return news["index"], {**news, **self._observed(settings, news["index"])}
+        settings = self.settings_of(news)
+        backfill_engine.sync_index(settings, entry_of(news), progress=False)
+        client = clients.opensearch(settings.opensearch)
+        # In line with the configured corpus now: a moved corpus is re-stamped (issue 18, defect 2).
+        index.restamp_corpus(client, settings, entry_of(news))
+        # A replica count changed since the index was built is applied in place (put-settings).
+        index.set_replicas(client, news["index"], settings.opensearch.replicas)
+        return news["index"], {**news, **self._observed(settings, news["index"]), STATE_VERSION_KEY: STATE_VERSION}
 
     def update(self, urn: str, id_: str, olds: dict, news: dict) -> dict:
-        """Only non-mapping inputs changed (corpus location, backfill tuning): catch the index up."""
+        """Only non-mapping inputs changed (replicas, corpus location, backfill tuning): catch the
+        index up and apply them."""
         return self.create(urn, news)[1]
 
     def read(self, urn: str, id_: str, state: dict) -> tuple[str, dict]:
         """`pulumi refresh`: what the cluster holds now; an empty id tells the engine the index is gone."""
-        with credentials(state):
-            settings = detached_settings(state)
-            client = clients.opensearch(settings.opensearch)
-            with clients.reaching("OpenSearch", opensearch_where(settings)):
-                meta = index.read_meta(client, id_)
-                if meta is None:
-                    return "", {}
-                observed = self._observed(settings, id_, client)
+        settings = self.settings_of(state)
+        client = clients.opensearch(settings.opensearch)
+        with clients.reaching("OpenSearch", opensearch_where(settings)):
+            meta = index.read_meta(client, id_)
+            if meta is None:
+                return "", {}
+            observed = self._observed(settings, id_, client)
         found = {"version": meta["version"]} if "version" in meta else {}
         if "dimension" in meta:
             found["dimension"] = meta["dimension"]
@@ -133,19 +137,18 @@ class IndexHandler(Handler):
         return id_, {**state, **found, "index": id_, **observed}
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:
-        with credentials(state):
-            settings = detached_settings(state)
-            ssm = clients.aws_for(settings, "ssm")
-            client = clients.opensearch(settings.opensearch)
-            with clients.reaching("OpenSearch", opensearch_where(settings)), clients.reaching("AWS", "SSM"):
-                kept = read_kept(ssm, settings.pointer_name)
-                if kept:
-                    settings = StackSettings.model_validate({**state["settings"], **kept})
-                live = live_state.Inventory(pointer=live_state.read_pointer(ssm, settings.pointer_name))
-                try:
-                    live_state.drop_index(client, settings, state["version"], live)
-                except GuardRefused as refused:
-                    return f"kept index {id_}: {str(refused).split(': ', 1)[-1].split(';')[0]}"
+        settings = self.settings_of(state)
+        ssm = clients.aws_for(settings, "ssm")
+        client = clients.opensearch(settings.opensearch)
+        with clients.reaching("OpenSearch", opensearch_where(settings)), clients.reaching("AWS", "SSM"):
+            kept = read_kept(ssm, settings.pointer_name)
+            if kept:
+                settings = settings.model_validate({**settings.model_dump(by_alias=True), **kept})
+            live = live_state.Inventory(pointer=live_state.read_pointer(ssm, settings.pointer_name))
+            try:
+                live_state.drop_index(client, settings, state["version"], live)
+            except GuardRefused as refused:
+                return f"kept index {id_}: {str(refused).split(': ', 1)[-1].split(';')[0]}"
         return None
 
     @staticmethod
@@ -164,12 +167,12 @@ class CutoverHandler(Handler):
         "The live alias and the live pointer, moved together to the pin's index and endpoint (after catching "
         "the index up). A refresh sees an alias or pointer moved by hand; the next update moves them back."
     )
-    PROPERTIES = {
+    SETTINGS = (*PLACEMENT, "pin", "slots", "retain", "endpoints", "derived")
+    ENTRY = EMBEDDER
+    OWN = {
         "pointer": Property("Name of the live pointer (SSM parameter)."),
         "alias": Property("Name of the live alias."),
-        "version": Property("The pin."),
         "index": Property("The pin's index."),
-        "artifactSha256": Property("sha256 of the pin's artifact."),
         "endpoint": Property("Name of the endpoint serving the pin."),
         "slotDeployments": Property(
             "Per filled slot: the catalog entry it serves and (SageMaker) the endpoint configuration this "
@@ -178,9 +181,6 @@ class CutoverHandler(Handler):
             "object",
             optional=True,
         ),
-        "entry": Property("The pin's catalog entry.", "any"),
-        "settings": Property("The stack settings.", "any"),
-        PASSWORD: PASSWORD_PROPERTY,
         "switchedAt": Property("When the pointer last moved.", output_only=True),
         "aliasTargets": Property("Indices the live alias points to.", "array", output_only=True),
     }
@@ -188,47 +188,47 @@ class CutoverHandler(Handler):
     REPLACE_ON = ("pointer",)
     OBSERVED = frozenset({"switchedAt", "aliasTargets"})
 
-    def check(self, news: dict) -> list[tuple[str, str]]:
-        return failures(news, ("settings", settings_of), ("entry", entry_of))
-
     def diff(self, olds: dict, news: dict) -> Diff:
         diff = super().diff(olds, news)
+        if "slotDeployments" not in self.migrate(olds):  # state from before it: what it says is in the other inputs
+            diff.detailed = {p: r for p, r in diff.detailed.items() if not p.startswith("slotDeployments")}
+            diff.diffs = [d for d in diff.diffs if d != "slotDeployments"]
+            diff.changes = bool(diff.detailed)
         # Drift seen by a refresh (the alias moved by hand): the update moves it back.
         if not diff.changes and olds.get("aliasTargets") not in (None, [news.get("index")]):
-            diff.changes, diff.diffs = True, ["aliasTargets"]
+            diff.changes, diff.diffs, diff.detailed = True, ["aliasTargets"], {"aliasTargets": False}
         return diff
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
-        with credentials(news):
-            settings, entry = settings_of(news), entry_of(news)
-            client = clients.opensearch(settings.opensearch)
-            ssm = clients.aws_for(settings, "ssm")
-            # Reattach: catch up the delta (new, changed, gone documents) before anyone reads the index.
-            backfill_engine.sync_index(settings, entry, progress=False)
-            # Both slots must serve what this update deployed before the alias follows the pin
-            # (issue 18, defect 5; issue 24: the configuration too, the standby too).
-            deployed = news.get("slotDeployments") or {settings.live_slot: {"entry": news["entry"]}}
-            endpoints.require_slots_serving(
-                settings,
-                {slot: entry_of(deployment) for slot, deployment in deployed.items()},
-                {slot: d["endpointConfig"] for slot, d in deployed.items() if d.get("endpointConfig")},
-            )
-            with clients.reaching("OpenSearch", opensearch_where(settings)):
-                pointer = live_state.cutover(client, ssm, settings, entry, news["endpoint"])
-                write_kept(ssm, settings)
-                targets = live_state.alias_targets(client, settings.opensearch.alias_name)
-        return settings.pointer_name, {**news, "switchedAt": pointer.switched_at, "aliasTargets": targets}
+        settings, entry = self.settings_of(news), entry_of(news)
+        client = clients.opensearch(settings.opensearch)
+        ssm = clients.aws_for(settings, "ssm")
+        # Reattach: catch up the delta (new, changed, gone documents) before anyone reads the index.
+        backfill_engine.sync_index(settings, entry, progress=False)
+        # Both slots must serve what this update deployed before the alias follows the pin
+        # (issue 18, defect 5; issue 24: the configuration too, the standby too).
+        deployed = news.get("slotDeployments") or {settings.live_slot: {"entry": dump(entry)}}
+        endpoints.require_slots_serving(
+            settings,
+            {slot: CatalogEntry.model_validate(deployment["entry"]) for slot, deployment in deployed.items()},
+            {slot: d["endpointConfig"] for slot, d in deployed.items() if d.get("endpointConfig")},
+        )
+        with clients.reaching("OpenSearch", opensearch_where(settings)):
+            pointer = live_state.cutover(client, ssm, settings, entry, news["endpoint"])
+            write_kept(ssm, settings)
+            targets = live_state.alias_targets(client, settings.opensearch.alias_name)
+        outputs = {"switchedAt": pointer.switched_at, "aliasTargets": targets, STATE_VERSION_KEY: STATE_VERSION}
+        return settings.pointer_name, {**news, **outputs}
 
     def read(self, urn: str, id_: str, state: dict) -> tuple[str, dict]:
-        with credentials(state):
-            settings = settings_of(state)
-            ssm = clients.aws_for(settings, "ssm")
-            client = clients.opensearch(settings.opensearch)
-            with clients.reaching("OpenSearch", opensearch_where(settings)):
-                pointer = live_state.read_pointer(ssm, id_)
-                if pointer is None:
-                    return "", {}
-                targets = live_state.alias_targets(client, settings.opensearch.alias_name)
+        settings = self.settings_of(state)
+        ssm = clients.aws_for(settings, "ssm")
+        client = clients.opensearch(settings.opensearch)
+        with clients.reaching("OpenSearch", opensearch_where(settings)):
+            pointer = live_state.read_pointer(ssm, id_)
+            if pointer is None:
+                return "", {}
+            targets = live_state.alias_targets(client, settings.opensearch.alias_name)
         observed = {key: value for key, value in asdict(pointer).items() if key in ("version", "endpoint", "index")}
         return id_, {**state, **observed, "switchedAt": pointer.switched_at, "aliasTargets": targets}
 

@@ -2,8 +2,14 @@
 
 Served by `pulumi-resource-lockstep` (components/plugin.py) with the SDK's experimental provider
 server. Custom resources are dispatched by type token to their handler (components/providers/*),
-run in a worker thread (the ops calls block) one at a time; `construct` of the component is
-delegated to the SDK's component servicer, which builds ModelRelease from its inferred schema.
+each run in a worker thread of its own (the ops calls block; independent resources run concurrently,
+as the engine schedules them); `construct` of the component is delegated to the SDK's component
+servicer, which builds ModelRelease from its inferred schema.
+
+The provider's configuration (`Configure`: `lockstep:region`, `awsProfile`, `roleArn`,
+`opensearchPassword`, a secret) is the one credential story: every client the handlers build
+honours it (lockstep.ops.clients.configure). It is not a resource input, so a rotated password
+re-runs nothing, and refresh and destroy use the current configuration.
 
 An error a person can fix reaches the engine as its one line (`lockstep: …`), not a traceback;
 what a delete keeps (an index the stack still uses, an artifact) is logged as a warning.
@@ -25,7 +31,7 @@ from pulumi.provider.provider import Provider as ComponentBase
 from pulumi.provider.server import ProviderServicer as ComponentServicer
 from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc, provider_pb2, provider_pb2_grpc
 
-from components.providers.base import SECRET_KEYS, UNKNOWN, Handler
+from components.providers.base import UNKNOWN, Handler
 from components.providers.check import CheckHandler
 from components.providers.derived import DerivedRepairHandler
 from components.providers.embedded import (
@@ -36,7 +42,10 @@ from components.providers.embedded import (
     EndpointSlotHandler,
 )
 from components.providers.opensearch import CutoverHandler, IndexHandler
+from components.providers.shapes import object_types
+from lockstep.config import Catalog, DerivedStore
 from lockstep.errors import LockstepError
+from lockstep.ops import clients
 
 HANDLERS: list[Handler] = [
     IndexHandler(),
@@ -50,6 +59,14 @@ HANDLERS: list[Handler] = [
     DerivedTableHandler(),
 ]
 MESSAGE_PREFIX = "lockstep: "
+# The provider's configuration (lockstep:<key> in the stack config, or an explicit provider's inputs).
+CONFIG = {
+    "region": "AWS region of lockstep's AWS clients (default: AWS_REGION, then us-east-1).",
+    "awsProfile": "AWS profile of lockstep's AWS clients (default: boto3's credential chain).",
+    "roleArn": "IAM role lockstep's AWS clients assume (STS AssumeRole, refreshed before it expires).",
+    "opensearchPassword": "Password for opensearch.auth basic (a secret).",
+}
+SECRET_CONFIG = frozenset({"opensearchPassword"})
 
 
 # --------------------------------------------------------------------------- values on the wire
@@ -88,13 +105,15 @@ def wire(value: Any) -> PropertyValue:
 
 
 def wire_map(values: dict[str, Any]) -> dict[str, PropertyValue]:
-    return {key: wire(value).with_secret(key in SECRET_KEYS) for key, value in values.items()}
+    return {key: wire(value) for key, value in values.items()}
 
 
 # ------------------------------------------------------------------------------------- schema
 
 
 def _schema_property(prop) -> dict:
+    if prop.spec is not None:
+        return {**prop.spec, "description": prop.description}
     if prop.type == "any":
         return {"$ref": "pulumi.json#/Any", "description": prop.description}
     if prop.type == "array":
@@ -102,11 +121,10 @@ def _schema_property(prop) -> dict:
     return {"type": prop.type, "description": prop.description}
 
 
-def resource_schema(handler: Handler) -> dict:
-    inputs = {name: prop for name, prop in handler.PROPERTIES.items() if not prop.output_only}
-    properties = {name: _schema_property(prop) for name, prop in handler.PROPERTIES.items()}
-    for name in SECRET_KEYS & set(properties):
-        properties[name]["secret"] = True
+def resource_schema(handler: Handler, types: dict) -> dict:
+    declared = handler.properties(types)
+    inputs = {name: prop for name, prop in declared.items() if not prop.output_only}
+    properties = {name: _schema_property(prop) for name, prop in declared.items()}
     return {
         "description": handler.DESCRIPTION,
         "properties": properties,
@@ -116,14 +134,23 @@ def resource_schema(handler: Handler) -> dict:
 
 
 def package_schema(component_schema: dict) -> dict:
-    """The component's inferred schema plus the custom resources."""
+    """The component's inferred schema plus the custom resources, their object types and the
+    provider's configuration."""
     schema = json.loads(json.dumps(component_schema))
-    for component in schema.get("resources", {}).values():  # the analyzer cannot mark an input secret
-        for name in SECRET_KEYS & set(component.get("inputProperties", {})):
-            component["inputProperties"][name]["secret"] = True
+    found: dict = {"lockstep:index:Catalog": Catalog, "lockstep:index:DerivedStore": DerivedStore}
     schema["resources"] = {
         **schema.get("resources", {}),
-        **{handler.TOKEN: resource_schema(handler) for handler in HANDLERS},
+        **{handler.TOKEN: resource_schema(handler, found) for handler in HANDLERS},
+    }
+    schema["types"] = {**schema.get("types", {}), **object_types(found)}
+    config = {
+        name: {"type": "string", "description": text, **({"secret": True} if name in SECRET_CONFIG else {})}
+        for name, text in CONFIG.items()
+    }
+    schema["config"] = {"variables": config}
+    schema["provider"] = {
+        "description": "lockstep's provider: its configuration is the credentials.",
+        "inputProperties": config,
     }
     return schema
 
@@ -151,22 +178,37 @@ class LockstepProvider(api.Provider):
         return api.GetSchemaResponse(schema=json.dumps(self.schema))
 
     async def configure(self, request: api.ConfigureRequest) -> api.ConfigureResponse:
+        clients.configure(clients.Credentials(**provider_config(request)))
         # No work in a preview: create/update run only in `up`.
         return api.ConfigureResponse(accept_secrets=True, supports_preview=False, accept_resources=True)
 
+    async def diff_config(self, request: api.DiffRequest) -> api.DiffResponse:
+        """Only the credentials are this provider's: a change of them is an update of the provider,
+        never a replacement of the resources it manages (other lockstep:* keys are the program's)."""
+        olds, news = plain_map(request.old_state), plain_map(request.new_inputs)
+        changed = [key for key in CONFIG if olds.get(key) != news.get(key)]
+        return api.DiffResponse(changes=bool(changed), diffs=changed)
+
     async def check(self, request: api.CheckRequest) -> api.CheckResponse:
-        found = self.handler(request.type).check(plain_map(request.new_inputs))
-        return api.CheckResponse(
-            inputs=request.new_inputs, failures=[api.CheckFailure(name, reason) for name, reason in found]
-        )
+        handler = self.handler(request.type)
+        olds, news = handler.migrate(plain_map(request.old_inputs)), plain_map(request.new_inputs)
+        inputs = dict(request.new_inputs)
+        # A name whose default may change between lockstep versions keeps what the stack has.
+        if "namePrefix" in handler.SETTINGS and "namePrefix" not in news and olds.get("namePrefix"):
+            inputs["namePrefix"] = PropertyValue(olds["namePrefix"])
+            news["namePrefix"] = olds["namePrefix"]
+        found = handler.check(olds, news)
+        return api.CheckResponse(inputs=inputs, failures=[api.CheckFailure(name, reason) for name, reason in found])
 
     async def diff(self, request: api.DiffRequest) -> api.DiffResponse:
         diff = self.handler(request.type).diff(plain_map(request.old_state), plain_map(request.new_inputs))
+        kind = {True: api.PropertyDiffKind.UPDATE_REPLACE, False: api.PropertyDiffKind.UPDATE}
         return api.DiffResponse(
             changes=diff.changes,
             replaces=diff.replaces,
             diffs=diff.diffs,
             delete_before_replace=diff.delete_before_replace,
+            detailed_diff={path: api.PropertyDiff(kind[replaces], True) for path, replaces in diff.detailed.items()},
         )
 
     async def create(self, request: api.CreateRequest) -> api.CreateResponse:
@@ -176,18 +218,20 @@ class LockstepProvider(api.Provider):
 
     async def read(self, request: api.ReadRequest) -> api.ReadResponse:
         handler = self.handler(request.type)
-        id_, outputs = await self._run(handler.read, request.urn, request.resource_id, plain_map(request.properties))
+        state = handler.migrate(plain_map(request.properties))
+        id_, outputs = await self._run(handler.read, request.urn, request.resource_id, state)
         return api.ReadResponse(resource_id=id_, properties=wire_map(outputs), inputs=request.inputs if id_ else {})
 
     async def update(self, request: api.UpdateRequest) -> api.UpdateResponse:
         handler = self.handler(request.type)
-        olds, news = plain_map(request.olds), plain_map(request.news)
+        olds, news = handler.migrate(plain_map(request.olds)), plain_map(request.news)
         outputs = await self._run(handler.update, request.urn, request.resource_id, olds, news)
         return api.UpdateResponse(properties=wire_map(outputs))
 
     async def delete(self, request: api.DeleteRequest) -> None:
         handler = self.handler(api._extract_type(request.urn))
-        said = await self._run(handler.delete, request.urn, request.resource_id, plain_map(request.properties))
+        state = handler.migrate(plain_map(request.properties))
+        said = await self._run(handler.delete, request.urn, request.resource_id, state)
         if said:
             self.warn(request.urn, said)
 
@@ -207,6 +251,23 @@ class LockstepProvider(api.Provider):
             engine_pb2_grpc.EngineStub(channel).Log(
                 engine_pb2.LogRequest(severity=engine_pb2.WARNING, message=message, urn=urn), timeout=10
             )
+
+
+def provider_config(request: api.ConfigureRequest) -> dict[str, str | None]:
+    """The configuration from the request's args (an explicit provider, or a newer engine) or its
+    variables (`lockstep:config:<key>` for the default provider)."""
+    found: dict[str, str | None] = {}
+    for key in CONFIG:
+        value = plain(request.args[key]) if key in request.args else None
+        for name in (f"lockstep:config:{key}", f"lockstep:{key}"):
+            value = value if value not in (None, "") else request.variables.get(name)
+        found[key] = value if isinstance(value, str) and value else None
+    return {
+        "region": found["region"],
+        "profile": found["awsProfile"],
+        "role_arn": found["roleArn"],
+        "opensearch_password": found["opensearchPassword"],
+    }
 
 
 # -------------------------------------------------------------------------------------- server

@@ -11,7 +11,7 @@ from typing import Any
 
 import pulumi
 
-from components.providers.base import PASSWORD, dump
+from components.providers.base import Handler, dump
 from components.providers.check import CheckHandler
 from components.providers.derived import DerivedRepairHandler
 from components.providers.embedded import (
@@ -26,33 +26,20 @@ from lockstep.config import Catalog, CatalogEntry, DerivedStore, StackSettings
 from lockstep.ops import corpus_store
 from lockstep.ops import endpoints as ops_endpoints
 
-# What an index (or a slot, or an artifact) needs from the stack: where things live, never which
-# version is live. A flip or a new retain list must not touch their inputs.
-PLACEMENT = {
-    "stack",
-    "name_prefix",
-    "region",
-    "aws_profile",
-    "artifacts",
-    "opensearch",
-    "corpus",
-    "backfill",
-    "pointer_parameter",
-}
 
-
-def placement(settings: StackSettings, *extra: str) -> dict:
-    return settings.model_dump(by_alias=True, mode="json", include=PLACEMENT | set(extra), exclude_none=True)
+def typed_inputs(handler: type[Handler], settings: StackSettings, entry: CatalogEntry | None = None) -> dict:
+    """The stack settings and catalog entry fields `handler` uses, without defaults (a default is
+    the provider's to fill in: a later lockstep may add a setting without changing any input)."""
+    given = settings.model_dump(by_alias=True, mode="json", exclude_defaults=True, exclude_none=True)
+    inputs = {name: given[name] for name in handler.SETTINGS if name in given}
+    if entry is not None:
+        fields = entry.model_dump(by_alias=True, mode="json", exclude_defaults=True)
+        inputs.update({name: fields[name] for name in handler.ENTRY if name in fields})
+    return inputs
 
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def _with_password(inputs: dict, password: pulumi.Input[str] | None) -> dict:
-    if password is not None:
-        inputs[PASSWORD] = pulumi.Output.secret(password)
-    return inputs
 
 
 class LockstepResource(pulumi.CustomResource):
@@ -61,7 +48,7 @@ class LockstepResource(pulumi.CustomResource):
     HANDLER: Any = None
 
     def __init__(self, name: str, inputs: dict, opts: pulumi.ResourceOptions | None = None):
-        outputs = {key: None for key, prop in self.HANDLER.PROPERTIES.items() if prop.output_only}
+        outputs = {key: None for key, prop in self.HANDLER.properties().items() if prop.output_only}
         props = {**outputs, **inputs}
         super().__init__(self.HANDLER.TOKEN, name, props, opts)
         for key in props:  # camelCase on the wire, snake_case in Python
@@ -76,23 +63,14 @@ class LockstepResource(pulumi.CustomResource):
 class IndexArgs:
     settings: StackSettings
     entry: CatalogEntry
-    opensearch_password: pulumi.Input[str] | None = None
 
     def inputs(self) -> dict[str, Any]:
         entry, search = self.entry, self.settings.opensearch
-        return _with_password(
-            {
-                "index": search.index_name(entry.version),
-                "version": entry.version,
-                "dimension": entry.dimension,
-                "spaceType": entry.space_type,
-                "engine": search.engine,
-                "artifactSha256": entry.artifact_sha256,
-                "entry": dump(entry),
-                "settings": placement(self.settings),
-            },
-            self.opensearch_password,
-        )
+        return {
+            **typed_inputs(IndexHandler, self.settings, entry),
+            "index": search.index_name(entry.version),
+            "engine": search.engine,
+        }
 
 
 class Index(LockstepResource):
@@ -113,26 +91,19 @@ class CutoverArgs:
     settings: StackSettings
     entry: CatalogEntry
     endpoint: pulumi.Input[str]
-    opensearch_password: pulumi.Input[str] | None = None
     # Per filled slot: the entry it serves and, on SageMaker, the endpoint configuration just created.
     slot_deployments: dict[str, dict[str, Any]] | None = None
 
     def inputs(self) -> dict[str, Any]:
         settings, entry = self.settings, self.entry
-        return _with_password(
-            {
-                "pointer": settings.pointer_name,
-                "alias": settings.opensearch.alias_name,
-                "version": entry.version,
-                "index": settings.opensearch.index_name(entry.version),
-                "artifactSha256": entry.artifact_sha256,
-                "endpoint": self.endpoint,
-                "entry": dump(entry),
-                "settings": dump(settings),
-                **({"slotDeployments": self.slot_deployments} if self.slot_deployments else {}),
-            },
-            self.opensearch_password,
-        )
+        return {
+            **typed_inputs(CutoverHandler, settings, entry),
+            "pointer": settings.pointer_name,
+            "alias": settings.opensearch.alias_name,
+            "index": settings.opensearch.index_name(entry.version),
+            "endpoint": self.endpoint,
+            **({"slotDeployments": self.slot_deployments} if self.slot_deployments else {}),
+        }
 
 
 class Cutover(LockstepResource):
@@ -155,19 +126,14 @@ class DerivedRepairArgs:
     catalog: Catalog
     store: DerivedStore
     table: pulumi.Input[str]  # the table resource's name: the repair waits for the table
-    opensearch_password: pulumi.Input[str] | None = None
 
     def inputs(self) -> dict[str, Any]:
-        return _with_password(
-            {
-                "pin": self.settings.pin,
-                "table": self.table,
-                "store": dump(self.store),
-                "catalog": dump(self.catalog),
-                "settings": dump(self.settings),
-            },
-            self.opensearch_password,
-        )
+        return {
+            **typed_inputs(DerivedRepairHandler, self.settings),
+            "table": self.table,
+            "store": dump(self.store),
+            "catalog": dump(self.catalog),
+        }
 
 
 class DerivedRepair(LockstepResource):
@@ -187,19 +153,9 @@ class CheckArgs:
     catalog: Catalog
     # What is live: any change re-runs the check (the cutover's switchedAt changes on every cutover).
     triggers: list[pulumi.Input[Any]]
-    opensearch_password: pulumi.Input[str] | None = None
 
     def inputs(self) -> dict[str, Any]:
-        return _with_password(
-            {
-                "stack": self.settings.stack,
-                "pin": self.settings.pin,
-                "settings": dump(self.settings),
-                "catalog": dump(self.catalog),
-                "triggers": self.triggers,
-            },
-            self.opensearch_password,
-        )
+        return {**typed_inputs(CheckHandler, self.settings), "catalog": dump(self.catalog), "triggers": self.triggers}
 
 
 class Check(LockstepResource):
@@ -225,7 +181,7 @@ class Bucket(LockstepResource):
     bucket: pulumi.Output[str]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None):
-        super().__init__(name, {"bucket": settings.artifacts.bucket, "settings": placement(settings)}, opts)
+        super().__init__(name, {**typed_inputs(BucketHandler, settings), "bucket": settings.artifacts.bucket}, opts)
 
 
 class Corpus(LockstepResource):
@@ -234,7 +190,7 @@ class Corpus(LockstepResource):
     HANDLER = CorpusHandler
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None):
-        inputs = {"uri": corpus_store.corpus_uri(settings), "settings": placement(settings)}
+        inputs = {**typed_inputs(CorpusHandler, settings), "uri": corpus_store.corpus_uri(settings)}
         super().__init__(name, inputs, opts)
 
 
@@ -248,12 +204,10 @@ class Artifact(LockstepResource):
         self, name: str, settings: StackSettings, entry: CatalogEntry, opts: pulumi.ResourceOptions | None = None
     ):
         inputs = {
+            **typed_inputs(ArtifactHandler, settings, entry),
             "bucket": settings.artifacts.bucket,
             "key": entry.artifact_key,
-            "version": entry.version,
-            "artifactSha256": entry.artifact_sha256,
-            "entry": dump(entry),
-            "settings": placement(settings),
+            "embedded": settings.embedded,
         }
         super().__init__(name, inputs, opts)
 
@@ -275,12 +229,9 @@ class EndpointSlot(LockstepResource):
         opts: pulumi.ResourceOptions | None = None,
     ):
         inputs = {
+            **typed_inputs(EndpointSlotHandler, settings, entry),
             "slot": slot,
             "name": ops_endpoints.endpoint_name(settings, slot),
-            "version": entry.version,
-            "artifactSha256": entry.artifact_sha256,
-            "entry": dump(entry),
-            "settings": placement(settings, "endpoints"),
         }
         super().__init__(name, inputs, opts)
 
@@ -294,5 +245,5 @@ class DerivedTable(LockstepResource):
     def __init__(
         self, name: str, settings: StackSettings, store: DerivedStore, opts: pulumi.ResourceOptions | None = None
     ):
-        inputs = {"name": store.table, "store": dump(store), "settings": placement(settings)}
+        inputs = {**typed_inputs(DerivedTableHandler, settings), "name": store.table, "store": dump(store)}
         super().__init__(name, inputs, opts)

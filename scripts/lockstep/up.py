@@ -76,7 +76,7 @@ def engine_env(found: engine.Engine) -> dict[str, str]:
         if not any(env.get(name) for name in PASSPHRASE_VARIABLES):
             env["PULUMI_CONFIG_PASSPHRASE"] = LOCAL_PASSPHRASE
     # The engine and the plugins it starts inherit this environment: blank the password there; it
-    # reaches the resources only as the stack's secret config (`lockstep:opensearchPassword`).
+    # reaches the lockstep provider only as the stack's secret config (`lockstep:opensearchPassword`).
     env[PASSWORD_VARIABLE] = ""
     env[AUTO_REVERT_ACTOR] = "lockstep up"
     return env

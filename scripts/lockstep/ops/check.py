@@ -597,7 +597,7 @@ def recall_by_set(live: reader.Reader, golden: list[dict], k: int) -> dict[str, 
 
 def store(record: CheckRecord, settings: StackSettings) -> str:
     """Write the record under checks/<stack>/ (timestamped) and as latest.json; return its key."""
-    s3 = clients.aws("s3", settings.region)
+    s3 = clients.aws_for(settings, "s3")
     body = json.dumps(record.to_dict(), indent=2).encode()
     stamp = record.finished_at.replace(":", "").replace("-", "")
     key = f"{RECORD_PREFIX}/{settings.stack}/{stamp}-{record.pin}.json"
@@ -613,7 +613,7 @@ def store(record: CheckRecord, settings: StackSettings) -> str:
 
 
 def latest(settings: StackSettings) -> CheckRecord | None:
-    s3 = clients.aws("s3", settings.region)
+    s3 = clients.aws_for(settings, "s3")
     with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
         try:
             body = s3.get_object(Bucket=settings.artifacts.bucket, Key=f"{RECORD_PREFIX}/{settings.stack}/latest.json")[

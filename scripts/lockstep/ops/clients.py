@@ -1,9 +1,11 @@
 """Clients for the servers, built from the environment (never from config or resource inputs).
 
 `OPENSEARCH_URL` / `AWS_ENDPOINT_URL` win; otherwise the embedded environment started by
-`lockstep services up` is used; otherwise real AWS (boto3's own credential chain) and the stack's
-OpenSearch URL. Credentials: SigV4 from boto3's chain for Amazon OpenSearch, or basic auth with
-the password from `LOCKSTEP_OPENSEARCH_PASSWORD` (set from a Pulumi secret).
+`lockstep services up` is used (embedded stacks only); otherwise real AWS and the stack's
+OpenSearch URL. Credentials come from one place, `Credentials` (`configure`: the provider's
+configuration; the CLI's defaults otherwise): region, profile, an assumed role, and the OpenSearch
+password (else `LOCKSTEP_OPENSEARCH_PASSWORD`). Every AWS client and the SigV4 signer (`es` for
+Amazon OpenSearch Service, `aoss` for Serverless) come from `session()`, which honours them.
 
 Every server is identified before the first request made to it (once per process and address):
 OpenSearch must say it is OpenSearch and have the k-NN plugin; an AWS endpoint override must
@@ -17,6 +19,7 @@ import json
 import os
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -53,6 +56,31 @@ CREDENTIAL_CODES = {
 }
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How lockstep authenticates, set once per process (the provider's Configure)."""
+
+    region: str | None = None
+    profile: str | None = None
+    role_arn: str | None = None
+    opensearch_password: str | None = None
+
+
+_credentials = Credentials()
+
+
+def configure(credentials: Credentials) -> None:
+    """Use `credentials` for every client built from now on (clients built before are dropped)."""
+    global _credentials
+    _credentials = credentials
+    _session_client.cache_clear()
+    _base_session.cache_clear()
+
+
+def current() -> Credentials:
+    return _credentials
+
+
 def _env(name: str, embedded: bool = True) -> str | None:
     """An explicit environment variable, else (for embedded stacks) the running embedded server."""
     return os.environ.get(name) or (services.environment().get(name) if embedded else None)
@@ -87,18 +115,18 @@ def opensearch(settings: OpenSearchSettings | None = None, timeout: float = 30) 
     url = opensearch_url(settings)
     auth: AWSV4SignerAuth | tuple[str, str] | None = None
     if settings.auth == "sigv4" and not os.environ.get("OPENSEARCH_URL"):
-        credentials = boto3.Session().get_credentials()
+        credentials = session(None, settings.region).get_credentials()
         if credentials is None:
             raise Unreachable(
                 f"cannot sign requests to {url}: opensearch.auth is sigv4 but no AWS credentials were found; configure the AWS credential chain"
             )
-        auth = AWSV4SignerAuth(credentials, settings.region or "us-east-1", "es")
+        auth = AWSV4SignerAuth(credentials, settings.region or region(), sigv4_service(url))
     elif settings.auth == "basic":
-        password = os.environ.get(PASSWORD_VARIABLE)
+        password = _credentials.opensearch_password or os.environ.get(PASSWORD_VARIABLE)
         if not settings.username or not password:
             raise UsageError(
-                f"opensearch.auth is basic: set opensearch.username in the stack and {PASSWORD_VARIABLE} "
-                "from the Pulumi secret `lockstep:opensearchPassword`"
+                "opensearch.auth is basic: set opensearch.username in the stack and the secret "
+                f"`lockstep:opensearchPassword` (the provider's configuration; {PASSWORD_VARIABLE} for the CLI)"
             )
         auth = (settings.username, password)
     client = OpenSearch(
@@ -189,20 +217,57 @@ def aws_endpoint(embedded: bool = True) -> str | None:
     return _require_url(endpoint, _aws_source()) if endpoint else None
 
 
-def _session(endpoint: str | None, profile: str | None = None) -> boto3.session.Session:
-    """Real AWS: the stack's profile (`aws:profile`) when it names one, else boto3's chain. An
-    endpoint override (an emulator) wins over the profile, with test credentials unless the
-    environment has some."""
+def sigv4_service(url: str) -> str:
+    """`aoss` for Amazon OpenSearch Serverless collections (*.aoss.amazonaws.com), else `es`."""
+    host = urlsplit(url).hostname or ""
+    return "aoss" if host.endswith(".aoss.amazonaws.com") else "es"
+
+
+def region(explicit: str | None = None) -> str:
+    return explicit or _credentials.region or _env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+@lru_cache(maxsize=8)
+def _base_session(profile: str | None, role_arn: str | None, region_name: str) -> boto3.session.Session:
+    """The profile's (or boto3's chain's) session; with a role, one whose credentials are the role's,
+    refreshed by botocore before they expire (an update longer than a role session keeps working)."""
+    base = boto3.session.Session(profile_name=profile, region_name=region_name)
+    if not role_arn:
+        return base
+    from botocore.credentials import DeferredRefreshableCredentials
+    from botocore.session import get_session
+
+    sts = base.client("sts", region_name=region_name)
+
+    def refresh() -> dict:
+        got = sts.assume_role(RoleArn=role_arn, RoleSessionName="lockstep")["Credentials"]
+        return {
+            "access_key": got["AccessKeyId"],
+            "secret_key": got["SecretAccessKey"],
+            "token": got["SessionToken"],
+            "expiry_time": got["Expiration"].isoformat(),
+        }
+
+    core = get_session()
+    core._credentials = DeferredRefreshableCredentials(refresh, "assume-role")  # noqa: SLF001 - botocore's documented pattern
+    core.set_config_variable("region", region_name)
+    return boto3.session.Session(botocore_session=core)
+
+
+def session(endpoint: str | None, region_name: str | None = None, profile: str | None = None) -> boto3.session.Session:
+    """The one AWS session factory. Real AWS: the configured profile (else the stack's `aws:profile`,
+    else boto3's chain), and the configured role assumed on top. An endpoint override (an emulator)
+    wins, with test credentials unless the environment has some."""
     if endpoint:
         if os.environ.get("AWS_ACCESS_KEY_ID"):
             return boto3.session.Session()
         return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
-    return boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+    return _base_session(_credentials.profile or profile, _credentials.role_arn, region(region_name))
 
 
 @lru_cache(maxsize=32)
 def _session_client(service: str, region: str, endpoint: str | None, key: str | None, profile: str | None = None):
-    client = _session(endpoint, profile).client(
+    client = session(endpoint, region, profile).client(
         service,
         region_name=region,
         endpoint_url=endpoint,
@@ -227,7 +292,7 @@ def identify_aws(endpoint: str, region: str, source: str) -> None:
     """STS GetCallerIdentity must answer as AWS does (an account and an ARN); otherwise one line
     (exit 2). An unreachable endpoint or refused credentials raise as any call does, so `reaching`
     names them the way it names every other AWS failure."""
-    sts = _session(endpoint).client(
+    sts = session(endpoint).client(
         "sts",
         region_name=region,
         endpoint_url=endpoint,
@@ -256,9 +321,9 @@ def identify_aws(endpoint: str, region: str, source: str) -> None:
     )
 
 
-def aws(service: str, region: str | None = None, embedded: bool = True, profile: str | None = None):
-    region = region or _env("AWS_DEFAULT_REGION") or "us-east-1"
-    return _session_client(service, region, aws_endpoint(embedded), os.environ.get("AWS_ACCESS_KEY_ID"), profile)
+def aws(service: str, region_name: str | None = None, embedded: bool = True, profile: str | None = None):
+    where = region(region_name)
+    return _session_client(service, where, aws_endpoint(embedded), os.environ.get("AWS_ACCESS_KEY_ID"), profile)
 
 
 def aws_for(settings: StackSettings, service: str):

@@ -216,3 +216,10 @@ def set_bulk_mode(client: OpenSearch, index: str, on: bool, settings: StackSetti
     client.indices.put_settings(index=index, body=body)
     if not on:
         client.indices.refresh(index=index)
+
+
+def set_replicas(client: OpenSearch, index: str, replicas: int) -> None:
+    """The stack's replica count on an existing index (put-settings; no rebuild needed)."""
+    current = client.indices.get_settings(index=index, name="index.number_of_replicas")
+    if str(current.get(index, {}).get("settings", {}).get("index", {}).get("number_of_replicas")) != str(replicas):
+        client.indices.put_settings(index=index, body={"index": {"number_of_replicas": replicas}})

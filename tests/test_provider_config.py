@@ -1,0 +1,176 @@
+"""lockstep's provider configuration (issue 24, points 1 and 7): credentials are the provider's,
+read in Configure, honoured by every client; resources are not serialized on one lock; typed
+inputs whose diff names each changed leaf and ignores defaults and retired inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from pulumi.provider.experimental import provider as api
+from pulumi.provider.experimental.property_value import PropertyValue
+
+from components.plugin import build_provider
+from components.providers.base import STATE_VERSION_KEY
+from components.providers.opensearch import IndexHandler
+from components.providers.provider import LockstepProvider, wire_map
+from components.providers.resources import IndexArgs
+from lockstep import config
+from lockstep.errors import Unreachable
+from lockstep.ops import clients
+from tests.conftest import stack_values
+
+URN = "urn:pulumi:s::lockstep::lockstep:index:ModelRelease$lockstep:index:Index::x"
+
+
+@pytest.fixture
+def provider():
+    yield LockstepProvider(build_provider())
+    clients.configure(clients.Credentials())
+
+
+def run(coroutine):
+    loop = asyncio.new_event_loop()  # not asyncio.run: it unsets the thread's loop (the mock runtime needs it)
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
+def settings_and_entry(**overrides):
+    catalog = config.load_catalog()
+    values = stack_values("tconfig", **overrides)
+    return config.settings_from_config("tconfig", values, catalog), catalog.get("v1")
+
+
+def test_configure_reads_the_credentials_from_the_provider_configuration(provider):
+    secret = PropertyValue("rotated-pw").with_secret(True)
+    request = api.ConfigureRequest(
+        variables={"lockstep:config:region": "eu-west-1", "lockstep:config:roleArn": "arn:aws:iam::1:role/deploy"},
+        args={"opensearchPassword": secret, "awsProfile": PropertyValue("deployer")},
+        accept_secrets=True,
+        accept_resources=True,
+    )
+    run(provider.configure(request))
+    assert clients.current() == clients.Credentials(
+        region="eu-west-1", profile="deployer", role_arn="arn:aws:iam::1:role/deploy", opensearch_password="rotated-pw"
+    )
+    # Only the credentials are the provider's: a pin in the same namespace is no change of it.
+    olds = {"opensearchPassword": PropertyValue("a"), "pin": PropertyValue("v1")}
+    news = {"opensearchPassword": PropertyValue("a"), "pin": PropertyValue("v2")}
+    assert run(provider.diff_config(api.DiffRequest("urn", "id", olds, news, []))).changes is False
+    news["opensearchPassword"] = PropertyValue("b")
+    rotated = run(provider.diff_config(api.DiffRequest("urn", "id", olds, news, [])))
+    assert rotated.changes is True and rotated.replaces == []
+
+
+def test_a_rotated_password_and_an_upgrade_that_adds_defaults_diff_no_resource():
+    """302bdd0's state: the settings and the entry as opaque objects, the password an input."""
+    settings, entry = settings_and_entry()
+    news = IndexArgs(settings, entry).inputs()
+    dumped = settings.model_dump(by_alias=True, mode="json", exclude_none=True)
+    old_state = {
+        "index": news["index"],
+        "version": "v1",
+        "dimension": entry.dimension,
+        "spaceType": entry.space_type,
+        "engine": "lucene",
+        "artifactSha256": entry.artifact_sha256,
+        "entry": entry.model_dump(by_alias=True, mode="json"),
+        "settings": {k: v for k, v in dumped.items() if k not in ("pin", "slots", "retain")},
+        "opensearchPassword": "the-old-password",
+        "docCount": 60,
+        "meta": {},
+    }
+    handler = IndexHandler()
+    assert handler.diff(old_state, news).changes is False
+    migrated = handler.migrate(old_state)
+    assert "settings" not in migrated and "opensearchPassword" not in migrated
+    assert migrated["opensearch"]["indexPrefix"] == "tconfig" and migrated["family"] == entry.family
+    # A field an earlier lockstep had and this one dropped is ignored, not refused.
+    old_state["settings"]["opensearch"] = {**old_state["settings"]["opensearch"], "removedSetting": 1}
+    assert handler.diff(old_state, news).changes is False
+
+
+def test_the_diff_names_each_changed_leaf_and_whether_it_replaces():
+    settings, entry = settings_and_entry()
+    state = {**IndexArgs(settings, entry).inputs(), STATE_VERSION_KEY: 1}
+    handler = IndexHandler()
+    more = settings.model_copy(
+        update={"opensearch": settings.opensearch.model_copy(update={"replicas": 1, "shards": 2})}
+    )
+    diff = handler.diff(state, IndexArgs(more, entry).inputs())
+    assert diff.detailed == {"opensearch.replicas": False, "opensearch.shards": True}
+    assert diff.replaces == ["opensearch"] and diff.delete_before_replace is True
+    explicit_default = settings.model_copy(
+        update={"opensearch": settings.opensearch.model_copy(update={"replicas": 0})}
+    )
+    assert handler.diff(state, IndexArgs(explicit_default, entry).inputs()).changes is False
+
+
+def test_a_default_name_prefix_keeps_what_the_stack_has(provider):
+    settings, entry = settings_and_entry()
+    news = wire_map(IndexArgs(settings, entry).inputs())
+    assert "namePrefix" not in news  # the default is not sent
+    olds = {"settings": PropertyValue({"namePrefix": PropertyValue("acme")})}
+    checked = run(provider.check(api.CheckRequest(URN, olds, news, b"")))
+    assert checked.inputs["namePrefix"].value == "acme"
+
+
+def test_sigv4_signs_for_opensearch_serverless_and_the_service_domain(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("OPENSEARCH_URL", raising=False)
+    clients.configure(clients.Credentials())
+    for url, service in (
+        ("https://abc123.eu-west-1.aoss.amazonaws.com", "aoss"),
+        ("https://search-docs-abc.eu-west-1.es.amazonaws.com", "es"),
+    ):
+        search = config.OpenSearchSettings(url=url, auth="sigv4", region="eu-west-1")
+        signer = clients.opensearch(search).transport.get_connection().session.auth.signer
+        assert (signer.service, signer.region) == (service, "eu-west-1")
+
+
+def test_an_assumed_role_signs_every_aws_client(servers, monkeypatch):
+    """The role comes from the provider's configuration; STS (moto here) hands out its credentials."""
+    endpoint = clients.aws_endpoint()
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("OPENSEARCH_URL", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDBASE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    clients.configure(clients.Credentials(role_arn="arn:aws:iam::123456789012:role/lockstep-deploy"))
+    try:
+        assumed = clients.session(None, "eu-west-1").get_credentials().get_frozen_credentials()
+        assert assumed.access_key != "AKIDBASE" and assumed.token
+        signer = (
+            clients.opensearch(
+                config.OpenSearchSettings(url="https://x.eu-west-1.es.amazonaws.com", auth="sigv4", region="eu-west-1")
+            )
+            .transport.get_connection()
+            .session.auth.signer
+        )
+        assert signer.credentials.get_frozen_credentials().access_key == assumed.access_key
+    finally:
+        clients.configure(clients.Credentials())
+
+
+def test_independent_resources_are_served_concurrently(provider, monkeypatch):
+    """No global lock (issue 24, point 7): two reads are inside their operations at once."""
+    both_inside = threading.Barrier(2, timeout=60)
+
+    def opensearch(*_args, **_kwargs):
+        both_inside.wait()  # a serialized provider never lets the second read get here
+        raise Unreachable("reached")
+
+    monkeypatch.setattr(clients, "opensearch", opensearch)
+    settings, entry = settings_and_entry()
+    state = wire_map(IndexArgs(settings, entry).inputs())
+
+    async def read_twice():
+        reads = [provider.read(api.ReadRequest(URN, f"docs-{n}", state, {})) for n in (1, 2)]
+        return await asyncio.gather(*reads, return_exceptions=True)
+
+    results = run(read_twice())
+    assert [str(r) for r in results] == ["lockstep: reached", "lockstep: reached"]
