@@ -6,11 +6,13 @@ never a link to this checkout's): its `lockstep up` deploys a scratch embedded s
 provider plugin, into a file backend. This checkout then runs the same stack on that state: a
 preview plans no change (the state's opaque `settings`/`entry` objects and the password input are
 read through the provider's migration, defaults are not diffed), an update goes through, and a
-pin flip after it is the flip (Cutover and Check only).
+pin flip after it is the flip (Cutover and Check only) — all with the plain `pulumi` CLI on this
+repository's Pulumi.yaml and __main__.py, as a team runs it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lockstep import config, stackfile, up
+from lockstep import config, engine, stackfile, up
 from lockstep.ops import live_state
 from tests.conftest import stack_values
 
@@ -74,23 +76,43 @@ def upgraded(earlier, servers, tmp_path_factory, catalog):
     deployed = _run([str(earlier / ".venv" / "bin" / "python"), "-m", "lockstep.cli", "up", "--stack", unique], env=env)
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     settings = config.settings_from_config(unique, values, config.load_catalog(stacks))
-    yield settings, backend
+    yield settings, backend, values
     from lockstep.ops import endpoints
 
     endpoints.stop_local_slots(settings)
 
 
+def pulumi(the_engine, backend: Path, *args: str) -> subprocess.CompletedProcess:
+    """The plain CLI on this repository's Pulumi.yaml and __main__.py, as a user runs it: the CLI,
+    the Python host and uv on PATH (lockstep's plugin comes from Pulumi.yaml's plugins.providers)."""
+    env = {**os.environ, **the_engine.env(backend, up.LOCAL_PASSPHRASE)}
+    env.pop("VIRTUAL_ENV", None)
+    return _run([str(the_engine.pulumi), *args, "--non-interactive", "--color", "never"], cwd=ROOT, env=env)
+
+
+def changed(preview: subprocess.CompletedProcess) -> dict[str, str]:
+    """{resource name: op} of the steps a `pulumi preview --json` plans, other than `same`."""
+    steps = json.loads(preview.stdout).get("steps", [])
+    return {step["urn"].rsplit("::", 1)[-1]: step["op"] for step in steps if step["op"] != "same"}
+
+
 def test_an_upgrade_of_lockstep_plans_no_change_then_updates_and_flips(upgraded, catalog, ssm):
-    settings, backend = upgraded
-    said: list[str] = []
+    settings, backend, values = upgraded
+    the_engine = engine.engine()
+    stack_file = stackfile.write_stack(ROOT / "stacks", settings.stack, values)
+    try:
+        planned = pulumi(the_engine, backend, "preview", "--stack", settings.stack, "--expect-no-changes")
+        assert planned.returncode == 0, planned.stdout[-3000:] + planned.stderr[-3000:]
+        updated = pulumi(the_engine, backend, "up", "--yes", "--skip-preview", "--stack", settings.stack)
+        assert updated.returncode == 0, updated.stdout[-3000:] + updated.stderr[-3000:]
+        again = pulumi(the_engine, backend, "preview", "--stack", settings.stack, "--expect-no-changes")
+        assert again.returncode == 0, again.stdout[-3000:]
 
-    planned = up.run(settings, catalog, preview=True, say=said.append, backend=backend)
-    assert planned.changed() == {}, planned.steps
-
-    updated = up.run(settings, catalog, say=said.append, backend=backend)
-    assert updated.changed() == {}, updated.steps
-    assert up.run(settings, catalog, preview=True, say=said.append, backend=backend).changed() == {}
-
-    flipped = up.run(settings.with_pin("v2"), catalog, say=said.append, backend=backend)
-    assert flipped.changed() == {"lockstep-cutover": "update", "lockstep-check": "update"}, flipped.steps
-    assert live_state.read_pointer(ssm, settings.pointer_name).version == "v2"
+        stackfile.write_stack(ROOT / "stacks", settings.stack, {**values, "pin": "v2"})
+        flip = pulumi(the_engine, backend, "preview", "--stack", settings.stack, "--json")
+        assert changed(flip) == {"lockstep-cutover": "update", "lockstep-check": "update"}, flip.stdout[-3000:]
+        flipped = pulumi(the_engine, backend, "up", "--yes", "--skip-preview", "--stack", settings.stack)
+        assert flipped.returncode == 0, flipped.stdout[-3000:] + flipped.stderr[-3000:]
+        assert live_state.read_pointer(ssm, settings.pointer_name).version == "v2"
+    finally:
+        Path(stack_file).unlink(missing_ok=True)
