@@ -245,13 +245,32 @@ def test_refresh_shows_an_alias_moved_by_hand_as_drift_on_the_cutover_and_up_res
 
     result = release.cli.refresh()
     history = json.loads(release.cli.run("stack", "history", "--json").stdout)
-    assert history[0]["kind"] == "refresh" and history[0]["resourceChanges"].get("update") == 1, history[0]
+    # The Cutover's read sees the alias; the Check's read re-runs the check, which fails on it.
+    assert history[0]["kind"] == "refresh" and history[0]["resourceChanges"].get("update") == 2, history[0]
     drifted = [line for line in result.stdout.splitlines() if re.match(r"^\s*~\s+lockstep:\S+ \S+ updated", line)]
-    assert len(drifted) == 1 and "lockstep-cutover" in drifted[0], result.stdout
+    assert sorted(line.split()[2] for line in drifted) == ["lockstep-check", "lockstep-cutover"], result.stdout
 
     restored = release.deploy()
     assert restored.changed() == FLIP
     assert alias_targets(opensearch, release.settings) == [live]
+
+
+def test_data_drift_is_drift_of_the_check_and_up_refresh_fails_naming_the_failed_checks(release, opensearch):
+    """Issue 23: a quarter of the live index's vectors from the other model, stamps untouched."""
+    release.deploy(pin="v1", slots={"blue": "v1", "green": "v2"})
+    live, standby = f"{release.unique}-v1", f"{release.unique}-v2"
+    hits = opensearch.search(index=standby, body={"size": SIZE // 4, "query": {"match_all": {}}})["hits"]["hits"]
+    for hit in hits:
+        opensearch.index(index=live, id=hit["_id"], body={**hit["_source"], "model_version": "v1"})
+    opensearch.indices.refresh(index=live)
+    assert release.deploy().changed() == {}  # nothing in the config changed: a plain up is a no-op
+
+    previewed = release.cli.preview("--refresh")
+    assert previewed.changed() == {"lockstep-check": "update"}, previewed.steps
+    with pytest.raises(CliFailed) as failed:
+        release.cli.up("--refresh")
+    said = " ".join(failed.value.lines)
+    assert "inconsistent after the deploy of v1" in said and "reembed-probe" in said, said
 
 
 def test_the_cutover_resource_refuses_a_slot_that_serves_another_artifact_in_one_line(release, opensearch):

@@ -174,3 +174,15 @@ def test_independent_resources_are_served_concurrently(provider, monkeypatch):
 
     results = run(read_twice())
     assert [str(r) for r in results] == ["lockstep: reached", "lockstep: reached"]
+
+
+def test_the_deploy_role_session_outlasts_the_longest_validated_update():
+    """Issue 24, point 7: the OIDC session must not expire mid-update (GitHub's default is one hour)."""
+    from pathlib import Path
+
+    from ruamel.yaml import YAML
+
+    workflow = YAML(typ="safe").load(Path(__file__).parents[1].joinpath(".github/workflows/deploy.yml").read_text())
+    steps = [s for job in workflow["jobs"].values() for s in job.get("steps", [])]
+    (credentials,) = [s for s in steps if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials")]
+    assert int(credentials["with"]["role-duration-seconds"]) > 2 * config.PROVIDER_ENDPOINT_WAIT_SECONDS

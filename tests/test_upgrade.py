@@ -73,7 +73,8 @@ def upgraded(earlier, servers, tmp_path_factory, catalog):
         "PYTHONPATH": "",
     }
     env.pop("VIRTUAL_ENV", None)
-    deployed = _run([str(earlier / ".venv" / "bin" / "python"), "-m", "lockstep.cli", "up", "--stack", unique], env=env)
+    command = [str(earlier / ".venv" / "bin" / "python"), "-m", "lockstep.cli", "up", "--stack", unique]
+    deployed = _run(command, cwd=earlier, env=env)  # its own checkout first on sys.path
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     settings = config.settings_from_config(unique, values, config.load_catalog(stacks))
     yield settings, backend, values

@@ -4,6 +4,11 @@ Its create and update run lockstep.ops.check in-process (the same checks as `loc
 store the record where `lockstep promote` reads it, and fail the update when the system is
 inconsistent (exit 1) or could not be checked (exit 2). Its inputs include the cutover's
 `switchedAt`, so every cutover re-runs it.
+
+Its read (`pulumi refresh`, `preview --refresh`) re-runs the check: data drift (a contaminated
+index, a missing document) shows as drift of `passed`/`failed`, and a Check whose refreshed state
+failed diffs as an update, so `up --refresh` re-runs it and fails naming the failed checks. A plain
+`up` with no change reads nothing and stays a no-op.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from components.providers.base import (
     EVERY_SETTING,
     STATE_VERSION,
     STATE_VERSION_KEY,
+    Diff,
     Handler,
     Property,
     catalog_of,
@@ -52,6 +58,26 @@ class CheckHandler(Handler):
 
     def check(self, olds: dict, news: dict) -> list[tuple[str, str]]:
         return super().check(olds, news) + failures(news, ("catalog", catalog_of))
+
+    def diff(self, olds: dict, news: dict) -> Diff:
+        diff = super().diff(olds, news)
+        if not diff.changes and olds.get("passed") is False:  # a refresh found the system inconsistent
+            diff.changes, diff.diffs, diff.detailed = True, ["passed"], {"passed": False}
+        return diff
+
+    def read(self, urn: str, id_: str, state: dict) -> tuple[str, dict]:
+        """The check again, on what is live now (the record is stored, as by `lockstep check`)."""
+        settings, catalog = self.settings_of(state), catalog_of(state)
+        outcome = check.evaluate(settings, catalog)
+        if outcome.record is None:
+            raise CheckFailed(f"could not check stack {settings.stack} (exit {outcome.exit_code}): {outcome.reason}")
+        record = outcome.record
+        observed = {
+            "record": json.dumps(record.to_dict(), sort_keys=True),
+            "passed": record.passed,
+            "failed": [c.name for c in record.failures],
+        }
+        return id_, {**state, **observed}
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
         settings, catalog = self.settings_of(news), catalog_of(news)
