@@ -88,6 +88,8 @@ class Property:
     optional: bool = False
     output_only: bool = False
     spec: dict | None = None
+    # What an absent optional input means (state written before the input existed has none).
+    default: Any = None
 
 
 def _setting_property(name: str, found: dict) -> Property:
@@ -187,6 +189,8 @@ class Handler:
             if value is None and not fields[name].is_required():
                 value = shapes.dump_default(fields[name])
             return shapes.normalized(fields[name].annotation, value)
+        if value is None and name in self.OWN:
+            return self.OWN[name].default
         if name == "catalog":
             return shapes.catalog_normalized(value)
         if name == "store":

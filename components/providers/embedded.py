@@ -80,6 +80,7 @@ class ArtifactHandler(Handler):
             "Whether the stack runs on the embedded servers (default); an AWS stack's artifact never goes to the embedded moto.",
             "boolean",
             optional=True,
+            default=True,
         ),
     }
     REPLACE_ON = ("bucket", "key", "artifactSha256")

@@ -207,7 +207,7 @@ class Artifact(LockstepResource):
             **typed_inputs(ArtifactHandler, settings, entry),
             "bucket": settings.artifacts.bucket,
             "key": entry.artifact_key,
-            "embedded": settings.embedded,
+            **({} if settings.embedded else {"embedded": False}),  # the default is not sent
         }
         super().__init__(name, inputs, opts)
 
