@@ -97,6 +97,7 @@ def changed(preview: subprocess.CompletedProcess) -> dict[str, str]:
     return {step["urn"].rsplit("::", 1)[-1]: step["op"] for step in steps if step["op"] != "same"}
 
 
+@pytest.mark.timeout(1800)  # an earlier checkout's venv and deploy, then four engine runs
 def test_an_upgrade_of_lockstep_plans_no_change_then_updates_and_flips(upgraded, catalog, ssm):
     settings, backend, values = upgraded
     the_engine = engine.engine()
