@@ -38,16 +38,16 @@ class Engine:
         return self.pulumi.parent.parent
 
     def path(self, rest: str | None = None) -> str:
-        """PATH with the CLI's, the language hosts' and uv's directories first (the engine finds
-        language hosts there; the Python host runs uv), then `rest` (default: this process's PATH).
-        lockstep's own plugin is not on it: a program names it in its Pulumi.yaml (`plugins.providers`),
+        """PATH with the CLI's and the language hosts' directories first (the engine finds language
+        hosts there), then `rest` (default: this process's PATH), then `make setup`'s uv when `rest`
+        has none (the Python host runs uv). lockstep's own plugin is not on it: a program names it in its Pulumi.yaml (`plugins.providers`),
         or the user installs it (`make plugin`)."""
-        tools = [self.pulumi, self.yaml_host, self.python_host]
-        uv = shutil.which("uv") or (str(SETUP_UV) if SETUP_UV.exists() else None)
-        if uv:
-            tools.append(Path(uv))
-        dirs = dict.fromkeys(str(p.parent) for p in tools)
-        return os.pathsep.join([*dirs, os.environ.get("PATH", "") if rest is None else rest])
+        dirs = dict.fromkeys(str(p.parent) for p in (self.pulumi, self.yaml_host, self.python_host))
+        rest = os.environ.get("PATH", "") if rest is None else rest
+        parts = [*dirs, rest]
+        if shutil.which("uv", path=rest) is None and SETUP_UV.exists():
+            parts.append(str(SETUP_UV.parent))  # last: that directory also holds the tools venv's python
+        return os.pathsep.join(parts)
 
     def env(self, backend: Path, passphrase: str = "lockstep") -> dict[str, str]:
         """The environment for an engine run on a local file backend at `backend` (a directory).
