@@ -57,6 +57,17 @@ def unique() -> str:
 
 
 @pytest.fixture(scope="session")
+def the_engine():
+    """The Pulumi engine (CLI + hosts); a test that needs it fails with build.sh's line when it cannot be had."""
+    from lockstep import engine
+
+    try:
+        return engine.engine()
+    except engine.EngineUnavailable as exc:
+        pytest.fail(f"the Pulumi engine is missing ({exc}); build it with `make engine`", pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def opensearch(servers):
     from lockstep.ops import clients
 

@@ -18,7 +18,7 @@ from lockstep import config, up
 from lockstep.ops import clients, live_state
 from tests.authproxy import AUTHORIZED, MISSING, WRONG, AuthProxy
 from tests.conftest import lockstep
-from tests.test_engine import alias_targets, home, pointer_version, release, the_engine  # noqa: F401 (fixtures)
+from tests.test_engine import alias_targets, home, pointer_version, release  # noqa: F401 (fixtures)
 
 USER = "lockstep"
 JSON = {"Content-Type": "application/json"}

@@ -38,14 +38,6 @@ pytestmark = pytest.mark.timeout(1500)
 
 
 @pytest.fixture(scope="module")
-def the_engine() -> engine.Engine:
-    try:
-        return engine.engine()
-    except engine.EngineUnavailable as exc:
-        pytest.fail(f"the Pulumi engine is missing ({exc}); build it with `make engine`", pytrace=False)
-
-
-@pytest.fixture(scope="module")
 def home(tmp_path_factory, servers):
     """A lockstep home of this module's own: its slot processes are its own to stop, no other
     session's teardown stops them (the servers' addresses are in the environment already)."""

@@ -55,14 +55,6 @@ def git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def the_engine() -> engine.Engine:
-    try:
-        return engine.engine()
-    except engine.EngineUnavailable as exc:
-        pytest.fail(f"the Pulumi engine is missing ({exc}); build it with `make engine`", pytrace=False)
-
-
 class Checkout:
     """A scratch clone of this working tree on `main`, a file backend beside it, and a runner."""
 

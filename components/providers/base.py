@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from components.providers import shapes
 from lockstep.config import Catalog, CatalogEntry, DerivedStore, StackSettings, describe_validation_error
@@ -92,19 +92,11 @@ class Property:
     default: Any = None
 
 
-def _setting_property(name: str, found: dict) -> Property:
-    fields = {f.alias or key: f for key, f in StackSettings.model_fields.items()}
+def _model_property(model: type[BaseModel], name: str, what: str, found: dict) -> Property:
+    """A typed input taken from one field of a pydantic model (its schema, its optionality)."""
+    fields = {f.alias or key: f for key, f in model.model_fields.items()}
     return Property(
-        f"The stack's `{name}` setting (lockstep:{name} in stacks/Pulumi.<stack>.yaml).",
-        optional=not fields[name].is_required(),
-        spec=shapes.schema_of(fields[name].annotation, found),
-    )
-
-
-def _entry_property(name: str, found: dict) -> Property:
-    fields = {f.alias or key: f for key, f in CatalogEntry.model_fields.items()}
-    return Property(
-        f"The catalog entry's `{name}` (stacks/catalog.yaml).",
+        what.format(name=name),
         optional=not fields[name].is_required(),
         spec=shapes.schema_of(fields[name].annotation, found),
     )
@@ -127,8 +119,10 @@ class Handler:
     @classmethod
     def properties(cls, types: dict | None = None) -> dict[str, Property]:
         found = types if types is not None else {}
-        props = {name: _setting_property(name, found) for name in cls.SETTINGS}
-        props.update({name: _entry_property(name, found) for name in cls.ENTRY})
+        setting = "The stack's `{name}` setting (lockstep:{name} in stacks/Pulumi.<stack>.yaml)."
+        entry = "The catalog entry's `{name}` (stacks/catalog.yaml)."
+        props = {name: _model_property(StackSettings, name, setting, found) for name in cls.SETTINGS}
+        props.update({name: _model_property(CatalogEntry, name, entry, found) for name in cls.ENTRY})
         props.update(cls.OWN)
         props[STATE_VERSION_KEY] = Property(
             "Shape of this resource's state (lockstep migrates older state when it reads it).",
