@@ -97,8 +97,9 @@ def test_auto_revert_never_flips_into_a_version_that_is_not_the_standby(servers,
     # issue 24 (8): only the failed record is stored, and the summary says so.
     assert "Both check records" not in result.revert.summary()
     assert "The failed check record of v2 is stored" in result.revert.summary()
+    stack_file = config.stack_path(stack, stacks)
     # `lockstep up`'s revert acts only on a check record this update wrote (started at or after it).
-    assert up.revert_after_failed_check(settings, catalog, since="9999-01-01T00:00:00Z") is None
-    acted = up.revert_after_failed_check(settings, catalog, since=result.record.started_at)
+    assert up.revert_after_failed_check(settings, catalog, stack_file, since="9999-01-01T00:00:00Z") is None
+    acted = up.revert_after_failed_check(settings, catalog, stack_file, since=result.record.started_at)
     assert acted is not None and acted.failed.pin == "v2" and acted.to_version is None
     endpoints.stop_local_slots(settings)
