@@ -20,28 +20,47 @@ def test_status_lists_every_node_and_a_running_cluster_keeps_its_size(cluster):
     assert resized.stderr.strip().splitlines()[-1].endswith("then `lockstep services up --nodes 2`")
 
 
+# A node stand-in: answers every GET (cluster health) green on the port it is given.
+STAND_IN = """
+import http.server, sys
+class Green(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"status": "green"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Green).serve_forever()
+"""
+
+
 def test_status_and_down_cover_every_node_of_a_cluster(tmp_path, monkeypatch):
-    """Two node records and a layout (stand-in processes: the real cluster is the session's):
-    status lists both, down stops both and forgets the layout."""
+    """Two node records and a layout (stand-in processes that answer cluster health: the real
+    cluster is the session's): status lists both as running only while they answer, down stops
+    both and forgets the layout."""
     import sys
 
     from lockstep import opensearch_node, runtime, services
 
     monkeypatch.setenv("LOCKSTEP_HOME", str(tmp_path))
     monkeypatch.delenv("OPENSEARCH_URL", raising=False)
+    ports = [runtime.free_port() for _ in (1, 2)]
     nodes = [
         runtime.spawn(
-            opensearch_node.node_name(n),
-            [sys.executable, "-c", "import time; time.sleep(120)"],
-            f"http://127.0.0.1:{n}",
+            opensearch_node.node_name(n), [sys.executable, "-c", STAND_IN, str(port)], f"http://127.0.0.1:{port}"
         )
-        for n in (1, 2)
+        for n, port in zip((1, 2), ports, strict=True)
     ]
-    opensearch_node.Layout([1, 2], [3, 4]).save()
+    for node in nodes:
+        runtime.wait_until(lambda node=node: opensearch_node.healthy(node.url), node.name, node.log, alive=node.alive)
+    opensearch_node.Layout(ports, [runtime.free_port(), runtime.free_port()]).save()
     listed = {s.name: s.source for s in services.status()}
     assert listed["opensearch"] == listed["opensearch-2"] == "running"
+    nodes[1].stop()
+    assert {s.name: s.source for s in services.status()}["opensearch-2"] == "stopped"
 
-    assert set(services.down()) >= {"opensearch", "opensearch-2"}
+    assert set(services.down()) >= {"opensearch"}
     assert not any(node.alive() for node in nodes)
     assert opensearch_node.running_nodes() == 1 and not list((tmp_path / "run").glob("*.json"))
 

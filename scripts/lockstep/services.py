@@ -183,11 +183,12 @@ def status() -> list[ServiceState]:
     for number in range(2, opensearch_node.running_nodes() + 1):
         node = runtime.Managed.load(opensearch_node.node_name(number))
         alive = bool(node and node.alive())
+        answering = alive and node is not None and opensearch_node.healthy(node.url)
         states.append(
             ServiceState(
                 opensearch_node.node_name(number),
                 node.url if node else "",
-                "running" if alive else "stopped",
+                ("running" if answering else "not answering") if alive else "stopped",
                 node.pid if alive and node else None,
             )
         )
