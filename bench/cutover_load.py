@@ -54,7 +54,8 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def build_stack(prefix: str, catalog: config.Catalog) -> config.StackSettings:
+def build_stack(prefix: str, catalog: config.Catalog, **extra) -> config.StackSettings:
+    """A bench stack isolated by `prefix` (v1 live in blue, v2 in green); `extra` adds settings."""
     return config.settings_from_config(
         prefix,
         {
@@ -64,6 +65,7 @@ def build_stack(prefix: str, catalog: config.Catalog) -> config.StackSettings:
             "corpus": {"bucket": f"{prefix}-corpus"},
             "opensearch": {"indexPrefix": prefix},
             "pointerParameter": f"/{prefix}/live",
+            **extra,
         },
         catalog,
     )

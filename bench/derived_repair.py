@@ -30,34 +30,12 @@ K = 10
 
 
 def _stack(prefix: str, catalog: config.Catalog) -> config.StackSettings:
-    return config.settings_from_config(
-        prefix,
-        {
-            "pin": "v1",
-            "slots": {"blue": "v1", "green": "v2"},
-            "artifacts": {"bucket": f"{prefix}-artifacts"},
-            "corpus": {"bucket": f"{prefix}-corpus"},
-            "opensearch": {"indexPrefix": prefix},
-            "pointerParameter": f"/{prefix}/live",
-            "derived": [
-                {
-                    "name": "related",
-                    "kind": "related-documents",
-                    "table": f"{prefix}-related",
-                    "k": K,
-                    "writeRate": 1e6,
-                },
-                {
-                    "name": "ceiling",
-                    "kind": "related-documents",
-                    "table": f"{prefix}-ceiling",
-                    "k": K,
-                    "writeRate": 1e6,
-                },
-            ],
-        },
-        catalog,
-    )
+    """The bench stack with two related-document stores: the one repaired and the bare ceiling's."""
+    stores = [
+        {"name": name, "kind": "related-documents", "table": f"{prefix}-{name}", "k": K, "writeRate": 1e6}
+        for name in ("related", "ceiling")
+    ]
+    return cutover_load.build_stack(prefix, catalog, derived=stores)
 
 
 def run(docs: int, rounds: int) -> dict:
