@@ -225,7 +225,7 @@ def test_a_rolled_back_update_of_either_slot_fails_the_cutover_even_when_the_ver
     }
     ssm = clients.aws_for(settings, "ssm")
     before = live_state.read_pointer(ssm, settings.pointer_name)
-    args = CutoverArgs(updated, catalog.get("v1"), endpoints.endpoint_name(settings, "blue"), None, deployments)
+    args = CutoverArgs(updated, catalog.get("v1"), endpoints.endpoint_name(settings, "blue"), deployments)
     urn = "urn:pulumi:s::lockstep::lockstep:index:ModelRelease$lockstep:index:Cutover::lockstep-cutover"
     with pytest.raises(IntegrityError, match="may have been rolled back"):
         CutoverHandler().create(urn, plain_map(wire_map(args.inputs())))
