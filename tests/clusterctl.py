@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from faultproxy import FORWARD
 
 from lockstep import opensearch_node, runtime
+from tests.faultproxy import FORWARD
 
 
 def lockstep(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from clusterctl import Cluster
 
 from lockstep import runtime, services
+from tests.clusterctl import Cluster
 
 
 def lockstep(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

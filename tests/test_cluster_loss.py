@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from clusterctl import NodeLoss
 from conftest import stack_values
 from faultproxy import FaultProxy
 
@@ -19,6 +18,7 @@ from lockstep import config, stackfile
 from lockstep.errors import LockstepError
 from lockstep.ops import artifacts, clients, derived, endpoints, live_state
 from lockstep.ops.backfill import engine as backfill_engine
+from tests.clusterctl import NodeLoss
 
 SIZE = 600  # twelve `_msearch` requests of a repair (50 documents each)
 
