@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from components import deferred
 from components.providers.resources import Artifact
 from lockstep.config import CatalogEntry, StackSettings
 from lockstep.ops.artifacts import deny_insecure_transport_policy
@@ -34,7 +35,7 @@ class ArtifactStore(pulumi.ComponentResource):
         super().__init__("lockstep:index:ArtifactStore", name, None, opts)
         # Kept by destroy: a bucket with objects cannot be deleted, and its posture must outlive the stack.
         child = pulumi.ResourceOptions(parent=self, retain_on_delete=True)
-        bucket_name = args.settings.artifacts.bucket
+        bucket_name = deferred.value(args.settings, lambda resolved: resolved.artifacts.bucket)
 
         bucket = aws.s3.Bucket(f"{name}-bucket", bucket=bucket_name, opts=child)
         versioning = aws.s3.BucketVersioning(
@@ -72,7 +73,9 @@ class ArtifactStore(pulumi.ComponentResource):
         policy = aws.s3.BucketPolicy(
             f"{name}-tls-only",
             bucket=bucket.id,
-            policy=json.dumps(deny_insecure_transport_policy(bucket_name)),
+            policy=deferred.value(
+                args.settings, lambda resolved: json.dumps(deny_insecure_transport_policy(resolved.artifacts.bucket))
+            ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[public_access], retain_on_delete=True),
         )
 

@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from components import deferred
 from lockstep.config import CatalogEntry, DeploymentSettings, StackSettings
 from lockstep.errors import ConfigError
 from lockstep.ops.artifacts import artifact_uri
@@ -219,7 +220,7 @@ class EndpointSlot(pulumi.ComponentResource):
     endpoint: aws.sagemaker.Endpoint
     config: aws.sagemaker.EndpointConfiguration
     model: aws.sagemaker.Model
-    model_data_url: str
+    model_data_url: pulumi.Input[str]
 
     def __init__(self, name: str, args: EndpointSlotArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("lockstep:index:EndpointSlot", name, None, opts)
@@ -231,7 +232,8 @@ class EndpointSlot(pulumi.ComponentResource):
                 "lockstep:endpoints.imageUri: is required when backend is 'sagemaker'; set the serving image"
             )
         endpoint = endpoint_name(settings, args.slot)
-        self.model_data_url = artifact_uri(settings.artifacts.bucket, entry)
+        # Read from the resolved settings: the bucket, the image and the instances may be outputs.
+        self.model_data_url = deferred.value(settings, lambda got: artifact_uri(got.artifacts.bucket, entry))
 
         role = aws.iam.Role(f"{name}-role", assume_role_policy=assume_role_policy(), opts=child)
         account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
@@ -241,30 +243,35 @@ class EndpointSlot(pulumi.ComponentResource):
         policy = aws.iam.RolePolicy(
             f"{name}-policy-{entry.version}",
             role=role.id,
-            policy=account.apply(
-                lambda account_id: execution_policy(
-                    bucket=settings.artifacts.bucket,
+            policy=pulumi.Output.all(account, deferred.value(settings, lambda got: got)).apply(
+                lambda got: execution_policy(
+                    bucket=got[1].artifacts.bucket,
                     entry=entry,
-                    image_uri=endpoints.image_uri or "",
-                    region=settings.region,
-                    account=account_id,
+                    image_uri=got[1].endpoints.image_uri or "",
+                    region=got[1].region,
+                    account=got[0],
                     endpoint=endpoint,
                     alarms=described_alarms(endpoint, endpoints.deployment),
                 )
             ),
             opts=child,
         )
-        container: Any = {
-            "image": endpoints.image_uri,
-            "model_data_url": self.model_data_url,
-            "environment": {
-                "LOCKSTEP_MODEL_VERSION": entry.version,
-                "LOCKSTEP_ARTIFACT_SHA256": entry.artifact_sha256,
+        container: Any = deferred.value(
+            settings,
+            lambda got: {
+                "image": got.endpoints.image_uri,
+                "model_data_url": artifact_uri(got.artifacts.bucket, entry),
+                "environment": {
+                    "LOCKSTEP_MODEL_VERSION": entry.version,
+                    "LOCKSTEP_ARTIFACT_SHA256": entry.artifact_sha256,
+                },
             },
-        }
+        )
         # Named by what they hold (every field of both forces a new one): a change gets a new name, so
         # the replacement is created before the old one goes; the name is valid whatever the stack's.
-        model_name = role.arn.apply(lambda arn: content_name(endpoint, entry.version, arn, container))
+        model_name = pulumi.Output.all(role.arn, container).apply(
+            lambda got: content_name(endpoint, entry.version, got[0], got[1])
+        )
         self.model = aws.sagemaker.Model(
             f"{name}-model",
             name=model_name,
@@ -278,15 +285,22 @@ class EndpointSlot(pulumi.ComponentResource):
                 parent=self, depends_on=[policy, *filter(None, [args.artifact])], retain_on_delete=True
             ),
         )
-        variant: Any = {
-            "variant_name": VARIANT,
-            "initial_instance_count": endpoints.instance_count,
-            "instance_type": endpoints.instance_type,
-        }
+        variant: Any = deferred.value(
+            settings,
+            lambda got: {
+                "variant_name": VARIANT,
+                "initial_instance_count": got.endpoints.instance_count,
+                "instance_type": got.endpoints.instance_type,
+            },
+        )
         self.config = aws.sagemaker.EndpointConfiguration(
             f"{name}-config",
-            name=self.model.name.apply(lambda model: content_name(endpoint, entry.version, model, variant)),
-            production_variants=[{**variant, "model_name": self.model.name}],
+            name=pulumi.Output.all(self.model.name, variant).apply(
+                lambda got: content_name(endpoint, entry.version, got[0], got[1])
+            ),
+            production_variants=[
+                pulumi.Output.all(variant, self.model.name).apply(lambda got: {**got[0], "model_name": got[1]})
+            ],
             tags={"lockstep:version": entry.version, "lockstep:slot": args.slot},
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )

@@ -8,6 +8,7 @@ lockstep.config's pydantic models, so every language gets the CLI's rules and on
 No `from __future__ import annotations`: the schema analyzer reads `__init__`'s annotations.
 """
 
+import copy
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import pulumi
 from pulumi.provider.experimental.util import camel_case
 from pydantic import ValidationError
 
+from components import deferred
 from components.artifact_store import ArtifactStore, ArtifactStoreArgs
 from components.derived_store import derived_table
 from components.embedded import EmbeddedArtifactStore, EmbeddedEndpointSlot, embedded_table
@@ -63,11 +65,12 @@ def require_revert_actor(settings: StackSettings) -> None:
 
 
 def require_reachable(settings: StackSettings) -> None:
-    """An AWS stack names its OpenSearch domain; an embedded one uses the embedded node."""
-    if not settings.embedded and not settings.opensearch.url:
+    """An AWS stack names its OpenSearch domain (its endpoint, or its name to look the endpoint up);
+    an embedded one uses the embedded node."""
+    if not settings.embedded and not settings.opensearch.url and not settings.opensearch.domain_name:
         raise ConfigError(
             "lockstep:opensearch.url: is required for an AWS stack; set it to the OpenSearch domain's "
-            "endpoint (https://search-…es.amazonaws.com)"
+            "endpoint (https://search-…es.amazonaws.com), or set opensearch.domainName to look it up"
         )
 
 
@@ -131,10 +134,13 @@ def _is_typeddict(hint: Any) -> bool:
 
 
 def _hints(typed_dict: Any) -> dict[str, Any]:
-    """A TypedDict's value types without NotRequired/Required (no evaluation: pulumi.Input holds a ForwardRef)."""
+    """A TypedDict's value types without NotRequired/Required or pulumi.Input (no evaluation:
+    pulumi.Input holds a ForwardRef)."""
     hints = {}
     for key, hint in typed_dict.__annotations__.items():
         while typing.get_origin(hint) in (typing.NotRequired, typing.Required):
+            hint = typing.get_args(hint)[0]
+        if typing.get_origin(hint) is typing.Union:  # pulumi.Input[T]: T | Awaitable[T] | Output[T]
             hint = typing.get_args(hint)[0]
         hints[key] = hint
     return hints
@@ -144,33 +150,47 @@ def _is_unresolved(value: Any) -> bool:
     return isinstance(value, (pulumi.Output, Awaitable)) or type(value).__name__ == "Unknown"
 
 
-def to_wire(value: Any, hint: Any, path: str) -> Any:
+# What to_wire leaves where an output stands that has no placeholder: the field takes its default.
+_DROPPED = object()
+
+
+def to_wire(value: Any, hint: Any, path: str, pending: dict[str, tuple[Any, Any]] | None = None) -> Any:
     """Python-named args (snake_case, as the SDK's `construct` maps them) back to the camelCase wire
     names the pydantic models and the CLI's messages use; map keys (version names) stay as they are.
 
-    Everything here decides which resources exist, so it must be known now: an Output is refused
-    with a one-line message naming the input.
+    An output of another resource is taken where components.deferred accepts one (recorded in
+    `pending` as (output, hint), a placeholder in its place); anywhere else it is refused with a
+    one-line message naming the input: that input decides which resources exist, or their names.
     """
     if _is_unresolved(value):
-        raise ConfigError(
-            f"lockstep:{path}: must be a plain value known when the program runs (it decides which "
-            "resources exist), not an Output of another resource; pass a literal or a config value"
-        )
+        if pending is None or not deferred.accepts_output(path):
+            raise ConfigError(
+                f"lockstep:{path}: must be a plain value known when the program runs (it decides which "
+                "resources exist or how they are named), not an Output of another resource; pass a literal "
+                "or a config value"
+            )
+        pending[path] = (value, hint)
+        return deferred.PLACEHOLDERS.get(path, _DROPPED)
     origin = typing.get_origin(hint)
     if _is_typeddict(hint) and isinstance(value, dict):
         hints = _hints(hint)
-        return {
-            camel_case(key): to_wire(item, hints.get(key), f"{path}.{camel_case(key)}" if path else camel_case(key))
+        items = {
+            camel_case(key): to_wire(
+                item, hints.get(key), f"{path}.{camel_case(key)}" if path else camel_case(key), pending
+            )
             for key, item in value.items()
         }
+        return {key: item for key, item in items.items() if item is not _DROPPED}
     if origin is dict and isinstance(value, dict):
         item_hint = typing.get_args(hint)[1]
-        return {key: to_wire(item, item_hint, f"{path}.{key}") for key, item in value.items()}
+        return {key: to_wire(item, item_hint, f"{path}.{key}", pending) for key, item in value.items()}
     if origin is list and isinstance(value, (list, tuple)):
         item_hint = typing.get_args(hint)[0]
-        return [to_wire(item, item_hint, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [to_wire(item, item_hint, f"{path}[{i}]", pending) for i, item in enumerate(value)]
     if hint is None and isinstance(value, dict):  # a key the args do not declare: keep it for pydantic to name
-        return {camel_case(key): to_wire(item, None, f"{path}.{camel_case(key)}") for key, item in value.items()}
+        return {
+            camel_case(key): to_wire(item, None, f"{path}.{camel_case(key)}", pending) for key, item in value.items()
+        }
     return value
 
 
@@ -190,10 +210,14 @@ def catalog_from_wire(data: Any) -> Catalog:
 
 
 def release_settings(args: ModelReleaseArgs) -> tuple[StackSettings, Catalog]:
-    """Validate the args with the stack config's models: (settings, catalog) or a one-line ConfigError."""
+    """Validate the args with the stack config's models: (settings, catalog) or a one-line ConfigError.
+
+    Args given as outputs hold placeholders in the settings returned; the same settings, validated
+    again with the outputs' values, are attached to them (components.deferred)."""
     hints = _hints(ModelReleaseArgs)
+    pending: dict[str, tuple[Any, Any]] = {}
     wire = {
-        camel_case(key): to_wire(value, hints.get(key), camel_case(key))
+        camel_case(key): to_wire(value, hints.get(key), camel_case(key), pending)
         for key, value in dict(args).items()
         if value is not None
     }
@@ -206,18 +230,69 @@ def release_settings(args: ModelReleaseArgs) -> tuple[StackSettings, Catalog]:
     wire.setdefault("namePrefix", re.sub(r"[^a-z0-9-]+", "-", pulumi.get_project().lower()).strip("-")[:30])
     if isinstance(wire.get("endpoints"), dict):
         wire["endpoints"].setdefault("backend", "sagemaker")  # the component deploys SageMaker endpoints
-    try:
-        settings = settings_from_config(stack, wire, catalog)
-    except ValidationError as exc:
-        raise ConfigError(f"{NAMESPACE}:{describe_validation_error(exc)}") from None
+    settings = validated(stack, wire, catalog)
     require_reachable(settings)
     require_revert_actor(settings)
+    require_provider_placement(settings)
+    if pending:
+        deferred.attach(settings, resolved(stack, wire, catalog, pending), list(pending))
     return settings, catalog
+
+
+def validated(stack: str, wire: dict[str, Any], catalog: Catalog) -> StackSettings:
+    try:
+        return settings_from_config(stack, wire, catalog)
+    except ValidationError as exc:
+        raise ConfigError(f"{NAMESPACE}:{describe_validation_error(exc)}") from None
+
+
+def resolved(
+    stack: str, wire: dict[str, Any], catalog: Catalog, pending: dict[str, tuple[Any, Any]]
+) -> pulumi.Output[StackSettings]:
+    """The settings with the outputs' values, validated as the plain ones are (a bad value fails the
+    update with the same one-line message)."""
+    paths = list(pending)
+
+    def validate(values: list[Any]) -> StackSettings:
+        real = copy.deepcopy(wire)
+        for path, got in zip(paths, values, strict=True):
+            *parents, leaf = path.split(".")
+            target = real
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[leaf] = to_wire(got, pending[path][1], path)
+        return validated(stack, real, catalog)
+
+    return pulumi.Output.all(*(pending[path][0] for path in paths)).apply(validate)
+
+
+def require_provider_placement(settings: StackSettings) -> None:
+    """lockstep's own resources work in the region and AWS profile of lockstep's provider configuration
+    (`lockstep:region`, `lockstep:awsProfile`: the default provider cannot read `aws:` config), so on
+    AWS those must name the stack's region and its `aws:profile`, or the check and the cutover would
+    read and write elsewhere than the aws provider deploys."""
+    if settings.embedded:
+        return
+    configured = pulumi.Config(NAMESPACE)
+    if configured.get("region") != settings.region:
+        raise ConfigError(
+            f"{NAMESPACE}:region: lockstep's provider must work in the stack's region {settings.region}, but "
+            f"its configuration says {configured.get('region') or 'nothing'} (it cannot read aws:region); "
+            f"run `pulumi config set {NAMESPACE}:region {settings.region}`"
+        )
+    profile = pulumi.Config("aws").get("profile")
+    if profile and configured.get("awsProfile") != profile:
+        raise ConfigError(
+            f"{NAMESPACE}:awsProfile: lockstep's provider must use the stack's aws:profile {profile}, but its "
+            f"configuration says {configured.get('awsProfile') or 'nothing'}; "
+            f"run `pulumi config set {NAMESPACE}:awsProfile {profile}`"
+        )
 
 
 def release_args(settings: StackSettings, catalog: Catalog) -> ModelReleaseArgs:
     """The args for validated settings (how the Python program in this repository calls the component)."""
-    args: dict[str, Any] = settings.model_dump(mode="json", exclude_none=True, exclude={"stack"})
+    # The AWS profile is the providers' configuration, not an arg (require_provider_placement).
+    args: dict[str, Any] = settings.model_dump(mode="json", exclude_none=True, exclude={"stack", "aws_profile"})
     args["stack"] = settings.stack
     args["catalog"] = {
         "model": catalog.model,
@@ -317,8 +392,10 @@ class ModelRelease(pulumi.ComponentResource):
             CutoverArgs(settings, pin_entry, live.endpoint.name, slot_deployments),
             pulumi.ResourceOptions(
                 parent=self,
+                # Every kept index, not only the pin's: the cutover records what the stack keeps, so a
+                # destroy deletes it (marking the release gone) before any index (opensearch.py).
                 depends_on=[
-                    pin_index,
+                    *self.indices.values(),
                     *(deployed.endpoint for deployed in self.endpoint_slots.values()),
                     *self.derived_tables.values(),
                 ],

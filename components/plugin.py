@@ -12,7 +12,6 @@ checked-in schema.json is that output (`make schema`), and tests/test_plugin.py 
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -21,16 +20,11 @@ import pulumi
 from pulumi.provider.experimental.component import ComponentProvider
 
 from components.model_release import ModelRelease
+from components.package import PACKAGE, package_version
 from components.providers.provider import package_schema, serve
 
-PACKAGE = "lockstep"
 # The public components. ArtifactStore and EndpointSlot are parts of a ModelRelease, not a product.
 COMPONENTS: list[type[pulumi.ComponentResource]] = [ModelRelease]
-
-
-def package_version() -> str:
-    """The version of the installed `lockstep` distribution (pyproject.toml), also the schema's."""
-    return importlib.metadata.version(PACKAGE)
 
 
 def build_provider() -> ComponentProvider:

@@ -5,15 +5,20 @@ They mirror lockstep.config's pydantic models field for field (tests/test_plugin
 together); the component validates what arrives with those models, so a program in any language
 gets the CLI's rules and the CLI's one-line messages.
 
-Every property that decides which resources exist (versions, slots, catalog, names) is a plain
-value: it has to be known when the program runs, so the schema marks it `plain` and a TypeScript
-compiler rejects an Output there. The OpenSearch password is not an arg: it is the lockstep
-provider's configuration (`lockstep:opensearchPassword`, a secret).
+Every property that decides which resources exist (versions, slots, catalog, derived stores) or a
+name computed when the program runs is a plain value: the schema marks it `plain` and a TypeScript
+compiler rejects an Output there. Where things are and how they are checked (the bucket, the
+OpenSearch endpoint, the image, the check's thresholds, …) are `pulumi.Input`s: a program may pass
+outputs of its own resources (components/deferred.py lists them). The OpenSearch password, the
+region and the AWS profile of lockstep's clients are not args: they are the lockstep provider's
+configuration (`lockstep:opensearchPassword`, a secret; `lockstep:region`; `lockstep:awsProfile`).
 
 No `from __future__ import annotations` here: the analyzer reads the annotations as real types.
 """
 
 from typing import NotRequired, TypedDict
+
+import pulumi
 
 
 class VersionRecallFloor(TypedDict):
@@ -65,49 +70,49 @@ class SlotVersions(TypedDict):
 class ArtifactBucket(TypedDict):
     """Where the model artifacts live."""
 
-    bucket: str
+    bucket: pulumi.Input[str]
     """Name of the private, versioned, encrypted S3 bucket the component creates for the artifacts."""
 
 
 class OpenSearchIndexes(TypedDict):
     """The OpenSearch cluster holding one k-NN index per kept version, and the live alias."""
 
-    url: NotRequired[str]
-    """Endpoint of the cluster, e.g. https://search-…es.amazonaws.com: required when endpoints.backend is sagemaker; a local release uses the embedded node (OPENSEARCH_URL)."""
+    url: NotRequired[pulumi.Input[str]]
+    """Endpoint of the cluster, e.g. https://search-…es.amazonaws.com: required when endpoints.backend is sagemaker, unless domainName names the domain; a local release uses the embedded node (OPENSEARCH_URL)."""
     engine: NotRequired[str]
     """k-NN engine: lucene (default), faiss or nmslib."""
     index_prefix: NotRequired[str]
     """Index names are <indexPrefix>-<version> (default docs); lowercase letters, digits, '-', '_' or '.'."""
     alias: NotRequired[str]
     """Name of the live alias (default: the index prefix)."""
-    auth: NotRequired[str]
+    auth: NotRequired[pulumi.Input[str]]
     """How lockstep authenticates: none (default), basic (with opensearchPassword) or sigv4."""
-    username: NotRequired[str]
+    username: NotRequired[pulumi.Input[str]]
     """User name for basic authentication."""
-    region: NotRequired[str]
+    region: NotRequired[pulumi.Input[str]]
     """AWS region used to sign sigv4 requests."""
-    domain_name: NotRequired[str]
-    """Name of the Amazon OpenSearch Service domain, when the cluster is one."""
-    shards: NotRequired[int]
+    domain_name: NotRequired[pulumi.Input[str]]
+    """Name of the Amazon OpenSearch Service domain, when the cluster is one: without a url, lockstep uses the domain's endpoint (DescribeDomain)."""
+    shards: NotRequired[pulumi.Input[int]]
     """Primary shards per version index (default 1)."""
-    replicas: NotRequired[int]
+    replicas: NotRequired[pulumi.Input[int]]
     """Replicas per version index (default 0)."""
-    hnsw_m: NotRequired[int]
+    hnsw_m: NotRequired[pulumi.Input[int]]
     """HNSW graph degree m, 2-100 (default 16)."""
-    ef_construction: NotRequired[int]
+    ef_construction: NotRequired[pulumi.Input[int]]
     """HNSW ef_construction, at least 2 (default 128)."""
 
 
 class CorpusLocation(TypedDict):
     """The documents every version's index is built from, and the golden queries of the recall probe."""
 
-    bucket: str
+    bucket: pulumi.Input[str]
     """S3 bucket holding the corpus."""
-    key: NotRequired[str]
+    key: NotRequired[pulumi.Input[str]]
     """Key of the corpus JSONL (default corpus/docs.jsonl)."""
-    golden_key: NotRequired[str]
+    golden_key: NotRequired[pulumi.Input[str]]
     """Key of the golden queries JSONL (default corpus/golden.jsonl)."""
-    size: NotRequired[int]
+    size: NotRequired[pulumi.Input[int]]
     """Number of documents the embedded default generates (ignored on AWS; default 2000)."""
 
 
@@ -144,15 +149,15 @@ class BlueGreenDeployment(TypedDict):
 class SageMakerEndpoints(TypedDict):
     """One SageMaker endpoint per slot, serving the slot's version."""
 
-    image_uri: NotRequired[str]
+    image_uri: NotRequired[pulumi.Input[str]]
     """ECR image of the serving container (<account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag]): required when backend is sagemaker."""
     backend: NotRequired[str]
     """sagemaker (the default here): SageMaker endpoints declared with pulumi-aws; local: the embedded default's slot processes, run by lockstep's provider."""
-    instance_type: NotRequired[str]
+    instance_type: NotRequired[pulumi.Input[str]]
     """Instance type of each endpoint (default ml.m5.large)."""
-    instance_count: NotRequired[int]
+    instance_count: NotRequired[pulumi.Input[int]]
     """Instances per endpoint (default 1)."""
-    max_batch: NotRequired[int]
+    max_batch: NotRequired[pulumi.Input[int]]
     """Largest batch of texts sent in one invocation (default 256)."""
     deployment: NotRequired[BlueGreenDeployment]
     """Blue/green traffic shifting and auto-rollback of an endpoint update."""
@@ -161,28 +166,28 @@ class SageMakerEndpoints(TypedDict):
 class ConsistencyCheck(TypedDict):
     """Thresholds of the consistency check that runs after every cutover and fails the deployment."""
 
-    recall_floor: NotRequired[float]
+    recall_floor: NotRequired[pulumi.Input[float]]
     """Minimum recall@k of the golden queries through the live alias, 0-1 (default 0.8)."""
-    k: NotRequired[int]
+    k: NotRequired[pulumi.Input[int]]
     """k of the recall probe, 1-100 (default 10)."""
-    probe_sample: NotRequired[int]
+    probe_sample: NotRequired[pulumi.Input[int]]
     """Stored vectors re-embedded by the live endpoint (default 64)."""
-    probe_min_cosine: NotRequired[float]
+    probe_min_cosine: NotRequired[pulumi.Input[float]]
     """Minimum cosine between a stored vector and its re-embedding (default 0.999)."""
-    stale_sample: NotRequired[int]
+    stale_sample: NotRequired[pulumi.Input[int]]
     """Documents whose content hash is compared with the corpus (default 200)."""
 
 
 class BackfillEngine(TypedDict):
     """How a version's index is (re-)embedded."""
 
-    engine: NotRequired[str]
+    engine: NotRequired[pulumi.Input[str]]
     """local (default, in-process) or ray (a Ray Data pipeline)."""
-    address: NotRequired[str]
+    address: NotRequired[pulumi.Input[str]]
     """Ray cluster address when engine is ray (default: a local Ray runtime)."""
-    workers: NotRequired[int]
+    workers: NotRequired[pulumi.Input[int]]
     """Embedding workers (default 2)."""
-    batch_size: NotRequired[int]
+    batch_size: NotRequired[pulumi.Input[int]]
     """Documents per embedding batch (default 256)."""
 
 
@@ -229,15 +234,13 @@ class ModelReleaseArgs(TypedDict):
     backfill: NotRequired[BackfillEngine]
     """How indices are (re-)embedded."""
     region: NotRequired[str]
-    """AWS region of the deployment (default: the program's aws:region, else us-east-1)."""
+    """AWS region of the deployment (default: the program's aws:region, else us-east-1); lockstep's provider configuration (lockstep:region) must name the same."""
     stack: NotRequired[str]
     """Name under which endpoints, the live pointer and the check are named (default: the Pulumi stack's name)."""
     pointer_parameter: NotRequired[str]
     """SSM parameter of the live pointer (default /<namePrefix>/<stack>/live)."""
     name_prefix: NotRequired[str]
     """First part of the endpoint names (<namePrefix>-<stack>-<slot>) and of the live pointer (default: the Pulumi project's name)."""
-    aws_profile: NotRequired[str]
-    """AWS profile of the boto3 sessions lockstep's own resources use (the program passes `aws:profile`); default: boto3's chain."""
     auto_revert: NotRequired[bool]
     """`lockstep apply` and `lockstep up` (not a plain `pulumi up`): flip back to the last version whose check passed when the post-deploy check fails."""
     promoted_from: NotRequired[str]

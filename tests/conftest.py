@@ -258,3 +258,25 @@ def cluster(servers, tmp_path_factory) -> Iterator[Cluster]:
     yield started
     if not (given and os.environ.get("LOCKSTEP_KEEP_SERVICES") == "1"):
         lockstep("services", "down", env=started.env())
+
+
+@pytest.fixture(scope="session")
+def replicated_deployment(cluster, tmp_path_factory) -> Iterator[Deployment]:
+    """One stack applied on the cluster (3 shards, 1 replica), shared by every cluster test file
+    that only reads it or kills nodes under it (an apply on the cluster costs minutes on 2 cores).
+    OPENSEARCH_URL points at the cluster only while it is applied and torn down: use `replicated`."""
+    deployment = deploy(tmp_path_factory, corpus={"size": 60}, opensearch={"shards": 3, "replicas": 1})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPENSEARCH_URL", cluster.url)
+        applied = next(deployment)
+    yield applied
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPENSEARCH_URL", cluster.url)
+        next(deployment, None)
+
+
+@pytest.fixture
+def replicated(replicated_deployment, cluster, monkeypatch) -> Deployment:
+    """The shared cluster stack, with OPENSEARCH_URL on the cluster for this test."""
+    monkeypatch.setenv("OPENSEARCH_URL", cluster.url)
+    return replicated_deployment

@@ -138,4 +138,5 @@ def register_release(settings, catalog, *, preview: bool = False) -> Registered:
         release = ModelRelease("lockstep", release_args(settings, catalog))
         return pulumi.Output.all(pin=release.pin, live_index=release.live_index)
 
-    return run_mocked(body, stack=settings.stack, preview=preview)
+    # lockstep's provider configuration names the stack's region, as the stack file does.
+    return run_mocked(body, stack=settings.stack, preview=preview, config={"lockstep:region": settings.region})

@@ -18,6 +18,7 @@ from lockstep.errors import ConfigError
 from lockstep.ops import artifacts as ops_artifacts
 from lockstep.ops import clients
 from lockstep.ops import endpoints as ops_endpoints
+from tests.pulumi_harness import CaptureMocks, run_mocked
 from tests.test_program import changed_resources, dev_values, evaluate, with_values
 
 ENDPOINT = "aws:sagemaker/endpoint:Endpoint"
@@ -254,9 +255,9 @@ def test_no_artifact_is_an_aws_import_and_each_is_a_lockstep_artifact(options):
         v3.artifact_key,
         v3.artifact_sha256,
     )
-    # The stack's profile reaches the Artifact's S3 client (it uploads with the deployer's credentials).
-    profiled = evaluate({**with_values(pin="v3", slots={"blue": "v3", "green": "v2"}), "aws:profile": "deployer"})
-    assert profiled.inputs("lockstep-artifacts-v3")["awsProfile"] == "deployer"
+    # The profile the Artifact's S3 client uploads with is the provider's configuration, not an input.
+    profiled = {**with_values(pin="v3", slots={"blue": "v3", "green": "v2"}), "aws:profile": "deployer"}
+    assert "awsProfile" not in evaluate({**profiled, "lockstep:awsProfile": "deployer"}).inputs("lockstep-artifacts-v3")
 
 
 def test_the_artifact_adopts_a_retained_object_without_a_build_and_builds_a_missing_one(servers, monkeypatch):
@@ -359,22 +360,63 @@ def test_lockstep_region_and_aws_region_must_agree(tmp_path):
     stacks = tmp_path / "stacks"
     shutil.copytree(config.STACKS_DIR, stacks)
     path = stacks / "Pulumi.dev.yaml"
-    path.write_text(
-        path.read_text().replace("  aws:region: eu-west-1\n", "  aws:region: eu-west-1\n  lockstep:region: us-east-1\n")
-    )
+    path.write_text(path.read_text().replace("  lockstep:region: eu-west-1\n", "  lockstep:region: us-east-1\n"))
     with pytest.raises(ConfigError, match=r"lockstep:region is 'us-east-1' but aws:region is 'eu-west-1'"):
         config.load_stack("dev", stacks)
     with pytest.raises(Exception, match=r"lockstep:region is 'us-east-1' but aws:region is 'eu-west-1'"):
         evaluate(with_values(region="us-east-1"))
 
 
-def test_the_aws_profile_reaches_the_resources_and_their_boto3_sessions(monkeypatch):
-    """issue 18: the providers honour `aws:profile`, not only boto3's ambient chain."""
-    run = evaluate({**dev_values(), "aws:profile": "deployer"})
-    assert run.inputs("lockstep-cutover")["awsProfile"] == "deployer"
-    document = {"config": {**dev_values(), "aws:profile": "deployer"}}  # the CLI reads the stack file alike
-    assert config.settings_from_document("dev", document, config.load_catalog(), "dev").aws_profile == "deployer"
+# ------------------- issue 24 (1): the region and the profile are the provider's configuration only
 
+
+def test_an_aws_stack_names_its_region_and_profile_in_lockstep_s_provider_configuration_not_in_inputs():
+    """302bdd0 (and the first pass of issue 24) sent `region` and `awsProfile` to every lockstep resource
+    as inputs. They are the provider's configuration now: the program refuses, in one line, an AWS stack
+    whose `lockstep:region`/`lockstep:awsProfile` would put lockstep's clients elsewhere than the aws
+    provider deploys; no resource carries them."""
+    without_region = {key: value for key, value in dev_values().items() if key != "lockstep:region"}
+    with pytest.raises(
+        Exception, match=r"lockstep:region: lockstep's provider must work in the stack's region eu-west-1"
+    ):
+        evaluate(without_region)
+    with pytest.raises(Exception, match=r"run `pulumi config set lockstep:awsProfile deployer`"):
+        evaluate({**dev_values(), "aws:profile": "deployer"})
+    run = evaluate({**dev_values(), "aws:profile": "deployer", "lockstep:awsProfile": "deployer"})
+    lockstep_resources = {name: r["inputs"] for name, r in run.resources.items() if r["type"].startswith("lockstep:")}
+    assert {"lockstep-cutover", "lockstep-check", "lockstep-index-v2"} <= set(lockstep_resources)
+    for name, inputs in lockstep_resources.items():
+        assert not {"region", "awsProfile"} & set(inputs), name
+
+
+def test_the_provider_reads_region_and_profile_from_its_configuration_and_old_inputs_are_no_change():
+    """Inside the provider a resource's settings take the configured region and profile; state an
+    earlier lockstep wrote with `region`/`awsProfile` inputs (stateVersion 1) diffs as no change."""
+    from components.providers.opensearch import CutoverHandler
+    from components.providers.provider import plain_map, wire_map
+    from components.providers.resources import CutoverArgs
+
+    settings = settings_with()
+    catalog = config.load_catalog()
+    news = plain_map(wire_map(CutoverArgs(settings, catalog.get("v2"), "lockstep-dev-green").inputs()))
+    assert not {"region", "awsProfile"} & set(news)
+    handler = CutoverHandler()
+    try:
+        clients.configure(clients.Credentials(region="ap-south-1", profile="deployer"))
+        configured = handler.settings_of(news)
+        assert (configured.region, configured.aws_profile) == ("ap-south-1", "deployer")
+    finally:
+        clients.configure(clients.Credentials())
+    assert handler.settings_of(news).region == "us-east-1"  # unconfigured: the CLI's default
+    old_state = {**news, "region": "eu-west-1", "awsProfile": "deployer", "stateVersion": 1}
+    assert handler.diff(old_state, news).changes is False
+    assert not {"region", "awsProfile"} & set(handler.migrate(old_state))
+
+
+def test_the_aws_profile_reaches_the_clis_boto3_sessions(monkeypatch):
+    """The CLI reads `aws:profile` from the stack file; its sessions use it (issue 18)."""
+    document = {"config": {**dev_values(), "aws:profile": "deployer"}}
+    assert config.settings_from_document("dev", document, config.load_catalog(), "dev").aws_profile == "deployer"
     made: list[dict] = []
 
     class Session:
@@ -415,3 +457,137 @@ def test_the_opensearch_password_is_a_secret_of_the_provider_configuration_not_a
     assert schema["config"]["variables"]["opensearchPassword"].get("secret") is True
     for resource in schema["resources"].values():
         assert "opensearchPassword" not in resource.get("inputProperties", {})
+
+
+def test_a_domain_name_without_a_url_is_looked_up_and_a_missing_domain_is_one_line(servers, monkeypatch):
+    """`opensearch.domainName` was read and unused; without a url lockstep now takes the domain's endpoint
+    from DescribeDomain (the provider and the CLI alike; here against moto's OpenSearch Service)."""
+    from lockstep.errors import UsageError
+
+    monkeypatch.delenv("OPENSEARCH_URL", raising=False)  # the embedded node's address would win
+    clients.configure(clients.Credentials())  # no domain looked up before
+    name = f"lockstep-{uuid.uuid4().hex[:8]}"
+    described = clients.aws("opensearch", "eu-west-1").create_domain(DomainName=name)["DomainStatus"]
+    search = config.OpenSearchSettings(domainName=name, region="eu-west-1", auth="sigv4")
+    assert clients.opensearch_url(search) == f"https://{described['Endpoint']}"
+    with pytest.raises(UsageError) as missing:
+        clients.opensearch_url(search.model_copy(update={"domain_name": f"{name}-gone"}))
+    assert str(missing.value).startswith(
+        f"opensearch.domainName: no OpenSearch Service domain {name}-gone in eu-west-1"
+    )
+    # An AWS stack may name the domain instead of its endpoint.
+    values = with_values(opensearch={"domainName": name, "auth": "sigv4"})
+    assert evaluate(values).inputs("lockstep-index-v2")["opensearch"]["domainName"] == name
+
+
+# ---------------------------------------------- issue 24 (6): inputs that take outputs
+
+
+def own_outputs_program(plain: bool):
+    """A program with its own OpenSearch domain, artifact bucket and ECR repository, passing their outputs
+    (or, `plain`, the same values as literals) to the ModelRelease."""
+    import pulumi
+    import pulumi_aws as aws
+
+    from components.model_release import ModelRelease, release_args
+
+    def body():
+        args = release_args(settings_with(), config.load_catalog())
+        if plain:
+            url, bucket, image = OWN_URL, OWN_BUCKET, f"{OWN_REPOSITORY}:0.3.0"
+        else:
+            domain = aws.opensearch.Domain("search", domain_name="acme-docs")
+            url = domain.endpoint.apply(lambda endpoint: f"https://{endpoint}")
+            bucket = aws.s3.Bucket("own-artifacts", bucket=OWN_BUCKET).bucket
+            image = aws.ecr.Repository("serve").repository_url.apply(lambda repository: f"{repository}:0.3.0")
+        args["opensearch"]["url"] = url
+        args["artifacts"]["bucket"] = bucket
+        args["endpoints"]["image_uri"] = image
+        release = ModelRelease("lockstep", args)
+        return pulumi.Output.all(live_index=release.live_index)
+
+    return body
+
+
+OWN_URL = "https://search-acme-docs-abc123.eu-west-1.es.amazonaws.com"
+OWN_BUCKET = "acme-own-artifacts"
+OWN_REPOSITORY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/acme-serve"
+AWS_CONFIG = {"aws:region": "eu-west-1", "lockstep:region": "eu-west-1"}
+
+
+class DomainMocks(CaptureMocks):
+    """The capture mocks plus what a program's own domain and image repository output."""
+
+    def new_resource(self, args):
+        name, state = super().new_resource(args)
+        if args.typ == "aws:opensearch/domain:Domain":
+            state["endpoint"] = OWN_URL.removeprefix("https://")
+        if args.typ == "aws:ecr/repository:Repository":
+            state["repositoryUrl"] = OWN_REPOSITORY
+        return name, state
+
+
+def test_a_program_passes_its_own_endpoint_bucket_and_image_as_outputs():
+    """302bdd0 refused an output for every ModelRelease input. Where things are (the bucket, the
+    OpenSearch endpoint, the image, …) now takes outputs: the resources get the resolved values,
+    exactly what the same values given as literals give, and no placeholder reaches any of them."""
+    given = run_mocked(own_outputs_program(plain=False), stack="dev", mocks=DomainMocks(), config=AWS_CONFIG)
+    literal = run_mocked(own_outputs_program(plain=True), stack="dev", config=AWS_CONFIG)
+    own = {"search", "own-artifacts", "serve"}
+    assert set(given.resources) - own == set(literal.resources)
+    for name, resource in literal.resources.items():
+        assert given.inputs(name) == resource["inputs"], name
+    assert "output-pending" not in json.dumps(given.resources)
+    assert given.inputs("lockstep-index-v2")["opensearch"]["url"] == OWN_URL
+    assert given.inputs("lockstep-artifacts-bucket")["bucket"] == OWN_BUCKET
+    assert given.inputs("lockstep-artifacts-v2")["bucket"] == OWN_BUCKET
+    container = given.inputs("lockstep-green-model")["primaryContainer"]
+    assert container["image"] == f"{OWN_REPOSITORY}:0.3.0"
+    assert container["modelDataUrl"].startswith(f"s3://{OWN_BUCKET}/models/hashgram/v2/")
+    statements = {s["Sid"]: s for s in json.loads(given.inputs("lockstep-green-policy-v2")["policy"])["Statement"]}
+    assert statements["PullServingImage"]["Resource"] == "arn:aws:ecr:eu-west-1:123456789012:repository/acme-serve"
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        (("pin",), "lockstep:pin: must be a plain value known when the program runs"),
+        (("slots", "blue"), "lockstep:slots.blue: must be a plain value known when the program runs"),
+        (("retain",), "lockstep:retain: must be a plain value known when the program runs"),
+        (("endpoints", "deployment", "wait_seconds"), "lockstep:endpoints.deployment.waitSeconds: must be a plain"),
+    ],
+)
+def test_an_input_that_decides_the_graph_given_as_an_output_is_refused_in_one_line(path, message):
+    import pulumi
+
+    from components.model_release import ModelRelease, release_args
+
+    def body():
+        args = release_args(settings_with(), config.load_catalog())
+        target = args
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = pulumi.Output.from_input(target.get(path[-1]) or 600)
+        ModelRelease("lockstep", args)
+
+    with pytest.raises(ConfigError) as refused:
+        run_mocked(body, stack="dev", config=AWS_CONFIG)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_an_output_that_resolves_to_a_bad_value_fails_with_the_same_one_line_message():
+    """Validated again when the output resolves: the placeholder never hides a bad value."""
+    import pulumi
+    import pulumi_aws as aws
+
+    from components.model_release import ModelRelease, release_args
+
+    def body():
+        args = release_args(settings_with(), config.load_catalog())
+        args["artifacts"]["bucket"] = aws.s3.Bucket("own-artifacts", bucket="Not_A_Bucket").bucket
+        release = ModelRelease("lockstep", args)
+        return pulumi.Output.all(live_index=release.live_index)
+
+    with pytest.raises(ConfigError) as refused:
+        run_mocked(body, stack="dev", config=AWS_CONFIG)
+    assert str(refused.value).startswith("lockstep:artifacts.bucket: is not a valid S3 bucket name")

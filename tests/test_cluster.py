@@ -3,9 +3,8 @@ started, listed and stopped; a stack's replicas placed on other nodes than their
 
 from __future__ import annotations
 
-import pytest
 import requests
-from conftest import deploy, lockstep
+from conftest import lockstep
 
 
 def test_status_lists_every_node_and_a_running_cluster_keeps_its_size(cluster):
@@ -65,13 +64,6 @@ def test_status_and_down_cover_every_node_of_a_cluster(tmp_path, monkeypatch):
     assert opensearch_node.running_nodes() == 1 and not list((tmp_path / "run").glob("*.json"))
 
 
-@pytest.fixture(scope="module")
-def replicated(cluster, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OPENSEARCH_URL", cluster.url)
-        yield from deploy(tmp_path_factory, corpus={"size": 60}, opensearch={"shards": 3, "replicas": 1})
-
-
 def test_a_stacks_replicas_are_placed_on_other_nodes(replicated, cluster):
     shards = requests.get(
         f"{cluster.url}/_cat/shards/{replicated.live_index}", params={"format": "json"}, timeout=30
@@ -93,19 +85,37 @@ def test_the_check_reads_every_copy(replicated):
     assert "copies compared: 6 (3 shards)" in doc_count.observed
 
 
-def test_a_node_lost_before_the_check_is_never_consistent_and_the_check_waits_for_it(replicated, cluster, monkeypatch):
-    """Node 3 down: every shard still has a copy, but not all copies can be read — exit 2, naming
-    them. With the node started again meanwhile, a check with a long enough bound waits and passes."""
+def test_a_node_lost_during_or_before_the_check_is_never_consistent_and_the_check_waits_for_it(
+    replicated, cluster, monkeypatch
+):
+    """A hook SIGKILLs node 3 just before the check's first per-copy read (the copy gate has passed:
+    the view was whole when the check began): exit 2 naming what it could not read, no record made
+    from what is left. With node 3 still down, a new check stops at the copy gate (exit 2, naming
+    the copies). With the node started again meanwhile, a check with a long enough bound waits and
+    passes whole. (One kill for the three: each restart costs minutes of CI.)"""
     import threading
+    from urllib.parse import unquote
+
+    from faultproxy import FORWARD, FaultProxy
 
     from lockstep.ops import check
 
-    cluster.kill(3)
+    killed: list[int] = []
+
+    def kill_node_3_at_the_first_copy_read(request):
+        if not killed and "/_count" in request.path and "_only_nodes:" in unquote(request.path):
+            cluster.kill(3)
+            killed.append(3)
+        return FORWARD
+
+    monkeypatch.setattr(check, "COPIES_WAIT_SECONDS", 3.0)
     try:
-        monkeypatch.setattr(check, "COPIES_WAIT_SECONDS", 3.0)
-        lost = check.evaluate(replicated.load(), replicated.catalog, keep=False)
-        assert lost.exit_code == 2 and lost.record is None
-        assert replicated.live_index in lost.reason and "could not" in lost.reason, lost.reason
+        with FaultProxy(cluster.url) as proxy:
+            proxy.rule = kill_node_3_at_the_first_copy_read
+            monkeypatch.setenv("OPENSEARCH_URL", proxy.url)
+            during = check.evaluate(replicated.load(), replicated.catalog, keep=False)
+        monkeypatch.setenv("OPENSEARCH_URL", cluster.url)
+        before = check.evaluate(replicated.load(), replicated.catalog, keep=False)
 
         monkeypatch.setattr(check, "COPIES_WAIT_SECONDS", 240.0)
         restart = threading.Thread(target=cluster.up, daemon=True)
@@ -114,6 +124,11 @@ def test_a_node_lost_before_the_check_is_never_consistent_and_the_check_waits_fo
         restart.join()
     finally:
         cluster.wait_green()
+    assert killed == [3]
+    for lost in (during, before):
+        assert lost.exit_code == 2 and lost.record is None, lost.record
+        assert "\n" not in lost.reason and "could not" in lost.reason, lost.reason
+        assert replicated.live_index in lost.reason, lost.reason
     assert waited.exit_code == 0, waited.reason or [c.observed for c in waited.record.failures]
     assert waited.record.copies_compared == 6
 

@@ -62,21 +62,15 @@ def test_a_cutover_onto_an_index_with_unassigned_primaries_is_refused_in_one_lin
     assert release_plan(catalog, settings, settled).warnings[0].startswith("the OpenSearch cluster is red")
 
 
-def test_lockstep_plan_on_the_cluster_with_a_node_down_says_yellow(cluster, tmp_path_factory, monkeypatch):
+def test_lockstep_plan_on_the_cluster_with_a_node_down_says_yellow(replicated, cluster):
     """A real observation: node 3 of the cluster killed; `lockstep plan --format json` for a stack
     whose index has a replica says the cluster is yellow, and what it means, without refusing."""
-    from conftest import deploy
-
-    monkeypatch.setenv("OPENSEARCH_URL", cluster.url)
-    deployment = deploy(tmp_path_factory, corpus={"size": 40}, opensearch={"shards": 3, "replicas": 1})
-    stack = next(deployment)
     try:
         cluster.kill(3)
         cluster.health(wait_for_nodes="2", timeout="60s")
-        planned = stack.cli("plan", "--stack", stack.stack, "--format", "json")
+        planned = replicated.cli("plan", "--stack", replicated.stack, "--format", "json")
         assert planned.exit_code == 0, planned.output
         warnings = json.loads(planned.stdout)["warnings"]
         assert len(warnings) == 1 and warnings[0].startswith("the OpenSearch cluster is yellow (2 nodes,")
     finally:
         cluster.wait_green()
-        next(deployment, None)

@@ -224,6 +224,7 @@ def test_deploy_local_slot_is_idempotent_and_switches_versions(published, catalo
     assert first.describe() == {
         "version": "v1",
         "artifact_sha256": v1.artifact_sha256,
+        "max_batch": settings.endpoints.max_batch,
         "name": f"lockstep-{settings.stack}-blue",
         "url": first.url,
     }

@@ -13,6 +13,7 @@ saying how to build it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -129,6 +130,12 @@ def test_first_up_then_a_new_version_then_the_rollback_is_exactly_the_flip(relea
     assert {"lockstep-index-v1", "lockstep-blue-endpoint", "lockstep-cutover", "lockstep-check"} <= created
     assert not [typ for _, typ, _, _ in first.steps if typ.startswith("aws:")]
     assert alias_targets(opensearch, release.settings) == [f"{release.unique}-v1"]
+    # Registered with lockstep's version: the engine ran that version's plugin for every resource.
+    version = importlib.metadata.version("lockstep")
+    providers = {r["provider"].rsplit("::", 1)[0] for r in release.cli.resources() if r.get("provider")}
+    assert providers == {
+        f"urn:pulumi:{release.unique}::lockstep::pulumi:providers:lockstep::default_{version.replace('.', '_')}"
+    }
 
     # v2 into the other slot and pinned: its artifact, index and slot are created, the cutover moves.
     upgrade = release.deploy(pin="v2", slots={"blue": "v1", "green": "v2"})
@@ -299,7 +306,7 @@ def test_a_replaced_index_resource_leaves_the_physical_index_its_replacement_ado
     replaced, result = release.cli.operation("up", "--yes", "--skip-preview", "--replace", urn)
     ops = {op for op, _, resource, _ in replaced.steps if resource == "lockstep-index-v2"}
     assert {"create-replacement", "delete-replaced"} <= ops, replaced.steps
-    assert f"kept index {name}: it serves the green slot" in result.stdout, result.stdout
+    assert f"left index {name} in place: its replacement holds it" in result.stdout, result.stdout
     assert opensearch.indices.exists(index=name)
     assert opensearch.count(index=name)["count"] == before == SIZE
 

@@ -118,7 +118,6 @@ EXPECTED_INPUTS = {
     "pointerParameter": ("string", False),
     "promotedFrom": ("string", False),
     "namePrefix": ("string", False),
-    "awsProfile": ("string", False),
     "autoRevert": ("boolean", False),
 }
 
@@ -134,9 +133,14 @@ def test_every_input_with_its_type_requiredness_and_description(schema):
     assert set(resource["requiredInputs"]) == {n for n, (_, required) in EXPECTED_INPUTS.items() if required}
     assert inputs["retain"]["items"]["type"] == "string"
     assert kind(inputs["derived"]["items"]) == "DerivedRecordStore"
-    # Everything decides which resources exist: plain, never an Output (the password is the
-    # provider's configuration, not an input).
+    # Top-level inputs are plain (the password is the provider's configuration, not an input); where
+    # things are takes outputs (components/deferred.py), what decides the graph does not.
     assert {name for name, prop in inputs.items() if not prop.get("plain")} == set()
+    opensearch = schema["types"]["lockstep:index:OpenSearchIndexes"]["properties"]
+    assert not opensearch["url"].get("plain") and opensearch["indexPrefix"].get("plain")
+    endpoints = schema["types"]["lockstep:index:SageMakerEndpoints"]["properties"]
+    assert not endpoints["imageUri"].get("plain") and endpoints["deployment"].get("plain")
+    assert not schema["types"]["lockstep:index:ArtifactBucket"]["properties"]["bucket"].get("plain")
 
     catalog = schema["types"]["lockstep:index:ReleaseCatalog"]
     assert kind(catalog["properties"]["versions"]) == "object"
@@ -211,6 +215,7 @@ def test_inputs_mirror_the_stack_config_models_field_for_field(schema):
     inputs = schema["resources"][TOKEN]["inputProperties"]
     settings = fields_by_alias(lockstep_config.StackSettings)
     settings.pop("stack")
+    settings.pop("awsProfile")  # the providers' configuration (lockstep:awsProfile), not an input
     component_only = {"catalog", "stack"}
     assert set(inputs) - component_only == set(settings)
     for name, (model, type_name) in PARITY.items():
@@ -287,7 +292,9 @@ def construct(
         assert result.state.keys() == {"pin", "liveEndpoint", "liveIndex", "slots", "retainedIndices", "checkRecord"}
         return pulumi.Output.all(urn=result.urn, **result.state)
 
-    return run_mocked(body, stack=stack, project="consumer")
+    # The consumer's lockstep provider works in the release's region (require_provider_placement).
+    config = {"lockstep:region": "eu-west-1"}
+    return run_mocked(body, stack=stack, project="consumer", config=config)
 
 
 def catalog_document() -> dict:

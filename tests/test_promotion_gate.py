@@ -70,6 +70,6 @@ def test_a_yaml_or_typescript_consumer_gets_the_gate_through_construct():
         return provider.construct("lockstep", TOKEN, inputs, pulumi.ResourceOptions()).urn
 
     with pytest.raises(Exception, match=r"lockstep:slots.blue: v1 is not verified in dev \(verified there: v2\)"):
-        run_mocked(body, stack="staging", project="consumer", mocks=mocks)
+        run_mocked(body, stack="staging", project="consumer", mocks=mocks, config={"lockstep:region": "eu-west-1"})
     assert sorted(mocks.stack_reads) == ["organization/consumer/dev", "organization/consumer/staging"]
     assert mocks.resources == {}

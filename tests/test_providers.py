@@ -12,7 +12,7 @@ from components.providers.check import CheckFailed, CheckHandler
 from components.providers.opensearch import CutoverHandler, IndexHandler, read_kept
 from components.providers.provider import LockstepProvider, plain_map, wire_map
 from components.providers.resources import CheckArgs, CutoverArgs, IndexArgs
-from lockstep.errors import IntegrityError
+from lockstep.errors import IntegrityError, LockstepError
 from lockstep.ops import artifacts, corpus_store, endpoints, live_state
 
 CORPUS_SIZE = 40
@@ -89,20 +89,50 @@ def test_index_diff_replaces_only_on_mapping_changes_and_a_flip_does_not_reach_i
     assert {"index", "version"} <= set(moved.replaces) and moved.delete_before_replace is False
 
 
-def test_index_delete_keeps_what_the_stack_keeps_and_says_why(stack, serving, catalog, opensearch, ssm):
+def test_index_delete_of_a_kept_index_fails_while_the_release_stands_and_keeps_it_once_destroyed(
+    stack, serving, catalog, opensearch, ssm
+):
     handler = IndexHandler()
     made = {version: handler.create(URN, index_props(stack, catalog.get(version))) for version in ("v1", "v2", "v3")}
     retained = stack.model_copy(update={"retain": ("v3",)})
-    CutoverHandler().create(URN, cutover_props(retained, catalog.get("v1"), "blue"))
-    assert read_kept(ssm, stack.pointer_name) == {"pin": "v1", "slots": {"blue": "v1", "green": "v2"}, "retain": ["v3"]}
-
-    said = {version: handler.delete(URN, id_, outs) for version, (id_, outs) in made.items()}
-    assert said == {
-        "v1": f"kept index {stack.opensearch.index_name('v1')}: it is the live pin",
-        "v2": f"kept index {stack.opensearch.index_name('v2')}: it serves the green slot",
-        "v3": f"kept index {stack.opensearch.index_name('v3')}: it is retained for instant rollback",
+    cutover_id, _ = CutoverHandler().create(URN, cutover_props(retained, catalog.get("v1"), "blue"))
+    names = {version: stack.opensearch.index_name(version) for version in ("v1", "v2", "v3")}
+    assert read_kept(ssm, stack.pointer_name) == {
+        "pin": "v1",
+        "slots": {"blue": "v1", "green": "v2"},
+        "retain": ["v3"],
+        "indices": sorted(names.values()),
     }
+
+    # A replace or a removal while the release stands: the delete fails (the engine keeps the resource).
+    for id_, outs in made.values():
+        with pytest.raises(LockstepError, match=f"refusing to delete index {id_}: .*put the change back"):
+            handler.delete(URN, id_, outs)
+
+    # destroy: the cutover goes first, then every kept index is left and said so.
+    CutoverHandler().delete(URN, cutover_id, cutover_props(retained, catalog.get("v1"), "blue"))
+    said = {version: handler.delete(URN, id_, outs) for version, (id_, outs) in made.items()}
+    reasons = {
+        "v1": "it is the live pin",
+        "v2": "it serves the green slot",
+        "v3": "it is retained for instant rollback",
+    }
+    for version, reason in reasons.items():
+        assert said[version].startswith(f"kept index {names[version]}: {reason} (the data stays"), said
     assert all(opensearch.indices.exists(index=id_) for id_, _ in made.values())
+
+
+def test_an_index_adopted_by_its_replacement_is_left_to_it(stack, serving, catalog, opensearch):
+    """`pulumi up --replace`: the replacement's create adopts the same physical index; the old
+    resource's delete leaves it (kept or not), without failing."""
+    handler, props = IndexHandler(), index_props(stack, catalog.get("v3"))
+    id_, old = handler.create(URN, props)
+    _, new = handler.create(URN, props)
+    assert new["holder"] != old["holder"]
+    assert handler.delete(URN, id_, old) == f"left index {id_} in place: its replacement holds it"
+    assert opensearch.indices.exists(index=id_)
+    assert handler.delete(URN, id_, new) is None  # v3 is not kept: its holder's delete drops it
+    assert not opensearch.indices.exists(index=id_)
 
 
 # ------------------------------------------------------------------------------------- cutover

@@ -8,7 +8,8 @@
    StackReferences — an unverified pin fails `up` in one line before anything is registered,
    verified ones land, a rollback in prod is the flip; the policy pack runs on prod and refuses a
    rewritten version;
-3. a failed check stops the deploy job at the step the workflow says.
+3. a failed check stops the deploy job at the step the workflow says: at `pulumi up` when the update
+   changed what is live, at `lockstep check` when the data drifted with no config change.
 
 The real CLI and Python language host run the checkout's Pulumi.yaml + __main__.py on a file
 backend with a passphrase, as a user sets them; nothing puts components/ on PATH (Pulumi.yaml names
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -297,3 +299,20 @@ def test_a_failed_check_stops_the_deploy_job_at_the_pulumi_up_step(checkout, ope
     assert failed.failed_at == UP_STEP, failed.log()
     assert "reembed-probe" in failed.step(UP_STEP).output
     assert failed.step(CHECK_STEP).outcome == "skipped"
+
+
+def test_data_drift_with_no_config_change_fails_the_deploy_job_at_the_check_step(checkout, opensearch):
+    """prod's live index gets another model's vectors (stamps untouched) and nothing in the config
+    changes: `pulumi up` is a no-op and passes, the `lockstep check` step fails the job."""
+    prod = checkout.prod
+    assert prod, "needs the prod stack the promotion test deployed"
+    prefix = prefix_of(prod)
+    assert live_index(prefix) == [f"{prefix}-v1"]
+    relabel(opensearch, f"{prefix}-v2", f"{prefix}-v1", "v1")
+    drifted = checkout.job("deploy.yml", "deploy", prod)
+    assert drifted.failed_at == CHECK_STEP, drifted.log()
+    summary = drifted.step(UP_STEP).output.rsplit("Resources:", 1)[-1]
+    assert re.search(r"\d+ unchanged", summary) and not re.search(r"\d+ (created|updated|replaced|deleted)", summary), (
+        drifted.log()
+    )
+    assert "reembed-probe" in drifted.step(CHECK_STEP).output

@@ -21,9 +21,12 @@ from lockstep.config import Catalog, CatalogEntry, DerivedStore, StackSettings, 
 from lockstep.errors import Unreachable
 from lockstep.ops import clients
 
-# What an older lockstep kept in a resource's inputs and this one no longer takes: the password is
-# the provider's configuration now (a rotation re-runs nothing).
-RETIRED_INPUTS = frozenset({"opensearchPassword"})
+# What an older lockstep kept in a resource's inputs and this one no longer takes: the password,
+# the region and the AWS profile are the provider's configuration now (a change re-runs nothing).
+RETIRED_INPUTS = frozenset({"opensearchPassword", "region", "awsProfile"})
+# Stack settings no resource takes: the region and the AWS profile are the provider's configuration,
+# autoRevert is `lockstep up`'s.
+NOT_INPUTS = ("region", "awsProfile", "autoRevert")
 # 0: lockstep up to 302bdd0 (`settings` and `entry` as opaque objects); 1: typed inputs.
 STATE_VERSION = 1
 STATE_VERSION_KEY = "stateVersion"
@@ -34,16 +37,16 @@ DETACHED = {"pin": "(detached)", "slots": {"blue": "(detached)", "green": "(deta
 PLACEMENT = (
     "stack",
     "namePrefix",
-    "region",
-    "awsProfile",
     "artifacts",
     "opensearch",
     "corpus",
     "backfill",
     "pointerParameter",
 )
-# Every stack setting a resource can take (autoRevert is `lockstep up`'s, not a resource's).
-EVERY_SETTING = tuple(f.alias or name for name, f in StackSettings.model_fields.items() if name != "auto_revert")
+# Every stack setting a resource can take.
+EVERY_SETTING = tuple(
+    f.alias or name for name, f in StackSettings.model_fields.items() if (f.alias or name) not in NOT_INPUTS
+)
 # The catalog entry's fields that decide what an artifact embeds (not its description or floors).
 EMBEDDER = ("version", "model", "family", "dimension", "spaceType", "artifactSha256")
 
@@ -115,6 +118,8 @@ class Handler:
     REPLACE_ON: tuple[str, ...] = ()
     # Outputs the handler observes; never compared as inputs.
     OBSERVED: frozenset[str] = frozenset()
+    # What `pulumi up` does with the thing `pulumi import` names (it cannot be imported by id alone).
+    ADOPTION = "declare it in the stack config and run `pulumi up`, which adopts what is already there"
 
     @classmethod
     def properties(cls, types: dict | None = None) -> dict[str, Property]:
@@ -141,9 +146,11 @@ class Handler:
     def migrate(cls, state: dict) -> dict:
         """State as this lockstep writes it. Version 0 held the settings and the catalog entry as
         two opaque objects (`settings`, `entry`): their fields become the resource's own."""
-        if not state or state.get(STATE_VERSION_KEY) == STATE_VERSION:
+        if not state:
             return state
-        state = dict(state)
+        state = {key: value for key, value in state.items() if key not in RETIRED_INPUTS}
+        if state.get(STATE_VERSION_KEY) == STATE_VERSION:
+            return state
         settings = state.pop("settings", None) if "settings" not in cls.OWN else None
         entry = state.pop("entry", None) if "entry" not in cls.OWN else None
         if isinstance(settings, dict):
@@ -154,8 +161,6 @@ class Handler:
             for name in cls.ENTRY:
                 if name in entry:
                     state.setdefault(name, entry[name])
-        for name in RETIRED_INPUTS:
-            state.pop(name, None)
         return state
 
     def check(self, olds: dict, news: dict) -> list[tuple[str, str]]:
@@ -168,10 +173,14 @@ class Handler:
         return found
 
     def settings_of(self, props: dict) -> StackSettings:
-        """The stack settings this resource was given (a resource without the pin is detached)."""
+        """The stack settings this resource was given (a resource without the pin is detached), in
+        the region and AWS profile of the provider's configuration."""
         values = {name: props[name] for name in self.SETTINGS if props.get(name) is not None}
         if "pin" not in self.SETTINGS:
             values.update(DETACHED)
+        configured = clients.current()
+        values.update({"region": configured.region, "awsProfile": configured.profile})
+        values = {key: value for key, value in values.items() if value is not None}
         return StackSettings.model_validate(shapes.known_fields(StackSettings, values))
 
     # -------------------------------------------------------------------------------- diff
@@ -219,6 +228,15 @@ class Handler:
 
     def update(self, urn: str, id_: str, olds: dict, news: dict) -> dict:
         return self.create(urn, news)[1]
+
+    def import_refusal(self, id_: str) -> str:
+        """Why `pulumi import` of `id_` is refused, and what to do: a lockstep resource's inputs are
+        the stack's settings (buckets, corpus, pointer, catalog entry), which nothing in the cloud
+        records, so an id alone cannot make a resource whose next diff is honest."""
+        return (
+            f"{self.TOKEN} {id_} cannot be imported: its inputs are the stack's settings, which the id "
+            f"does not carry; {self.ADOPTION.format(id=id_)}"
+        )
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:
         """Default: the resource leaves the state, the data stays. Returns what to tell the user."""

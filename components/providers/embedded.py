@@ -20,6 +20,7 @@ from components.providers.base import (
     Property,
     entry_of,
     failures,
+    has_unknown,
     store_of,
 )
 from components.providers.derived import STORE
@@ -27,7 +28,7 @@ from lockstep import runtime
 from lockstep.ops import artifacts, clients, corpus_store, derived, endpoints
 
 # What an embedded leaf reads: where the bucket, the corpus and the tables are.
-AWS_PLACEMENT = ("stack", "namePrefix", "region", "awsProfile", "artifacts", "corpus")
+AWS_PLACEMENT = ("stack", "namePrefix", "artifacts", "corpus")
 
 
 def versioned(outputs: dict) -> dict:
@@ -57,6 +58,24 @@ class CorpusHandler(Handler):
     SETTINGS = AWS_PLACEMENT
     OWN = {"uri": Property("s3:// location of the corpus.")}
     REPLACE_ON = ("uri",)
+
+    def check(self, olds: dict, news: dict) -> list[tuple[str, str]]:
+        """A new corpus.size for a corpus already generated at the same place would change nothing
+        (it is generated only when missing): refused, naming the two ways that do change it."""
+        found = super().check(olds, news)
+        if found or not olds or has_unknown(news.get("corpus")) or olds.get("uri") != news.get("uri"):
+            return found
+        before, after = (self._normalized("corpus", props.get("corpus"))["size"] for props in (olds, news))
+        if before != after:
+            found.append(
+                (
+                    "corpus",
+                    f"corpus.size: the corpus at {news['uri']} was generated with {before} documents and is "
+                    f"generated only when missing; to use {after}, give it a new corpus.key (the indices catch "
+                    f"up from it), or set corpus.size back to {before}",
+                )
+            )
+        return found
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
         settings = self.settings_of(news)
@@ -138,6 +157,14 @@ class DerivedTableHandler(Handler):
     SETTINGS = AWS_PLACEMENT
     OWN = {"name": Property("Table name."), "store": STORE}
     REPLACE_ON = ("name",)
+
+    def _normalized(self, name: str, value):
+        """Of the store, only its table is this resource's: a repair setting (k, writeRate, …) is
+        the DerivedRepair's update, never an update of the table that changes nothing."""
+        normal = super()._normalized(name, value)
+        if name == "store" and isinstance(normal, dict):
+            return {"table": normal.get("table")}
+        return normal
 
     def check(self, olds: dict, news: dict) -> list[tuple[str, str]]:
         return super().check(olds, news) + failures(news, ("store", store_of))

@@ -3,14 +3,21 @@
 Both call lockstep.ops and nothing else. Their inputs are typed (components/providers/base.py):
 the stack settings and catalog entry fields each uses; the password is the provider's configuration.
 
-What the stack keeps (pin, slots, retain) is recorded by the Cutover next to the live pointer
-(`<pointer>-kept`): an Index's delete reads it, so neither `destroy` nor a replace deletes the
-live, the standby or a retained index — the delete leaves it and says why.
+What the stack keeps (pin, slots, retain, and those versions' index names) is recorded by the
+Cutover next to the live pointer (`<pointer>-kept`); an Index's delete reads it and never deletes
+the live, the standby or a retained index:
+- in a replace or a removal while the release stands, the delete fails with one line, so the
+  engine keeps the resource in its state (the next `up` after putting the change back works);
+- once the Cutover itself is deleted (`destroy`, marked `released`), the delete leaves the index,
+  says so, and the resource leaves the state: the data stays;
+- an index a replacement adopted (`pulumi up --replace`: same physical index) is the
+  replacement's: each Index resource records itself as the index's `_meta.holder`.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import asdict
 from typing import Any
 
@@ -29,7 +36,7 @@ from components.providers.base import (
     opensearch_where,
 )
 from lockstep.config import CatalogEntry, StackSettings
-from lockstep.errors import GuardRefused
+from lockstep.errors import LockstepError
 from lockstep.ops import clients, endpoints, index, live_state
 from lockstep.ops.backfill import engine as backfill_engine
 
@@ -52,18 +59,41 @@ MAPPING_FIELDS = (
 )
 
 
+# This Index resource's mark (a state output, and the index's `_meta.holder`): a delete acts only on
+# an index its own resource holds.
+HOLDER = "holder"
+
+
+def shapes_of_kept(kept: dict) -> dict:
+    """The stack settings fields of a kept record (what an index's delete guards with)."""
+    return {key: kept[key] for key in ("pin", "slots", "retain") if key in kept}
+
+
 def kept_parameter(pointer_name: str) -> str:
     return f"{pointer_name}-kept"
 
 
 def write_kept(ssm, settings: StackSettings) -> None:
     """What the stack keeps after this cutover: read by an index's delete."""
-    kept = {"pin": settings.pin, "slots": settings.slots.as_dict(), "retain": list(settings.retain)}
+    kept = {
+        "pin": settings.pin,
+        "slots": settings.slots.as_dict(),
+        "retain": list(settings.retain),
+        "indices": sorted({settings.opensearch.index_name(version) for version in settings.versions}),
+    }
+    _put_kept(ssm, settings.pointer_name, kept)
+
+
+def release_kept(ssm, pointer_name: str) -> None:
+    """The release is gone (its Cutover deleted): its indices' deletes leave them and say so."""
+    kept = read_kept(ssm, pointer_name)
+    if kept is not None:
+        _put_kept(ssm, pointer_name, {**kept, "released": True})
+
+
+def _put_kept(ssm, pointer_name: str, kept: dict) -> None:
     ssm.put_parameter(
-        Name=kept_parameter(settings.pointer_name),
-        Value=json.dumps(kept, sort_keys=True),
-        Type="String",
-        Overwrite=True,
+        Name=kept_parameter(pointer_name), Value=json.dumps(kept, sort_keys=True), Type="String", Overwrite=True
     )
 
 
@@ -96,6 +126,10 @@ class IndexHandler(Handler):
         "meta": Property("The index mapping's _meta.", "any", output_only=True),
     }
     REPLACE_ON = MAPPING_FIELDS
+    ADOPTION = (
+        "name its version in the stack (lockstep:slots or lockstep:retain) and run `pulumi up`: the index {id} "
+        "already there is adopted as it is (caught up, not rebuilt)"
+    )
     OBSERVED = frozenset({"docCount", "meta"})
 
     def diff(self, olds: dict, news: dict) -> Diff:
@@ -106,6 +140,16 @@ class IndexHandler(Handler):
         return diff
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
+        """Build the index, or adopt the one already there (caught up, not rebuilt): this resource
+        holds it from now on."""
+        return news["index"], self._apply(news, holder=uuid.uuid4().hex)
+
+    def update(self, urn: str, id_: str, olds: dict, news: dict) -> dict:
+        """Only non-mapping inputs changed (replicas, corpus location, backfill tuning): catch the
+        index up and apply them."""
+        return self._apply(news, holder=olds.get(HOLDER) or uuid.uuid4().hex)
+
+    def _apply(self, news: dict, holder: str) -> dict:
         settings = self.settings_of(news)
         backfill_engine.sync_index(settings, entry_of(news), progress=False)
         client = clients.opensearch(settings.opensearch)
@@ -113,12 +157,8 @@ class IndexHandler(Handler):
         index.restamp_corpus(client, settings, entry_of(news))
         # A replica count changed since the index was built is applied in place (put-settings).
         index.set_replicas(client, news["index"], settings.opensearch.replicas)
-        return news["index"], {**news, **self._observed(settings, news["index"]), STATE_VERSION_KEY: STATE_VERSION}
-
-    def update(self, urn: str, id_: str, olds: dict, news: dict) -> dict:
-        """Only non-mapping inputs changed (replicas, corpus location, backfill tuning): catch the
-        index up and apply them."""
-        return self.create(urn, news)[1]
+        index.set_holder(client, news["index"], holder)
+        return {**news, **self._observed(settings, news["index"]), HOLDER: holder, STATE_VERSION_KEY: STATE_VERSION}
 
     def read(self, urn: str, id_: str, state: dict) -> tuple[str, dict]:
         """`pulumi refresh`: what the cluster holds now; an empty id tells the engine the index is gone."""
@@ -137,19 +177,33 @@ class IndexHandler(Handler):
         return id_, {**state, **found, "index": id_, **observed}
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:
+        """Delete the index unless the stack keeps it. A kept one fails the delete while the release
+        stands (the engine keeps the resource: nothing is lost, the next `up` works once the change
+        is put back) and is left, said plainly, once the release is destroyed."""
         settings = self.settings_of(state)
         ssm = clients.aws_for(settings, "ssm")
         client = clients.opensearch(settings.opensearch)
         with clients.reaching("OpenSearch", opensearch_where(settings)), clients.reaching("AWS", "SSM"):
+            meta = index.read_meta(client, id_)
+            if meta is None:
+                return None
+            if meta.get(index.HOLDER_KEY) != state.get(HOLDER):
+                return f"left index {id_} in place: its replacement holds it"
             kept = read_kept(ssm, settings.pointer_name)
             if kept:
-                settings = settings.model_validate({**settings.model_dump(by_alias=True), **kept})
-            live = live_state.Inventory(pointer=live_state.read_pointer(ssm, settings.pointer_name))
-            try:
-                live_state.drop_index(client, settings, state["version"], live)
-            except GuardRefused as refused:
-                return f"kept index {id_}: {str(refused).split(': ', 1)[-1].split(';')[0]}"
-        return None
+                settings = settings.model_validate({**settings.model_dump(by_alias=True), **shapes_of_kept(kept)})
+            pointer = live_state.read_pointer(ssm, settings.pointer_name)
+            by_version = kept is None or id_ in kept.get("indices", [id_])
+            reason = live_state.drop_named_index(client, settings, state["version"], id_, pointer, by_version)
+        if reason is None:
+            return None
+        if kept and kept.get("released"):
+            return f"kept index {id_}: {reason} (the data stays; delete it by hand if you mean to)"
+        raise LockstepError(
+            f"refusing to delete index {id_}: {reason}. A change that needs a new index (mapping, shards, "
+            "engine) cannot replace an index the stack keeps: put the change back, or build new indices "
+            "under another opensearch.indexPrefix; the resource stays in the state"
+        )
 
     @staticmethod
     def _observed(settings: StackSettings, name: str, client=None) -> dict[str, Any]:
@@ -186,6 +240,10 @@ class CutoverHandler(Handler):
     }
     # Another parameter is another pointer; the old one is left in place (see delete).
     REPLACE_ON = ("pointer",)
+    ADOPTION = (
+        "name it as the stack's lockstep:pointerParameter and run `pulumi up`: the cutover takes over the "
+        "pointer {id} and the live alias where they are"
+    )
     OBSERVED = frozenset({"switchedAt", "aliasTargets"})
 
     def diff(self, olds: dict, news: dict) -> Diff:
@@ -233,5 +291,10 @@ class CutoverHandler(Handler):
         return id_, {**state, **observed, "switchedAt": pointer.switched_at, "aliasTargets": targets}
 
     def delete(self, urn: str, id_: str, state: dict) -> str | None:
-        """Leaves the alias and the pointer in place: removing the resource must not take search offline."""
+        """Leaves the alias and the pointer in place: removing the resource must not take search
+        offline. The release is gone: what it kept is marked released, so its indices' deletes leave
+        them (and say so) instead of failing."""
+        settings = self.settings_of(state)
+        with clients.reaching("AWS", "SSM"):
+            release_kept(clients.aws_for(settings, "ssm"), id_)
         return f"left the live alias {state.get('alias')} and the pointer {id_} in place (search stays online)"

@@ -218,6 +218,8 @@ class LockstepProvider(api.Provider):
 
     async def read(self, request: api.ReadRequest) -> api.ReadResponse:
         handler = self.handler(request.type)
+        if not request.properties:  # `pulumi import`: the engine hands over the id alone
+            raise RuntimeError(f"{MESSAGE_PREFIX}{handler.import_refusal(request.resource_id)}")
         state = handler.migrate(plain_map(request.properties))
         id_, outputs = await self._run(handler.read, request.urn, request.resource_id, state)
         return api.ReadResponse(resource_id=id_, properties=wire_map(outputs), inputs=request.inputs if id_ else {})

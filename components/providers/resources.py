@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pulumi
 
+from components import deferred
+from components.package import package_version
 from components.providers.base import Handler, dump
 from components.providers.check import CheckHandler
 from components.providers.derived import DerivedRepairHandler
@@ -27,11 +30,22 @@ from lockstep.ops import corpus_store
 from lockstep.ops import endpoints as ops_endpoints
 
 
+def _given(settings: StackSettings) -> dict[str, Any]:
+    return settings.model_dump(by_alias=True, mode="json", exclude_defaults=True, exclude_none=True)
+
+
+def _given_setting(name: str, settings: StackSettings) -> Any:
+    return _given(settings).get(name)
+
+
 def typed_inputs(handler: type[Handler], settings: StackSettings, entry: CatalogEntry | None = None) -> dict:
     """The stack settings and catalog entry fields `handler` uses, without defaults (a default is
-    the provider's to fill in: a later lockstep may add a setting without changing any input)."""
-    given = settings.model_dump(by_alias=True, mode="json", exclude_defaults=True, exclude_none=True)
-    inputs = {name: given[name] for name in handler.SETTINGS if name in given}
+    the provider's to fill in: a later lockstep may add a setting without changing any input).
+    A setting the program gave in part as outputs is an output of the resolved settings."""
+    given, pending = _given(settings), deferred.pending_keys(settings)
+    inputs: dict[str, Any] = {name: given[name] for name in handler.SETTINGS if name in given}
+    for name in pending & set(handler.SETTINGS):
+        inputs[name] = deferred.value(settings, partial(_given_setting, name))
     if entry is not None:
         fields = entry.model_dump(by_alias=True, mode="json", exclude_defaults=True)
         inputs.update({name: fields[name] for name in handler.ENTRY if name in fields})
@@ -43,13 +57,15 @@ def _snake(name: str) -> str:
 
 
 class LockstepResource(pulumi.CustomResource):
-    """A custom resource of the `lockstep` plugin: every schema property becomes an attribute."""
+    """A custom resource of the `lockstep` plugin, registered with lockstep's version (the engine runs
+    that version's plugin); every schema property becomes an attribute."""
 
     HANDLER: Any = None
 
     def __init__(self, name: str, inputs: dict, opts: pulumi.ResourceOptions | None = None):
         outputs = {key: None for key, prop in self.HANDLER.properties().items() if prop.output_only}
         props = {**outputs, **inputs}
+        opts = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(version=package_version()), opts)
         super().__init__(self.HANDLER.TOKEN, name, props, opts)
         for key in props:  # camelCase on the wire, snake_case in Python
             if _snake(key) != key:
@@ -181,7 +197,8 @@ class Bucket(LockstepResource):
     bucket: pulumi.Output[str]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None):
-        super().__init__(name, {**typed_inputs(BucketHandler, settings), "bucket": settings.artifacts.bucket}, opts)
+        bucket = deferred.value(settings, lambda resolved: resolved.artifacts.bucket)
+        super().__init__(name, {**typed_inputs(BucketHandler, settings), "bucket": bucket}, opts)
 
 
 class Corpus(LockstepResource):
@@ -190,7 +207,7 @@ class Corpus(LockstepResource):
     HANDLER = CorpusHandler
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None):
-        inputs = {**typed_inputs(CorpusHandler, settings), "uri": corpus_store.corpus_uri(settings)}
+        inputs = {**typed_inputs(CorpusHandler, settings), "uri": deferred.value(settings, corpus_store.corpus_uri)}
         super().__init__(name, inputs, opts)
 
 
@@ -205,7 +222,7 @@ class Artifact(LockstepResource):
     ):
         inputs = {
             **typed_inputs(ArtifactHandler, settings, entry),
-            "bucket": settings.artifacts.bucket,
+            "bucket": deferred.value(settings, lambda resolved: resolved.artifacts.bucket),
             "key": entry.artifact_key,
             **({} if settings.embedded else {"embedded": False}),  # the default is not sent
         }

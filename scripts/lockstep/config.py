@@ -198,7 +198,8 @@ class OpenSearchSettings(Model):
     auth: Literal["none", "basic", "sigv4"] = "none"
     username: str | None = None
     region: str | None = None
-    # Amazon OpenSearch Service domain (AWS stacks): the Pulumi program looks it up by name.
+    # Amazon OpenSearch Service domain (AWS stacks): without a url, its endpoint is looked up by name
+    # (DescribeDomain, lockstep.ops.clients), by the provider and the CLI alike.
     domain_name: str | None = None
     shards: int = Field(default=1, ge=1)
     replicas: int = Field(default=0, ge=0)
@@ -616,11 +617,11 @@ def settings_from_yaml_text(stack: str, text: str, catalog: Catalog, source: str
 
 
 def one_region(region: Any, aws_region: Any, source: str = "the stack config") -> Any:
-    """lockstep:region and aws:region name one region (the aws: provider's, where the resources go)."""
+    """lockstep:region (lockstep's provider) and aws:region (the aws provider) name one region."""
     if region is not None and region != aws_region:
         raise ConfigError(
-            f"{source}: lockstep:region is {region!r} but aws:region is {aws_region!r}; remove lockstep:region "
-            "(aws:region is the one source) or make them equal"
+            f"{source}: lockstep:region is {region!r} but aws:region is {aws_region!r}; make them equal "
+            "(lockstep's provider must work where the aws provider deploys)"
         )
     return aws_region
 

@@ -1,6 +1,6 @@
 """The inference server: the SageMaker container contract over the stdlib HTTP server.
 
-`GET /ping` -> 200 `{status, model, version, artifact_sha256}`; `POST /invocations` with
+`GET /ping` -> 200 `{status, model, version, artifact_sha256, max_batch}`; `POST /invocations` with
 `{"inputs": [str, ...]}` -> a JSON list of vectors. Every response carries the header
 `X-Lockstep-Artifact-Sha256`, so any caller can tell which artifact answered. Bad requests get a
 4xx with `{"error": reason}`; nothing a client sends produces a traceback.
@@ -82,6 +82,7 @@ class Handler(BaseHTTPRequestHandler):
                 "version": embedder.version,
                 "artifact_sha256": embedder.artifact_sha256,
                 "dimension": embedder.dimension,
+                "max_batch": self.server.max_batch,
             },
         )
 

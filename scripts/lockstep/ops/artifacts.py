@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 from botocore.exceptions import ClientError
@@ -73,24 +74,32 @@ def ensure_bucket(s3, bucket: str, require_tls: bool | None = None) -> None:
             region = s3.meta.region_name
             location = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
             s3.create_bucket(Bucket=bucket, ObjectOwnership="BucketOwnerEnforced", **location)
-        s3.put_bucket_ownership_controls(
-            Bucket=bucket, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
-        )
-        s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-        s3.put_bucket_encryption(
-            Bucket=bucket,
-            ServerSideEncryptionConfiguration={
-                "Rules": [
-                    {
-                        "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
-                        "BucketKeyEnabled": True,
-                    }
-                ]
-            },
-        )
+        posture = [
+            lambda: s3.put_bucket_ownership_controls(
+                Bucket=bucket, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+            ),
+            lambda: s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK),
+            lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}),
+            lambda: s3.put_bucket_encryption(
+                Bucket=bucket,
+                ServerSideEncryptionConfiguration={
+                    "Rules": [
+                        {
+                            "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+                            "BucketKeyEnabled": True,
+                        }
+                    ]
+                },
+            ),
+        ]
         if require_tls:
-            s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(deny_insecure_transport_policy(bucket)))
+            posture.append(
+                lambda: s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(deny_insecure_transport_policy(bucket)))
+            )
+        # Independent settings, re-asserted on every apply: sent together, not one round trip after another.
+        with ThreadPoolExecutor(len(posture)) as pool:
+            for done in [pool.submit(put) for put in posture]:
+                done.result()
 
 
 # ------------------------------------------------------------------------------------ artifacts

@@ -19,7 +19,7 @@ from functools import cached_property
 from importlib.metadata import version as package_version
 
 import numpy as np
-from opensearchpy.exceptions import RequestError
+from opensearchpy.exceptions import RequestError, TransportError
 
 from lockstep import reader
 from lockstep.config import Catalog, DerivedStore, StackSettings
@@ -124,12 +124,24 @@ class Reading:
         with self.opensearch():
             return cluster.whole_copies(self.client, self.served, COPIES_WAIT_SECONDS)
 
+    def copies_moved(self) -> bool:
+        """Were the copies read (the gate passed), on several nodes, and are they not the same now?
+        (One node: nothing to move; the first line stands.)"""
+        if "copies" not in self.__dict__ or len({c.node for c in self.copies}) < 2:
+            return False
+        try:
+            with self.opensearch():
+                now, gaps = cluster.listing(self.client, self.served)
+        except Unreachable:
+            return False
+        return bool(gaps) or now != self.copies
+
     def copies_unchanged(self) -> None:
         """After the checks: the same copies, all still started, or the view was partial (exit 2)."""
         with self.opensearch():
-            now = cluster.copies(self.client, self.served) if self.copies else []
-        if now != self.copies:
-            gaps = cluster.missing(now) or ["copies moved"]
+            now, gaps = cluster.listing(self.client, self.served) if self.copies else ([], [])
+        if gaps or now != self.copies:
+            gaps = gaps or ["copies moved"]
             raise Unreachable(
                 f"index {self.served} changed while the check read it ({'; '.join(gaps)}): "
                 "its reads may be partial; run the check again once the cluster is green"
@@ -399,8 +411,21 @@ def checks_for(settings: StackSettings) -> list[tuple[str, Callable[..., Check]]
 
 def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> CheckRecord:
     """Every named check, in order. A part that could not be read stops the run with one line
-    (`Unreachable`/`UsageError`, exit 2): a record is only ever made of observations."""
-    reading = Reading(settings, catalog, seed)
+    (`Unreachable`/`UsageError`, exit 2): a record is only ever made of observations. When the
+    served index's copies changed while they were read (a node left or came back, a copy moved),
+    the whole reading starts again from a fresh view while COPIES_WAIT_SECONDS last."""
+    deadline = time.monotonic() + COPIES_WAIT_SECONDS
+    while True:
+        reading = Reading(settings, catalog, seed)
+        try:
+            return read_all(reading)
+        except Unreachable:
+            if time.monotonic() >= deadline or not reading.copies_moved():
+                raise
+
+
+def read_all(reading: Reading) -> CheckRecord:
+    settings = reading.settings
     record = CheckRecord(
         settings.stack,
         settings.pin,
@@ -418,6 +443,13 @@ def run(settings: StackSettings, catalog: Catalog, seed: int | None = None) -> C
             result = function(reading, record) if writes_record else function(reading)
         except Unreachable as exc:
             raise Unreachable(f"could not check {name}: {exc}") from None
+        except TransportError as exc:
+            if not isinstance(exc.status_code, int) or exc.status_code < 500:
+                raise
+            raise Unreachable(
+                f"could not check {name}: OpenSearch answered {exc.status_code} ({exc.error}), a node or shard "
+                "could not be read; check again once the cluster is green"
+            ) from None
         record.checks.append(result)
     reading.copies_unchanged()
     record.finished_at = index.now()

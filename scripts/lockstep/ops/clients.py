@@ -2,7 +2,8 @@
 
 `OPENSEARCH_URL` / `AWS_ENDPOINT_URL` win; otherwise the embedded environment started by
 `lockstep services up` is used (embedded stacks only); otherwise real AWS and the stack's
-OpenSearch URL. Credentials come from one place, `Credentials` (`configure`: the provider's
+OpenSearch URL (or, without one, the endpoint of its `domainName`, as Amazon OpenSearch Service
+describes it). Credentials come from one place, `Credentials` (`configure`: the provider's
 configuration; the CLI's defaults otherwise): region, profile, an assumed role, and the OpenSearch
 password (else `LOCKSTEP_OPENSEARCH_PASSWORD`). Every AWS client and the SigV4 signer (`es` for
 Amazon OpenSearch Service, `aoss` for Serverless) come from `session()`, which honours them.
@@ -75,6 +76,7 @@ def configure(credentials: Credentials) -> None:
     _credentials = credentials
     _session_client.cache_clear()
     _base_session.cache_clear()
+    _domain_url.cache_clear()
 
 
 def current() -> Credentials:
@@ -92,10 +94,35 @@ def _opensearch_source(settings: OpenSearchSettings | None = None) -> tuple[str,
         return os.environ["OPENSEARCH_URL"], "OPENSEARCH_URL"
     if settings and settings.url:
         return settings.url, "the stack's opensearch.url"
+    if settings and settings.domain_name:
+        where = settings.region or region()
+        return _domain_url(settings.domain_name, where), f"the OpenSearch Service domain {settings.domain_name}"
     url = _env("OPENSEARCH_URL")
     if not url:
         raise Unreachable("OpenSearch is not configured: run `lockstep services up` or set OPENSEARCH_URL")
     return url, "the embedded OpenSearch (`lockstep services up`)"
+
+
+@lru_cache(maxsize=8)
+def _domain_url(domain: str, region_name: str) -> str:
+    """The domain's endpoint (public, else its VPC endpoint) as DescribeDomain reports it, once per process."""
+    client = aws("opensearch", region_name, embedded=False)
+    try:
+        with reaching("AWS (OpenSearch Service)", aws_endpoint(False) or f"AWS {region_name}"):
+            status = client.describe_domain(DomainName=domain)["DomainStatus"]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise UsageError(
+            f"opensearch.domainName: no OpenSearch Service domain {domain} in {region_name} ({code}); "
+            "fix the name or region, or set opensearch.url"
+        ) from None
+    endpoint = status.get("Endpoint") or (status.get("Endpoints") or {}).get("vpc")
+    if not endpoint:
+        raise Unreachable(
+            f"OpenSearch Service domain {domain} in {region_name} has no endpoint yet; wait until it is active, "
+            "or set opensearch.url"
+        )
+    return f"https://{endpoint}"
 
 
 def _require_url(url: str, source: str) -> str:

@@ -76,17 +76,29 @@ def missing(found: list[ShardCopy]) -> list[str]:
     return [f"{c.label} {c.state}" + (f" ({c.reason})" if c.reason else "") for c in found if c.state != "STARTED"]
 
 
+def listing(client, index: str) -> tuple[list[ShardCopy], list[str]]:
+    """(every copy of `index`, the ones that cannot be read). A listing the cluster cannot give
+    now (5xx: its manager just left, an election is on) is nothing readable, said as such."""
+    try:
+        found = copies(client, index)
+    except TransportError as exc:
+        if not isinstance(exc.status_code, int) or exc.status_code < 500:
+            raise
+        return [], [f"its shard copies could not be listed ({exc.error})"]
+    return found, missing(found)
+
+
 def whole_copies(client, index: str, bound: float) -> list[ShardCopy]:
     """Every copy of `index`, once all are started (the index is green); waits up to `bound`
-    seconds. A copy still missing then is one line naming it (`Unreachable`, exit 2)."""
+    seconds (also a listing the cluster cannot give yet). A copy still missing then is one line
+    naming it (`Unreachable`, exit 2)."""
     deadline = time.monotonic() + bound
     while True:
-        found = copies(client, index)
-        gaps = missing(found)
+        found, gaps = listing(client, index)
         if not gaps:
             return found
         if time.monotonic() >= deadline:
-            status = health(client, index).get("status", "unknown")
+            status = health(client, index).get("status", "unknown") if found else "not listed"
             raise Unreachable(
                 f"index {index} is {status}: {'; '.join(gaps)} after waiting {bound:.0f}s — not every copy "
                 "could be read; wait until the cluster is green (GET _cluster/health?wait_for_status=green) and check again"

@@ -10,9 +10,9 @@ rolled-back version's items behind; they still answer, and point at the wrong ne
   version stamp or carry a version outside the catalog (one filtered scan that returns only those).
 - `repair` rewrites every item whose version is not the pin with the pin's neighbours
   (`recompute`) or marks it (`quarantine`: `quarantined_at`, kept as it was). Its work list is
-  "items of another version, not quarantined", and each batch is read again right before it is
-  written (only items still of the version read are rewritten): a killed repair re-run touches
-  only what is left, and never writes an item twice.
+  "items of another version, not quarantined", read by a consistent scan a page at a time while
+  the repair runs (a batch is written about two batches after its page was read): a killed repair
+  re-run touches only what is left, and never writes an item twice.
 - Writes are paced to the store's `writeRate` (items/s) and shown with reembed's progress bar.
 - Each table holds one fence item (`doc_id` FENCE_KEY, no `model_version`): the live version, written
   by the cutover (`write_fences`). `lockstep.derived` makes every guarded write conditional on it.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +48,7 @@ FENCE_ATTRIBUTE = "live_version"  # the fence's version: not model_version, so i
 # Projected into the version index so the quarantined share is counted without reading items.
 PROJECTED = (QUARANTINED,)
 BATCH = 50  # documents per k-NN msearch / per DynamoDB round of writes
+SCAN_PAGE = 2 * BATCH  # items a repair's work-list scan examines per request
 
 
 # ----------------------------------------------------------------------------------- the table
@@ -138,6 +139,24 @@ def _query_pages(client, store: DerivedStore, version: str, **extra) -> Iterator
     )
 
 
+def _unstamped(store: DerivedStore, catalog: Catalog, item: dict) -> UsageError | None:
+    """Why an item cannot be counted or repaired: no version stamp, or one outside the catalog."""
+    doc_id = item.get(KEY, {}).get("S", "?")
+    if VERSION_ATTRIBUTE not in item:
+        return UsageError(
+            f"derived store {store.name}: item {doc_id!r} in table {store.table!r} has no "
+            f"{VERSION_ATTRIBUTE} attribute, so no one can tell which model wrote it; "
+            f"stamp it with {VERSION_ATTRIBUTE} or delete it"
+        )
+    if item[VERSION_ATTRIBUTE]["S"] not in catalog.names:
+        return UsageError(
+            f"derived store {store.name}: item {doc_id!r} in table {store.table!r} has "
+            f"{VERSION_ATTRIBUTE} {item[VERSION_ATTRIBUTE]['S']!r}, which is not in the catalog; "
+            f"use one of {', '.join(catalog.names)}"
+        )
+    return None
+
+
 def _require_stamps(client, store: DerivedStore, catalog: Catalog) -> None:
     """Every item carries a catalog version: otherwise nobody can say which model wrote it.
     A filtered scan: only offending items come back."""
@@ -151,18 +170,8 @@ def _require_stamps(client, store: DerivedStore, catalog: Catalog) -> None:
     )
     for page in pages:
         for item in page["Items"]:
-            doc_id = item.get(KEY, {}).get("S", "?")
-            if VERSION_ATTRIBUTE not in item:
-                raise UsageError(
-                    f"derived store {store.name}: item {doc_id!r} in table {store.table!r} has no "
-                    f"{VERSION_ATTRIBUTE} attribute, so no one can tell which model wrote it; "
-                    f"stamp it with {VERSION_ATTRIBUTE} or delete it"
-                )
-            raise UsageError(
-                f"derived store {store.name}: item {doc_id!r} in table {store.table!r} has "
-                f"{VERSION_ATTRIBUTE} {item[VERSION_ATTRIBUTE]['S']!r}, which is not in the catalog; "
-                f"use one of {', '.join(catalog.names)}"
-            )
+            if problem := _unstamped(store, catalog, item):
+                raise problem
 
 
 def count_by_version(
@@ -281,14 +290,17 @@ class Pacer:
 
 
 @contextmanager
-def _progress(enabled: bool, description: str, total: int, pacer: Pacer) -> Iterator[Callable[[int], None]]:
-    """reembed's progress bar with one task; yields advance(n)."""
-    with progress_bar(enabled and total > 0) as bar:
+def _progress(enabled: bool, description: str, total: int | None, pacer: Pacer) -> Iterator[Callable[..., None]]:
+    """reembed's progress bar with one task; yields advance(n, total=None). `total` None: not
+    known yet (the repair reads its work list while it writes); advance(0, total=n) sets it."""
+    with progress_bar(enabled and total != 0) as bar:
         task = bar.add_task(description, total=total, rate="") if bar else None
 
-        def advance(n: int) -> None:
+        def advance(n: int, total: int | None = None) -> None:
             if bar:
                 bar.update(task, advance=n, rate=f"{pacer.achieved:,.0f} items/s")
+                if total is not None:
+                    bar.update(task, total=total)
 
         yield advance
 
@@ -422,47 +434,89 @@ class RepairResult:
         return f"{self.store}: {done}" + (f", {self.skipped} changed meanwhile" if self.skipped else "")
 
 
-def _stale_ids(client, store: DerivedStore, versions: Iterable[str]) -> list[tuple[str, str]]:
-    """(doc_id, version) of items of these versions that are not quarantined, read from the GSI."""
-    found = []
-    for version in versions:
-        for page in _query_pages(client, store, version, FilterExpression=f"attribute_not_exists({QUARANTINED})"):
-            found += [(item[KEY]["S"], version) for item in page["Items"]]
-    return found
+def _work_pages(client, store: DerivedStore, catalog: Catalog, pin: str) -> Iterator[list[tuple[str, str]]]:
+    """(doc_id, version) of the items another version wrote that are not quarantined, a page at a
+    time from a consistent scan that returns only items not of the pin; it also refuses unstamped
+    items. The next page is requested while the caller works on this one."""
+    request = {
+        "TableName": store.table,
+        "ConsistentRead": True,
+        "Limit": SCAN_PAGE,
+        "ProjectionExpression": f"{KEY}, {VERSION_ATTRIBUTE}, {QUARANTINED}",
+        "FilterExpression": f"{KEY} <> :fence AND (attribute_not_exists({VERSION_ATTRIBUTE}) OR {VERSION_ATTRIBUTE} <> :pin)",
+        "ExpressionAttributeValues": {":fence": {"S": FENCE_KEY}, ":pin": {"S": pin}},
+    }
+    with ThreadPoolExecutor(1) as reader:
+        pending: Future | None = reader.submit(client.scan, **request)
+        while pending is not None:
+            page = pending.result()
+            after = page.get("LastEvaluatedKey")
+            pending = reader.submit(client.scan, **request, ExclusiveStartKey=after) if after else None
+            found = []
+            for item in page["Items"]:
+                if problem := _unstamped(store, catalog, item):
+                    raise problem
+                if QUARANTINED not in item:
+                    found.append((item[KEY]["S"], item[VERSION_ATTRIBUTE]["S"]))
+            yield found
+
+
+def _rebatched(pages: Iterable[list], size: int) -> Iterator[list]:
+    """The items of `pages`, in lists of `size` (the last one shorter)."""
+    batch: list = []
+    for page in pages:
+        batch += page
+        while len(batch) >= size:
+            yield batch[:size]
+            batch = batch[size:]
+    if batch:
+        yield batch
 
 
 def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progress: bool = True) -> RepairResult:
     """Bring a store in line with the pin: `recompute` rewrites other versions' items with the
     pin's related documents; `quarantine` marks them and keeps them. Resumable and idempotent.
-    The next batch's k-NN queries run while this batch is written (the two sides overlap, so the
-    repair runs at the slower one's rate); the store's `writeRate` caps the writes."""
+    Three stages overlap: the work list's next scan page is read, the next batch's k-NN queries
+    run, and this batch is written (so the repair runs at the slowest one's rate). A batch is
+    written about two batches after its page was read: a killed repair re-run touches only what
+    is left and never writes an item twice. The store's `writeRate` caps the writes."""
     started = time.monotonic()
     pin = settings.pin
     result = RepairResult(store.name, store.repair, pin)
-    counts = count_by_version(settings, catalog, store)
     client = dynamodb(settings)
     with reaching_dynamodb(settings):
-        todo = _stale_ids(client, store, counts.stale(pin))
+        require_table(client, store)
     search = clients.opensearch(settings.opensearch)
     index_name = settings.opensearch.index_name(pin)
+    found = 0
 
-    def recomputed(batch: list[tuple[str, str]]) -> dict[str, Related | None]:
-        if store.repair != "recompute":
-            return {}
+    def listed(pages: Iterator[list[tuple[str, str]]]) -> Iterator[list[tuple[str, str]]]:
+        nonlocal found
+        with reaching_dynamodb(settings):
+            for page in pages:
+                found += len(page)
+                yield page
+
+    batches = _rebatched(listed(_work_pages(client, store, catalog, pin)), BATCH)
+
+    def next_batch() -> tuple[list[tuple[str, str]], dict[str, Related | None]] | None:
+        """The next batch of the work list and, for `recompute`, the pin's lists for it."""
+        batch = next(batches, None)
+        if batch is None or store.repair != "recompute":
+            return (batch, {}) if batch else None
         with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
-            return related(search, index_name, [doc_id for doc_id, _ in batch], store.k)
+            return batch, related(search, index_name, [doc_id for doc_id, _ in batch], store.k)
 
     pacer = Pacer(store.write_rate)
-    batches = [list(batch) for batch in batched(todo, BATCH)]
     with (
-        _progress(progress, f"{store.repair} {store.name} → {pin}", len(todo), pacer) as advance,
+        _progress(progress, f"{store.repair} {store.name} → {pin}", None, pacer) as advance,
         ThreadPoolExecutor(1) as ahead,
     ):
-        pending = ahead.submit(recomputed, batches[0]) if batches else None
-        for number, batch in enumerate(batches):
-            assert pending is not None
-            fresh = pending.result()
-            pending = ahead.submit(recomputed, batches[number + 1]) if number + 1 < len(batches) else None
+        pending = ahead.submit(next_batch)
+        while (ready := pending.result()) is not None:
+            pending = ahead.submit(next_batch)
+            batch, fresh = ready
+            advance(0, total=found)
             with reaching_dynamodb(settings):
                 if store.repair == "recompute":
                     _recompute_batch(client, store, result, batch, fresh, pacer, advance)
@@ -471,6 +525,7 @@ def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progr
                     _repair_item(client, store, result, doc_id, seen, None)
                     pacer.wrote(1)
                     advance(1)
+        advance(0, total=found)
     result.seconds = time.monotonic() - started
     return result
 
@@ -484,21 +539,16 @@ def _recompute_batch(
     pacer: Pacer,
     advance: Callable[[int], None],
 ) -> None:
-    """Rewrite a batch with BatchWriteItems of 25: the items are read again (one consistent
-    BatchGetItem) right before, and only those still as the work list saw them (the version read,
-    not quarantined) are written. Items whose document left the index are deleted one by one,
-    conditionally. (BatchWriteItem takes no condition: an item rewritten by the pin's own writer
-    between the re-read and the write is overwritten with the pin's recomputed list — same version.)"""
-    now = _current_versions(client, store.table, [doc_id for doc_id, _ in batch])
-    still = [(doc_id, seen) for doc_id, seen in batch if now.get(doc_id) == seen]
-    result.skipped += len(batch) - len(still)
-    advance(len(batch) - len(still))
-    for doc_id, seen in still:
+    """Rewrite a batch with BatchWriteItems of 25. Items whose document left the index are deleted
+    one by one, conditionally (only if still of the version read). BatchWriteItem takes no
+    condition: an item another writer changed between its page's read and this write (about two
+    batches' time) is overwritten with the pin's recomputed list."""
+    for doc_id, seen in batch:
         if fresh.get(doc_id) is None:
             _repair_item(client, store, result, doc_id, seen, None)
             pacer.wrote(1)
             advance(1)
-    rewrites = [(doc_id, seen, found) for doc_id, seen in still if (found := fresh.get(doc_id)) is not None]
+    rewrites = [(doc_id, seen, found) for doc_id, seen in batch if (found := fresh.get(doc_id)) is not None]
     for chunk in batched(rewrites, 25):
         _batch_put(
             client, store.table, [_item(result.pin, found, store.k, repaired_from=seen) for _, seen, found in chunk]
@@ -506,33 +556,6 @@ def _recompute_batch(
         result.rewritten += len(chunk)
         pacer.wrote(len(chunk))
         advance(len(chunk))
-
-
-def _current_versions(client, table: str, ids: list[str]) -> dict[str, str]:
-    """{doc_id: model_version} of the items that exist and are not quarantined (consistent reads)."""
-    found: dict[str, str] = {}
-    for part in batched(ids, 100):
-        request = {
-            table: {
-                "Keys": [{KEY: {"S": doc_id}} for doc_id in part],
-                "ConsistentRead": True,
-                "ProjectionExpression": f"{KEY}, {VERSION_ATTRIBUTE}, {QUARANTINED}",
-            }
-        }
-        for attempt in range(8):
-            answer = client.batch_get_item(RequestItems=request)
-            for item in answer.get("Responses", {}).get(table, []):
-                if QUARANTINED not in item and VERSION_ATTRIBUTE in item:
-                    found[item[KEY]["S"]] = item[VERSION_ATTRIBUTE]["S"]
-            request = answer.get("UnprocessedKeys") or {}
-            if not request:
-                break
-            time.sleep(min(0.05 * 2**attempt, 2))
-        else:
-            raise UsageError(
-                f"DynamoDB table {table} kept refusing reads (throttled); lower derived[].writeRate and retry"
-            )
-    return found
 
 
 def _repair_item(

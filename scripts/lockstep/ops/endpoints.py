@@ -183,7 +183,7 @@ class LocalEndpoint(EndpointClient):
 
     def _describe(self) -> dict:
         ping = self._request("GET", "/ping").json()
-        return {"version": ping.get("version"), "artifact_sha256": ping.get("artifact_sha256")}
+        return {key: ping.get(key) for key in ("version", "artifact_sha256", "max_batch")}
 
 
 def _reason(response: requests.Response) -> str:
@@ -347,21 +347,25 @@ def local_slot(settings: StackSettings, slot: str, retry: RetryPolicy = RetryPol
     )
 
 
-def _serves(endpoint: LocalEndpoint, entry: CatalogEntry) -> bool:
+def _serves(endpoint: LocalEndpoint, entry: CatalogEntry, max_batch: int) -> bool:
+    """Whether the process serves `entry`'s artifact with the stack's batch limit (a changed
+    endpoints.maxBatch restarts it: the update does what its diff says)."""
     try:
-        return endpoint.describe().get("artifact_sha256") == entry.artifact_sha256
+        described = endpoint.describe()
     except LockstepError:
         return False
+    return described.get("artifact_sha256") == entry.artifact_sha256 and described.get("max_batch") == max_batch
 
 
 def deploy_local_slot(
     settings: StackSettings, slot: str, entry: CatalogEntry, timeout: float = START_TIMEOUT
 ) -> LocalEndpoint:
-    """Run `entry` in the slot: nothing happens if it already serves that artifact; another version is
-    stopped and replaced. The process loads the artifact from S3 (which must be published)."""
+    """Run `entry` in the slot: nothing happens if it already serves that artifact with the stack's
+    batch limit; otherwise the running process is stopped and replaced. The process loads the
+    artifact from S3 (which must be published)."""
     name = process_name(settings, slot)
     current = local_slot(settings, slot, RetryPolicy(attempts=2, initial_wait=0.2))
-    if current is not None and _serves(current, entry):
+    if current is not None and _serves(current, entry, settings.endpoints.max_batch):
         return current
     stale = runtime.Managed.load(name)
     if stale is not None:
@@ -384,7 +388,7 @@ def deploy_local_slot(
     probe = LocalEndpoint(endpoint_name(settings, slot), url, retry=RetryPolicy(attempts=1), timeout=2)
     try:
         runtime.wait_until(
-            lambda: _serves(probe, entry),
+            lambda: _serves(probe, entry, settings.endpoints.max_batch),
             f"endpoint {name} ({entry.version})",
             managed.log,
             timeout=timeout,

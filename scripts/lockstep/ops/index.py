@@ -14,7 +14,9 @@ from lockstep.config import CatalogEntry, StackSettings
 from lockstep.errors import IntegrityError, UsageError
 
 # `_meta` keys that describe a build, not the version: left out of every comparison.
-VOLATILE_META = {"built_at", "synced"}
+# `holder`: which Pulumi resource holds the index (a replacement that adopts it writes its own).
+HOLDER_KEY = "holder"
+VOLATILE_META = {"built_at", "synced", HOLDER_KEY}
 
 
 def now() -> str:
@@ -216,6 +218,13 @@ def set_bulk_mode(client: OpenSearch, index: str, on: bool, settings: StackSetti
     client.indices.put_settings(index=index, body=body)
     if not on:
         client.indices.refresh(index=index)
+
+
+def set_holder(client: OpenSearch, index: str, holder: str) -> None:
+    """Record in `_meta` which resource holds the index: the one whose delete may act on it."""
+    meta = read_meta(client, index) or {}
+    if meta.get(HOLDER_KEY) != holder:
+        client.indices.put_mapping(index=index, body={"_meta": {**meta, HOLDER_KEY: holder}})
 
 
 def set_replicas(client: OpenSearch, index: str, replicas: int) -> None:

@@ -337,6 +337,31 @@ def droppable(settings: StackSettings, inventory: Inventory) -> list[str]:
     )
 
 
+def drop_named_index(
+    client: OpenSearch, settings: StackSettings, version: str, index: str, pointer: Pointer | None, by_version: bool
+) -> str | None:
+    """Delete the physical `index` of `version` unless the stack keeps it; why it stays, or None
+    (deleted, or gone already). `by_version` False: the stack keeps `version` under another index
+    name (its indices were renamed), so only an alias or the pointer on `index` itself keeps it."""
+    try:
+        found: dict = next(iter(client.indices.get_alias(index=index).values()), {})
+    except NotFoundError:
+        return None
+    reason = keep_reason(
+        settings,
+        version if by_version else "",
+        index,
+        sorted(found.get("aliases", {})),
+        pointer.index if pointer else None,
+        pointer.version if pointer else None,
+    )
+    if reason:
+        return reason
+    with suppress(NotFoundError):
+        client.indices.delete(index=index)
+    return None
+
+
 def drop_index(client: OpenSearch, settings: StackSettings, version: str, inventory: Inventory) -> bool:
     """Delete `version`'s index; True if deleted. Aliases are re-read from the cluster, not trusted."""
     state = inventory.indices.get(version)

@@ -8,7 +8,7 @@ import (
 )
 
 func main() {
-	str, num, ratio := pulumi.StringRef, pulumi.IntRef, pulumi.Float64Ref
+	str, num := pulumi.StringRef, pulumi.IntRef
 	version := func(sha string, dim int, space string) lockstep.CatalogVersionArgs {
 		return lockstep.CatalogVersionArgs{ArtifactSha256: sha, Dimension: dim, SpaceType: space}
 	}
@@ -26,25 +26,28 @@ func main() {
 				},
 			},
 			Region:    str("eu-west-1"),
-			Artifacts: lockstep.ArtifactBucketArgs{Bucket: "acme-lockstep-go-artifacts"},
+			// Where things are takes outputs of the program's own resources (pulumi.String… or an Output).
+			Artifacts: lockstep.ArtifactBucketArgs{Bucket: pulumi.String("acme-lockstep-go-artifacts")},
 			Opensearch: lockstep.OpenSearchIndexesArgs{
-				Url:         str("https://search-acme-docs.eu-west-1.es.amazonaws.com"),
-				DomainName:  str("acme-docs"),
-				Auth:        str("sigv4"),
-				Region:      str("eu-west-1"),
+				Url:         pulumi.StringPtr("https://search-acme-docs.eu-west-1.es.amazonaws.com"),
+				DomainName:  pulumi.StringPtr("acme-docs"),
+				Auth:        pulumi.StringPtr("sigv4"),
+				Region:      pulumi.StringPtr("eu-west-1"),
 				IndexPrefix: str("docs"),
-				Shards:      num(2),
-				Replicas:    num(1),
+				Shards:      pulumi.IntPtr(2),
+				Replicas:    pulumi.IntPtr(1),
 			},
-			Corpus: lockstep.CorpusLocationArgs{Bucket: "acme-lockstep-go-corpus", Key: str("corpus/docs.jsonl")},
+			Corpus: lockstep.CorpusLocationArgs{
+				Bucket: pulumi.String("acme-lockstep-go-corpus"), Key: pulumi.StringPtr("corpus/docs.jsonl"),
+			},
 			Endpoints: lockstep.SageMakerEndpointsArgs{
-				ImageUri:     str("123456789012.dkr.ecr.eu-west-1.amazonaws.com/lockstep-serve:0.1.0"),
-				InstanceType: str("ml.m5.large"),
+				ImageUri:     pulumi.StringPtr("123456789012.dkr.ecr.eu-west-1.amazonaws.com/lockstep-serve:0.1.0"),
+				InstanceType: pulumi.StringPtr("ml.m5.large"),
 				Deployment: &lockstep.BlueGreenDeploymentArgs{
 					TrafficRouting: str("CANARY"), CanaryPercent: num(10), WaitSeconds: num(600),
 				},
 			},
-			Check: &lockstep.ConsistencyCheckArgs{RecallFloor: ratio(0.7)},
+			Check: &lockstep.ConsistencyCheckArgs{RecallFloor: pulumi.Float64Ptr(0.7)},
 		})
 		if err != nil {
 			return err
