@@ -266,6 +266,16 @@ def test_an_estimate_stands_in_until_a_rate_is_measured(make_settings, catalog):
     assert plan.eta_seconds == 5.0 and plan.eta_estimated and plan.to_dict()["eta_estimated"] is True
 
 
+def test_work_that_exists_never_has_an_eta_of_zero_seconds(make_settings, catalog):
+    """A fast calibration over a small corpus (120 docs at 5,000 docs/s = 0.024 s) must not round the
+    step's ETA to "~0s", which reads as no work; a step with no documents keeps 0."""
+    settings = make_settings(pin="v1", slots={"blue": "v1", "green": "v2"})
+    v1, v2 = (embed_rate_key(catalog.get(v), settings.backfill.engine) for v in ("v1", "v2"))
+    plan = release_plan(catalog, settings, Observed(corpus_size=120, estimated_rates={v1: 5000.0, v2: 5000.0}))
+    etas = {s.version: s.eta_seconds for s in plan.steps if s.kind == "provision"}
+    assert etas == {"v1": 0.1, "v2": 0.1}
+
+
 def test_plan_imports_no_module_that_talks_to_a_server():
     """`lockstep plan` renders from config alone when the servers are away: the release model is pure."""
     code = (

@@ -157,7 +157,11 @@ def repair_rate_key(store: DerivedStore, pin: CatalogEntry) -> str:
 
 
 def _eta(items: int, rate: float | None) -> float | None:
-    return round(items / rate, 1) if rate else None
+    """Seconds at `rate`, to a tenth; work that exists never reads as 0 s (a fast calibration of a
+    small corpus would round it away, and a plan saying "~0s" for work reads as no work)."""
+    if not rate:
+        return None
+    return max(round(items / rate, 1), 0.1) if items else 0.0
 
 
 def rate_for(observed: Observed, key: str) -> tuple[float | None, bool]:
