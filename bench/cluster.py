@@ -124,6 +124,7 @@ class Point:
     ok: bool = False
     false_consistent: bool = False
     gate_listed_dead: bool = False  # the copy gate alone listed the dead node's copies as started
+    gate: str = "not asked"  # what the check's reading said while the node was down (see gate_while_down)
 
 
 @dataclass
@@ -139,6 +140,13 @@ class Sweep:
             "lost": sum(p.lost for p in self.points),
             "false_consistent": sum(1 for p in self.points if p.false_consistent),
             "gate_listed_dead": sum(1 for p in self.points if p.gate_listed_dead),
+            # Which points the check's reading actually ran against a dead node (0 false consistent
+            # means something only where it did): "refused", "whole without the dead node", or
+            # "node back before the read".
+            "gate": {
+                g: sum(1 for p in self.points if p.gate.split(":")[0] == g)
+                for g in sorted({p.gate.split(":")[0] for p in self.points})
+            },
             "by_phase": {ph: sum(1 for p in landed if p.phase == ph) for ph in ("provision", "cutover", "repair")},
         }
 
@@ -150,16 +158,21 @@ def gate_while_down(loss: NodeLoss, client, name: str, point: Point) -> None:
     The gate alone may still list a just-killed node's copies as started; the per-copy read is
     what refuses them (exit 2)."""
     if loss.killed is None or loss.restart is None or not loss.restart.is_alive():
+        point.gate = "node back before the read" if loss.killed is not None else "not asked"
         return
     try:
         found = cluster.whole_copies(client, name, bound=2.0)
         point.gate_listed_dead = any(c.node == f"node-{loss.killed}" for c in found)
         for copy in found:
             cluster.copy_count(client, name, copy)
-    except (Unreachable, OSConnectionError):
+    except (Unreachable, OSConnectionError) as exc:
+        point.gate = f"refused: {str(exc)[:120]}"
         return
     dead = f"node-{loss.killed}"
     point.false_consistent = not loss.cluster.node(loss.killed).alive() and any(c.node == dead for c in found)
+    point.gate = (
+        "whole view claimed with the dead node's copies" if point.false_consistent else "whole without the dead node"
+    )
 
 
 def run_step(loss: NodeLoss, proxy: FaultProxy, step, point: Point, gate) -> None:
@@ -356,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"kill sweep: {counts['landed']} of {counts['points']} landed {counts['by_phase']}; resumed exactly "
         f"{counts['resumed_exactly']}; lost {counts['lost']}; false consistent {counts['false_consistent']} (the gate alone listed a dead node's copies "
-        f"{counts['gate_listed_dead']}) → {RESULTS}"
+        f"{counts['gate_listed_dead']}); the check's reading while a node was down: {counts['gate']} → {RESULTS}"
     )
     return (
         0
