@@ -80,10 +80,10 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
         out.append((f"check time growth for {size:.0f}× docs", f"{growth:.2f}×", "sublinear", growth < size))
     out.append(
         (
-            "backfill vs raw encode throughput",
+            "backfill vs raw encode alone (the goal is against 1/(1/e + 1/b), below)",
             f"{figures['backfill_vs_encode']:.2f}",
-            "≥ 0.9",
-            figures["backfill_vs_encode"] >= 0.9,
+            "report",
+            True,
         )
     )
     out += [
@@ -144,6 +144,15 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
                 f"writes {rates['write']:,.0f}/s; load {repair['load_average']})",
                 "≥ 0.9",
                 repair["ratio"] >= 0.9,
+            )
+        )
+        out.append(
+            (
+                "derived repair: the best this machine allows (the parts' CPU seconds over its cores) vs the same ceiling",
+                f"{repair['cpu_floor_ratio']:.2f} (CPU s: msearch {repair['cpu_s']['msearch']}, writes "
+                f"{repair['cpu_s']['write']}, work-list scan {repair['cpu_s']['scan']}, repair {repair['cpu_s']['repair']})",
+                "report",
+                True,
             )
         )
     if "kill_sweep" in figures:

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,31 @@ class Corpus:
 
 
 def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Observed:
-    """What exists now: indices with their delta against the corpus, alias, pointer, slots."""
+    """What exists now: indices with their delta against the corpus, alias, pointer, slots.
+
+    The AWS reads (derived records, artifacts, slots) run beside the OpenSearch reads: a
+    rollback's plan is mostly this function's round trips."""
+    with ThreadPoolExecutor(1) as aws:
+        on_aws = aws.submit(_observe_aws, env, catalog)
+        indices, inventory, health = _observe_indices(env, catalog, corpus)
+        derived_counts, published, slots_deployed = on_aws.result()
+    rates = measured_rates()
+    return release.Observed(
+        indices=indices,
+        alias_targets=tuple(inventory.alias_targets),
+        pointer_version=inventory.pointer.version if inventory.pointer else None,
+        slots_deployed=slots_deployed,
+        corpus_size=corpus.size,
+        artifacts=published,
+        derived=derived_counts,
+        rates=rates,
+        estimated_rates=estimated_rates(env, catalog, corpus, indices, derived_counts, rates),
+        cluster=release.ClusterHealth(health["status"], health["number_of_nodes"], health["unassigned_shards"]),
+    )
+
+
+def _observe_indices(env: Environment, catalog: Catalog, corpus: Corpus):
+    """(indices by version, inventory, cluster health): each index with its delta against the corpus."""
     settings = env.settings
     with env.reach_opensearch():
         inventory = live_state.inventory(env.opensearch, env.ssm, settings, catalog)
@@ -196,6 +221,12 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
                 corpus=(state.meta or {}).get("corpus"),
                 unassigned_primaries=cluster.unassigned_primaries(index_health.get(state.index, {})),
             )
+    return observed_indices, inventory, health
+
+
+def _observe_aws(env: Environment, catalog: Catalog):
+    """(derived record counts by store, published versions, the version each slot serves)."""
+    settings = env.settings
     with env.reach_aws():
         # Derived records by version (the lineage of a rollback); an embedded apply creates missing tables.
         derived_counts = {
@@ -207,21 +238,8 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
             for v in settings.versions
             if artifacts.published_version(env.s3, settings.artifacts.bucket, catalog.get(v))
         )
-    with env.reach_aws():
         slots_deployed = {slot: _slot_version(settings, catalog, slot) for slot in endpoints.SLOTS}
-    rates = measured_rates()
-    return release.Observed(
-        indices=observed_indices,
-        alias_targets=tuple(inventory.alias_targets),
-        pointer_version=inventory.pointer.version if inventory.pointer else None,
-        slots_deployed=slots_deployed,
-        corpus_size=corpus.size,
-        artifacts=published,
-        derived=derived_counts,
-        rates=rates,
-        estimated_rates=estimated_rates(env, catalog, corpus, observed_indices, derived_counts, rates),
-        cluster=release.ClusterHealth(health["status"], health["number_of_nodes"], health["unassigned_shards"]),
-    )
+    return derived_counts, published, slots_deployed
 
 
 CALIBRATION_DOCS = 16  # documents a first plan encodes to estimate a version's re-embedding rate

@@ -293,12 +293,19 @@ def session(endpoint: str | None, region_name: str | None = None, profile: str |
 
 
 @lru_cache(maxsize=32)
-def _session_client(service: str, region: str, endpoint: str | None, key: str | None, profile: str | None = None):
+def _session_client(
+    service: str, region: str, endpoint: str | None, key: str | None, profile: str | None = None, validate: bool = True
+):
     client = session(endpoint, region, profile).client(
         service,
         region_name=region,
         endpoint_url=endpoint,
-        config=BotoConfig(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+        config=BotoConfig(
+            retries={"max_attempts": 4, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=30,
+            parameter_validation=validate,
+        ),
     )
     if endpoint:  # an override: identify what answers there before the first call (real AWS is AWS)
         source = _aws_source()
@@ -348,15 +355,25 @@ def identify_aws(endpoint: str, region: str, source: str) -> None:
     )
 
 
-def aws(service: str, region_name: str | None = None, embedded: bool = True, profile: str | None = None):
+def aws(
+    service: str,
+    region_name: str | None = None,
+    embedded: bool = True,
+    profile: str | None = None,
+    validate: bool = True,
+):
+    """`validate=False` skips botocore's client-side check of every parameter: for requests that
+    code builds (the service still validates them), where that check is a hot loop's CPU."""
     where = region(region_name)
-    return _session_client(service, where, aws_endpoint(embedded), os.environ.get("AWS_ACCESS_KEY_ID"), profile)
+    return _session_client(
+        service, where, aws_endpoint(embedded), os.environ.get("AWS_ACCESS_KEY_ID"), profile, validate
+    )
 
 
-def aws_for(settings: StackSettings, service: str):
+def aws_for(settings: StackSettings, service: str, validate: bool = True):
     """A client for the stack, in its region and AWS profile: an AWS stack never falls back to the
     embedded moto server."""
-    return aws(service, settings.region, embedded=settings.embedded, profile=settings.aws_profile)
+    return aws(service, settings.region, embedded=settings.embedded, profile=settings.aws_profile, validate=validate)
 
 
 def redact(url: str) -> str:

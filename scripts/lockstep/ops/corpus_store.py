@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
@@ -54,14 +55,21 @@ def _default_documents(size: int) -> list[Document]:
 def ensure_corpus(s3, settings: StackSettings, documents: list[Document] | None = None) -> list[str]:
     """Ensure the corpus bucket and upload the corpus and golden JSONL when missing; return what was uploaded."""
     bucket = settings.corpus.bucket
-    ensure_bucket(s3, bucket)
     uploaded = []
+    with ThreadPoolExecutor(1) as posture:
+        asserted = posture.submit(ensure_bucket, s3, bucket)  # beside the two HEADs: one round trip, not three
+        with reaching("S3", s3_endpoint(s3)):
+            has_corpus, has_golden = (
+                _exists(s3, bucket, settings.corpus.key),
+                _exists(s3, bucket, settings.corpus.golden_key),
+            )
+        asserted.result()
     with reaching("S3", s3_endpoint(s3)):
-        if not _exists(s3, bucket, settings.corpus.key):
+        if not has_corpus:
             documents = documents if documents is not None else _default_documents(settings.corpus.size)
             write_corpus(s3, settings, documents)
             uploaded.append(corpus_uri(settings))
-        if not _exists(s3, bucket, settings.corpus.golden_key):
+        if not has_golden:
             documents = documents if documents is not None else read_corpus(s3, settings)
             s3.put_object(
                 Bucket=bucket,

@@ -48,7 +48,10 @@ class LocalEngine:
                     bar.update(task, advance=n, rate=f"{bar.tasks[0].completed / elapsed:,.0f} docs/s")
 
             def actions(ids: list[str]):
-                return reembed.index_actions([by_id[i] for i in ids], self.embedder, index_name, self.batch_size)
+                # Shortest first: a transformer pads each batch to its longest text, so batches of
+                # similar lengths embed up to ~2x faster (all-MiniLM-L6-v2 on stdlib docstrings).
+                by_length = sorted((by_id[i] for i in ids), key=lambda doc: len(doc.text))
+                return reembed.index_actions(by_length, self.embedder, index_name, self.batch_size)
 
             embedded, rejected = reembed.write_overlapped(self.client, actions(todo), on_done=advance)
             if rejected:  # 429s on single items: again through the writer that backs off
