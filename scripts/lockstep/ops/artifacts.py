@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -221,8 +222,31 @@ def fetch_artifact(s3, bucket: str, entry: CatalogEntry) -> bytes:
 
 
 def load_embedder(s3, bucket: str, entry: CatalogEntry) -> models.Embedder:
-    """The version's model, loaded by its family from the verified artifact."""
-    return models.load_artifact(fetch_artifact(s3, bucket, entry), entry.artifact_sha256, entry.family, entry.version)
+    """The version's model, loaded by its family from the verified artifact — or the one this
+    process already loaded from the same S3 object version (one HEAD instead of a second load:
+    an apply verifies every model before its first write, then embeds with it)."""
+    with reaching("S3", s3_endpoint(s3)):
+        version_id = published_version(s3, bucket, entry)
+    key = (s3_endpoint(s3), bucket, entry, version_id)
+    if version_id is not None and key in _LOADED:
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    embedder = models.load_artifact(
+        fetch_artifact(s3, bucket, entry), entry.artifact_sha256, entry.family, entry.version
+    )
+    if version_id is not None:
+        _remember(key, embedder)
+    return embedder
+
+
+_LOADED: OrderedDict[tuple, models.Embedder] = OrderedDict()  # (S3 endpoint, bucket, entry, VersionId) → model
+LOADED_MODELS = 4  # kept per process: a few versions of an apply, not every model a long process met
+
+
+def _remember(key: tuple, embedder: models.Embedder) -> None:
+    _LOADED[key] = embedder
+    while len(_LOADED) > LOADED_MODELS:
+        _LOADED.popitem(last=False)
 
 
 # A text every family can encode: the catalog's claims about a model are checked on its answer.
@@ -238,9 +262,11 @@ def verify_model(s3, bucket: str, entry: CatalogEntry) -> None:
     if entry in _TRUTHFUL:
         return
     with reaching("S3", s3_endpoint(s3)):
-        published = published_version(s3, bucket, entry) is not None
-    data = fetch_artifact(s3, bucket, entry) if published else verified_build(entry)
-    embedder = models.load_artifact(data, entry.artifact_sha256, entry.family, entry.version)
+        version_id = published_version(s3, bucket, entry)
+    if version_id is not None:
+        embedder = load_embedder(s3, bucket, entry)
+    else:
+        embedder = models.load_artifact(verified_build(entry), entry.artifact_sha256, entry.family, entry.version)
     produced = embedder.encode([PROBE_TEXT]).shape[-1]
     space = getattr(embedder, "space_type", None)
     claims = [f"dimension {entry.dimension}"] if produced != entry.dimension else []
