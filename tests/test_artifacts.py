@@ -115,6 +115,34 @@ def test_tampered_object_is_refused_and_republish_repairs_it(s3, make_settings, 
     assert artifacts.artifact_status(s3, bucket, entry)["sha256_ok"]
 
 
+def test_a_model_is_loaded_once_per_object_version_never_from_memory_for_a_changed_object(s3, make_settings, catalog):
+    settings = make_settings()
+    bucket, entry = settings.artifacts.bucket, catalog.get("v1")
+    artifacts.ensure_bucket(s3, bucket)
+    artifacts.publish_artifact(s3, settings, entry)
+
+    first = artifacts.load_embedder(s3, bucket, entry)
+    assert artifacts.load_embedder(s3, bucket, entry) is first  # the same object version: not loaded again
+
+    # Other bytes under the claimed sha256: refused, not answered from memory.
+    s3.put_object(
+        Bucket=bucket,
+        Key=entry.artifact_key,
+        Body=model.build_artifact(model.SPECS["v2"]),
+        Metadata={"sha256": entry.artifact_sha256},
+    )
+    with pytest.raises(IntegrityError, match="overwritten"):
+        artifacts.load_embedder(s3, bucket, entry)
+
+    artifacts.publish_artifact(s3, settings, entry)  # a new object version: loaded anew
+    again = artifacts.load_embedder(s3, bucket, entry)
+    assert again is not first and again.artifact_sha256 == entry.artifact_sha256
+
+    s3.delete_object(Bucket=bucket, Key=entry.artifact_key)
+    with pytest.raises(UsageError, match="not found"):
+        artifacts.load_embedder(s3, bucket, entry)
+
+
 def test_missing_artifact_reads_as_not_existing(s3, make_settings, catalog):
     settings = make_settings()
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)

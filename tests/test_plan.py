@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from lockstep.plan import Delta, Observed, ObservedIndex, embed_rate_key, release_plan
+from lockstep.plan import Delta, Observed, ObservedIndex, embed_rate_key, release_plan, repair_rate_key
+from lockstep.state import StoreCounts
 
 ALL = frozenset({"v1", "v2", "v3"})
 
@@ -274,6 +275,22 @@ def test_work_that_exists_never_has_an_eta_of_zero_seconds(make_settings, catalo
     plan = release_plan(catalog, settings, Observed(corpus_size=120, estimated_rates={v1: 5000.0, v2: 5000.0}))
     etas = {s.version: s.eta_seconds for s in plan.steps if s.kind == "provision"}
     assert etas == {"v1": 0.1, "v2": 0.1}
+
+
+def test_a_repair_eta_is_never_faster_than_the_stores_write_rate(make_settings, catalog):
+    """The repair paces its writes at the store's writeRate: a k-NN rate above it does not make it faster."""
+    store = {"name": "related", "kind": "related-documents", "table": "t-related", "writeRate": 50}
+    settings = make_settings(derived=[store])
+    key = repair_rate_key(settings.derived[0], catalog.get("v1"))
+    counts = {"related": StoreCounts("related", "t-related", {"v2": 1000})}
+
+    def repair_eta(rate: float) -> tuple[float | None, bool]:
+        observed = Observed(corpus_size=200, indices=synced("v1", "v2"), derived=counts, estimated_rates={key: rate})
+        (action,) = release_plan(catalog, settings, observed).derived
+        return action.eta_seconds, action.eta_estimated
+
+    assert repair_eta(900.0) == (20.0, True)  # 1,000 records at writeRate 50, not at 900/s
+    assert repair_eta(25.0) == (40.0, True)  # the k-NN side is the slower one
 
 
 def test_plan_imports_no_module_that_talks_to_a_server():

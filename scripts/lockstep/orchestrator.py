@@ -256,7 +256,7 @@ def estimated_rates(
     """A short calibration for the work this plan has and no earlier run measured, so the first plan
     gives an ETA (labelled estimated): the version's model encoding CALIBRATION_DOCS corpus documents
     (model load excluded; the bulk writes are not in it), and a store's k-NN lookups for one repair
-    batch on the pin's index. What cannot be calibrated (artifact not published yet, no index) stays
+    batch on the pin's index, once its graphs are loaded (the plan caps it at the store's writeRate). What cannot be calibrated (artifact not published yet, no index) stays
     unknown; a calibration never fails the plan."""
     settings, pin, found = env.settings, catalog.get(env.settings.pin), {}
     embeds = []
@@ -288,8 +288,11 @@ def estimated_rates(
     for key, store in repairs if ids else []:
         try:
             with env.reach_opensearch():
+                index_name = settings.opensearch.index_name(pin.version)
+                # The first k-NN query on an index loads its graphs (seconds, once): not the rate.
+                derived.related(env.opensearch, index_name, ids[:1], store.k)
                 started = time.perf_counter()
-                derived.related(env.opensearch, settings.opensearch.index_name(pin.version), ids, store.k)
+                derived.related(env.opensearch, index_name, ids, store.k)
             found[key] = round(len(ids) / max(time.perf_counter() - started, 1e-6), 2)
         except (LockstepError, TransportError):
             continue

@@ -388,6 +388,8 @@ def _derived_actions(settings: StackSettings, catalog: Catalog, observed: Observ
             continue
         stale = sum(counts.stale(settings.pin).values())
         rate, estimated = rate_for(observed, repair_rate_key(store, pin))
+        if rate is not None:  # the store's writeRate paces the repair: it is never faster than that
+            rate = min(rate, store.write_rate)
         actions.append(
             DerivedAction(
                 store=store.name,
