@@ -293,6 +293,26 @@ def test_a_repair_eta_is_never_faster_than_the_stores_write_rate(make_settings, 
     assert repair_eta(25.0) == (40.0, True)  # the k-NN side is the slower one
 
 
+def test_a_repair_rate_measured_at_one_write_rate_is_not_read_at_another(make_settings, catalog):
+    """A repair paced at writeRate 25 measured ~25 items/s: a store allowed 1,000 a second has no
+    measured rate from it (unknown until calibrated or measured), not a 40 s ETA for 1,000 records."""
+
+    def settings_at(write_rate: float):
+        store = {"name": "related", "kind": "related-documents", "table": "t-related", "writeRate": write_rate}
+        return make_settings(derived=[store])
+
+    slow, fast = settings_at(25), settings_at(1000)
+    counts = {"related": StoreCounts("related", "t-related", {"v2": 1000})}
+    observed = Observed(
+        corpus_size=200,
+        indices=synced("v1", "v2"),
+        derived=counts,
+        rates={repair_rate_key(slow.derived[0], catalog.get("v1")): 24.0},
+    )
+    assert release_plan(catalog, slow, observed).derived[0].eta_seconds == 41.7
+    assert release_plan(catalog, fast, observed).derived[0].eta_seconds is None
+
+
 def test_plan_imports_no_module_that_talks_to_a_server():
     """`lockstep plan` renders from config alone when the servers are away: the release model is pure."""
     code = (

@@ -473,11 +473,9 @@ def _repair_derived(run: Run, step: release.Step) -> Done:
     for store in settings.derived:
         if any(a.store == store.name and a.records for a in run.planned.derived):
             done = derived.repair(settings, run.catalog, store, progress=run.progress)
-            # A repair the writeRate held back measured the writeRate, which the plan applies itself.
-            if done.paced_seconds <= 0.1 * done.seconds:
-                record_rate(
-                    release.repair_rate_key(store, pin), done.rewritten + done.quarantined + done.deleted, done.seconds
-                )
+            record_rate(
+                release.repair_rate_key(store, pin), done.rewritten + done.quarantined + done.deleted, done.seconds
+            )
             repaired.append(done)
     return Done("; ".join(r.summary() for r in repaired))
 

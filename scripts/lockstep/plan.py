@@ -152,8 +152,11 @@ def embed_rate_key(entry: CatalogEntry, engine: str) -> str:
 
 
 def repair_rate_key(store: DerivedStore, pin: CatalogEntry) -> str:
-    """Where a measured derived-record repair rate is kept: per store kind, policy and pin version."""
-    return f"repair:{store.kind}/{store.repair}:{pin.model}/{pin.version}"
+    """Where a measured derived-record repair rate is kept: per store kind, policy, writeRate and pin
+    version. A repair the writeRate held back measured that pace: a store with another writeRate
+    must not read it as its own (a writeRate-25 test once gave the drill's first plan an 82 s ETA
+    for an 8 s repair)."""
+    return f"repair:{store.kind}/{store.repair}@{store.write_rate:g}:{pin.model}/{pin.version}"
 
 
 def _eta(items: int, rate: float | None) -> float | None:

@@ -279,7 +279,6 @@ class Pacer:
         self.rate = rate
         self.started: float | None = None
         self.done = 0
-        self.slept = 0.0  # seconds the rate held the writer back
 
     def wrote(self, count: int) -> None:
         now = time.monotonic()
@@ -289,7 +288,6 @@ class Pacer:
         ahead = self.done / self.rate - (now - self.started)
         if ahead > 0:
             time.sleep(ahead)
-            self.slept += ahead
 
     @property
     def achieved(self) -> float:
@@ -432,7 +430,6 @@ class RepairResult:
     deleted: int = 0
     skipped: int = 0  # changed by someone else since it was read (the conditional write refused)
     seconds: float = 0.0
-    paced_seconds: float = 0.0  # of those, waiting for the store's writeRate
 
     def summary(self) -> str:
         done = (
@@ -541,7 +538,6 @@ def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progr
                     advance(1)
         advance(0, total=found)
     result.seconds = time.monotonic() - started
-    result.paced_seconds = pacer.slept
     return result
 
 
