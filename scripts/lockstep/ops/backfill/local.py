@@ -49,7 +49,7 @@ class LocalEngine:
 
             def actions(ids: list[str]):
                 # Shortest first: a transformer pads each batch to its longest text, so batches of
-                # similar lengths embed up to ~2x faster (all-MiniLM-L6-v2 on stdlib docstrings).
+                # similar lengths embed ~1.5x faster (all-MiniLM-L6-v2 on stdlib docstrings).
                 by_length = sorted((by_id[i] for i in ids), key=lambda doc: len(doc.text))
                 return reembed.index_actions(by_length, self.embedder, index_name, self.batch_size)
 
