@@ -41,13 +41,25 @@ def test_upgrade_then_rollback_reembeds_only_what_changed(servers, scratch_stack
 
     change = stackfile.set_pin(stack, "v1", stacks)
     assert change.kind == "flip"
-    third = orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=lambda _: None)
+    s3_calls: list[str] = []
+
+    def record(model, **_):
+        s3_calls.append(model.name)
+
+    s3 = clients.aws_for(settings, "s3")
+    s3.meta.events.register("before-call.s3", record)
+    try:
+        third = orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=lambda _: None)
+    finally:
+        s3.meta.events.unregister("before-call.s3", record)
+    # The buckets' posture is read, not re-put: a rollback needs no s3:PutBucket* (and writes only its check record).
+    assert {"GetBucketVersioning", "GetBucketEncryption", "GetPublicAccessBlock"} <= set(s3_calls)
+    assert [c for c in s3_calls if c.startswith("Put")] == ["PutObject", "PutObject"], s3_calls
     assert third.record.passed
     assert third.embedded == 0 and third.plan.endpoint_action == "flip" and third.plan.index_action == "reattach"
     assert endpoints.local_slot(settings, "blue").pid == blue_pid, "the v1 slot was restarted"
 
     # Edit the corpus: 3 texts change, 1 document goes, 2 arrive.
-    s3 = clients.aws("s3")
     documents = corpus_store.read_corpus(s3, settings)
     edited = [replace(d, text=d.text + " (revised)") for d in documents[:3]] + documents[4:]
     edited += [

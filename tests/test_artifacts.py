@@ -36,6 +36,34 @@ def test_bucket_posture_is_private_versioned_encrypted_tls_only(s3, unique):
     assert f"arn:aws:s3:::{bucket}/*" in deny["Resource"]
 
 
+def test_ensure_bucket_writes_only_what_drifted_and_never_downgrades(s3, unique):
+    """Like a Pulumi resource with no diff: a bucket with its posture gets no write; a lost setting
+    is put back alone; the policy keeps statements that are not lockstep's; KMS stays KMS."""
+    bucket = f"{unique}-drift"
+    everything = ("ownership", "public access block", "versioning", "default encryption", "TLS-only policy")
+    assert artifacts.ensure_bucket(s3, bucket, require_tls=True) == everything  # created
+    assert artifacts.ensure_bucket(s3, bucket, require_tls=True) == ()
+
+    theirs = {
+        "Sid": "AnalyticsRead",
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+        "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{bucket}/*",
+    }
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [theirs]}))
+    s3.delete_bucket_encryption(Bucket=bucket)
+    assert artifacts.ensure_bucket(s3, bucket, require_tls=True) == ("default encryption", "TLS-only policy")
+    statements = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert [s["Sid"] for s in statements] == ["AnalyticsRead", "DenyInsecureTransport"]
+
+    kms = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/team"}}
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [kms]})
+    assert artifacts.ensure_bucket(s3, bucket, require_tls=True) == ()
+    [rule] = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+
+
 def test_plain_http_endpoint_gets_the_posture_without_the_tls_policy(s3, unique):
     """moto over http ignores policy conditions: the TLS deny would lock every object call out."""
     bucket = f"{unique}-plain"
@@ -164,9 +192,11 @@ def test_corpus_is_seeded_once_and_can_be_edited(s3, make_settings):
     settings = make_settings(corpus={"size": 30})
     documents = corpus.stdlib_documents(30)
 
-    uploaded = corpus_store.ensure_corpus(s3, settings, documents)
-    assert uploaded == [corpus_store.corpus_uri(settings), corpus_store.golden_uri(settings)]
-    assert corpus_store.ensure_corpus(s3, settings) == []
+    seeded = corpus_store.ensure_corpus(s3, settings, documents)
+    assert seeded.uploaded == [corpus_store.corpus_uri(settings), corpus_store.golden_uri(settings)]
+    again = corpus_store.ensure_corpus(s3, settings)
+    assert again.uploaded == [] and again.ref == seeded.ref == corpus_store.corpus_ref(s3, settings)
+    assert seeded.ref.documents == 30
     assert s3.get_bucket_versioning(Bucket=settings.corpus.bucket)["Status"] == "Enabled"
     assert corpus_store.read_corpus(s3, settings) == documents
     golden = corpus_store.read_golden(s3, settings)

@@ -116,10 +116,13 @@ def require_local(settings: StackSettings) -> None:
 class Corpus:
     """The stack's corpus: identified by one HEAD request, read from S3 only if needed."""
 
-    def __init__(self, env: Environment):
+    def __init__(self, env: Environment, ref: corpus_store.CorpusRef | None = None):
+        """`ref`: the corpus object's identity when the caller has just read it (else one HEAD)."""
         self.env = env
-        with env.reach_aws():
-            self.ref = corpus_store.corpus_ref(env.s3, env.settings)
+        if ref is None:
+            with env.reach_aws():
+                ref = corpus_store.corpus_ref(env.s3, env.settings)
+        self.ref = ref
         self._documents: list[Document] | None = None
         self._index: corpus_store.CorpusIndex | None = None
         # Deltas found without scanning an index (see delta_since_sync), by version, for apply.
@@ -198,9 +201,10 @@ def observe(env: Environment, catalog: Catalog, corpus: Corpus) -> release.Obser
 def _observe_indices(env: Environment, catalog: Catalog, corpus: Corpus):
     """(indices by version, inventory, cluster health): each index with its delta against the corpus."""
     settings = env.settings
-    with env.reach_opensearch():
+    with env.reach_opensearch(), ThreadPoolExecutor(1) as aside:
+        health_read = aside.submit(cluster.by_index, env.opensearch)
         inventory = live_state.inventory(env.opensearch, env.ssm, settings, catalog)
-        health, index_health = cluster.by_index(env.opensearch)
+        health, index_health = health_read.result()
         observed_indices = {}
         for version, state in inventory.indices.items():
             delta = None
@@ -227,7 +231,8 @@ def _observe_indices(env: Environment, catalog: Catalog, corpus: Corpus):
 def _observe_aws(env: Environment, catalog: Catalog):
     """(derived record counts by store, published versions, the version each slot serves)."""
     settings = env.settings
-    with env.reach_aws():
+    with env.reach_aws(), ThreadPoolExecutor(1) as aside:
+        slots = aside.submit(lambda: {slot: _slot_version(settings, catalog, slot) for slot in endpoints.SLOTS})
         # Derived records by version (the lineage of a rollback); an embedded apply creates missing tables.
         derived_counts = {
             store.name: derived.count_by_version(settings, catalog, store, missing_ok=settings.embedded)
@@ -238,8 +243,7 @@ def _observe_aws(env: Environment, catalog: Catalog):
             for v in settings.versions
             if artifacts.published_version(env.s3, settings.artifacts.bucket, catalog.get(v))
         )
-        slots_deployed = {slot: _slot_version(settings, catalog, slot) for slot in endpoints.SLOTS}
-    return derived_counts, published, slots_deployed
+        return derived_counts, published, slots.result()
 
 
 CALIBRATION_DOCS = 16  # documents a first plan encodes to estimate a version's re-embedding rate
@@ -380,17 +384,25 @@ def apply(
     require_local(settings)
     backfill_engine.preflight(settings)  # backfill.engine ray: Ray importable, cluster reachable, before any write
     env = Environment(settings)
-    refuse_before_writing(env, catalog)
+    with ThreadPoolExecutor(1) as reads:  # reads beside reads; the first write waits for the refusals
+        found = reads.submit(_find_corpus, env)
+        refuse_before_writing(env, catalog)
+        found_corpus, corpus_posture = found.result()
     for store in settings.derived:  # first: a table of the wrong schema stops the apply before any write
         derived.ensure_table(settings, store)
     with env.reach_aws():
-        corpus_store.ensure_corpus(env.s3, settings)
-    corpus = Corpus(env)
-    planned = release.release_plan(catalog, settings, observe(env, catalog, corpus))
+        seeded = corpus_store.ensure_corpus(env.s3, settings, found=found_corpus)
+    corpus = Corpus(env, seeded.ref)
+    with ThreadPoolExecutor(1) as reads:
+        posture = reads.submit(_posture_drift, env, settings.artifacts.bucket)
+        observed = observe(env, catalog, corpus)
+        drift = {settings.corpus.bucket: corpus_posture, settings.artifacts.bucket: posture.result()}
+    planned = release.release_plan(catalog, settings, observed)
     if any(step.kind in ("provision", "catch_up") for step in planned.steps):
         _ = corpus.documents  # a corpus that cannot be parsed is refused here, before the first write
     with env.reach_aws():
-        artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)
+        for bucket, lacking in drift.items():  # None: missing, created here (after the plan, like every write)
+            artifacts.ensure_bucket(env.s3, bucket, drift=lacking)
     run = Run(settings, catalog, env, corpus, planned, ApplyResult(planned), progress, before_cutover)
     for step in planned.steps:
         started = time.monotonic()
@@ -404,6 +416,24 @@ def apply(
     if settings.auto_revert and failed is not None and not failed.passed:
         run.result.revert = auto_revert(env, catalog, corpus, failed)
     return run.result
+
+
+def _posture_drift(env: Environment, bucket: str) -> tuple[artifacts.PostureSetting, ...] | None:
+    """What the bucket lacks of its posture (None: the bucket is missing); reads only."""
+    with env.reach_aws():
+        try:
+            return artifacts.posture_drift(env.s3, bucket)
+        except artifacts.NoBucket:
+            return None
+
+
+def _find_corpus(env: Environment):
+    """(the corpus objects, the corpus bucket's posture drift): reads only."""
+    with ThreadPoolExecutor(1) as pool:
+        posture = pool.submit(_posture_drift, env, env.settings.corpus.bucket)
+        with env.reach_aws():
+            found = corpus_store.find_corpus(env.s3, env.settings)
+        return found, posture.result()
 
 
 @handles("ensure_artifact")
@@ -525,10 +555,9 @@ def backfill(
         check.refuse_misbuilt_indices(env.opensearch, settings, catalog, [version])
     documents, corpus_etag = None, None
     with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
-        if settings.embedded:
-            corpus_store.ensure_corpus(env.s3, settings)
+        ref = corpus_store.ensure_corpus(env.s3, settings).ref if settings.embedded else None
         if settings.backfill.engine == "local":  # read once here, handed to the sync below
-            ref = corpus_store.corpus_ref(env.s3, settings)
+            ref = ref or corpus_store.corpus_ref(env.s3, settings)
             documents, corpus_etag = corpus_store.read_corpus(env.s3, settings), ref.etag if ref else None
         if settings.embedded:
             artifacts.ensure_bucket(env.s3, settings.artifacts.bucket)

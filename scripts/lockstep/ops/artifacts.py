@@ -11,8 +11,11 @@ import base64
 import json
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -57,50 +60,146 @@ def deny_insecure_transport_policy(bucket: str) -> dict:
     }
 
 
-def ensure_bucket(s3, bucket: str, require_tls: bool | None = None) -> None:
-    """Create `bucket` if missing and (re)apply its posture: private, versioned, encrypted, TLS only.
+def _statements(policy: dict) -> list[dict]:
+    """A GetBucketPolicy answer's statements ([] for a bucket without a policy)."""
+    return json.loads(policy.get("Policy") or "{}").get("Statement", [])
 
-    `require_tls` (default: whether this client speaks https) adds the DenyInsecureTransport
-    policy. The embedded moto server is plain http on loopback and ignores policy conditions, so
-    there the policy would deny every object request: it is left out unless asked for.
-    """
+
+def _put_tls_policy(s3, bucket: str) -> None:
+    """The DenyInsecureTransport statement, beside whatever other statements the policy has."""
+    ours = deny_insecure_transport_policy(bucket)
+    try:
+        others = [
+            s for s in _statements(s3.get_bucket_policy(Bucket=bucket)) if s.get("Sid") != "DenyInsecureTransport"
+        ]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchBucketPolicy":
+            raise
+        others = []
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({**ours, "Statement": others + ours["Statement"]}))
+
+
+def _encrypts_by_default(answer: dict, bucket: str) -> bool:
+    """Any default encryption holds: a KMS key someone chose is never downgraded to SSE-S3."""
+    rules = answer.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
+    return any(rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") for rule in rules)
+
+
+@dataclass(frozen=True)
+class PostureSetting:
+    """One part of a bucket's posture: the GET that reads it, whether its answer holds, the PUT."""
+
+    name: str
+    get: str  # the S3 client method
+    unset: str  # the error code of a bucket without the setting (read as the answer {})
+    holds: Callable[[dict, str], bool]  # (answer, bucket)
+    put: Callable[[Any, str], object]  # (s3, bucket)
+
+    def held_by(self, s3, bucket: str) -> bool:
+        try:
+            answer = getattr(s3, self.get)(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != self.unset:
+                raise
+            answer = {}
+        return self.holds(answer, bucket)
+
+
+OWNER_ENFORCED = [{"ObjectOwnership": "BucketOwnerEnforced"}]
+POSTURE = (
+    PostureSetting(
+        "ownership",
+        "get_bucket_ownership_controls",
+        "OwnershipControlsNotFoundError",
+        lambda answer, _: answer.get("OwnershipControls", {}).get("Rules") == OWNER_ENFORCED,
+        lambda s3, b: s3.put_bucket_ownership_controls(Bucket=b, OwnershipControls={"Rules": OWNER_ENFORCED}),
+    ),
+    PostureSetting(
+        "public access block",
+        "get_public_access_block",
+        "NoSuchPublicAccessBlockConfiguration",
+        lambda answer, _: answer.get("PublicAccessBlockConfiguration") == PUBLIC_ACCESS_BLOCK,
+        lambda s3, b: s3.put_public_access_block(Bucket=b, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK),
+    ),
+    PostureSetting(
+        "versioning",
+        "get_bucket_versioning",
+        "",
+        lambda answer, _: answer.get("Status") == "Enabled",
+        lambda s3, b: s3.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"}),
+    ),
+    PostureSetting(
+        "default encryption",
+        "get_bucket_encryption",
+        "ServerSideEncryptionConfigurationNotFoundError",
+        _encrypts_by_default,
+        lambda s3, b: s3.put_bucket_encryption(
+            Bucket=b,
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]
+            },
+        ),
+    ),
+)
+TLS_ONLY = PostureSetting(
+    "TLS-only policy",
+    "get_bucket_policy",
+    "NoSuchBucketPolicy",
+    lambda answer, bucket: deny_insecure_transport_policy(bucket)["Statement"][0] in _statements(answer),
+    _put_tls_policy,
+)
+
+
+def posture_for(s3, require_tls: bool | None = None) -> tuple[PostureSetting, ...]:
+    """The settings a bucket behind this client must have. `require_tls` (default: whether this
+    client speaks https) adds the TLS-only policy. The embedded moto server is plain http on loopback
+    and ignores policy conditions, so there the policy would deny every object request: it is left
+    out unless asked for."""
     if require_tls is None:
         require_tls = s3_endpoint(s3).startswith("https://")
+    return (*POSTURE, TLS_ONLY) if require_tls else POSTURE
+
+
+class NoBucket(Exception):
+    """posture_drift's answer for a bucket that does not exist."""
+
+
+def posture_drift(s3, bucket: str, require_tls: bool | None = None) -> tuple[PostureSetting, ...]:
+    """The posture settings `bucket` lacks, read together (one GET each, no write); raises NoBucket."""
+    settings = posture_for(s3, require_tls)
+    with reaching("S3", s3_endpoint(s3)), ThreadPoolExecutor(len(settings)) as pool:
+        try:
+            holding = list(pool.map(lambda setting: setting.held_by(s3, bucket), settings))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                raise NoBucket(bucket) from None
+            raise
+    return tuple(setting for setting, holds in zip(settings, holding, strict=True) if not holds)
+
+
+def ensure_bucket(
+    s3, bucket: str, require_tls: bool | None = None, drift: tuple[PostureSetting, ...] | None = None
+) -> tuple[str, ...]:
+    """Create `bucket` if missing and put what its posture lacks: private, versioned, encrypted, TLS only.
+    Return the names of the settings it put.
+
+    Like a Pulumi resource with no diff, a bucket that has its posture gets no write (a rollback
+    needs no s3:PutBucket* and leaves no CloudTrail write events); the reads that tell are one round
+    trip, or none when the caller passes the `drift` it read beside other work (`posture_drift`).
+    """
     with reaching("S3", s3_endpoint(s3)):
         try:
-            s3.head_bucket(Bucket=bucket)
-        except ClientError as exc:
-            if not is_missing(exc):
-                raise
+            drift = posture_drift(s3, bucket, require_tls) if drift is None else drift
+        except NoBucket:
             region = s3.meta.region_name
             location = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
             s3.create_bucket(Bucket=bucket, ObjectOwnership="BucketOwnerEnforced", **location)
-        posture = [
-            lambda: s3.put_bucket_ownership_controls(
-                Bucket=bucket, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
-            ),
-            lambda: s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK),
-            lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}),
-            lambda: s3.put_bucket_encryption(
-                Bucket=bucket,
-                ServerSideEncryptionConfiguration={
-                    "Rules": [
-                        {
-                            "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
-                            "BucketKeyEnabled": True,
-                        }
-                    ]
-                },
-            ),
-        ]
-        if require_tls:
-            posture.append(
-                lambda: s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(deny_insecure_transport_policy(bucket)))
-            )
-        # Independent settings, re-asserted on every apply: sent together, not one round trip after another.
-        with ThreadPoolExecutor(len(posture)) as pool:
-            for done in [pool.submit(put) for put in posture]:
-                done.result()
+            drift = posture_for(s3, require_tls)
+        if drift:
+            with ThreadPoolExecutor(len(drift)) as pool:  # independent settings: sent together
+                for done in [pool.submit(setting.put, s3, bucket) for setting in drift]:
+                    done.result()
+    return tuple(setting.name for setting in drift)
 
 
 # ------------------------------------------------------------------------------------ artifacts

@@ -525,12 +525,9 @@ def refuse_misbuilt_indices(
     """An index of a kept version that was built for another catalog entry (an earlier run with a
     catalog that lied about the dimension, say) can be neither caught up nor cut over to: name it
     and the fix, before anything is written (plan, apply, backfill)."""
-    live = live_state.alias_targets(client, settings.opensearch.alias_name)
-    for version in versions or settings.versions:
-        name = settings.opensearch.index_name(version)
-        meta = index.read_meta(client, name)
-        if meta is None:
-            continue
+    names = {settings.opensearch.index_name(version): version for version in versions or settings.versions}
+    for name, meta in index.read_metas(client, list(names)).items():
+        version = names[name]
         expected = index.index_meta(settings, catalog.get(version))
         differs = {k: (meta.get(k), expected[k]) for k in BUILD_KEYS if k in expected and meta.get(k) != expected[k]}
         if not differs:
@@ -538,7 +535,7 @@ def refuse_misbuilt_indices(
         what = "; ".join(f"{k} {seen!r} where the catalog says {want!r}" for k, (seen, want) in differs.items())
         fix = (
             "it is live: fix the catalog or roll back to another version first"
-            if name in live
+            if name in live_state.alias_targets(client, settings.opensearch.alias_name)
             else f"it is not live: delete it (DELETE /{name}), then `lockstep apply --stack {settings.stack}` builds it again"
         )
         raise IntegrityError(f"index {name} was built for another catalog entry than {version}'s ({what}); {fix}")

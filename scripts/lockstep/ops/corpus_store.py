@@ -52,24 +52,53 @@ def _default_documents(size: int) -> list[Document]:
     return documents
 
 
-def ensure_corpus(s3, settings: StackSettings, documents: list[Document] | None = None) -> list[str]:
-    """Ensure the corpus bucket and upload the corpus and golden JSONL when missing; return what was uploaded."""
-    bucket = settings.corpus.bucket
-    uploaded = []
-    with ThreadPoolExecutor(1) as posture:
-        asserted = posture.submit(ensure_bucket, s3, bucket)  # beside the two HEADs: one round trip, not three
+@dataclass(frozen=True)
+class FoundCorpus:
+    """The corpus and golden objects as one pair of HEADs found them (reads only)."""
+
+    ref: CorpusRef | None  # None: no corpus object
+    has_golden: bool
+
+
+def find_corpus(s3, settings: StackSettings) -> FoundCorpus:
+    with ThreadPoolExecutor(1) as pool:
+        has_golden = pool.submit(_exists, s3, settings.corpus.bucket, settings.corpus.golden_key)
+        ref = corpus_ref(s3, settings)
         with reaching("S3", s3_endpoint(s3)):
-            has_corpus, has_golden = (
-                _exists(s3, bucket, settings.corpus.key),
-                _exists(s3, bucket, settings.corpus.golden_key),
-            )
-        asserted.result()
+            return FoundCorpus(ref, has_golden.result())
+
+
+@dataclass(frozen=True)
+class SeededCorpus:
+    """What ensure_corpus leaves: the corpus object's identity, and what it uploaded to get there."""
+
+    ref: CorpusRef
+    uploaded: list[str]
+
+
+def ensure_corpus(
+    s3, settings: StackSettings, documents: list[Document] | None = None, found: FoundCorpus | None = None
+) -> SeededCorpus:
+    """Ensure the corpus bucket and upload the corpus and golden JSONL when missing.
+
+    `found`: what the caller's `find_corpus` read beside other work; then a bucket holding both
+    objects is left alone here (the caller reads its posture too, `artifacts.posture_drift`), and
+    a bucket missing either object is ensured before the upload."""
+    bucket = settings.corpus.bucket
+    if found is None:
+        with ThreadPoolExecutor(1) as pool:
+            asserted = pool.submit(ensure_bucket, s3, bucket)  # beside the HEADs
+            found = find_corpus(s3, settings)
+            asserted.result()
+    elif found.ref is None or not found.has_golden:
+        ensure_bucket(s3, bucket)
+    uploaded = []
     with reaching("S3", s3_endpoint(s3)):
-        if not has_corpus:
+        if found.ref is None:
             documents = documents if documents is not None else _default_documents(settings.corpus.size)
             write_corpus(s3, settings, documents)
             uploaded.append(corpus_uri(settings))
-        if not has_golden:
+        if not found.has_golden:
             documents = documents if documents is not None else read_corpus(s3, settings)
             s3.put_object(
                 Bucket=bucket,
@@ -78,7 +107,10 @@ def ensure_corpus(s3, settings: StackSettings, documents: list[Document] | None 
                 ContentType="application/x-ndjson",
             )
             uploaded.append(golden_uri(settings))
-    return uploaded
+    ref = found.ref or corpus_ref(s3, settings)
+    if ref is None:
+        raise UsageError(f"corpus {corpus_uri(settings)} was uploaded but cannot be found; rerun")
+    return SeededCorpus(ref, uploaded)
 
 
 def _read(s3, bucket: str, key: str, uri: str) -> bytes:

@@ -87,6 +87,14 @@ def read_meta(client: OpenSearch, index: str) -> dict | None:
     return mappings.get("_meta", {})
 
 
+def read_metas(client: OpenSearch, indices: list[str]) -> dict[str, dict]:
+    """read_meta of several indices in one request: {index: _meta} for those that exist."""
+    if not indices:
+        return {}
+    response = client.indices.get_mapping(index=",".join(indices), params={"ignore_unavailable": "true"})
+    return {name: body.get("mappings", {}).get("_meta", {}) for name, body in response.items() if name in indices}
+
+
 def meta_differences(observed: dict, expected: dict) -> dict[str, tuple]:
     """{key: (observed, expected)} for every key that differs, ignoring build timestamps."""
     keys = (set(observed) | set(expected)) - VOLATILE_META

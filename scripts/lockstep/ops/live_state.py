@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 
 from botocore.exceptions import BotoCoreError, ClientError
 from opensearchpy import OpenSearch
+from opensearchpy.exceptions import HTTP_EXCEPTIONS, NotFoundError, RequestError, TransportError
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
-from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
 
 from lockstep.config import Catalog, CatalogEntry, StackSettings
 from lockstep.errors import GuardRefused, IntegrityError, LockstepError, Unreachable, UsageError
@@ -262,14 +263,20 @@ class Inventory:
     pointer: Pointer | None = None
 
 
-def _stack_indices(client: OpenSearch, settings: StackSettings, catalog: Catalog) -> Iterator[tuple[str, str, dict]]:
-    """(version, index, meta) of the stack's indices: `{prefix}-<version>` by `_meta` or by catalog name.
+def _stack_indices(
+    client: OpenSearch, settings: StackSettings, catalog: Catalog
+) -> Iterator[tuple[str, str, dict, tuple[str, ...]]]:
+    """(version, index, meta, aliases) of the stack's indices, from one request: `{prefix}-<version>`
+    by `_meta` or by catalog name.
 
     The prefix pattern can match another stack's indices (`docs-*` matches `docs-staging-v1`);
     an index counts only when its name is exactly the one its version would get.
     """
     search = settings.opensearch
-    response = client.indices.get_mapping(index=f"{search.index_prefix}-*", params={"expand_wildcards": "open"})
+    response = client.indices.get(
+        index=f"{search.index_prefix}-*",
+        params={"expand_wildcards": "open"},
+    )
     by_name = {search.index_name(version): version for version in catalog.names}
     for index, body in sorted(response.items()):
         meta = body.get("mappings", {}).get("_meta") or {}
@@ -277,35 +284,62 @@ def _stack_indices(client: OpenSearch, settings: StackSettings, catalog: Catalog
         if not (isinstance(version, str) and search.index_name(version) == index):
             version = by_name.get(index)
         if version is not None:
-            yield version, index, meta
+            yield version, index, meta, tuple(sorted(body.get("aliases") or {}))
 
 
-def count_by_model_version(client: OpenSearch, index: str) -> tuple[int, dict[str, int]]:
-    """(total docs, {model_version: docs}) from one terms aggregation: no scan."""
-    response = client.search(
-        index=index,
-        body={
-            "size": 0,
-            "track_total_hits": True,
-            "aggs": {"versions": {"terms": {"field": "model_version", "size": 1000, "missing": NO_VERSION}}},
-        },
-    )
+COUNT_BY_VERSION = {
+    "size": 0,
+    "track_total_hits": True,
+    "aggs": {"versions": {"terms": {"field": "model_version", "size": 1000, "missing": NO_VERSION}}},
+}
+
+
+def _counted(response: dict) -> tuple[int, dict[str, int]]:
     buckets = response["aggregations"]["versions"]["buckets"]
     return response["hits"]["total"]["value"], {b["key"]: b["doc_count"] for b in buckets}
 
 
+def count_by_model_version(client: OpenSearch, index: str) -> tuple[int, dict[str, int]]:
+    """(total docs, {model_version: docs}) from one terms aggregation: no scan."""
+    return _counted(client.search(index=index, body=COUNT_BY_VERSION))
+
+
+def counts_by_model_version(client: OpenSearch, indices: list[str]) -> list[tuple[int, dict[str, int]]]:
+    """count_by_model_version of several indices in one `_msearch`."""
+    if not indices:
+        return []
+    body = [line for index in indices for line in ({"index": index}, COUNT_BY_VERSION)]
+    answers = client.msearch(body=body)["responses"]
+    for index, answer in zip(indices, answers, strict=True):
+        if "error" in answer:
+            error = answer["error"]
+            status = int(answer.get("status", 500))
+            raise HTTP_EXCEPTIONS.get(status, TransportError)(
+                status, error.get("type", "error") if isinstance(error, dict) else str(error), {index: error}
+            )
+    return [_counted(answer) for answer in answers]
+
+
 def inventory(client: OpenSearch, ssm, settings: StackSettings, catalog: Catalog) -> Inventory:
-    aliases = client.indices.get_alias(index=f"{settings.opensearch.index_prefix}-*")
-    indices = {}
-    for version, index, meta in _stack_indices(client, settings, catalog):
-        total, counts = count_by_model_version(client, index)
-        names = tuple(sorted(aliases.get(index, {}).get("aliases", {})))
-        indices[version] = IndexState(version, index, meta, total, counts, names)
+    """The stack's indices with their per-version counts, the alias' targets and the pointer:
+    three OpenSearch round trips with the SSM read beside them."""
+    with ThreadPoolExecutor(1) as aside:
+        pointer = aside.submit(_pointer_or_none, ssm, settings.pointer_name)
+        found = list(_stack_indices(client, settings, catalog))
+        counts = counts_by_model_version(client, [index for _, index, _, _ in found])
+        targets = alias_targets(client, settings.opensearch.alias_name)
+        indices = {
+            version: IndexState(version, index, meta, total, by_version, aliases)
+            for (version, index, meta, aliases), (total, by_version) in zip(found, counts, strict=True)
+        }
+        return Inventory(indices, targets, pointer.result())
+
+
+def _pointer_or_none(ssm, name: str) -> Pointer | None:
     try:
-        pointer = read_pointer(ssm, settings.pointer_name)
+        return read_pointer(ssm, name)
     except IntegrityError:  # not lockstep's JSON: seen as no pointer, so the plan cuts over and rewrites it
-        pointer = None
-    return Inventory(indices, alias_targets(client, settings.opensearch.alias_name), pointer)
+        return None
 
 
 # ------------------------------------------------------------------------------------- retention
