@@ -147,6 +147,16 @@ def test_minilm_matches_the_public_reference(loaded):
     assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
 
 
+def test_backfill_order_is_the_models_token_count_not_characters(loaded):
+    """A transformer pads each batch to its longest input, counted in tokens: 'x = {}; y = []'
+    is short in characters and long in tokens, prose the other way round."""
+    code, prose = "x={};y=[];z=()", "The quick brown fox jumps over the lazy dog again"
+    transformer = loaded["sentence-transformers"]
+    assert len(code) < len(prose) and transformer.input_lengths([code])[0] > transformer.input_lengths([prose])[0]
+    assert models.encode_order(transformer, [code, prose]) == [1, 0]
+    assert models.encode_order(loaded["hashgram"], [prose, code]) == [1, 0]  # no tokenizer: characters
+
+
 def test_minilm_artifact_is_the_catalogs_v4(catalog):
     entry = catalog.get("v4")
     assert (entry.family, entry.dimension, entry.space_type) == ("sentence-transformers", 384, "cosinesimil")

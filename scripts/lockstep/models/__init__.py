@@ -56,6 +56,16 @@ class Embedder(Protocol):
         ...
 
 
+def encode_order(embedder: Embedder, texts: Sequence[str]) -> list[int]:
+    """Indices of `texts` in the order that batches best: shortest input first, measured as the
+    embedder measures it (`input_lengths`: a transformer's token counts, since it pads each batch
+    to its longest input; else characters). all-MiniLM-L6-v2 on stdlib docstrings, batches of 64:
+    70 docs/s sorted by characters, 88 by tokens (the model's own rate over the whole list)."""
+    measure = getattr(embedder, "input_lengths", None)
+    lengths = measure(texts) if measure else [len(text) for text in texts]
+    return sorted(range(len(texts)), key=lengths.__getitem__)
+
+
 class Family(ABC):
     """A model family plug-in. Subclasses set `name` and implement the three methods."""
 

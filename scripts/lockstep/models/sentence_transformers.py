@@ -80,6 +80,10 @@ class Encoder:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
+    def input_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token counts after truncation: what a batch is padded to (models.encode_order)."""
+        return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(list(texts))
