@@ -1,6 +1,6 @@
 """Every benchmark the issues name, side by side in one run, as ratios against their goals.
 
-    make bench            (= python -m bench; ~15 min on 2 cores)
+    make bench            (= python -m bench; ~8 min on 2 quiet cores)
     python -m bench --sizes 2000 10000 --rounds 100     (a quick look)
 
 Figures go to bench/results/summary.json and a Markdown table to bench/results/summary.md.

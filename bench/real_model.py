@@ -20,12 +20,14 @@ import logging
 import math
 import os
 import platform
+import statistics
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import ray_scaling
+from bench.rollback import ROLLBACKS
 from lockstep import config, orchestrator, runtime, services, stackfile
 from lockstep.ops import artifacts, clients, corpus_store, endpoints
 from lockstep.ops.backfill import engine as backfill_engine
@@ -88,7 +90,8 @@ def ray_rates(name: str, docs: int, catalog: config.Catalog, entry) -> dict[int,
 
 def rollback(name: str, docs: int, catalog: config.Catalog, root: Path) -> dict:
     """A stack whose v4 index is the local backfill's: live on v2 (v4 the standby), then pinned back
-    to v4. Returns the rollback's apply time without its check step, and what it embedded."""
+    to v4 (and on, v2, v4, …: ROLLBACKS flips). Returns the median flip's apply time without its
+    check step, what the flips embedded, and the recall after the last one."""
     stack = f"{name}-rb"
     stackfile.write_stack(
         root,
@@ -115,10 +118,19 @@ def rollback(name: str, docs: int, catalog: config.Catalog, root: Path) -> dict:
 
     try:
         apply()  # v2 live (its index provisioned), v4 warm in green on the retained index
-        stackfile.set_pin(stack, VERSION, root)
-        seconds, back = apply()
+        runs, embedded = [], 0
+        for flip in range(ROLLBACKS):
+            stackfile.set_pin(stack, VERSION if flip % 2 == 0 else "v2", root)
+            seconds, back = apply()
+            runs.append(seconds)
+            embedded += back.embedded
         recall = next(c.observed for c in back.record.checks if c.name == "recall") if back.record else ""
-        return {"rollback_s": round(seconds, 3), "embedded": back.embedded, "recall": recall}
+        return {
+            "rollback_s": round(statistics.median(runs), 3),
+            "rollback_runs_s": [round(r, 3) for r in runs],
+            "embedded": embedded,
+            "recall": recall,
+        }
     finally:
         endpoints.stop_local_slots(config.load_stack(stack, root))
 

@@ -427,7 +427,7 @@ def _posture_drift(env: Environment, bucket: str) -> tuple[artifacts.PostureSett
             return None
 
 
-def _find_corpus(env: Environment):
+def _find_corpus(env: Environment) -> tuple[corpus_store.FoundCorpus, tuple[artifacts.PostureSetting, ...] | None]:
     """(the corpus objects, the corpus bucket's posture drift): reads only."""
     with ThreadPoolExecutor(1) as pool:
         posture = pool.submit(_posture_drift, env, env.settings.corpus.bucket)
