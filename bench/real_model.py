@@ -156,7 +156,7 @@ def run(docs: int) -> dict:
     base = settings_for(name, docs, catalog, f"{name}-local", engine="local")
     s3 = clients.aws_for(base, "s3")
     artifacts.ensure_bucket(s3, base.artifacts.bucket)
-    corpus_store.ensure_corpus(s3, base)
+    corpus_etag = corpus_store.ensure_corpus(s3, base).ref.etag
     artifacts.publish_artifact(s3, base, entry)
     documents = corpus_store.read_corpus(s3, base)
     embedder = artifacts.load_embedder(s3, base.artifacts.bucket, entry)
@@ -184,7 +184,11 @@ def run(docs: int) -> dict:
         f"  bulk of pre-computed vectors alone: {bulk:,.0f} docs/s → 1/(1/e + 1/b) = {ceiling:,.1f} docs/s", flush=True
     )
 
-    local = backfill_engine.sync_index(base, entry, progress=False, embedder=embedder, documents=documents)
+    # Stamped with the corpus it was built from, as an apply's provision stamps it: the rollback below
+    # reattaches a synced index (an unstamped one is scanned for its delta by every plan).
+    local = backfill_engine.sync_index(
+        base, entry, progress=False, embedder=embedder, documents=documents, corpus_etag=corpus_etag
+    )
     assert local.embedded == len(documents)
     figures["local"] = {"docs_per_s": round(local.rate, 2), "seconds": round(local.seconds, 1)}
     print(f"  local backfill: {local.rate:,.1f} docs/s ({local.seconds:.1f}s)", flush=True)
