@@ -308,3 +308,37 @@ def test_missing_version_attribute_and_missing_table_are_one_line_exit_2(
         endpoints.stop_local_slots(settings)
         if store.table in dynamodb.list_tables()["TableNames"]:
             dynamodb.delete_table(TableName=store.table)
+
+
+def test_the_work_list_pages_grow_and_list_each_stale_item_once(servers, scratch_stack, catalog, unique, monkeypatch):
+    """The repair's work list: a small first page (the k-NN starts at once), then pages doubling to
+    LAST_PAGE; every item of another version that is not quarantined, once; none of the pin's."""
+    stacks, stack = scratch_stack(derived=stores(unique, quarantine=False))
+    settings = config.load_stack(stack, stacks)
+    store = settings.derived[0]
+    client = derived.dynamodb(settings)
+    derived.ensure_table(settings, store)
+    try:
+        stale = {f"doc-{n:02}": "v2" if n % 3 else "v3" for n in range(40)}
+        items = [derived._item(v, derived.Related(d, "0" * 64, ("x",)), 1) for d, v in stale.items()]
+        items += [derived._item("v1", derived.Related(f"pin-{n}", "0" * 64, ("x",)), 1) for n in range(9)]
+        quarantined = derived._item("v2", derived.Related("kept-for-audit", "0" * 64, ("x",)), 1)
+        quarantined[derived.QUARANTINED] = {"S": "2026-12-05T00:00:00+00:00"}
+        for chunk in range(0, len(items), 25):
+            derived._batch_put(client, store.table, items[chunk : chunk + 25])
+        derived._batch_put(client, store.table, [quarantined])
+        limits: list[int] = []
+        scan = client.scan
+
+        def spy(**request):
+            limits.append(request["Limit"])
+            return scan(**request)
+
+        monkeypatch.setattr(client, "scan", spy)
+        monkeypatch.setattr(derived, "FIRST_PAGE", 3)
+        monkeypatch.setattr(derived, "LAST_PAGE", 10)
+        listed = [entry for page in derived._work_pages(client, store, catalog, "v1") for entry in page]
+    finally:
+        client.delete_table(TableName=store.table)
+    assert sorted(listed) == sorted(stale.items())
+    assert limits[:3] == [3, 6, 10] and set(limits[3:]) <= {10}, limits

@@ -51,7 +51,8 @@ FENCE_ATTRIBUTE = "live_version"  # the fence's version: not model_version, so i
 PROJECTED = (QUARANTINED,)
 BATCH = 50  # documents per k-NN msearch / per DynamoDB round of writes
 AHEAD = 2  # batches whose k-NN queries run while this one is written
-SCAN_PAGE = 2 * BATCH  # items a repair's work-list scan examines per request
+FIRST_PAGE = AHEAD * BATCH  # items the work-list scan's first request examines: the k-NN starts at once
+LAST_PAGE = 20 * BATCH  # each next request examines twice as many, up to this (fewer round trips)
 
 
 # ----------------------------------------------------------------------------------- the table
@@ -443,21 +444,24 @@ class RepairResult:
 def _work_pages(client, store: DerivedStore, catalog: Catalog, pin: str) -> Iterator[list[tuple[str, str]]]:
     """(doc_id, version) of the items another version wrote that are not quarantined, a page at a
     time from a consistent scan that returns only items not of the pin; it also refuses unstamped
-    items. The next page is requested while the caller works on this one."""
+    items. The next page is requested while the caller works on this one; pages double in size
+    from FIRST_PAGE (the caller's first batches come at once) to LAST_PAGE (few requests for the
+    rest: a page takes less time to read than the one before it to work through)."""
     request = {
         "TableName": store.table,
         "ConsistentRead": True,
-        "Limit": SCAN_PAGE,
         "ProjectionExpression": f"{KEY}, {VERSION_ATTRIBUTE}, {QUARANTINED}",
         "FilterExpression": f"{KEY} <> :fence AND (attribute_not_exists({VERSION_ATTRIBUTE}) OR {VERSION_ATTRIBUTE} <> :pin)",
         "ExpressionAttributeValues": {":fence": {"S": FENCE_KEY}, ":pin": {"S": pin}},
     }
+    limit = FIRST_PAGE
     with ThreadPoolExecutor(1) as reader:
-        pending: Future | None = reader.submit(client.scan, **request)
+        pending: Future | None = reader.submit(client.scan, **request, Limit=limit)
         while pending is not None:
             page = pending.result()
             after = page.get("LastEvaluatedKey")
-            pending = reader.submit(client.scan, **request, ExclusiveStartKey=after) if after else None
+            limit = min(2 * limit, LAST_PAGE)
+            pending = reader.submit(client.scan, **request, Limit=limit, ExclusiveStartKey=after) if after else None
             found = []
             for item in page["Items"]:
                 if problem := _unstamped(store, catalog, item):
