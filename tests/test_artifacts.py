@@ -203,7 +203,8 @@ def test_corpus_is_seeded_once_and_can_be_edited(s3, make_settings):
     assert golden == corpus.golden_queries(documents)
 
     edited = [corpus.Document(documents[0].id, documents[0].text + " (edited)"), *documents[2:]]
-    corpus_store.write_corpus(s3, settings, edited)
+    written = corpus_store.write_corpus(s3, settings, edited)
+    assert written == corpus_store.corpus_ref(s3, settings) and written != seeded.ref
     assert corpus_store.read_corpus(s3, settings) == edited
 
 

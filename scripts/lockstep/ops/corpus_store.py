@@ -92,11 +92,11 @@ def ensure_corpus(
             asserted.result()
     elif found.ref is None or not found.has_golden:
         ensure_bucket(s3, bucket)
-    uploaded = []
+    uploaded, ref = [], found.ref
     with reaching("S3", s3_endpoint(s3)):
-        if found.ref is None:
+        if ref is None:
             documents = documents if documents is not None else _default_documents(settings.corpus.size)
-            write_corpus(s3, settings, documents)
+            ref = write_corpus(s3, settings, documents)
             uploaded.append(corpus_uri(settings))
         if not found.has_golden:
             documents = documents if documents is not None else read_corpus(s3, settings)
@@ -107,9 +107,6 @@ def ensure_corpus(
                 ContentType="application/x-ndjson",
             )
             uploaded.append(golden_uri(settings))
-    ref = found.ref or corpus_ref(s3, settings)
-    if ref is None:
-        raise UsageError(f"corpus {corpus_uri(settings)} was uploaded but cannot be found; rerun")
     return SeededCorpus(ref, uploaded)
 
 
@@ -135,8 +132,8 @@ def read_golden(s3, settings: StackSettings) -> list[dict]:
     return corpus.parse_golden(_read(s3, settings.corpus.bucket, settings.corpus.golden_key, uri), uri)
 
 
-def write_corpus(s3, settings: StackSettings, documents: list[Document]) -> str:
-    """Replace the corpus JSONL (the golden set is left as is); return the new object's VersionId.
+def write_corpus(s3, settings: StackSettings, documents: list[Document]) -> CorpusRef:
+    """Replace the corpus JSONL (the golden set is left as is); return the new object's identity.
     The document count rides along as object metadata, so a plan can size work without reading."""
     with reaching("S3", s3_endpoint(s3)):
         response = s3.put_object(
@@ -146,7 +143,7 @@ def write_corpus(s3, settings: StackSettings, documents: list[Document]) -> str:
             ContentType="application/x-ndjson",
             Metadata={"documents": str(len(documents))},
         )
-    return response.get("VersionId", "null")
+    return CorpusRef(response["ETag"].strip('"'), len(documents))
 
 
 @dataclass(frozen=True)
