@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from opensearchpy import OpenSearch, helpers
-from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
+from opensearchpy.exceptions import RequestError, TransportError
 
 from lockstep.config import CatalogEntry, StackSettings
 from lockstep.errors import IntegrityError, UsageError
@@ -78,17 +78,11 @@ def index_body(settings: StackSettings, entry: CatalogEntry) -> dict:
 
 def read_meta(client: OpenSearch, index: str) -> dict | None:
     """The mapping `_meta` of `index` ({} when it has none), or None when the index does not exist."""
-    try:
-        response = client.indices.get_mapping(index=index)
-    except NotFoundError:
-        return None
-    body: dict = next(iter(response.values()), {})
-    mappings = body.get("mappings", {})
-    return mappings.get("_meta", {})
+    return read_metas(client, [index]).get(index)
 
 
 def read_metas(client: OpenSearch, indices: list[str]) -> dict[str, dict]:
-    """read_meta of several indices in one request: {index: _meta} for those that exist."""
+    """The `_meta` of several indices in one request: {index: _meta} for those that exist."""
     if not indices:
         return {}
     response = client.indices.get_mapping(index=",".join(indices), params={"ignore_unavailable": "true"})
