@@ -50,7 +50,8 @@ FENCE_ATTRIBUTE = "live_version"  # the fence's version: not model_version, so i
 # Projected into the version index so the quarantined share is counted without reading items.
 PROJECTED = (QUARANTINED,)
 BATCH = 50  # documents per k-NN msearch / per DynamoDB round of writes
-AHEAD = 2  # batches whose k-NN queries run while this one is written
+AHEAD = 2  # batches whose k-NN queries run at once while this one is written
+LEAD = 6  # batches whose related lists may be ready and not yet written (rides out slow writes)
 FIRST_PAGE = AHEAD * BATCH  # items the work-list scan's first request examines: the k-NN starts at once
 LAST_PAGE = 20 * BATCH  # each next request examines twice as many, up to this (fewer round trips)
 
@@ -488,9 +489,11 @@ def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progr
     pin's related documents; `quarantine` marks them and keeps them. Resumable and idempotent.
     Three stages overlap: the work list's next scan page is read, the next batches' k-NN queries
     run (`AHEAD` at a time: OpenSearch is never idle while the client parses an answer), and this
-    batch is written (so the repair runs at the slowest one's rate). A batch is written about
-    three batches after its page was read: a killed repair re-run touches only what is left and
-    never writes an item twice. The store's `writeRate` caps the writes."""
+    batch is written (so the repair runs at the slowest one's rate). Up to `LEAD` batches may be
+    computed and waiting: a write held up (DynamoDB busy with the scan's page, a throttle retry)
+    does not stall the k-NN queries behind it. A batch is written a few batches after its page
+    was read: a killed repair re-run touches only what is left and never writes an item twice.
+    The store's `writeRate` caps the writes."""
     started = time.monotonic()
     pin = settings.pin
     result = RepairResult(store.name, store.repair, pin)
@@ -525,7 +528,7 @@ def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progr
         _progress(progress, f"{store.repair} {store.name} → {pin}", None, pacer) as advance,
         ThreadPoolExecutor(AHEAD) as ahead,
     ):
-        pending = deque(ahead.submit(next_batch) for _ in range(AHEAD))
+        pending = deque(ahead.submit(next_batch) for _ in range(LEAD))
         while pending:
             if (ready := pending.popleft().result()) is None:
                 continue  # the work list is done; the batches still pending are drained
