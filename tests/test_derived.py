@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -342,3 +343,45 @@ def test_the_work_list_pages_grow_and_list_each_stale_item_once(servers, scratch
         client.delete_table(TableName=store.table)
     assert sorted(listed) == sorted(stale.items())
     assert limits[:3] == [3, 6, 10] and set(limits[3:]) <= {10}, limits
+
+
+def test_a_held_up_write_does_not_stall_the_k_nn_queries_behind_it(servers, scratch_stack, unique, monkeypatch):
+    """The repair's lead: while the writer is held up on its first batch (DynamoDB busy), the k-NN
+    side goes on computing up to LEAD batches. Deterministic: the first write waits for the
+    LEAD-th k-NN batch (it never comes with a shorter lead: the guard's timeout fails the test)."""
+    stacks, stack = scratch_stack(derived=stores(unique, write_rate=1e6, quarantine=False))
+    settings = config.load_stack(stack, stacks)
+    catalog = config.load_catalog()
+    store = settings.derived[0]
+    client = derived.dynamodb(settings)
+    derived.ensure_table(settings, store)
+    ids = [f"doc-{n:03}" for n in range(derived.BATCH * (derived.LEAD + 2))]
+    lead_reached = threading.Event()
+    computed: list[int] = []
+
+    def related(_client, _index, batch_ids, k):
+        computed.append(len(batch_ids))
+        if len(computed) >= derived.LEAD:
+            lead_reached.set()
+        return {doc_id: derived.Related(doc_id, "1" * 64, ("other",)) for doc_id in batch_ids}
+
+    put = derived._batch_put
+    held: list[bool] = []
+
+    def held_up_put(dynamodb, table, items):
+        if not held and table == store.table:
+            held.append(lead_reached.wait(timeout=60))
+        put(dynamodb, table, items)
+
+    try:
+        stale = [derived._item("v2", derived.Related(i, "0" * 64, ("x",)), 1) for i in ids]
+        for chunk in range(0, len(stale), 25):
+            put(client, store.table, stale[chunk : chunk + 25])
+        monkeypatch.setattr(derived, "related", related)
+        monkeypatch.setattr(derived, "_batch_put", held_up_put)
+        result = derived.repair(settings, catalog, store, progress=False)
+        records = derived.read_records(settings, store)
+    finally:
+        client.delete_table(TableName=store.table)
+    assert held == [True], "the k-NN side stopped at the writer's first batch"
+    assert result.rewritten == len(ids) and {r["model_version"] for r in records.values()} == {settings.pin}
