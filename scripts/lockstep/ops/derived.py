@@ -52,7 +52,7 @@ PROJECTED = (QUARANTINED,)
 BATCH = 50  # documents per k-NN msearch / per DynamoDB round of writes
 AHEAD = 2  # batches whose k-NN queries run at once while this one is written
 LEAD = 6  # batches whose related lists may be ready and not yet written (rides out slow writes)
-FIRST_PAGE = AHEAD * BATCH  # items the work-list scan's first request examines: the k-NN starts at once
+FIRST_PAGE = BATCH  # items the work-list scan's first request examines: the k-NN starts at once
 LAST_PAGE = 20 * BATCH  # each next request examines twice as many, up to this (fewer round trips)
 
 
@@ -218,6 +218,9 @@ class Related:
     neighbours: tuple[str, ...]
 
 
+ANSWER_FIELDS = ["responses._shards", "responses.error", "responses.hits.hits._id"]  # all a k-NN answer needs
+
+
 def related(client: OpenSearch, index_name: str, ids: Sequence[str], k: int) -> dict[str, Related | None]:
     """Each document's k nearest other documents in `index_name`, by its own stored vector
     (one mget and one msearch per batch). None: the document is not in the index."""
@@ -240,7 +243,8 @@ def related(client: OpenSearch, index_name: str, ids: Sequence[str], k: int) -> 
                     "query": {"knn": {"embedding": {"vector": doc["_source"]["embedding"], "k": max(k + 1, 100)}}},
                 },
             ]
-        for doc, answer in zip(stored, client.msearch(body=body)["responses"]):
+        answers = client.msearch(body=body, filter_path=ANSWER_FIELDS)["responses"]
+        for doc, answer in zip(stored, answers, strict=True):
             shards = answer.get("_shards", {})
             if shards.get("failed") or shards.get("successful", 0) < shards.get("total", 0):
                 # Never neighbours from part of the index (a node lost mid-repair).
@@ -250,7 +254,8 @@ def related(client: OpenSearch, index_name: str, ids: Sequence[str], k: int) -> 
                 )
             if "error" in answer:
                 raise UsageError(f"k-NN query for {doc['_id']} on {index_name} failed: {answer['error']}")
-            neighbours = [h["_id"] for h in answer["hits"]["hits"] if h["_id"] != doc["_id"]][:k]
+            hits = answer.get("hits", {}).get("hits", [])
+            neighbours = [h["_id"] for h in hits if h["_id"] != doc["_id"]][:k]
             found[doc["_id"]] = Related(doc["_id"], doc["_source"]["content_sha256"], tuple(neighbours))
     return found
 
@@ -444,15 +449,16 @@ class RepairResult:
 
 def _work_pages(client, store: DerivedStore, catalog: Catalog, pin: str) -> Iterator[list[tuple[str, str]]]:
     """(doc_id, version) of the items another version wrote that are not quarantined, a page at a
-    time from a consistent scan that returns only items not of the pin; it also refuses unstamped
-    items. The next page is requested while the caller works on this one; pages double in size
+    time from a consistent scan whose filter returns only those, projected to the two attributes
+    (the smallest answer); it also refuses unstamped items. The next page is requested while the caller works on this one; pages double in size
     from FIRST_PAGE (the caller's first batches come at once) to LAST_PAGE (few requests for the
     rest: a page takes less time to read than the one before it to work through)."""
     request = {
         "TableName": store.table,
         "ConsistentRead": True,
-        "ProjectionExpression": f"{KEY}, {VERSION_ATTRIBUTE}, {QUARANTINED}",
-        "FilterExpression": f"{KEY} <> :fence AND (attribute_not_exists({VERSION_ATTRIBUTE}) OR {VERSION_ATTRIBUTE} <> :pin)",
+        "ProjectionExpression": f"{KEY}, {VERSION_ATTRIBUTE}",
+        "FilterExpression": f"{KEY} <> :fence AND attribute_not_exists({QUARANTINED}) AND "
+        f"(attribute_not_exists({VERSION_ATTRIBUTE}) OR {VERSION_ATTRIBUTE} <> :pin)",
         "ExpressionAttributeValues": {":fence": {"S": FENCE_KEY}, ":pin": {"S": pin}},
     }
     limit = FIRST_PAGE
@@ -463,13 +469,10 @@ def _work_pages(client, store: DerivedStore, catalog: Catalog, pin: str) -> Iter
             after = page.get("LastEvaluatedKey")
             limit = min(2 * limit, LAST_PAGE)
             pending = reader.submit(client.scan, **request, Limit=limit, ExclusiveStartKey=after) if after else None
-            found = []
             for item in page["Items"]:
                 if problem := _unstamped(store, catalog, item):
                     raise problem
-                if QUARANTINED not in item:
-                    found.append((item[KEY]["S"], item[VERSION_ATTRIBUTE]["S"]))
-            yield found
+            yield [(item[KEY]["S"], item[VERSION_ATTRIBUTE]["S"]) for item in page["Items"]]
 
 
 def _rebatched(pages: Iterable[list], size: int) -> Iterator[list]:
