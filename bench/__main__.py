@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-points", type=int, default=20, help="0 skips the kill sweep")
     parser.add_argument("--ray-docs", type=int, default=5000, help="0 skips local-vs-Ray")
     parser.add_argument("--guard-records", type=int, default=500, help="0 skips the writer guard")
-    parser.add_argument("--repair-docs", type=int, default=1000, help="derived repair vs its ceiling; 0 skips it")
+    parser.add_argument("--repair-docs", type=int, default=2000, help="derived repair vs its ceiling (the drill repairs ~2,000); 0 skips it")
     parser.add_argument("--real-docs", type=int, default=1000, help="real-model rows (v4); 0 skips them")
     args = parser.parse_args(argv)
 
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["writer_guard"] = writer_guard.run(args.guard_records)
     if args.repair_docs:
         print(f"derived repair vs its ceiling ({args.repair_docs:,} ids):", flush=True)
-        figures["derived_repair"] = derived_repair.run(args.repair_docs, 2)
+        figures["derived_repair"] = derived_repair.run(args.repair_docs, 3)
     if args.real_docs:
         print(f"the real model, v4 ({args.real_docs:,} docs):", flush=True)
         figures["real_model"] = real_model.run(args.real_docs)
