@@ -171,6 +171,26 @@ def test_a_model_is_loaded_once_per_object_version_never_from_memory_for_a_chang
         artifacts.load_embedder(s3, bucket, entry)
 
 
+def test_verifying_a_published_model_reads_its_object_once_and_keeps_the_model(s3, make_settings, catalog, monkeypatch):
+    """verify_model on a published artifact: one HEAD and one GET; the embed that follows (an
+    apply's) is answered from the model it loaded, after one more HEAD."""
+    settings = make_settings()
+    bucket, entry = settings.artifacts.bucket, catalog.get("v1")
+    artifacts.ensure_bucket(s3, bucket)
+    artifacts.publish_artifact(s3, settings, entry)
+    monkeypatch.setattr(artifacts, "_TRUTHFUL", set())
+    monkeypatch.setattr(artifacts, "_LOADED", type(artifacts._LOADED)())
+    calls: list[str] = []
+    for name in ("head_object", "get_object"):
+        real = getattr(s3, name)
+        monkeypatch.setattr(s3, name, lambda real=real, name=name, **request: calls.append(name) or real(**request))
+
+    artifacts.verify_model(s3, bucket, entry)
+    assert calls == ["head_object", "get_object"], calls
+    artifacts.load_embedder(s3, bucket, entry)
+    assert calls == ["head_object", "get_object", "head_object"], calls
+
+
 def test_missing_artifact_reads_as_not_existing(s3, make_settings, catalog):
     settings = make_settings()
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)

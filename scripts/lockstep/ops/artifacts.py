@@ -326,6 +326,11 @@ def load_embedder(s3, bucket: str, entry: CatalogEntry) -> models.Embedder:
     an apply verifies every model before its first write, then embeds with it)."""
     with reaching("S3", s3_endpoint(s3)):
         version_id = published_version(s3, bucket, entry)
+    return _embedder_at(s3, bucket, entry, version_id)
+
+
+def _embedder_at(s3, bucket: str, entry: CatalogEntry, version_id: str | None) -> models.Embedder:
+    """The model published as `version_id` (None: not published with the catalog's sha256)."""
     key = (s3_endpoint(s3), bucket, entry, version_id)
     if version_id is not None and key in _LOADED:
         _LOADED.move_to_end(key)
@@ -363,7 +368,7 @@ def verify_model(s3, bucket: str, entry: CatalogEntry) -> None:
     with reaching("S3", s3_endpoint(s3)):
         version_id = published_version(s3, bucket, entry)
     if version_id is not None:
-        embedder = load_embedder(s3, bucket, entry)
+        embedder = _embedder_at(s3, bucket, entry, version_id)
     else:
         embedder = models.load_artifact(verified_build(entry), entry.artifact_sha256, entry.family, entry.version)
     produced = embedder.encode([PROBE_TEXT]).shape[-1]
