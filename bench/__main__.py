@@ -217,7 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-points", type=int, default=20, help="0 skips the kill sweep")
     parser.add_argument("--ray-docs", type=int, default=5000, help="0 skips local-vs-Ray")
     parser.add_argument("--guard-records", type=int, default=500, help="0 skips the writer guard")
-    parser.add_argument("--repair-docs", type=int, default=2000, help="derived repair vs its ceiling (the drill repairs ~2,000); 0 skips it")
+    parser.add_argument(
+        "--repair-docs",
+        type=int,
+        default=2000,
+        help="derived repair vs its ceiling (the drill repairs ~2,000); 0 skips it",
+    )
     parser.add_argument("--real-docs", type=int, default=1000, help="real-model rows (v4); 0 skips them")
     args = parser.parse_args(argv)
 
