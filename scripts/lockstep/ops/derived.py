@@ -52,7 +52,7 @@ PROJECTED = (QUARANTINED,)
 BATCH = 50  # documents per k-NN msearch / per DynamoDB round of writes
 AHEAD = 2  # batches whose k-NN queries run at once while this one is written
 LEAD = 6  # batches whose related lists may be ready and not yet written (rides out slow writes)
-FIRST_PAGE = BATCH  # items the work-list scan's first request examines: the k-NN starts at once
+FIRST_PAGE = BATCH  # items the work-list scan's first request examines: the first k-NN batch starts at once
 LAST_PAGE = 20 * BATCH  # each next request examines twice as many, up to this (fewer round trips)
 
 
@@ -450,9 +450,10 @@ class RepairResult:
 def _work_pages(client, store: DerivedStore, catalog: Catalog, pin: str) -> Iterator[list[tuple[str, str]]]:
     """(doc_id, version) of the items another version wrote that are not quarantined, a page at a
     time from a consistent scan whose filter returns only those, projected to the two attributes
-    (the smallest answer); it also refuses unstamped items. The next page is requested while the caller works on this one; pages double in size
-    from FIRST_PAGE (the caller's first batches come at once) to LAST_PAGE (few requests for the
-    rest: a page takes less time to read than the one before it to work through)."""
+    (the smallest answer); it also refuses unstamped items. The next page is requested while the
+    caller works on this one; pages double in size from FIRST_PAGE (the caller's first batch comes
+    at once) to LAST_PAGE (few requests for the rest: a page takes less time to read than the one
+    before it to work through)."""
     request = {
         "TableName": store.table,
         "ConsistentRead": True,
