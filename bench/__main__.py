@@ -88,7 +88,7 @@ def rows(figures: dict) -> list[tuple[str, str, str, bool]]:
     )
     out += [
         (
-            f"catch-up of a 1 % delta vs the same stack's full re-embed, {c['docs']:,} docs",
+            f"catch-up of a 1 % delta (median of {rollback.CATCH_UPS}) vs the same stack's full re-embed, {c['docs']:,} docs",
             f"{c['ratio']:.1%} ({c['catch_up_s']:.2f}s vs {c['full_reembed_s']:.2f}s)",
             "≤ 3 %",
             c["ratio"] <= 0.03,
