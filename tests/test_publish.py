@@ -3,6 +3,10 @@ bad input is one line, exit 2, nothing uploaded, catalog untouched."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from ruamel.yaml import YAML
 
@@ -116,3 +120,30 @@ def test_bad_input_is_one_line_and_changes_nothing(case, servers, scratch_stack,
     settings = config.load_stack(stack, stacks)
     assert objects(clients.aws("s3"), settings.artifacts.bucket) == []
     assert set(YAML(typ="safe").load(before)["versions"]) == set(config.load_catalog(stacks).names)
+
+
+def test_publishing_to_an_aws_stack_never_lands_in_the_embedded_moto(servers, scratch_stack, team_model):
+    """An AWS stack's artifact goes to its bucket on AWS, in its region and profile. With no
+    AWS_ENDPOINT_URL set, the embedded moto running beside (`make demo` leaves it up) is no
+    fallback: it would take the upload, and the catalog would name an artifact AWS does not have."""
+    stacks, stack = scratch_stack(
+        endpoints={"backend": "sagemaker", "imageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/serve:1"},
+        opensearch={"url": os.environ["OPENSEARCH_URL"]},
+    )
+    bucket = config.load_stack(stack, stacks).artifacts.bucket
+    moto = clients.aws("s3")
+    moto.create_bucket(Bucket=bucket)
+    before = (stacks / "catalog.yaml").read_text()
+    without_endpoint = {name: value for name, value in os.environ.items() if name != "AWS_ENDPOINT_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lockstep.cli", "publish", "--stack", stack, str(team_model), "team-1"],
+        capture_output=True,
+        text=True,
+        env={**without_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unreachable" in lines[0] and "amazonaws.com" in lines[0], lines
+    assert objects(moto, bucket) == []
+    assert (stacks / "catalog.yaml").read_text() == before

@@ -124,7 +124,7 @@ def publish(
     if description:
         fields["description"] = description
     entry, new = catalog_entry(catalog, version, dict(fields))
-    s3 = clients.aws("s3")
+    s3 = clients.aws_for(settings, "s3")  # an AWS stack's bucket, never the embedded moto
     if settings.embedded:
         artifacts.ensure_bucket(s3, settings.artifacts.bucket)
     version_id = artifacts.upload_artifact(s3, settings.artifacts.bucket, entry, data)
