@@ -152,6 +152,23 @@ def test_rollback_recomputes_what_v2_wrote_and_quarantines_where_asked(upgraded,
     assert "repair_derived" not in [s["kind"] for s in plan["steps"]]
 
 
+def test_a_record_whose_document_left_the_index_is_deleted_not_recomputed(upgraded, catalog):
+    """A stale record of a document the pin's index does not hold (it left the corpus) has no
+    lists to recompute: the repair deletes it, conditionally, and says so."""
+    stacks, stack = upgraded(quarantine=False)
+    related = store_named(config.load_stack(stack, stacks), "related")
+    gone = derived.Related("left-the-corpus", "0" * 64, ("doc-00001",))
+    derived._batch_put(clients.aws("dynamodb"), related.table, [derived._item("v2", gone, related.k)])
+
+    stackfile.set_pin(stack, "v1", stacks)
+    applied = orchestrator.apply(config.load_stack(stack, stacks), catalog, progress=False, say=quiet)
+    assert applied.record.passed, [(c.name, c.observed) for c in applied.record.failures]
+    repaired = next(s.detail for s in applied.steps if s.step.kind == "repair_derived")
+    assert repaired == f"related: {SIZE} recomputed with v1, 1 deleted (document gone)"
+    records = derived.read_records(config.load_stack(stack, stacks), related)
+    assert "left-the-corpus" not in records and len(records) == SIZE
+
+
 def test_a_v2_record_written_after_the_rollback_fails_the_check(upgraded, catalog):
     stacks, stack = upgraded(quarantine=False)
     stackfile.set_pin(stack, "v1", stacks)

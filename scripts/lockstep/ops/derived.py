@@ -544,7 +544,7 @@ def repair(settings: StackSettings, catalog: Catalog, store: DerivedStore, progr
                     _recompute_batch(client, store, result, batch, fresh, pacer, advance)
                     continue
                 for doc_id, seen in batch:
-                    _repair_item(client, store, result, doc_id, seen, None)
+                    _repair_item(client, store, result, doc_id, seen)
                     pacer.wrote(1)
                     advance(1)
         advance(0, total=found)
@@ -567,7 +567,7 @@ def _recompute_batch(
     batches' time) is overwritten with the pin's recomputed list."""
     for doc_id, seen in batch:
         if fresh.get(doc_id) is None:
-            _repair_item(client, store, result, doc_id, seen, None)
+            _repair_item(client, store, result, doc_id, seen)
             pacer.wrote(1)
             advance(1)
     rewrites = [(doc_id, seen, found) for doc_id, seen in batch if (found := fresh.get(doc_id)) is not None]
@@ -580,10 +580,10 @@ def _recompute_batch(
         advance(len(chunk))
 
 
-def _repair_item(
-    client, store: DerivedStore, result: RepairResult, doc_id: str, seen: str, fresh: Related | None
-) -> None:
-    """One conditional write: only if the item still carries the version we read, unquarantined."""
+def _repair_item(client, store: DerivedStore, result: RepairResult, doc_id: str, seen: str) -> None:
+    """One conditional write, only if the item still carries the version we read, unquarantined:
+    `quarantine` marks it; `recompute` deletes it (its document left the pin's index and the corpus:
+    nothing to recompute)."""
     condition = {"ConditionExpression": f"{VERSION_ATTRIBUTE} = :seen AND attribute_not_exists({QUARANTINED})"}
     values = {":seen": {"S": seen}}
     try:
@@ -596,19 +596,11 @@ def _repair_item(
                 **condition,
             )
             result.quarantined += 1
-        elif fresh is None:  # the document left the pin's index (and the corpus): nothing to recompute
+        else:
             client.delete_item(
                 TableName=store.table, Key={KEY: {"S": doc_id}}, ExpressionAttributeValues=values, **condition
             )
             result.deleted += 1
-        else:
-            client.put_item(
-                TableName=store.table,
-                Item=_item(result.pin, fresh, store.k, repaired_from=seen),
-                ExpressionAttributeValues=values,
-                **condition,
-            )
-            result.rewritten += 1
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
             raise
