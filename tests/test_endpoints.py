@@ -401,3 +401,28 @@ def test_sagemaker_endpoint_serving_two_artifacts_is_an_integrity_error(servers,
     create_sagemaker_endpoint(clients.aws("sagemaker"), f"{unique}-mixed", urls)
     with pytest.raises(IntegrityError, match="serves 2 model artifacts"):
         endpoints.SageMakerEndpoint(f"{unique}-mixed", "us-east-1", retry=FAST).describe()
+
+
+def test_a_sagemaker_slot_is_reached_with_the_stacks_aws_profile(monkeypatch):
+    """`aws:profile` reaches the SageMaker clients too (it used to stop at S3, SSM and DynamoDB: a
+    describe or invoke ran as whoever boto3's default chain found)."""
+    from botocore.exceptions import ProfileNotFound
+
+    from lockstep import config
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # real AWS: an emulator ignores profiles
+    settings = config.settings_from_config(
+        "prod",
+        {
+            "pin": "v1",
+            "slots": {"blue": "v1"},
+            "endpoints": {"backend": "sagemaker", "imageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/serve:1"},
+            "opensearch": {"url": "https://search.example.com"},
+            "artifacts": {"bucket": "prod-artifacts"},
+            "corpus": {"bucket": "prod-corpus"},
+            "awsProfile": "lockstep-no-such-profile",
+        },
+        config.load_catalog(),
+    )
+    with pytest.raises(ProfileNotFound, match="lockstep-no-such-profile"):
+        endpoints.endpoint_for(settings, "blue", retry=FAST).describe()

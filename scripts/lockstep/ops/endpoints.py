@@ -203,12 +203,20 @@ class SageMakerEndpoint(EndpointClient):
     reports what the endpoint was deployed with, not what a container claims.
     """
 
-    def __init__(self, name: str, region: str, max_batch: int = 256, retry: RetryPolicy = RetryPolicy()):
-        self.name, self.region, self.max_batch, self.retry = name, region, max_batch, retry
+    def __init__(
+        self,
+        name: str,
+        region: str,
+        max_batch: int = 256,
+        retry: RetryPolicy = RetryPolicy(),
+        profile: str | None = None,
+    ):
+        """`profile`: the stack's AWS profile (`aws:profile`), as every other client of the stack uses."""
+        self.name, self.region, self.max_batch, self.retry, self.profile = name, region, max_batch, retry, profile
         self.url = f"sagemaker://{region}/{name}"
 
     def _call(self, service: str, operation: str, **kwargs) -> dict:
-        client = clients.aws(service, self.region, embedded=False)
+        client = clients.aws(service, self.region, embedded=False, profile=self.profile)
         try:
             return getattr(client, operation)(**kwargs)
         except (BotoCoreError, ConnectionError) as exc:
@@ -274,7 +282,9 @@ def endpoint_for(settings: StackSettings, slot: str, retry: RetryPolicy = RetryP
     if slot not in SLOTS:
         raise UsageError(f"slot {slot!r} is neither blue nor green")
     if settings.endpoints.backend == "sagemaker":
-        return SageMakerEndpoint(endpoint_name(settings, slot), settings.region, settings.endpoints.max_batch, retry)
+        return SageMakerEndpoint(
+            endpoint_name(settings, slot), settings.region, settings.endpoints.max_batch, retry, settings.aws_profile
+        )
     return local_slot(settings, slot, retry) or LocalEndpoint(
         endpoint_name(settings, slot), None, settings.endpoints.max_batch, retry
     )
