@@ -188,6 +188,23 @@ def version_outside_the_stack(s: Scratch) -> list[str]:
 GOOD = {"id": "a", "text": "Return the lowest index in the list where the value is found."}
 OTHER = {"id": "b", "text": "Open a file and return a stream; raise OSError upon failure."}
 
+
+def aws_stack_with_a_missing_profile(s: Scratch) -> list[str]:
+    """An AWS stack naming an aws:profile this machine does not have, planned against AWS itself."""
+
+    def change(c: dict) -> None:
+        c["lockstep:endpoints"] = {
+            "backend": "sagemaker",
+            "imageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1",
+        }
+        c["lockstep:opensearch"]["url"] = os.environ["OPENSEARCH_URL"]
+        c["aws:profile"] = "lockstep-no-such-profile"
+
+    s.edit_stack(change)
+    s.env["AWS_ENDPOINT_URL"] = None  # type: ignore[assignment]  # CliRunner unsets it: real AWS, where profiles count
+    return ["plan", "--stack", s.stack]
+
+
 TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
     # versions, pins, slots, retain
     "unknown pin (lockstep pin)": (unknown_pin_via_pin_command, ("'v9'", "not in the catalog", "v1, v2, v3")),
@@ -266,6 +283,10 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
     "AWS refuses the credentials (backfill)": (
         aws_refusing_credentials(backfill),
         ("refused our credentials", "AWS credentials"),
+    ),
+    "aws:profile this machine does not have (plan)": (
+        aws_stack_with_a_missing_profile,
+        ("AWS profile 'lockstep-no-such-profile'", "fix aws:profile"),
     ),
 }
 

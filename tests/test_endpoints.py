@@ -405,9 +405,8 @@ def test_sagemaker_endpoint_serving_two_artifacts_is_an_integrity_error(servers,
 
 def test_a_sagemaker_slot_is_reached_with_the_stacks_aws_profile(monkeypatch):
     """`aws:profile` reaches the SageMaker clients too (it used to stop at S3, SSM and DynamoDB: a
-    describe or invoke ran as whoever boto3's default chain found)."""
-    from botocore.exceptions import ProfileNotFound
-
+    describe or invoke ran as whoever boto3's default chain found). A profile this machine does not
+    have is one line naming it and the fix."""
     from lockstep import config
 
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # real AWS: an emulator ignores profiles
@@ -424,5 +423,5 @@ def test_a_sagemaker_slot_is_reached_with_the_stacks_aws_profile(monkeypatch):
         },
         config.load_catalog(),
     )
-    with pytest.raises(ProfileNotFound, match="lockstep-no-such-profile"):
+    with pytest.raises(UsageError, match=r"AWS profile 'lockstep-no-such-profile' is not in .*fix aws:profile"):
         endpoints.endpoint_for(settings, "blue", retry=FAST).describe()

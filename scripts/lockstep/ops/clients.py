@@ -31,6 +31,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    ProfileNotFound,
     ReadTimeoutError,
 )
 from botocore.parsers import ResponseParserError
@@ -258,7 +259,13 @@ def region(explicit: str | None = None) -> str:
 def _base_session(profile: str | None, role_arn: str | None, region_name: str) -> boto3.session.Session:
     """The profile's (or boto3's chain's) session; with a role, one whose credentials are the role's,
     refreshed by botocore before they expire (an update longer than a role session keeps working)."""
-    base = boto3.session.Session(profile_name=profile, region_name=region_name)
+    try:
+        base = boto3.session.Session(profile_name=profile, region_name=region_name)
+    except ProfileNotFound:
+        raise UsageError(
+            f"AWS profile {profile!r} is not in this machine's AWS config; fix aws:profile "
+            f"(`pulumi config set aws:profile NAME`) or create it (`aws configure --profile {profile}`)"
+        ) from None
     if not role_arn:
         return base
     from botocore.credentials import DeferredRefreshableCredentials
