@@ -17,6 +17,7 @@ from components import deferred
 from components.providers.resources import Artifact
 from lockstep.config import CatalogEntry, StackSettings
 from lockstep.ops.artifacts import deny_insecure_transport_policy
+from lockstep.ops.clients import partition
 
 
 @dataclass
@@ -74,7 +75,10 @@ class ArtifactStore(pulumi.ComponentResource):
             f"{name}-tls-only",
             bucket=bucket.id,
             policy=deferred.value(
-                args.settings, lambda resolved: json.dumps(deny_insecure_transport_policy(resolved.artifacts.bucket))
+                args.settings,
+                lambda resolved: json.dumps(
+                    deny_insecure_transport_policy(resolved.artifacts.bucket, partition(resolved.region))
+                ),
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[public_access], retain_on_delete=True),
         )

@@ -16,6 +16,7 @@ from components import deferred
 from lockstep.config import CatalogEntry, DeploymentSettings, StackSettings
 from lockstep.errors import ConfigError
 from lockstep.ops.artifacts import artifact_uri
+from lockstep.ops.clients import partition
 from lockstep.ops.endpoints import endpoint_name, sagemaker_name
 
 ECR_IMAGE = re.compile(
@@ -23,14 +24,6 @@ ECR_IMAGE = re.compile(
 )
 # The variant every slot's endpoint configuration declares (the alarms' dimension).
 VARIANT = "primary"
-
-
-def partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
 
 
 def ecr_repository_arn(image_uri: str) -> str:

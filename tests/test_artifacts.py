@@ -64,6 +64,19 @@ def test_ensure_bucket_writes_only_what_drifted_and_never_downgrades(s3, unique)
     assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
 
 
+def test_the_tls_policy_names_the_buckets_own_partition(servers, unique):
+    """In China the policy names `arn:aws-cn:` (an `arn:aws:` deny there guards nothing), and the
+    posture read knows it holds: a second ensure writes nothing."""
+    from lockstep.ops import clients
+
+    s3 = clients.aws("s3", "cn-north-1")
+    bucket = f"{unique}-china"
+    artifacts.ensure_bucket(s3, bucket, require_tls=True)
+    assert artifacts.ensure_bucket(s3, bucket, require_tls=True) == ()
+    [deny] = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert deny["Resource"] == [f"arn:aws-cn:s3:::{bucket}", f"arn:aws-cn:s3:::{bucket}/*"]
+
+
 def test_plain_http_endpoint_gets_the_posture_without_the_tls_policy(s3, unique):
     """moto over http ignores policy conditions: the TLS deny would lock every object call out."""
     bucket = f"{unique}-plain"

@@ -249,6 +249,28 @@ def test_execution_role_reads_only_its_versions_artifacts():
     assert blue["Resource"].endswith("/models/hashgram/v1/*")
 
 
+def test_a_stack_outside_the_aws_partition_gets_arns_of_its_own_partition():
+    """A policy naming `arn:aws:` in China or GovCloud matches nothing: the TLS-only deny would
+    guard nothing and the execution role could read nothing."""
+    region = "cn-north-1"
+    values = dev_values()
+    values["aws:region"] = values["lockstep:region"] = region
+    values["lockstep:opensearch"] = {
+        **values["lockstep:opensearch"],
+        "url": f"https://search-acme-dev-docs.{region}.es.amazonaws.com.cn",
+        "region": region,
+    }
+    endpoints = values["lockstep:endpoints"]
+    values["lockstep:endpoints"] = {**endpoints, "imageUri": f"123456789012.dkr.ecr.{region}.amazonaws.com.cn/serve:1"}
+    run = evaluate(values)
+
+    tls = json.loads(run.inputs("lockstep-artifacts-tls-only")["policy"])["Statement"][0]["Resource"]
+    assert tls == ["arn:aws-cn:s3:::acme-lockstep-dev-artifacts", "arn:aws-cn:s3:::acme-lockstep-dev-artifacts/*"]
+    role = json.loads(run.inputs("lockstep-green-policy-v2")["policy"])["Statement"]
+    arns = [arn for s in role for arn in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+    assert [arn.split(":")[1] for arn in arns if arn != "*"] == ["aws-cn"] * (len(arns) - 1)
+
+
 def test_the_basic_auth_password_is_no_resource_input_and_is_required_as_provider_config():
     """Issue 24: the password is the lockstep provider's configuration (its Configure reads the
     secret `lockstep:opensearchPassword`), so rotating it diffs no resource."""

@@ -141,8 +141,8 @@ def test_https_endpoint_gets_the_tls_only_policy_the_component_declares_too(moto
     run = evaluate(dev_values())
     declared = json.loads(run.inputs("lockstep-artifacts-tls-only")["policy"])
     dev_bucket = run.inputs("lockstep-artifacts-bucket")["bucket"]
-    assert declared == artifacts.deny_insecure_transport_policy(dev_bucket)
-    assert json.loads(json.dumps(artifacts.deny_insecure_transport_policy(bucket))) == seen["policy"]
+    assert declared == artifacts.deny_insecure_transport_policy(dev_bucket, "aws")
+    assert json.loads(json.dumps(artifacts.deny_insecure_transport_policy(bucket, "aws"))) == seen["policy"]
 
 
 # ------------------------------------------------------------------------------------ secrets

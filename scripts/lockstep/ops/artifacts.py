@@ -44,7 +44,9 @@ def is_missing(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code", "") in MISSING
 
 
-def deny_insecure_transport_policy(bucket: str) -> dict:
+def deny_insecure_transport_policy(bucket: str, partition: str) -> dict:
+    """The TLS-only statement for `bucket` in its ARN `partition` (`clients.partition`; an S3
+    client knows its own: `s3.meta.partition`)."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -53,7 +55,7 @@ def deny_insecure_transport_policy(bucket: str) -> dict:
                 "Effect": "Deny",
                 "Principal": "*",
                 "Action": "s3:*",
-                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                "Resource": [f"arn:{partition}:s3:::{bucket}", f"arn:{partition}:s3:::{bucket}/*"],
                 "Condition": {"Bool": {"aws:SecureTransport": "false"}},
             }
         ],
@@ -67,7 +69,7 @@ def _statements(policy: dict) -> list[dict]:
 
 def _put_tls_policy(s3, bucket: str) -> None:
     """The DenyInsecureTransport statement, beside whatever other statements the policy has."""
-    ours = deny_insecure_transport_policy(bucket)
+    ours = deny_insecure_transport_policy(bucket, s3.meta.partition)
     try:
         others = [
             s for s in _statements(s3.get_bucket_policy(Bucket=bucket)) if s.get("Sid") != "DenyInsecureTransport"
@@ -79,7 +81,7 @@ def _put_tls_policy(s3, bucket: str) -> None:
     s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({**ours, "Statement": others + ours["Statement"]}))
 
 
-def _encrypts_by_default(answer: dict, bucket: str) -> bool:
+def _encrypts_by_default(answer: dict, *_: str) -> bool:
     """Any default encryption holds: a KMS key someone chose is never downgraded to SSE-S3."""
     rules = answer.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
     return any(rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") for rule in rules)
@@ -92,7 +94,7 @@ class PostureSetting:
     name: str
     get: str  # the S3 client method
     unset: str  # the error code of a bucket without the setting (read as the answer {})
-    holds: Callable[[dict, str], bool]  # (answer, bucket)
+    holds: Callable[[dict, str, str], bool]  # (answer, bucket, the client's ARN partition)
     put: Callable[[Any, str], object]  # (s3, bucket)
 
     def held_by(self, s3, bucket: str) -> bool:
@@ -102,7 +104,7 @@ class PostureSetting:
             if exc.response.get("Error", {}).get("Code") != self.unset:
                 raise
             answer = {}
-        return self.holds(answer, bucket)
+        return self.holds(answer, bucket, s3.meta.partition)
 
 
 OWNER_ENFORCED = [{"ObjectOwnership": "BucketOwnerEnforced"}]
@@ -111,21 +113,21 @@ POSTURE = (
         "ownership",
         "get_bucket_ownership_controls",
         "OwnershipControlsNotFoundError",
-        lambda answer, _: answer.get("OwnershipControls", {}).get("Rules") == OWNER_ENFORCED,
+        lambda answer, *_: answer.get("OwnershipControls", {}).get("Rules") == OWNER_ENFORCED,
         lambda s3, b: s3.put_bucket_ownership_controls(Bucket=b, OwnershipControls={"Rules": OWNER_ENFORCED}),
     ),
     PostureSetting(
         "public access block",
         "get_public_access_block",
         "NoSuchPublicAccessBlockConfiguration",
-        lambda answer, _: answer.get("PublicAccessBlockConfiguration") == PUBLIC_ACCESS_BLOCK,
+        lambda answer, *_: answer.get("PublicAccessBlockConfiguration") == PUBLIC_ACCESS_BLOCK,
         lambda s3, b: s3.put_public_access_block(Bucket=b, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK),
     ),
     PostureSetting(
         "versioning",
         "get_bucket_versioning",
         "",
-        lambda answer, _: answer.get("Status") == "Enabled",
+        lambda answer, *_: answer.get("Status") == "Enabled",
         lambda s3, b: s3.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"}),
     ),
     PostureSetting(
@@ -145,7 +147,9 @@ TLS_ONLY = PostureSetting(
     "TLS-only policy",
     "get_bucket_policy",
     "NoSuchBucketPolicy",
-    lambda answer, bucket: deny_insecure_transport_policy(bucket)["Statement"][0] in _statements(answer),
+    lambda answer, bucket, partition: (
+        deny_insecure_transport_policy(bucket, partition)["Statement"][0] in _statements(answer)
+    ),
     _put_tls_policy,
 )
 

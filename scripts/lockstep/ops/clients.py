@@ -25,6 +25,7 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
@@ -33,6 +34,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ProfileNotFound,
     ReadTimeoutError,
+    UnknownRegionError,
 )
 from botocore.parsers import ResponseParserError
 from opensearchpy import AWSV4SignerAuth, OpenSearch, RequestsHttpConnection
@@ -253,6 +255,16 @@ def sigv4_service(url: str) -> str:
 
 def region(explicit: str | None = None) -> str:
     return explicit or _credentials.region or _env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+@lru_cache(maxsize=16)
+def partition(region_name: str) -> str:
+    """The ARN partition of a region (`aws`, `aws-cn`, `aws-us-gov`, `aws-iso`, ...), from botocore's
+    endpoint data; `aws` for a region botocore does not know (a policy for a new commercial region)."""
+    try:
+        return botocore.session.get_session().get_partition_for_region(region_name)
+    except UnknownRegionError:
+        return "aws"
 
 
 @lru_cache(maxsize=8)
