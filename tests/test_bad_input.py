@@ -205,6 +205,17 @@ def aws_stack_with_a_missing_profile(s: Scratch) -> list[str]:
     return ["plan", "--stack", s.stack]
 
 
+def aws_stack_without_credentials(s: Scratch) -> list[str]:
+    """The AWS stack above, on a machine where boto3's chain finds no credentials at all."""
+    aws_stack_with_a_missing_profile(s)
+    s.edit_stack(lambda c: c.pop("aws:profile"))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        s.env[name] = None  # type: ignore[assignment]
+    s.env["AWS_SHARED_CREDENTIALS_FILE"] = s.env["AWS_CONFIG_FILE"] = str(s.stacks / "no-aws-config")
+    s.env["AWS_EC2_METADATA_DISABLED"] = "true"
+    return ["plan", "--stack", s.stack]
+
+
 TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
     # versions, pins, slots, retain
     "unknown pin (lockstep pin)": (unknown_pin_via_pin_command, ("'v9'", "not in the catalog", "v1, v2, v3")),
@@ -287,6 +298,10 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
     "aws:profile this machine does not have (plan)": (
         aws_stack_with_a_missing_profile,
         ("AWS profile 'lockstep-no-such-profile'", "fix aws:profile"),
+    ),
+    "no AWS credentials on this machine (plan)": (
+        aws_stack_without_credentials,
+        ("no AWS credentials on this machine", "aws:profile", "AWS_ACCESS_KEY_ID"),
     ),
 }
 

@@ -403,6 +403,23 @@ def test_sagemaker_endpoint_serving_two_artifacts_is_an_integrity_error(servers,
         endpoints.SageMakerEndpoint(f"{unique}-mixed", "us-east-1", retry=FAST).describe()
 
 
+def test_a_sagemaker_slot_without_aws_credentials_is_one_line_naming_the_fix(monkeypatch, tmp_path):
+    """No credentials is configuration, not a flaky endpoint: no retries, no "check the endpoint's
+    log or redeploy", but one line naming where credentials come from."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    slot = endpoints.SageMakerEndpoint("lockstep-prod-blue", "ap-southeast-4", retry=FAST)
+    for call in (slot.describe, lambda: slot.embed(["a query"])):
+        with pytest.raises(
+            UsageError,
+            match=r"^SageMaker endpoint lockstep-prod-blue in ap-southeast-4: no AWS credentials.*aws:profile",
+        ):
+            call()
+
+
 def test_a_sagemaker_slot_is_reached_with_the_stacks_aws_profile(monkeypatch):
     """`aws:profile` reaches the SageMaker clients too (it used to stop at S3, SSM and DynamoDB: a
     describe or invoke ran as whoever boto3's default chain found). A profile this machine does not

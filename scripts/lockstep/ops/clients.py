@@ -32,6 +32,8 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
     ProfileNotFound,
     ReadTimeoutError,
     UnknownRegionError,
@@ -58,6 +60,16 @@ CREDENTIAL_CODES = {
     "403",
     "Forbidden",
 }
+
+# boto3's chain found no (or half a) credential: no retry helps, and the fix is configuration.
+NO_CREDENTIALS = (NoCredentialsError, PartialCredentialsError)
+
+
+def missing_credentials(what: str) -> UsageError:
+    return UsageError(
+        f"{what}: no AWS credentials on this machine; set aws:profile (`pulumi config set aws:profile NAME`), "
+        "AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )
 
 
 @dataclass(frozen=True)
@@ -435,5 +447,7 @@ def reaching(what: str, where: str):
         if code in CREDENTIAL_CODES:
             raise UsageError(f"{what} at {where} refused our credentials ({code}); check the AWS credentials") from None
         raise
+    except NO_CREDENTIALS:
+        raise missing_credentials(f"{what} at {where}") from None
     except BotoCoreError as exc:
         raise Unreachable(f"{what} at {where} failed: {exc}") from None

@@ -219,11 +219,18 @@ class SageMakerEndpoint(EndpointClient):
         client = clients.aws(service, self.region, embedded=False, profile=self.profile)
         try:
             return getattr(client, operation)(**kwargs)
+        except clients.NO_CREDENTIALS:
+            raise clients.missing_credentials(f"SageMaker endpoint {self.name} in {self.region}") from None
         except (BotoCoreError, ConnectionError) as exc:
             raise Transient(type(exc).__name__) from None
         except ClientError as exc:
             error = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if error.get("Code") in clients.CREDENTIAL_CODES:
+                raise UsageError(
+                    f"SageMaker endpoint {self.name} in {self.region} refused our credentials ({error.get('Code')}); "
+                    "check the AWS credentials and the role's sagemaker permissions (docs/iam.md)"
+                ) from None
             if error.get("Code") in RETRYABLE_AWS_CODES or status == 429 or status >= 500:
                 raise Transient(f"{error.get('Code')} HTTP {status}") from None
             message = error.get("Message", "")
