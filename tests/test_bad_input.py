@@ -29,6 +29,7 @@ from lockstep import cli, config, runtime, services
 from lockstep.ops import clients, corpus
 from tests.conftest import lockstep
 from tests.faultproxy import FaultProxy, answer
+from tests.test_plan_sagemaker import IMAGE
 
 
 @dataclass
@@ -195,7 +196,7 @@ def aws_stack_with_a_missing_profile(s: Scratch) -> list[str]:
     def change(c: dict) -> None:
         c["lockstep:endpoints"] = {
             "backend": "sagemaker",
-            "imageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1",
+            "imageUri": IMAGE,
         }
         c["lockstep:opensearch"]["url"] = os.environ["OPENSEARCH_URL"]
         c["aws:profile"] = "lockstep-no-such-profile"

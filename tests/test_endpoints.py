@@ -24,6 +24,7 @@ from lockstep import runtime, serve
 from lockstep.errors import IntegrityError, Unreachable, UsageError
 from lockstep.models import hashgram as model
 from lockstep.ops import artifacts, endpoints
+from tests.test_plan_sagemaker import IMAGE
 
 FAST = endpoints.RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05)
 TEXTS = ["Return the sum of a sequence of numbers.", "Open a file and return a stream.", "x"]
@@ -354,7 +355,7 @@ def create_sagemaker_endpoint(sm, name: str, model_data_urls: list[str]):
         sm.create_model(
             ModelName=f"{name}-m{number}",
             ExecutionRoleArn="arn:aws:iam::123456789012:role/lockstep",
-            PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/lockstep:1", "ModelDataUrl": url},
+            PrimaryContainer={"Image": IMAGE, "ModelDataUrl": url},
         )
         variants.append(
             {
@@ -371,9 +372,7 @@ def create_sagemaker_endpoint(sm, name: str, model_data_urls: list[str]):
 def test_sagemaker_describe_reads_version_and_sha_from_model_data_url(servers, make_settings, catalog):
     from lockstep.ops import clients
 
-    settings = make_settings(
-        endpoints={"backend": "sagemaker", "imageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/lockstep:1"}
-    )
+    settings = make_settings(endpoints={"backend": "sagemaker", "imageUri": IMAGE})
     entry = catalog.get("v2")
     name = endpoints.endpoint_name(settings, "green")
     create_sagemaker_endpoint(
@@ -432,7 +431,7 @@ def test_a_sagemaker_slot_is_reached_with_the_stacks_aws_profile(monkeypatch):
         {
             "pin": "v1",
             "slots": {"blue": "v1"},
-            "endpoints": {"backend": "sagemaker", "imageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/serve:1"},
+            "endpoints": {"backend": "sagemaker", "imageUri": IMAGE},
             "opensearch": {"url": "https://search.example.com"},
             "artifacts": {"bucket": "prod-artifacts"},
             "corpus": {"bucket": "prod-corpus"},

@@ -14,6 +14,7 @@ from lockstep import config, models
 from lockstep.models import hashgram, minilm
 from lockstep.ops import clients, endpoints
 from tests.conftest import lockstep
+from tests.test_plan_sagemaker import IMAGE
 
 TEAM_SPEC = hashgram.ModelSpec("team-1", dimension=128, seed=77)
 
@@ -127,7 +128,7 @@ def test_publishing_to_an_aws_stack_never_lands_in_the_embedded_moto(servers, sc
     AWS_ENDPOINT_URL set, the embedded moto running beside (`make demo` leaves it up) is no
     fallback: it would take the upload, and the catalog would name an artifact AWS does not have."""
     stacks, stack = scratch_stack(
-        endpoints={"backend": "sagemaker", "imageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/serve:1"},
+        endpoints={"backend": "sagemaker", "imageUri": IMAGE},
         opensearch={"url": os.environ["OPENSEARCH_URL"]},
     )
     bucket = config.load_stack(stack, stacks).artifacts.bucket
