@@ -18,6 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -206,7 +207,7 @@ def aws_stack_with_a_missing_profile(s: Scratch) -> list[str]:
     return ["plan", "--stack", s.stack]
 
 
-def aws_stack_without_credentials(s: Scratch) -> list[str]:
+def aws_stack_without_credentials(s: Scratch, command: str = "plan") -> list[str]:
     """The AWS stack above, on a machine where boto3's chain finds no credentials at all."""
     aws_stack_with_a_missing_profile(s)
     s.edit_stack(lambda c: c.pop("aws:profile"))
@@ -214,7 +215,7 @@ def aws_stack_without_credentials(s: Scratch) -> list[str]:
         s.env[name] = None  # type: ignore[assignment]
     s.env["AWS_SHARED_CREDENTIALS_FILE"] = s.env["AWS_CONFIG_FILE"] = str(s.stacks / "no-aws-config")
     s.env["AWS_EC2_METADATA_DISABLED"] = "true"
-    return ["plan", "--stack", s.stack]
+    return [command, "--stack", s.stack]
 
 
 TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
@@ -303,6 +304,11 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
     "no AWS credentials on this machine (plan)": (
         aws_stack_without_credentials,
         ("no AWS credentials on this machine", "aws:profile", "AWS_ACCESS_KEY_ID"),
+    ),
+    # The line names the stack's AWS, not the embedded moto this machine happens to run.
+    "no AWS credentials on this machine (check)": (
+        partial(aws_stack_without_credentials, command="check"),
+        ("AWS (S3) at AWS: no AWS credentials on this machine",),
     ),
 }
 

@@ -4,6 +4,7 @@ and the plugin process answering the engine's RPCs (tests/test_engine.py runs th
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -13,7 +14,7 @@ from components.providers.opensearch import CutoverHandler, IndexHandler, read_k
 from components.providers.provider import LockstepProvider, plain_map, wire_map
 from components.providers.resources import CheckArgs, CutoverArgs, IndexArgs
 from lockstep.errors import IntegrityError, LockstepError
-from lockstep.ops import artifacts, corpus_store, endpoints, live_state
+from lockstep.ops import artifacts, check, corpus_store, endpoints, live_state
 
 CORPUS_SIZE = 40
 
@@ -209,6 +210,18 @@ def test_the_check_fails_on_an_inconsistent_system_naming_the_failed_checks(stac
     message = str(failed.value)
     assert message.startswith(f"stack {stack.stack} is inconsistent after the deploy of v1 (exit 1): failed checks ")
     assert "alias" in message and "pointer" in message and "\n" not in message
+
+
+def test_the_checks_read_reports_drift_and_stores_no_record(stack, catalog):
+    """A refresh only reads: the Check's read re-runs the check on what is live, shows the failure
+    as its state, and leaves the record `lockstep promote` reads alone (a read-only principal can
+    refresh; the `up` that follows a failed refresh stores its own record)."""
+    IndexHandler().create(URN, index_props(stack, catalog.get("v1")))
+    props = resolved(CheckArgs(stack, catalog, ["v1"]).inputs())
+    _, refreshed = CheckHandler().read(URN, f"{stack.stack}:v1", {**props, "passed": True, "failed": []})
+    assert refreshed["passed"] is False and "alias" in refreshed["failed"]
+    assert json.loads(refreshed["record"])["pin"] == "v1"
+    assert check.latest(stack) is None
 
 
 def test_the_provider_serves_the_component_and_the_resources_schema():

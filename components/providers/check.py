@@ -5,9 +5,10 @@ store the record where `lockstep promote` reads it, and fail the update when the
 inconsistent (exit 1) or could not be checked (exit 2). Its inputs include the cutover's
 `switchedAt`, so every cutover re-runs it.
 
-Its read (`pulumi refresh`, `preview --refresh`) re-runs the check: data drift (a contaminated
-index, a missing document) shows as drift of `passed`/`failed`, and a Check whose refreshed state
-failed diffs as an update, so `up --refresh` re-runs it and fails naming the failed checks. A plain
+Its read (`pulumi refresh`, `preview --refresh`) re-runs the check and stores nothing (a refresh
+only reads: a read-only principal can run it): data drift (a contaminated index, a missing
+document) shows as drift of `passed`/`failed`, and a Check whose refreshed state failed diffs as an
+update, so `up --refresh` re-runs it, stores that record and fails naming the failed checks. A plain
 `up` with no change reads nothing and stays a no-op.
 """
 
@@ -66,9 +67,10 @@ class CheckHandler(Handler):
         return diff
 
     def read(self, urn: str, id_: str, state: dict) -> tuple[str, dict]:
-        """The check again, on what is live now (the record is stored, as by `lockstep check`)."""
+        """The check again, on what is live now; its record is not stored (the update that follows
+        a failed refresh stores its own)."""
         settings, catalog = self.settings_of(state), catalog_of(state)
-        outcome = check.evaluate(settings, catalog)
+        outcome = check.evaluate(settings, catalog, keep=False)
         if outcome.record is None:
             raise CheckFailed(f"could not check stack {settings.stack} (exit {outcome.exit_code}): {outcome.reason}")
         record = outcome.record

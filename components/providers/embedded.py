@@ -43,8 +43,9 @@ class BucketHandler(Handler):
     REPLACE_ON = ("bucket",)
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
-        s3 = clients.aws_for(self.settings_of(news), "s3")
-        with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
+        settings = self.settings_of(news)
+        with clients.reaching_aws(settings, "S3"):
+            s3 = clients.aws_for(settings, "s3")
             artifacts.ensure_bucket(s3, news["bucket"])
         return news["bucket"], versioned(news)
 
@@ -79,7 +80,7 @@ class CorpusHandler(Handler):
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
         settings = self.settings_of(news)
-        with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
+        with clients.reaching_aws(settings, "S3"):
             corpus_store.ensure_corpus(clients.aws_for(settings, "s3"), settings)
         return news["uri"], versioned(news)
 

@@ -102,7 +102,7 @@ class PointerCache:
         now = self.clock()
         if self._read_at is None or now - self._read_at >= self.ttl:
             self._read_at = None  # a failed read leaves no answer behind: the next write asks again
-            with clients.reaching("AWS (SSM)", clients.aws_endpoint(self.settings.embedded) or "AWS"):
+            with clients.reaching_aws(self.settings, "SSM"):
                 self._pointer = live_state.read_pointer(self.ssm, self.settings.pointer_name)
             self._read_at, self.reads = now, self.reads + 1
         return self._pointer

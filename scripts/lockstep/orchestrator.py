@@ -75,7 +75,7 @@ class Environment:
         return clients.reaching("OpenSearch", self.opensearch_url)
 
     def reach_aws(self):
-        return clients.reaching("AWS", clients.aws_endpoint() or "AWS")
+        return clients.reaching_aws(self.settings)
 
 
 def _rates_file() -> Path:
@@ -554,7 +554,7 @@ def backfill(
     with env.reach_opensearch():
         check.refuse_misbuilt_indices(env.opensearch, settings, catalog, [version])
     documents, corpus_etag = None, None
-    with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
+    with clients.reaching_aws(settings, "S3"):
         ref = corpus_store.ensure_corpus(env.s3, settings).ref if settings.embedded else None
         if settings.backfill.engine == "local":  # read once here, handed to the sync below
             ref = ref or corpus_store.corpus_ref(env.s3, settings)

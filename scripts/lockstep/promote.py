@@ -61,7 +61,7 @@ def passed_newest_first(settings: config.StackSettings) -> list[str]:
     s3 = clients.aws_for(settings, "s3")
     prefix = f"{check.RECORD_PREFIX}/{settings.stack}/"
     verified: list[str] = []
-    with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
+    with clients.reaching_aws(settings, "S3"):
         try:
             pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.artifacts.bucket, Prefix=prefix)
             keys = sorted(item["Key"] for page in pages for item in page.get("Contents", []))
@@ -102,7 +102,7 @@ def promote(source: str, target: str, version: str | None = None, stacks_dir: Pa
             f"{source}'s latest check of {version} failed ({failed}); fix {source} and re-run `lockstep check --stack {source}`"
         )
     ssm = clients.aws_for(origin, "ssm")
-    with clients.reaching("AWS (SSM)", clients.aws_endpoint() or "AWS"):
+    with clients.reaching_aws(origin, "SSM"):
         pointer = live_state.read_pointer(ssm, origin.pointer_name)
     if pointer is None or pointer.version != version:
         live = pointer.version if pointer else "nothing"

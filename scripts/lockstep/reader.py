@@ -124,7 +124,7 @@ class Reader:
         name, stack = self.settings.pointer_name, self.settings.stack
         fallback = "the reader does not fall back to the alias"
         try:
-            with clients.reaching("AWS (SSM)", clients.aws_endpoint(self.settings.embedded) or "AWS"):
+            with clients.reaching_aws(self.settings, "SSM"):
                 pointer = live_state.read_pointer(self.ssm, name)
         except (LockstepError, ClientError, BotoCoreError) as exc:
             raise PointerUnreadable(f"live pointer {name} could not be read ({exc}); {fallback}") from None

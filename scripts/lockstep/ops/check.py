@@ -98,7 +98,7 @@ class Reading:
         return clients.reaching("OpenSearch", clients.opensearch_url(self.settings.opensearch))
 
     def aws(self, service: str):
-        return clients.reaching(f"AWS ({service})", clients.aws_endpoint() or "AWS")
+        return clients.reaching_aws(self.settings, service)
 
     @cached_property
     def targets(self) -> list[str]:
@@ -490,7 +490,7 @@ def live_after_revert(settings: StackSettings) -> tuple[StackSettings, str]:
     record = latest(settings)
     if record is None or record.reverted_from != settings.pin or record.pin not in settings.slots.filled.values():
         return settings, ""
-    with clients.reaching("AWS (SSM)", clients.aws_endpoint(settings.embedded) or "AWS"):
+    with clients.reaching_aws(settings, "SSM"):
         pointer = live_state.read_pointer(clients.aws_for(settings, "ssm"), settings.pointer_name)
     if pointer is None or pointer.version != record.pin:
         return settings, ""
@@ -630,7 +630,7 @@ def store(record: CheckRecord, settings: StackSettings) -> str:
     body = json.dumps(record.to_dict(), indent=2).encode()
     stamp = record.finished_at.replace(":", "").replace("-", "")
     key = f"{RECORD_PREFIX}/{settings.stack}/{stamp}-{record.pin}.json"
-    with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
+    with clients.reaching_aws(settings, "S3"):
         s3.put_object(Bucket=settings.artifacts.bucket, Key=key, Body=body, ContentType="application/json")
         s3.put_object(
             Bucket=settings.artifacts.bucket,
@@ -643,7 +643,7 @@ def store(record: CheckRecord, settings: StackSettings) -> str:
 
 def latest(settings: StackSettings) -> CheckRecord | None:
     s3 = clients.aws_for(settings, "s3")
-    with clients.reaching("AWS (S3)", clients.aws_endpoint() or "AWS"):
+    with clients.reaching_aws(settings, "S3"):
         try:
             body = s3.get_object(Bucket=settings.artifacts.bucket, Key=f"{RECORD_PREFIX}/{settings.stack}/latest.json")[
                 "Body"

@@ -412,6 +412,12 @@ def redact(url: str) -> str:
     return re.sub(r"(//)[^/@]*@", r"\1***@", url)
 
 
+def reaching_aws(settings: StackSettings, service: str | None = None):
+    """`reaching` for the stack's AWS: a failure names the address its clients use (`aws_for`:
+    the embedded moto only for an embedded stack), never a moto that happens to be running."""
+    return reaching(f"AWS ({service})" if service else "AWS", aws_endpoint(settings.embedded) or "AWS")
+
+
 @contextmanager
 def reaching(what: str, where: str):
     """Turn transport failures into one `Unreachable` line naming the server and its address.

@@ -89,7 +89,7 @@ def dynamodb(settings: StackSettings):
 
 
 def reaching_dynamodb(settings: StackSettings):
-    return clients.reaching("AWS (DynamoDB)", clients.aws_endpoint(settings.embedded) or "AWS")
+    return clients.reaching_aws(settings, "DynamoDB")
 
 
 def _describe(client, store: DerivedStore) -> dict | None:

@@ -349,7 +349,7 @@ def sync_index(
 ) -> core.BackfillResult:
     """The pipeline on this process's Ray runtime (a local one, or the cluster a Ray job runs in)."""
     s3 = clients.aws_for(settings, "s3")
-    with clients.reaching("S3", clients.aws_endpoint(settings.embedded) or "AWS"):
+    with clients.reaching_aws(settings, "S3"):
         ref = corpus_store.corpus_ref(s3, settings)
         if ref is None:
             raise UsageError(
