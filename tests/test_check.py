@@ -16,6 +16,7 @@ import subprocess
 import pytest
 
 from lockstep import runtime
+from lockstep.errors import Unreachable, UsageError
 from lockstep.ops import artifacts, check, clients, endpoints, index, live_state, reembed
 from lockstep.ops.corpus import Document
 from tests.conftest import Deployment, deploy, lockstep
@@ -232,6 +233,30 @@ def test_live_endpoint_stopped_fails_never_passes(stack, catalog):
         assert {"endpoint-artifact", "reembed-probe", "recall"} <= cli_failures(completed)
     finally:
         endpoints.deploy_local_slot(stack.settings, live_slot, catalog.get(stack.settings.pin))
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        Unreachable("endpoint lockstep-t-blue at http://127.0.0.1:1 failed 3 times (ReadTimeout)"),
+        UsageError("SageMaker endpoint lockstep-t-blue in eu-west-1 refused our credentials (AccessDenied)"),
+    ],
+    ids=["no answer", "credentials refused"],
+)
+def test_a_live_endpoint_that_could_not_be_read_is_exit_2_not_a_failed_check(stack, monkeypatch, refusal):
+    """An endpoint that is there but could not be asked (a hung process, refused credentials) is
+    not an endpoint seen down: no record of failed endpoint checks (it would block promotion and
+    trigger autoRevert), one line and exit 2, and the last record stays what it was."""
+    before = check.latest(stack.settings)
+
+    def refused(self):
+        raise refusal
+
+    monkeypatch.setattr(endpoints.LocalEndpoint, "describe", refused)
+    outcome = check.evaluate(stack.settings, stack.catalog)
+    assert (outcome.exit_code, outcome.record) == (2, None)
+    assert str(refusal) in outcome.reason
+    assert check.latest(stack.settings) == before
 
 
 def test_endpoint_serving_another_artifact_fails_endpoint_artifact(stack, catalog):

@@ -153,7 +153,7 @@ class Reading:
 
     @cached_property
     def described(self) -> dict:
-        """The live endpoint's own description; {} when it does not answer (an observation: it is down)."""
+        """The live endpoint's own description; {} when nothing serves there (`_describe`)."""
         return _describe(self.live)
 
 
@@ -542,9 +542,12 @@ def refuse_misbuilt_indices(
 
 
 def _describe(endpoint) -> dict:
+    """{} when nothing serves there (no endpoint deployed, no process): an observation, the live
+    endpoint is down. A describe that could not be made (credentials refused, throttled past the
+    retries, no answer) raises: the check could not read the endpoint, which is not a failure of it."""
     try:
         return endpoint.describe() if endpoint else {}
-    except LockstepError:
+    except endpoints.NotDeployed:
         return {}
 
 

@@ -83,6 +83,10 @@ class NotDeployed(Unreachable):
     """The slot's endpoint does not exist: nothing is deployed there (the plan deploys it)."""
 
 
+class NoProcess(NotDeployed):
+    """A local slot whose process is not running: nothing serves there."""
+
+
 class EndpointClient(ABC):
     name: str
     url: str | None
@@ -163,7 +167,7 @@ class LocalEndpoint(EndpointClient):
 
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
         if self.url is None:
-            raise Unreachable(f"endpoint {self.name} has no running process; run `lockstep apply` to deploy its slot")
+            raise NoProcess(f"endpoint {self.name} has no running process; run `lockstep apply` to deploy its slot")
         try:
             response = self._session.request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
