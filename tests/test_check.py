@@ -259,6 +259,15 @@ def test_a_live_endpoint_that_could_not_be_read_is_exit_2_not_a_failed_check(sta
     assert check.latest(stack.settings) == before
 
 
+def test_a_record_that_cannot_be_stored_is_one_line_naming_the_missing_bucket(stack, unique):
+    """Every check ran (the artifact check reads the missing bucket as "missing"); the record has
+    nowhere to go: one line and exit 2, where it was a NoSuchBucket traceback."""
+    artifacts_ = stack.settings.artifacts.model_copy(update={"bucket": f"{unique}-gone"})
+    outcome = check.evaluate(stack.settings.model_copy(update={"artifacts": artifacts_}), stack.catalog)
+    assert (outcome.exit_code, outcome.record) == (2, None)
+    assert outcome.reason.startswith(f"could not store the check record: artifact bucket {unique}-gone does not exist")
+
+
 def test_endpoint_serving_another_artifact_fails_endpoint_artifact(stack, catalog):
     live_slot = stack.settings.live_slot
     endpoints.deploy_local_slot(stack.settings, live_slot, catalog.get("v2"))

@@ -19,11 +19,12 @@ from functools import cached_property
 from importlib.metadata import version as package_version
 
 import numpy as np
+from botocore.exceptions import ClientError
 from opensearchpy.exceptions import RequestError, TransportError
 
 from lockstep import reader
 from lockstep.config import Catalog, DerivedStore, StackSettings
-from lockstep.errors import IntegrityError, LockstepError, Unreachable
+from lockstep.errors import IntegrityError, LockstepError, Unreachable, UsageError
 from lockstep.ops import artifacts, clients, cluster, corpus, corpus_store, derived, endpoints, index, live_state
 
 RECORD_PREFIX = "checks"
@@ -634,13 +635,16 @@ def store(record: CheckRecord, settings: StackSettings) -> str:
     stamp = record.finished_at.replace(":", "").replace("-", "")
     key = f"{RECORD_PREFIX}/{settings.stack}/{stamp}-{record.pin}.json"
     with clients.reaching_aws(settings, "S3"):
-        s3.put_object(Bucket=settings.artifacts.bucket, Key=key, Body=body, ContentType="application/json")
-        s3.put_object(
-            Bucket=settings.artifacts.bucket,
-            Key=f"{RECORD_PREFIX}/{settings.stack}/latest.json",
-            Body=body,
-            ContentType="application/json",
-        )
+        try:
+            for name in (key, f"{RECORD_PREFIX}/{settings.stack}/latest.json"):
+                s3.put_object(Bucket=settings.artifacts.bucket, Key=name, Body=body, ContentType="application/json")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                raise
+            raise UsageError(
+                f"could not store the check record: artifact bucket {settings.artifacts.bucket} does not exist; "
+                f"deploy the stack (`pulumi up`, or `lockstep apply --stack {settings.stack}`) or fix artifacts.bucket"
+            ) from None
     return key
 
 
