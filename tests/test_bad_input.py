@@ -241,6 +241,10 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
         bad_catalog(lambda d: d["versions"]["v3"].__setitem__("dimension", -4)),
         ("catalog.yaml", "versions.v3.dimension", "-4", "> 0"),
     ),
+    "catalog: a version that is not a mapping": (
+        bad_catalog(lambda d: d["versions"].__setitem__("v3", "v2")),
+        ("catalog.yaml", "versions.v3 is 'v2'", "mapping"),
+    ),
     "catalog: a version listed twice": (duplicate_version_key, ("catalog.yaml", "duplicate", "v1")),
     "catalog: sha256 is not the built artifact's": (
         catalog_sha_not_the_artifacts,

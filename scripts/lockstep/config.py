@@ -133,6 +133,11 @@ class Catalog(Model):
         if isinstance(data, dict) and isinstance(data.get("versions"), dict):
             model = data.get("model")
             data = dict(data)
+            for name, fields in data["versions"].items():
+                if fields is not None and not isinstance(fields, dict):
+                    raise ValueError(
+                        f"versions.{name} is {fields!r}; give it its fields (artifactSha256, dimension, ...) as a mapping"
+                    )
             data["versions"] = [
                 {"version": name, "model": model, **(fields or {})} for name, fields in data["versions"].items()
             ]
