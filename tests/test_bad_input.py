@@ -241,6 +241,15 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
         bad_catalog(lambda d: d["versions"]["v3"].__setitem__("dimension", -4)),
         ("catalog.yaml", "versions.v3.dimension", "-4", "> 0"),
     ),
+    # click's own answer was three lines (usage, hint, error); the drill's services never start.
+    "drill corpus too small for the drill": (
+        lambda s: ["drill", "--docs", "0"],
+        ("'--docs'", "0 is not in the range", "lockstep drill --help"),
+    ),
+    "plan format that does not exist": (
+        lambda s: ["plan", "--stack", s.stack, "--format", "xml"],
+        ("'--format'", "'xml'", "lockstep plan --help"),
+    ),
     "catalog: a version that is not a mapping": (
         bad_catalog(lambda d: d["versions"].__setitem__("v3", "v2")),
         ("catalog.yaml", "versions.v3 is 'v2'", "mapping"),

@@ -20,7 +20,9 @@ from lockstep.plan import declared_state, release_plan
 
 
 class Group(click.Group):
-    """Turns LockstepError into one line and its exit code instead of a traceback."""
+    """Turns LockstepError into one line and its exit code instead of a traceback, and a bad
+    option or argument into one line naming it and where the help is, exit 2 (click's own
+    answer is three lines: usage, hint, error)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -28,9 +30,13 @@ class Group(click.Group):
         except LockstepError as exc:
             click.echo(f"lockstep: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else ctx.command_path
+            click.echo(f"lockstep: {exc.format_message().rstrip('.')} (see `{where} --help`)", err=True)
+            sys.exit(2)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("lockstep", cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """lockstep: a model version deployed as one unit — artifact, k-NN index, endpoints."""
 
@@ -263,7 +269,9 @@ def promote_command(source: str, target: str, version: str | None, fmt: str) -> 
 
 
 @cli.command("drill")
-@click.option("--docs", default=2000, show_default=True, help="Corpus size (stdlib docstrings).")
+@click.option(
+    "--docs", default=2000, show_default=True, type=click.IntRange(min=100), help="Corpus size (stdlib docstrings)."
+)
 @click.option("--keep", is_flag=True, help="Leave the environment up for exploring.")
 @click.option(
     "--out", default="reports", show_default=True, type=click.Path(path_type=Path), help="Where the report goes."

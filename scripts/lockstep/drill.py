@@ -555,9 +555,11 @@ def run(
         result = drill.run()
     finally:
         if not keep:
-            endpoints.stop_local_slots(drill.settings())
-            if started:
-                services.down(started)
+            try:
+                endpoints.stop_local_slots(drill.settings())
+            finally:  # the services it started stop even when the slots could not be listed
+                if started:
+                    services.down(started)
     console.print(summary_table(result))
     html = drill.root / "report.html"
     write_html(result, html)
