@@ -250,6 +250,17 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
         lambda s: ["plan", "--stack", s.stack, "--format", "xml"],
         ("'--format'", "'xml'", "lockstep plan --help"),
     ),
+    # Both were accepted and failed at the cutover, after the indices were built and the slots deployed.
+    "opensearch.alias in the form of a version's index": (
+        bad_stack(
+            lambda c: c["lockstep:opensearch"].__setitem__("alias", c["lockstep:opensearch"]["indexPrefix"] + "-v2")
+        ),
+        ("alias", "-v2'", "version's index name", "choose an alias"),
+    ),
+    "pointerParameter SSM reserves": (
+        bad_stack(lambda c: c.__setitem__("lockstep:pointerParameter", "aws-live")),
+        ("pointerParameter", "not an SSM parameter name", "aws or ssm"),
+    ),
     "catalog: a version that is not a mapping": (
         bad_catalog(lambda d: d["versions"].__setitem__("v3", "v2")),
         ("catalog.yaml", "versions.v3 is 'v2'", "mapping"),

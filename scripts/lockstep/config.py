@@ -48,6 +48,8 @@ FLOATING_TAGS = {"latest", "stable", "current", "live", "head", "main"}
 SECRET_KEYS = {"opensearchPassword"}
 # OpenSearch index names: lowercase, no \ / * ? " < > | space , #, not starting with - _ +.
 INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,200}$")
+# An SSM parameter name: a path from the root (/a/b) or a plain name; aws* and ssm* are reserved.
+SSM_PARAMETER_NAME = re.compile(r"^(/[A-Za-z0-9_.-]+)+$|^[A-Za-z0-9_.-]+$")
 
 
 class Model(BaseModel):
@@ -211,15 +213,24 @@ class OpenSearchSettings(Model):
     hnsw_m: int = Field(default=16, ge=2, le=100)
     ef_construction: int = Field(default=128, ge=2)
 
-    @field_validator("index_prefix")
+    @field_validator("index_prefix", "alias")
     @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not INDEX_NAME.match(value) or value in {".", ".."}:
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and (not INDEX_NAME.match(value) or value in {".", ".."}):
             raise ValueError(
                 "is not a valid OpenSearch index name: use lowercase letters, digits, '-', '_' "
                 "or '.', not starting with '-', '_' or '+'"
             )
         return value
+
+    @model_validator(mode="after")
+    def _alias_is_no_index_name(self) -> OpenSearchSettings:
+        if self.alias and self.alias.startswith(f"{self.index_prefix}-"):
+            raise ValueError(
+                f"alias {self.alias!r} has the form of a version's index name ({self.index_prefix}-<version>); "
+                f"choose an alias that does not start with {self.index_prefix}-"
+            )
+        return self
 
     @property
     def alias_name(self) -> str:
@@ -426,6 +437,18 @@ class StackSettings(Model):
     derived: tuple[DerivedStore, ...] = ()
     # When the post-deploy check fails, `lockstep apply`/`lockstep up` flip back to the last version whose check passed.
     auto_revert: bool = False
+
+    @field_validator("pointer_parameter")
+    @classmethod
+    def _ssm_name(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not SSM_PARAMETER_NAME.match(value) or value.lstrip("/").lower().startswith(("aws", "ssm"))
+        ):
+            raise ValueError(
+                "is not an SSM parameter name: letters, digits, '_', '.', '-', as a path from the root "
+                "(/team/stack/live) or a plain name, not beginning with aws or ssm"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod
