@@ -261,6 +261,11 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
         bad_stack(lambda c: c.__setitem__("lockstep:pointerParameter", "aws-live")),
         ("pointerParameter", "not an SSM parameter name", "aws or ssm"),
     ),
+    # Refused after the corpus and artifact buckets were made and the artifact uploaded.
+    "backfill --attach on a stack that runs no Ray job": (
+        lambda s: ["backfill", "--stack", s.stack, "--version", "v1", "--attach", "raysubmit_abc"],
+        ("--attach follows a Ray job", "backfill.engine: ray"),
+    ),
     "catalog: a version that is not a mapping": (
         bad_catalog(lambda d: d["versions"].__setitem__("v3", "v2")),
         ("catalog.yaml", "versions.v3 is 'v2'", "mapping"),

@@ -546,7 +546,7 @@ def backfill(
         raise UsageError(
             f"{version} is not in stack {settings.stack}'s pin, slots or retain; add it there first so its index is kept"
         )
-    backfill_engine.preflight(settings)
+    backfill_engine.preflight(settings, attach)
     env = Environment(settings)
     with env.reach_opensearch():
         env.opensearch.info()

@@ -33,8 +33,13 @@ def ray_engine() -> tuple[ModuleType, ModuleType]:
     return ray_pipeline, ray_jobs
 
 
-def preflight(settings: StackSettings) -> None:
-    """Fail before anything is written when the stack's engine cannot run (Ray missing, cluster down)."""
+def preflight(settings: StackSettings, attach: str | None = None) -> None:
+    """Fail before anything is written when the stack's engine cannot run (Ray missing, cluster
+    down), or `attach` names a Ray job where the stack runs none."""
+    if attach and settings.backfill.engine != "ray":
+        raise UsageError("--attach follows a Ray job: set backfill.engine: ray and backfill.address")
+    if attach and not settings.backfill.address:
+        raise UsageError("--attach follows a Ray job: set backfill.address to the cluster (http://HOST:8265)")
     if settings.backfill.engine == "ray":
         _, jobs = ray_engine()
         if settings.backfill.address:
@@ -60,16 +65,12 @@ def sync_index(
     re-attaches by id), else on this process's Ray runtime; it reads the corpus and the artifact
     on its workers (`client`, `embedder`, `documents` are not used). `local` runs here, on what
     the caller already holds."""
+    preflight(settings, attach)
     if settings.backfill.engine == "ray":
         pipeline, jobs = ray_engine()
-        preflight(settings)
         if settings.backfill.address:
             return jobs.run_job(settings, entry, progress=progress, full=full, attach=attach)
-        if attach:
-            raise UsageError("--attach follows a Ray job: set backfill.address to the cluster (http://HOST:8265)")
         return pipeline.sync_index(settings, entry, progress=progress, full=full)
-    if attach:
-        raise UsageError("--attach follows a Ray job: set backfill.engine: ray and backfill.address")
     return local.sync_index(
         settings,
         entry,
