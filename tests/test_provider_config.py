@@ -109,12 +109,19 @@ def test_the_diff_names_each_changed_leaf_and_whether_it_replaces():
     assert handler.diff(state, IndexArgs(explicit_default, entry).inputs()).changes is False
 
 
-def test_a_default_name_prefix_keeps_what_the_stack_has(provider):
+def test_the_programs_name_prefix_wins_and_inputs_without_one_keep_the_stacks(provider):
+    """A stack that drops `namePrefix: acme` goes back to the default (it was kept as acme forever:
+    the default was not sent); inputs that do not name a prefix, an older program's, keep the one
+    the stack recorded."""
     settings, entry = settings_and_entry()
+    assert settings.name_prefix == "lockstep"
     news = wire_map(IndexArgs(settings, entry).inputs())
-    assert "namePrefix" not in news  # the default is not sent
     olds = {"settings": PropertyValue({"namePrefix": PropertyValue("acme")})}
     checked = run(provider.check(api.CheckRequest(URN, olds, news, b"")))
+    assert checked.inputs["namePrefix"].value == "lockstep"
+
+    older = {key: value for key, value in news.items() if key != "namePrefix"}
+    checked = run(provider.check(api.CheckRequest(URN, olds, older, b"")))
     assert checked.inputs["namePrefix"].value == "acme"
 
 

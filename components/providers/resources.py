@@ -44,6 +44,11 @@ def typed_inputs(handler: type[Handler], settings: StackSettings, entry: Catalog
     A setting the program gave in part as outputs is an output of the resolved settings."""
     given, pending = _given(settings), deferred.pending_keys(settings)
     inputs: dict[str, Any] = {name: given[name] for name in handler.SETTINGS if name in given}
+    if "namePrefix" in handler.SETTINGS:
+        # Sent even when it is the default: the program always sets it (`release_settings`), so a
+        # stack that drops an explicit prefix goes back to the default, shown as a rename. Inputs
+        # that do not name one (an older program's) keep the stack's recorded prefix (provider.check).
+        inputs["namePrefix"] = settings.name_prefix
     for name in pending & set(handler.SETTINGS):
         inputs[name] = deferred.value(settings, partial(_given_setting, name))
     if entry is not None:
