@@ -174,6 +174,22 @@ def test_cutover_create_update_read_drift_and_delete_leaves_live_state(stack, se
     assert live_state.read_pointer(ssm, stack.pointer_name).version == "v2"
 
 
+def test_a_renamed_alias_leaves_the_indices_it_named_once_the_new_one_is_live(stack, serving, catalog, opensearch):
+    """Renaming `opensearch.alias` (or `indexPrefix` without one): the old alias kept serving the
+    old index to alias readers, and that index's delete was refused on every later update."""
+    handler, v1 = CutoverHandler(), catalog.get("v1")
+    IndexHandler().create(URN, index_props(stack, v1))
+    id_, state = handler.create(URN, cutover_props(stack, v1, "blue"))
+    old, new = stack.opensearch.alias_name, f"live-{stack.stack}"
+    renamed = stack.model_copy(update={"opensearch": stack.opensearch.model_copy(update={"alias": new})})
+
+    rename = cutover_props(renamed, v1, "blue")
+    assert handler.diff(state, rename).replaces == []
+    handler.update(URN, id_, state, rename)
+    assert live_state.alias_targets(opensearch, new) == [stack.opensearch.index_name("v1")]
+    assert live_state.alias_targets(opensearch, old) == []
+
+
 def test_the_cutover_refuses_a_slot_that_serves_another_artifact_and_switches_nothing(
     stack, serving, catalog, opensearch, ssm
 ):

@@ -278,6 +278,18 @@ class CutoverHandler(Handler):
         outputs = {"switchedAt": pointer.switched_at, "aliasTargets": targets, STATE_VERSION_KEY: STATE_VERSION}
         return settings.pointer_name, {**news, **outputs}
 
+    def update(self, urn: str, id_: str, olds: dict, news: dict) -> dict:
+        """The cutover; then an alias the stack renamed (`opensearch.alias`, or `indexPrefix` without
+        one) leaves the indices it named, once the new one is live: left there, it would keep
+        serving the old version to alias readers, and its old index could never be deleted."""
+        outputs = self.create(urn, news)[1]
+        retired = self.migrate(olds).get("alias")
+        if retired and retired != news["alias"]:
+            settings = self.settings_of(news)
+            with clients.reaching("OpenSearch", opensearch_where(settings)):
+                live_state.retire_alias(clients.opensearch(settings.opensearch), retired)
+        return outputs
+
     def read(self, urn: str, id_: str, state: dict) -> tuple[str, dict]:
         settings = self.settings_of(state)
         ssm = clients.aws_for(settings, "ssm")

@@ -96,6 +96,13 @@ def write_pointer(ssm, name: str, pointer: Pointer) -> None:
     ssm.put_parameter(Name=name, Value=pointer.to_json(), Type="String", Overwrite=True)
 
 
+def retire_alias(client: OpenSearch, alias: str) -> None:
+    """Remove `alias` (one the stack no longer uses) from every index it names, in one request."""
+    targets = _alias_map(client, alias)
+    if targets:
+        _update_aliases(client, alias, [{"remove": {"index": name, "alias": alias}} for name in targets])
+
+
 def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntry, endpoint: str) -> Pointer:
     """Move the live alias and the live pointer to `entry`'s version together.
 
