@@ -13,9 +13,10 @@ from pulumi.provider.experimental.property_value import PropertyValue
 
 from components.plugin import build_provider
 from components.providers.base import STATE_VERSION_KEY
+from components.providers.embedded import BucketHandler
 from components.providers.opensearch import IndexHandler
 from components.providers.provider import LockstepProvider, wire_map
-from components.providers.resources import IndexArgs
+from components.providers.resources import IndexArgs, typed_inputs
 from lockstep import config
 from lockstep.errors import Unreachable
 from lockstep.ops import clients
@@ -123,6 +124,22 @@ def test_the_programs_name_prefix_wins_and_inputs_without_one_keep_the_stacks(pr
     older = {key: value for key, value in news.items() if key != "namePrefix"}
     checked = run(provider.check(api.CheckRequest(URN, olds, older, b"")))
     assert checked.inputs["namePrefix"].value == "acme"
+
+
+def test_an_input_given_as_a_secret_stays_secret_in_the_outputs(provider, servers, unique):
+    """The provider accepts secrets, so the engine leaves the outputs' marking to it: a secret input
+    returned unmarked was plain text in the state (create, update and read alike)."""
+    settings, _ = settings_and_entry()
+    inputs = wire_map({**typed_inputs(BucketHandler, settings), "bucket": f"{unique}-secret"})
+    inputs["bucket"] = inputs["bucket"].with_secret(True)
+    urn = URN.replace("lockstep:index:Index", "lockstep:embedded:Bucket")
+
+    created = run(provider.create(api.CreateRequest(urn, inputs, 60, False))).properties
+    updated = run(provider.update(api.UpdateRequest(urn, f"{unique}-secret", created, inputs, 60, [], False)))
+    read = run(provider.read(api.ReadRequest(urn, f"{unique}-secret", created, inputs)))
+    for outputs in (created, updated.properties, read.properties):
+        assert outputs["bucket"].is_secret and outputs["bucket"].value == f"{unique}-secret"
+        assert not any(value.is_secret for key, value in outputs.items() if key != "bucket")
 
 
 def test_sigv4_signs_for_opensearch_serverless_and_the_service_domain(monkeypatch):

@@ -108,6 +108,17 @@ def wire_map(values: dict[str, Any]) -> dict[str, PropertyValue]:
     return {key: wire(value) for key, value in values.items()}
 
 
+def secret_keys(*given: dict[str, PropertyValue]) -> frozenset[str]:
+    """The top-level properties that carry a secret anywhere in them."""
+    return frozenset(key for values in given for key, value in values.items() if value.contains_secret())
+
+
+def wire_outputs(outputs: dict[str, Any], secret: frozenset[str]) -> dict[str, PropertyValue]:
+    """Outputs on the wire, secret where their input was: this provider accepts secrets, so the
+    engine leaves the marking to it, and an unmarked copy would be plain text in the state."""
+    return {key: value.with_secret(True) if key in secret else value for key, value in wire_map(outputs).items()}
+
+
 # ------------------------------------------------------------------------------------- schema
 
 
@@ -214,7 +225,7 @@ class LockstepProvider(api.Provider):
     async def create(self, request: api.CreateRequest) -> api.CreateResponse:
         handler = self.handler(request.type)
         id_, outputs = await self._run(handler.create, request.urn, plain_map(request.properties))
-        return api.CreateResponse(resource_id=id_, properties=wire_map(outputs))
+        return api.CreateResponse(resource_id=id_, properties=wire_outputs(outputs, secret_keys(request.properties)))
 
     async def read(self, request: api.ReadRequest) -> api.ReadResponse:
         handler = self.handler(request.type)
@@ -222,13 +233,16 @@ class LockstepProvider(api.Provider):
             raise RuntimeError(f"{MESSAGE_PREFIX}{handler.import_refusal(request.resource_id)}")
         state = handler.migrate(plain_map(request.properties))
         id_, outputs = await self._run(handler.read, request.urn, request.resource_id, state)
-        return api.ReadResponse(resource_id=id_, properties=wire_map(outputs), inputs=request.inputs if id_ else {})
+        secret = secret_keys(request.properties, request.inputs)
+        return api.ReadResponse(
+            resource_id=id_, properties=wire_outputs(outputs, secret), inputs=request.inputs if id_ else {}
+        )
 
     async def update(self, request: api.UpdateRequest) -> api.UpdateResponse:
         handler = self.handler(request.type)
         olds, news = handler.migrate(plain_map(request.olds)), plain_map(request.news)
         outputs = await self._run(handler.update, request.urn, request.resource_id, olds, news)
-        return api.UpdateResponse(properties=wire_map(outputs))
+        return api.UpdateResponse(properties=wire_outputs(outputs, secret_keys(request.news)))
 
     async def delete(self, request: api.DeleteRequest) -> None:
         handler = self.handler(api._extract_type(request.urn))
