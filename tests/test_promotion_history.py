@@ -64,3 +64,30 @@ def test_verified_versions_are_every_pin_a_passing_record_names(servers, make_se
     record("v3", True, "2026-11-03T10:00:00Z")
     record("v3", False, "2026-11-04T10:00:00Z")  # a later failure does not unverify what passed
     assert promote.verified_versions(settings) == ["v1", "v3"]
+
+
+def test_a_record_a_newer_lockstep_wrote_is_read_and_one_that_is_no_record_is_one_line(servers, make_settings):
+    """Stacks are checked and promoted by different lockstep versions (CI runners, a team's laptop):
+    fields this one does not know are left out, not a TypeError; a record that is not one (not JSON,
+    fields missing) is one line naming it and the fix, not a traceback."""
+    import json
+
+    from lockstep.errors import IntegrityError
+    from lockstep.ops import artifacts, clients
+
+    settings = make_settings()
+    s3 = clients.aws("s3")
+    artifacts.ensure_bucket(s3, settings.artifacts.bucket)
+    at = "2026-12-01T10:00:00Z"
+    newer = check.CheckRecord(settings.stack, "v2", "0" * 64, at, at, "9.9", [check.Check("alias", True, "a", "a")])
+    data = {**newer.to_dict(), "signed_by": "ci"}
+    data["checks"][0]["took_ms"] = 12
+    key = f"{check.RECORD_PREFIX}/{settings.stack}/20261201T100000Z-v2.json"
+    for name in (key, f"{check.RECORD_PREFIX}/{settings.stack}/latest.json"):
+        s3.put_object(Bucket=settings.artifacts.bucket, Key=name, Body=json.dumps(data).encode())
+    assert check.latest(settings) == newer
+    assert promote.verified_versions(settings) == ["v2"]
+
+    s3.put_object(Bucket=settings.artifacts.bucket, Key=key, Body=b"<html>not a record</html>")
+    with pytest.raises(IntegrityError, match=rf"^check record s3://\S+/{key} is not one this lockstep can read"):
+        promote.verified_versions(settings)

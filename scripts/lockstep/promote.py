@@ -7,7 +7,6 @@ pointer last moved proves nothing about what is live now).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +70,9 @@ def passed_newest_first(settings: config.StackSettings) -> list[str]:
             pin = key.removeprefix(prefix).removesuffix(".json").partition("-")[2]
             if not pin or pin in verified:  # latest.json has no pin in its name
                 continue
-            record = json.loads(s3.get_object(Bucket=settings.artifacts.bucket, Key=key)["Body"].read())
-            if record.get("passed") and record.get("pin") == pin:
+            body = s3.get_object(Bucket=settings.artifacts.bucket, Key=key)["Body"].read()
+            record = check.CheckRecord.parse(body, f"s3://{settings.artifacts.bucket}/{key}")
+            if record.passed and record.pin == pin:
                 verified.append(pin)
     return verified
 

@@ -14,7 +14,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from importlib.metadata import version as package_version
 
@@ -71,9 +71,26 @@ class CheckRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> CheckRecord:
-        data = {k: v for k, v in data.items() if k != "passed"}
-        data["checks"] = [Check(**c) for c in data.get("checks", [])]
+        """The record; fields this lockstep does not know (a newer one wrote it) are left out."""
+        data = _known(cls, data)
+        data["checks"] = [Check(**_known(Check, c)) for c in data.get("checks", [])]
         return cls(**data)
+
+    @classmethod
+    def parse(cls, body: bytes, where: str) -> CheckRecord:
+        """A stored record, or one line naming it when it is not one (not JSON, fields missing)."""
+        try:
+            return cls.from_dict(json.loads(body))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise IntegrityError(
+                f"check record {where} is not one this lockstep can read ({type(exc).__name__}: {exc}); "
+                "run the check again (`lockstep check`) to write a new one"
+            ) from None
+
+
+def _known(kind: type, data: dict) -> dict:
+    names = {f.name for f in fields(kind)}
+    return {key: value for key, value in data.items() if key in names}
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -659,4 +676,4 @@ def latest(settings: StackSettings) -> CheckRecord | None:
             return None
         except s3.exceptions.NoSuchBucket:
             return None
-    return CheckRecord.from_dict(json.loads(body))
+    return CheckRecord.parse(body, f"s3://{settings.artifacts.bucket}/{RECORD_PREFIX}/{settings.stack}/latest.json")
