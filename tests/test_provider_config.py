@@ -13,13 +13,14 @@ from pulumi.provider.experimental.property_value import PropertyValue
 
 from components.plugin import build_provider
 from components.providers.base import STATE_VERSION_KEY
-from components.providers.embedded import BucketHandler
+from components.providers.embedded import BucketHandler, EndpointSlotHandler
 from components.providers.opensearch import IndexHandler
 from components.providers.provider import LockstepProvider, wire_map
 from components.providers.resources import IndexArgs, typed_inputs
 from lockstep import config
 from lockstep.errors import Unreachable
 from lockstep.ops import clients
+from lockstep.ops.endpoints import endpoint_name
 from tests.conftest import stack_values
 
 URN = "urn:pulumi:s::lockstep::lockstep:index:ModelRelease$lockstep:index:Index::x"
@@ -140,6 +141,24 @@ def test_an_input_given_as_a_secret_stays_secret_in_the_outputs(provider, server
     for outputs in (created, updated.properties, read.properties):
         assert outputs["bucket"].is_secret and outputs["bucket"].value == f"{unique}-secret"
         assert not any(value.is_secret for key, value in outputs.items() if key != "bucket")
+
+
+def test_an_embedded_slot_is_replaced_delete_first_and_updated_in_place():
+    """Old and new slot are one process: created first, the new one adopted it and the old one's
+    delete stopped it at the end of a successful up (nothing listening where the state said)."""
+    settings, entry = settings_and_entry()
+    renamed = settings.model_copy(update={"name_prefix": "renamed"})
+
+    def inputs(of):
+        return {**typed_inputs(EndpointSlotHandler, of, entry), "slot": "blue", "name": endpoint_name(of, "blue")}
+
+    handler = EndpointSlotHandler()
+    state = {**inputs(settings), "url": "http://127.0.0.1:1", STATE_VERSION_KEY: 2}
+    replace = handler.diff(state, inputs(renamed))
+    assert replace.replaces == ["name"] and replace.delete_before_replace is True
+    bigger = settings.model_copy(update={"endpoints": settings.endpoints.model_copy(update={"max_batch": 8})})
+    update = handler.diff(state, inputs(bigger))
+    assert update.changes and update.replaces == [] and update.delete_before_replace is False
 
 
 def test_sigv4_signs_for_opensearch_serverless_and_the_service_domain(monkeypatch):

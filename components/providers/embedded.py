@@ -16,6 +16,7 @@ from components.providers.base import (
     EMBEDDER,
     STATE_VERSION,
     STATE_VERSION_KEY,
+    Diff,
     Handler,
     Property,
     entry_of,
@@ -128,6 +129,14 @@ class EndpointSlotHandler(Handler):
     }
     REPLACE_ON = ("slot", "name")
     OBSERVED = frozenset({"url"})
+
+    def diff(self, olds: dict, news: dict) -> Diff:
+        """A replacement deletes first: old and new are one process (`endpoints.process_name` is per
+        stack and slot), so a new one created first adopts it and the old one's delete, at the end
+        of the update, would stop the endpoint the stack now runs."""
+        diff = super().diff(olds, news)
+        diff.delete_before_replace = bool(diff.replaces)
+        return diff
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
         running = endpoints.deploy_local_slot(self.settings_of(news), news["slot"], entry_of(news))
