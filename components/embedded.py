@@ -56,7 +56,12 @@ class EmbeddedEndpointSlot(pulumi.ComponentResource):
             args.settings,
             args.slot,
             args.entry,
-            pulumi.ResourceOptions(parent=self, depends_on=[r for r in [args.artifact] if r is not None]),
+            # Replaced delete first (the handler's diff says so; `up --replace` does not ask it).
+            pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[r for r in [args.artifact] if r is not None],
+                delete_before_replace=True,
+            ),
         )
         # Changes when the slot is redeployed: the check runs again.
         self.revision = self.endpoint.url

@@ -399,6 +399,8 @@ class ModelRelease(pulumi.ComponentResource):
                     *(deployed.endpoint for deployed in self.endpoint_slots.values()),
                     *self.derived_tables.values(),
                 ],
+                # Replaced delete first (the handler's diff says so; `up --replace` does not ask it).
+                delete_before_replace=True,
             ),
         )
         self.derived_repairs = [

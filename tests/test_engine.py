@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from components.providers.opensearch import read_kept
 from lockstep import config, engine, runtime, up
 from lockstep.cli import cli
 from lockstep.ops import clients, endpoints, live_state
@@ -283,6 +284,21 @@ def test_the_cutover_resource_refuses_a_slot_that_serves_another_artifact_in_one
     assert f"endpoint {green} serves v1" in message, message
     assert alias_targets(opensearch, release.settings) == [f"{release.unique}-v1"]
     assert pointer_version(release.settings) == "v1"
+
+
+def test_up_replace_of_the_cutover_and_a_slot_deletes_first_and_keeps_both_working(release, opensearch):
+    """`pulumi up --replace` does not ask the provider's diff: replaced create-first, the old
+    Cutover's delete released the record the new one had just written (the Index guard then let a
+    replaced live index through), and the old slot's delete stopped the process the new one adopted."""
+    release.deploy(pin="v1", slots={"blue": "v1", "green": "v2"})
+    urns = {r["urn"].rsplit("::", 1)[1]: r["urn"] for r in release.cli.resources()}
+    release.cli.up("--replace", urns["lockstep-cutover"], "--replace", urns["lockstep-blue-endpoint"])
+
+    kept = read_kept(clients.aws("ssm"), release.settings.pointer_name)
+    assert kept is not None and not kept.get("released"), kept
+    live = endpoints.local_slot(release.settings, "blue")
+    assert live is not None and live.describe()["version"] == "v1"
+    assert alias_targets(opensearch, release.settings) == [f"{release.unique}-v1"]
 
 
 def test_destroy_keeps_the_live_the_standby_and_a_retained_index_and_says_why(release, opensearch):

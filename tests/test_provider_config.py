@@ -14,9 +14,9 @@ from pulumi.provider.experimental.property_value import PropertyValue
 from components.plugin import build_provider
 from components.providers.base import STATE_VERSION_KEY
 from components.providers.embedded import BucketHandler, EndpointSlotHandler
-from components.providers.opensearch import IndexHandler
+from components.providers.opensearch import CutoverHandler, IndexHandler
 from components.providers.provider import LockstepProvider, wire_map
-from components.providers.resources import IndexArgs, typed_inputs
+from components.providers.resources import CutoverArgs, IndexArgs, typed_inputs
 from lockstep import config
 from lockstep.errors import Unreachable
 from lockstep.ops import clients
@@ -159,6 +159,16 @@ def test_an_embedded_slot_is_replaced_delete_first_and_updated_in_place():
     bigger = settings.model_copy(update={"endpoints": settings.endpoints.model_copy(update={"max_batch": 8})})
     update = handler.diff(state, inputs(bigger))
     assert update.changes and update.replaces == [] and update.delete_before_replace is False
+
+
+def test_a_cutover_is_replaced_delete_first():
+    """Its delete only marks the release's kept record released: run last (create first), it
+    released the record the replacement had just written, and the Index deletes it guards passed."""
+    settings, entry = settings_and_entry()
+    moved = settings.model_copy(update={"pointer_parameter": "/elsewhere/live"})
+    state = {**CutoverArgs(settings, entry, endpoint="e").inputs(), STATE_VERSION_KEY: 2}
+    diff = CutoverHandler().diff(state, CutoverArgs(moved, entry, endpoint="e").inputs())
+    assert diff.replaces == ["pointer"] and diff.delete_before_replace is True
 
 
 def test_sigv4_signs_for_opensearch_serverless_and_the_service_domain(monkeypatch):

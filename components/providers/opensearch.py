@@ -255,6 +255,10 @@ class CutoverHandler(Handler):
         # Drift seen by a refresh (the alias moved by hand): the update moves it back.
         if not diff.changes and olds.get("aliasTargets") not in (None, [news.get("index")]):
             diff.changes, diff.diffs, diff.detailed = True, ["aliasTargets"], {"aliasTargets": False}
+        # A replacement deletes first: the delete only marks the release's kept record released
+        # (alias and pointer stay), so run last it would release the record the new one just wrote
+        # (`up --replace` on one pointer), and the Index deletes it guards would pass.
+        diff.delete_before_replace = bool(diff.replaces)
         return diff
 
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
