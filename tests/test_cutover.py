@@ -180,7 +180,10 @@ def test_unreachable_ssm_puts_the_alias_back(opensearch, ssm, catalog, two_versi
 def test_rejected_pointer_name_puts_the_alias_back(opensearch, ssm, make_settings, catalog, unique, two_versions):
     settings, _ = two_versions
     live_state.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
-    reserved = make_settings(pin="v2", slots={"blue": "v1", "green": "v2"}, pointerParameter=f"/aws/{unique}/live")
+    # A name SSM refuses to write (the stack file's validation refuses this one before any write;
+    # the settings are built past it so the write itself is refused, as SSM refuses for other reasons).
+    flipped = make_settings(pin="v2", slots={"blue": "v1", "green": "v2"})
+    reserved = flipped.model_copy(update={"pointer_parameter": f"/aws/{unique}/live"})
 
     with pytest.raises(UsageError, match="restored to " + settings.opensearch.index_name("v1")):
         live_state.cutover(opensearch, ssm, reserved, catalog.get("v2"), endpoint(settings, "v2"))
