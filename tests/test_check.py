@@ -154,6 +154,19 @@ def test_meta_sha_mismatch_fails_index_meta(stack, opensearch, catalog):
         opensearch.indices.put_mapping(index=stack.live_index, body={"_meta": original})
 
 
+def test_a_live_index_another_stack_built_fails_index_meta(stack, opensearch):
+    """The same indexPrefix on one cluster: the alias serves an index another stack's `_meta` names."""
+    original = index.read_meta(opensearch, stack.live_index)
+    opensearch.indices.put_mapping(index=stack.live_index, body={"_meta": {**original, "stack": "prod"}})
+    try:
+        record = run_check(stack)
+        assert failing(record) == {"index-meta"}
+        assert json.loads(by_name(record)["index-meta"].observed) == {"stack": "prod"}
+        assert "own opensearch.indexPrefix" in by_name(record)["index-meta"].fix
+    finally:
+        opensearch.indices.put_mapping(index=stack.live_index, body={"_meta": original})
+
+
 def test_documents_of_another_version_mixed_in_fail_foreign_versions(stack):
     mixed = stack.documents()[:12]
     rewrite(stack, mixed, "v2")

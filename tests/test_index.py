@@ -6,8 +6,8 @@ import pytest
 from opensearchpy import helpers
 
 from lockstep.errors import GuardRefused, IntegrityError, UsageError
+from lockstep.ops import check, live_state
 from lockstep.ops import index as ix
-from lockstep.ops import live_state
 
 
 @pytest.fixture
@@ -224,3 +224,58 @@ def test_pointer_json_round_trip_and_malformed_pointer(ssm, unique):
 def test_inventory_of_an_empty_stack(opensearch, ssm, make_settings, catalog):
     found = live_state.inventory(opensearch, ssm, make_settings(), catalog)
     assert (found.indices, found.alias_targets, found.pointer) == ({}, [], None)
+
+
+def test_an_index_of_another_stack_with_the_same_prefix_is_never_adopted_moved_or_dropped(
+    opensearch, ssm, make_settings, catalog, cleanup
+):
+    """prod and staging on one cluster, both with this indexPrefix: prod's warm standby v2 (no
+    alias) is, to staging, an index its config does not keep. Nothing of staging's touches it."""
+    prod = make_settings(stack="prod", pin="v1", slots={"blue": "v1", "green": "v2"})
+    staging = make_settings(stack="staging", pin="v3", slots={"blue": "v3", "green": None}, retain=[])
+    for version in ("v1", "v2"):
+        ix.ensure_index(opensearch, prod, catalog.get(version))
+    live_state.cutover(opensearch, ssm, prod, catalog.get("v1"), endpoint="lockstep-prod-blue")
+    v1, v2 = (prod.opensearch.index_name(v) for v in ("v1", "v2"))
+    assert ix.read_meta(opensearch, v2)["stack"] == "prod"
+
+    with pytest.raises(
+        IntegrityError, match=f"index {v1} belongs to stack prod .*not staging.*own opensearch.indexPrefix"
+    ):
+        live_state.inventory(opensearch, ssm, staging, catalog)
+    with pytest.raises(IntegrityError, match="belongs to stack prod"):
+        ix.ensure_index(opensearch, staging, catalog.get("v2"))  # adopting it
+    with pytest.raises(GuardRefused, match="belongs to stack prod"):
+        live_state.drop_index(opensearch, staging, "v2", live_state.Inventory())
+    assert (
+        live_state.drop_named_index(opensearch, staging, "v2", v2, None, True)
+        == "it belongs to stack prod (its _meta.stack)"
+    )
+    with pytest.raises(IntegrityError, match="belongs to stack prod"):  # not "delete it", as for a misbuilt one
+        check.refuse_misbuilt_indices(opensearch, staging, catalog, ["v2"])
+    # staging's own v3 is built, but the shared alias is not taken off prod's live index.
+    assert ix.ensure_index(opensearch, staging, catalog.get("v3")) is True
+    with pytest.raises(
+        IntegrityError, match=f"alias {prod.opensearch.alias_name} \\(on index {v1}\\) belongs to stack prod"
+    ):
+        live_state.cutover(opensearch, ssm, staging, catalog.get("v3"), endpoint="lockstep-staging-blue")
+
+    assert live_state.alias_targets(opensearch, prod.opensearch.alias_name) == [v1]
+    assert opensearch.indices.exists(index=v2)
+    assert ix.ensure_index(opensearch, prod, catalog.get("v2")) is False  # still prod's to use
+
+
+def test_an_index_built_before_stacks_were_recorded_counts_as_the_reading_stacks(
+    opensearch, ssm, make_settings, catalog, cleanup
+):
+    settings = make_settings(pin="v1", slots={"blue": "v1", "green": None}, retain=[])
+    ix.ensure_index(opensearch, settings, catalog.get("v2"))
+    index = settings.opensearch.index_name("v2")
+    meta = ix.read_meta(opensearch, index)
+    opensearch.indices.put_mapping(index=index, body={"_meta": {k: v for k, v in meta.items() if k != "stack"}})
+    assert "stack" not in ix.read_meta(opensearch, index)
+
+    assert ix.ensure_index(opensearch, settings, catalog.get("v2")) is False  # adopted as it is
+    found = live_state.inventory(opensearch, ssm, settings, catalog)
+    assert live_state.droppable(settings, found) == ["v2"]
+    assert live_state.drop_index(opensearch, settings, "v2", found) is True

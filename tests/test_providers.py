@@ -14,7 +14,7 @@ from components.providers.opensearch import CutoverHandler, IndexHandler, read_k
 from components.providers.provider import LockstepProvider, plain_map, wire_map
 from components.providers.resources import CheckArgs, CutoverArgs, IndexArgs
 from lockstep.errors import IntegrityError, LockstepError
-from lockstep.ops import artifacts, check, corpus_store, endpoints, live_state
+from lockstep.ops import artifacts, check, corpus_store, endpoints, index, live_state
 
 CORPUS_SIZE = 40
 
@@ -71,6 +71,21 @@ def test_index_create_read_and_delete_of_an_index_the_stack_no_longer_keeps(stac
     assert handler.delete(URN, id_, outs) is None  # v3 is in neither slot nor retain: dropped
     assert not opensearch.indices.exists(index=id_)
     assert handler.read(URN, id_, outs) == ("", {})  # refresh: gone
+
+
+def test_index_delete_leaves_an_index_another_stack_built_and_says_so(stack, catalog, opensearch):
+    handler = IndexHandler()
+    id_, outs = handler.create(URN, index_props(stack, catalog.get("v3")))
+    meta = index.read_meta(opensearch, id_)
+    opensearch.indices.put_mapping(index=id_, body={"_meta": {**meta, "stack": "prod"}})  # rebuilt by prod since
+
+    assert handler.delete(URN, id_, outs) == (
+        f"left index {id_} in place: it belongs to stack prod (its _meta.stack), not {stack.stack}: two stacks on "
+        f"one cluster need their own opensearch.indexPrefix; give stack {stack.stack} one of its own "
+        f"(e.g. {stack.opensearch.index_prefix}-{stack.stack})"
+    )
+    assert opensearch.indices.exists(index=id_)
+    opensearch.indices.delete(index=id_)
 
 
 def test_index_diff_replaces_only_on_mapping_changes_and_a_flip_does_not_reach_it(stack, catalog, make_settings):

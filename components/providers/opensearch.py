@@ -189,6 +189,9 @@ class IndexHandler(Handler):
                 return None
             if meta.get(index.HOLDER_KEY) != state.get(HOLDER):
                 return f"left index {id_} in place: its replacement holds it"
+            owner = index.other_stack(meta, settings)
+            if owner:
+                return f"left index {id_} in place: {index.shared_prefix('it', owner, settings)}"
             kept = read_kept(ssm, settings.pointer_name)
             if kept:
                 settings = settings.model_validate({**settings.model_dump(by_alias=True), **shapes_of_kept(kept)})

@@ -195,12 +195,17 @@ def check_index_meta(r: Reading) -> Check:
     differs = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
     if mapped_dimension != entry.dimension:
         differs["mapping.embedding.dimension"] = mapped_dimension
+    owner = index.other_stack(meta, r.settings)
+    if owner:
+        differs["stack"] = owner
     return Check(
         "index-meta",
         r.exists and not differs,
         json.dumps(differs) if differs else "matches",
         f"{entry.version} / {entry.artifact_sha256[:12]}… / dim {entry.dimension}",
-        f"{r.served} was not built by {entry.version}'s artifact: rebuild it or cut over to {r.live_index}",
+        index.shared_prefix(f"index {r.served}", owner, r.settings)
+        if owner
+        else f"{r.served} was not built by {entry.version}'s artifact: rebuild it or cut over to {r.live_index}",
     )
 
 
@@ -545,6 +550,9 @@ def refuse_misbuilt_indices(
     and the fix, before anything is written (plan, apply, backfill)."""
     names = {settings.opensearch.index_name(version): version for version in versions or settings.versions}
     for name, meta in index.read_metas(client, list(names)).items():
+        owner = index.other_stack(meta, settings)
+        if owner:  # before the fix below, which would say to delete it
+            raise IntegrityError(index.shared_prefix(f"index {name}", owner, settings))
         version = names[name]
         expected = index.index_meta(settings, catalog.get(version))
         differs = {k: (meta.get(k), expected[k]) for k in BUILD_KEYS if k in expected and meta.get(k) != expected[k]}

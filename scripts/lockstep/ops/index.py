@@ -16,7 +16,9 @@ from lockstep.errors import IntegrityError, UsageError
 # `_meta` keys that describe a build, not the version: left out of every comparison.
 # `holder`: which Pulumi resource holds the index (a replacement that adopts it writes its own).
 HOLDER_KEY = "holder"
-VOLATILE_META = {"built_at", "synced", HOLDER_KEY}
+# `stack`: the stack that built the index; compared on its own (`other_stack`), not as a build fact.
+STACK_KEY = "stack"
+VOLATILE_META = {"built_at", "synced", HOLDER_KEY, STACK_KEY}
 
 
 def now() -> str:
@@ -39,6 +41,7 @@ def index_meta(settings: StackSettings, entry: CatalogEntry, built_at: str | Non
         "space_type": entry.space_type,
         "engine": settings.opensearch.engine,
         "corpus": settings.corpus.uri,
+        "stack": settings.stack,
         "built_at": built_at or now(),
     }
 
@@ -97,6 +100,27 @@ def meta_differences(observed: dict, expected: dict) -> dict[str, tuple]:
     }
 
 
+def other_stack(meta: dict | None, settings: StackSettings) -> str | None:
+    """The stack an index's `_meta` names when it is not this one, else None.
+
+    Two stacks whose `opensearch.indexPrefix` is the same on one cluster name the same indices:
+    one stack's warm standby is, to the other, an index its config does not keep. An index of
+    another stack is never adopted, moved off the alias or dropped. Indices built before the
+    stack was recorded name none and count as the reading stack's, so an upgrade changes nothing.
+    """
+    owner = (meta or {}).get(STACK_KEY)
+    return owner if owner and owner != settings.stack else None
+
+
+def shared_prefix(what: str, owner: str, settings: StackSettings) -> str:
+    """One line for `what` ("index docs-v2") of stack `owner` met by `settings`' stack."""
+    return (
+        f"{what} belongs to stack {owner} (its _meta.stack), not {settings.stack}: two stacks on one "
+        f"cluster need their own opensearch.indexPrefix; give stack {settings.stack} one of its own "
+        f"(e.g. {settings.opensearch.index_prefix}-{settings.stack.lower()})"
+    )
+
+
 def _describe(differences: dict[str, tuple]) -> str:
     return "; ".join(f"{key} is {seen!r}, expected {want!r}" for key, (seen, want) in differences.items())
 
@@ -108,9 +132,19 @@ def verify_meta(
     (corpus.bucket/key) is not a wrong build: it is named with its fix, the `restamp` step, and
     a catch-up (`corpus_moved_ok`) may bring the index in line with the new corpus first."""
     index = settings.opensearch.index_name(entry.version)
-    observed = read_meta(client, index)
+    built_for(read_meta(client, index), settings, entry, corpus_moved_ok)
+
+
+def built_for(
+    observed: dict | None, settings: StackSettings, entry: CatalogEntry, corpus_moved_ok: bool = False
+) -> None:
+    """`verify_meta` of an index `_meta` already read (None: the index does not exist)."""
+    index = settings.opensearch.index_name(entry.version)
     if observed is None:
         raise IntegrityError(f"index {index} of {entry.version} does not exist; provision it (`lockstep apply`) first")
+    owner = other_stack(observed, settings)
+    if owner:
+        raise IntegrityError(shared_prefix(f"index {index}", owner, settings))
     differences = meta_differences(observed, index_meta(settings, entry))
     moved = differences.pop("corpus", None)
     if moved and not differences and not corpus_moved_ok:

@@ -24,7 +24,7 @@ from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from lockstep.config import Catalog, CatalogEntry, StackSettings
 from lockstep.errors import GuardRefused, IntegrityError, LockstepError, Unreachable, UsageError
 from lockstep.ops import derived
-from lockstep.ops.index import describe_error, now, one_line, verify_meta
+from lockstep.ops.index import built_for, describe_error, now, one_line, other_stack, read_metas, shared_prefix
 from lockstep.state import keep_reason
 
 # Bucket name for documents without a `model_version` in the per-version counts.
@@ -118,9 +118,14 @@ def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntr
     """
     alias = settings.opensearch.alias_name
     index = settings.opensearch.index_name(entry.version)
-    verify_meta(client, settings, entry)
-    target = Pointer(entry.version, endpoint, index, entry.artifact_sha256, now())
     before = _alias_map(client, alias)
+    metas = read_metas(client, [index, *before])
+    built_for(metas.get(index), settings, entry)
+    for name in before:
+        owner = other_stack(metas.get(name), settings)
+        if owner:  # the alias serves another stack: moving it would take that stack's readers
+            raise IntegrityError(shared_prefix(f"alias {alias} (on index {name})", owner, settings))
+    target = Pointer(entry.version, endpoint, index, entry.artifact_sha256, now())
     if before == {index: True}:
         try:
             current = read_pointer(ssm, settings.pointer_name)
@@ -277,7 +282,9 @@ def _stack_indices(
     by `_meta` or by catalog name.
 
     The prefix pattern can match another stack's indices (`docs-*` matches `docs-staging-v1`);
-    an index counts only when its name is exactly the one its version would get.
+    an index counts only when its name is exactly the one its version would get. One of exactly
+    such a name that another stack built (the same indexPrefix on one cluster) is refused: left
+    out, the plan would rebuild over it; counted, it would be dropped.
     """
     search = settings.opensearch
     response = client.indices.get(
@@ -290,8 +297,12 @@ def _stack_indices(
         version = meta.get("version")
         if not (isinstance(version, str) and search.index_name(version) == index):
             version = by_name.get(index)
-        if version is not None:
-            yield version, index, meta, tuple(sorted(body.get("aliases") or {}))
+        if version is None:
+            continue
+        owner = other_stack(meta, settings)
+        if owner:
+            raise IntegrityError(shared_prefix(f"index {index}", owner, settings))
+        yield version, index, meta, tuple(sorted(body.get("aliases") or {}))
 
 
 COUNT_BY_VERSION = {
@@ -378,21 +389,33 @@ def droppable(settings: StackSettings, inventory: Inventory) -> list[str]:
     )
 
 
+def _as_it_is(client: OpenSearch, index: str) -> tuple[list[str], dict] | None:
+    """(aliases, `_meta`) of `index` read now, in one request; None when it does not exist."""
+    try:
+        found: dict = next(iter(client.indices.get(index=index).values()), {})
+    except NotFoundError:
+        return None
+    return sorted(found.get("aliases") or {}), found.get("mappings", {}).get("_meta") or {}
+
+
 def drop_named_index(
     client: OpenSearch, settings: StackSettings, version: str, index: str, pointer: Pointer | None, by_version: bool
 ) -> str | None:
     """Delete the physical `index` of `version` unless the stack keeps it; why it stays, or None
     (deleted, or gone already). `by_version` False: the stack keeps `version` under another index
     name (its indices were renamed), so only an alias or the pointer on `index` itself keeps it."""
-    try:
-        found: dict = next(iter(client.indices.get_alias(index=index).values()), {})
-    except NotFoundError:
+    found = _as_it_is(client, index)
+    if found is None:
         return None
+    aliases, meta = found
+    owner = other_stack(meta, settings)
+    if owner:
+        return f"it belongs to stack {owner} (its _meta.stack)"
     reason = keep_reason(
         settings,
         version if by_version else "",
         index,
-        sorted(found.get("aliases", {})),
+        aliases,
         pointer.index if pointer else None,
         pointer.version if pointer else None,
     )
@@ -407,11 +430,13 @@ def drop_index(client: OpenSearch, settings: StackSettings, version: str, invent
     """Delete `version`'s index; True if deleted. Aliases are re-read from the cluster, not trusted."""
     state = inventory.indices.get(version)
     index = state.index if state else settings.opensearch.index_name(version)
-    try:
-        found: dict = next(iter(client.indices.get_alias(index=index).values()), {})
-        aliases = sorted(found.get("aliases", {}))
-    except NotFoundError:
+    found = _as_it_is(client, index)
+    if found is None:
         return False
+    aliases, meta = found
+    owner = other_stack(meta, settings)
+    if owner:
+        raise GuardRefused(f"refusing to delete index {index}: {shared_prefix(f'index {index}', owner, settings)}")
     reason = _protection(settings, version, index, aliases, inventory.pointer)
     if reason:
         raise GuardRefused(
