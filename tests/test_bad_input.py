@@ -271,6 +271,11 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
         ("catalog.yaml", "versions.v3 is 'v2'", "mapping"),
     ),
     "catalog: a version listed twice": (duplicate_version_key, ("catalog.yaml", "duplicate", "v1")),
+    # Both would be index <prefix>-v1: refused before anything is built.
+    "catalog: two versions that differ only in case": (
+        bad_catalog(lambda d: d["versions"].__setitem__("V1", dict(d["versions"]["v1"]))),
+        ("catalog.yaml", "'v1' and 'V1' differ only in case", "rename one"),
+    ),
     "catalog: sha256 is not the built artifact's": (
         catalog_sha_not_the_artifacts,
         ("v1", "sha256", "catalog", "nothing was uploaded"),

@@ -113,6 +113,12 @@ def test_floating_tags_are_not_versions(stacks):
     assert "latest" in message and "floating tag" in message
 
 
+def test_versions_that_differ_only_in_case_are_refused():
+    entry = {"model": "m", "artifactSha256": "a" * 64, "dimension": 3, "spaceType": "l2"}
+    with pytest.raises(ValueError, match="'v1' and 'V1' differ only in case and would share one index"):
+        config.Catalog.model_validate({"model": "m", "versions": {"v1": entry, "V1": entry}})
+
+
 def test_duplicate_versions_are_refused():
     with pytest.raises(ValueError, match="'v1' is listed twice"):
         config.Catalog.model_validate(

@@ -147,11 +147,17 @@ class Catalog(Model):
 
     @model_validator(mode="after")
     def _unique(self) -> Catalog:
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # lowercased: an index name is the version in lowercase
         for entry in self.versions:
-            if entry.version in seen:
+            first = seen.get(entry.version.lower())
+            if first == entry.version:
                 raise ValueError(f"version {entry.version!r} is listed twice; keep one entry")
-            seen.add(entry.version)
+            if first is not None:
+                raise ValueError(
+                    f"versions {first!r} and {entry.version!r} differ only in case and would share one index "
+                    "(index names are lowercase); rename one"
+                )
+            seen[entry.version.lower()] = entry.version
         return self
 
     def __contains__(self, version: str) -> bool:
