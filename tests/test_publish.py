@@ -75,6 +75,33 @@ def test_publish_a_model_tar_gz_detects_its_family(servers, scratch_stack, tmp_p
     )
 
 
+def test_publish_adds_to_a_catalog_in_list_form(servers, scratch_stack, team_model):
+    stacks, stack = scratch_stack()
+    catalog_file = stacks / "catalog.yaml"
+    document = YAML(typ="safe").load(catalog_file.read_text())
+    listed = [{"version": name, "model": document["model"], **fields} for name, fields in document["versions"].items()]
+    YAML().dump({**document, "versions": listed}, catalog_file)
+
+    result = lockstep("publish", "--stack", stack, str(team_model), "team-1", "--dimension", "128")
+    assert result.returncode == 0, result.stderr
+    assert config.load_catalog(stacks).names == [*document["versions"], "team-1"]
+    assert config.load_catalog(stacks).get("team-1").model == document["model"]
+
+
+def test_a_version_the_catalog_refuses_is_refused_before_the_upload(servers, scratch_stack, tmp_path):
+    stacks, stack = scratch_stack()
+    before = (stacks / "catalog.yaml").read_text()
+    model = _spec_dir(tmp_path, hashgram.ModelSpec("V1", dimension=128, seed=5))
+    result = lockstep("publish", "--stack", stack, str(model), "V1", "--dimension", "128")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"lockstep: {stacks / 'catalog.yaml'} with V1 added: versions 'v1' and 'V1' differ only in case and would share one "
+        "index (index names are lowercase); rename one"
+    ]
+    assert (stacks / "catalog.yaml").read_text() == before
+    assert objects(clients.aws("s3"), config.load_stack(stack, stacks).artifacts.bucket) == []
+
+
 def _without(directory, name):
     (directory / name).unlink()
     return directory

@@ -84,20 +84,29 @@ def catalog_entry(catalog: Catalog, version: str, fields: dict) -> tuple[Catalog
         raise UsageError(f"catalog entry {version}: {config.describe_validation_error(exc)}") from None  # type: ignore[arg-type]
 
 
-def add_to_catalog(stacks_dir: Path, version: str, fields: dict) -> None:
-    """Append `versions.<version>` to catalog.yaml, keeping its comments; re-validated before writing."""
+def catalog_with(stacks_dir: Path, version: str, fields: dict) -> str:
+    """catalog.yaml's text with `version` added, comments kept, validated: nothing is written."""
     path = stacks_dir / config.CATALOG_FILE
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)
     document = yaml.load(path.read_text(encoding="utf-8"))
-    document["versions"][version] = fields
+    versions = document["versions"]
+    if isinstance(versions, list):  # the list form: each entry names its version and model
+        versions.append({"version": version, "model": document.get("model"), **fields})
+    else:
+        versions[version] = fields
     buffer = io.StringIO()
     yaml.dump(document, buffer)
-    config.Catalog.model_validate(YAML(typ="safe").load(buffer.getvalue()))
+    config.validate_catalog(YAML(typ="safe").load(buffer.getvalue()), f"{path} with {version} added: ")
+    return buffer.getvalue()
+
+
+def write_catalog(stacks_dir: Path, text: str) -> None:
+    path = stacks_dir / config.CATALOG_FILE
     partial = path.with_suffix(".partial")
-    partial.write_text(buffer.getvalue(), encoding="utf-8")
+    partial.write_text(text, encoding="utf-8")
     partial.replace(path)
 
 
@@ -124,10 +133,11 @@ def publish(
     if description:
         fields["description"] = description
     entry, new = catalog_entry(catalog, version, dict(fields))
+    catalog_text = catalog_with(stacks_dir, version, fields) if new else None  # before anything is uploaded
     s3 = clients.aws_for(settings, "s3")  # an AWS stack's bucket, never the embedded moto
     if settings.embedded:
         artifacts.ensure_bucket(s3, settings.artifacts.bucket)
     version_id = artifacts.upload_artifact(s3, settings.artifacts.bucket, entry, data)
-    if new:
-        add_to_catalog(stacks_dir, version, fields)
+    if catalog_text is not None:
+        write_catalog(stacks_dir, catalog_text)
     return Published(entry, version_id, new)
