@@ -246,6 +246,7 @@ TABLE: dict[str, tuple[Callable[[Scratch], list[str]], tuple[str, ...]]] = {
         lambda s: ["drill", "--docs", "0"],
         ("'--docs'", "0 is not in the range", "lockstep drill --help"),
     ),
+    "an option lockstep itself does not have": (lambda s: ["--bogus"], ("'--bogus'", "`lockstep --help`")),
     "plan format that does not exist": (
         lambda s: ["plan", "--stack", s.stack, "--format", "xml"],
         ("'--format'", "'xml'", "lockstep plan --help"),

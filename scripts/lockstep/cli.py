@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -24,6 +25,15 @@ class Group(click.Group):
     option or argument into one line naming it and where the help is, exit 2 (click's own
     answer is three lines: usage, hint, error)."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        """The group's own options (`lockstep --bogus`) are parsed here, before `invoke`."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # plain `lockstep`: the help, as click prints it
+        except click.UsageError as exc:
+            _usage_line(exc, info_name or self.name or "lockstep")
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -31,9 +41,13 @@ class Group(click.Group):
             click.echo(f"lockstep: {exc}", err=True)
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
-            where = exc.ctx.command_path if exc.ctx else ctx.command_path
-            click.echo(f"lockstep: {exc.format_message().rstrip('.')} (see `{where} --help`)", err=True)
-            sys.exit(2)
+            _usage_line(exc, ctx.command_path)
+
+
+def _usage_line(exc: click.UsageError, command_path: str) -> NoReturn:
+    where = exc.ctx.command_path if exc.ctx else command_path
+    click.echo(f"lockstep: {exc.format_message().rstrip('.')} (see `{where} --help`)", err=True)
+    sys.exit(2)
 
 
 @click.group("lockstep", cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
