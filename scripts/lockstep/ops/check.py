@@ -19,7 +19,6 @@ from functools import cached_property
 from importlib.metadata import version as package_version
 
 import numpy as np
-from botocore.exceptions import ClientError
 from opensearchpy.exceptions import RequestError, TransportError
 
 from lockstep import reader
@@ -663,9 +662,7 @@ def store(record: CheckRecord, settings: StackSettings) -> str:
         try:
             for name in (key, f"{RECORD_PREFIX}/{settings.stack}/latest.json"):
                 s3.put_object(Bucket=settings.artifacts.bucket, Key=name, Body=body, ContentType="application/json")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
-                raise
+        except s3.exceptions.NoSuchBucket:
             raise UsageError(
                 f"could not store the check record: artifact bucket {settings.artifacts.bucket} does not exist; "
                 f"deploy the stack (`pulumi up`, or `lockstep apply --stack {settings.stack}`) or fix artifacts.bucket"
