@@ -168,6 +168,21 @@ def test_cli_reports_a_malformed_stack_file_in_one_line(stacks):
     assert snapshot(stacks) == before
 
 
+def test_validate_refuses_two_stacks_sharing_an_index_prefix_on_one_cluster(stacks):
+    assert run_cli("validate", stacks=stacks).returncode == 0  # the repository's stacks: one cluster each
+    (stacks / "Pulumi.staging.yaml").write_text(
+        (stacks / "Pulumi.staging.yaml").read_text().replace("search-acme-staging-docs", "search-acme-prod-docs")
+    )
+    result = run_cli("validate", stacks=stacks)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lockstep: stacks prod and staging both use opensearch.indexPrefix docs on "
+        "https://search-acme-prod-docs.eu-west-1.es.amazonaws.com: they would name the same indices; "
+        "give one its own indexPrefix"
+    ]
+    assert run_cli("validate", "--stack", "staging", stacks=stacks).returncode == 0  # alone, nothing to compare
+
+
 def test_cli_reports_a_bad_catalog_field_in_one_line(stacks):
     edit(stacks / "catalog.yaml", lambda d: d["versions"]["v2"].__setitem__("dimension", 0))
     before = snapshot(stacks)

@@ -62,8 +62,15 @@ def validate(ctx: click.Context, stacks: tuple[str, ...]) -> None:
     """Validate the catalog and stack files; report the first problem of each by field."""
     catalog = config.load_catalog(stacks_dir())
     names = stacks or sorted(p.name.split(".")[1] for p in stacks_dir().glob("Pulumi.*.yaml"))
+    sharing: dict[tuple[str, str], str] = {}  # (cluster, indexPrefix) -> the first stack using it
     for name in names:
         settings = config.load_stack(name, stacks_dir(), catalog)
+        first = sharing.setdefault((settings.cluster, settings.opensearch.index_prefix), name)
+        if first != name:
+            raise config.ConfigError(
+                f"stacks {first} and {name} both use opensearch.indexPrefix {settings.opensearch.index_prefix} on "
+                f"{settings.cluster}: they would name the same indices; give one its own indexPrefix"
+            )
         click.echo(f"{name}: ok (pin {settings.pin}, slots blue={settings.slots.blue} green={settings.slots.green})")
 
 

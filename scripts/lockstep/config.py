@@ -548,6 +548,17 @@ class StackSettings(Model):
     def pointer_name(self) -> str:
         return self.pointer_parameter or f"/{self.name_prefix}/{self.stack}/live"
 
+    @property
+    def cluster(self) -> str:
+        """The OpenSearch cluster as the stack file names it, without a request: tells apart stacks
+        that would share indices (the same cluster and indexPrefix)."""
+        search = self.opensearch
+        if search.url:
+            return search.url.rstrip("/").lower()
+        if search.domain_name:
+            return f"domain {search.domain_name} in {search.region or self.region}"
+        return "the OPENSEARCH_URL cluster"
+
 
 # ------------------------------------------------------------------------------------ loading
 
