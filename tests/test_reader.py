@@ -168,3 +168,53 @@ def test_cached_pointer_of_a_dropped_index_rereads_once(live):
     answer = subject.search(query_text(live))
     assert answer.version == "v1" and indices_of(answer) == {settings.opensearch.index_name("v1")}
     assert subject.pointer_reads == 2
+
+
+class Unreached:
+    """An endpoint client built while its slot was elsewhere: every call fails to connect."""
+
+    served_artifact = None
+
+    def embed(self, texts):
+        raise endpoints.NoProcess("nothing listens where this client was built to call")
+
+
+def test_an_endpoint_client_that_cannot_reach_its_slot_is_built_again_once(live):
+    """A local slot restarted on another port (a redeploy, `services down/up`) leaves a kept
+    client calling the old one: it is built again and the query answered, not failed for good."""
+    settings = live.settings
+    built: list[str] = []
+
+    def encoder_for(pointer):
+        built.append(pointer.endpoint)
+        return Unreached() if len(built) == 1 else endpoints.endpoint_for(settings, "blue")
+
+    subject = reader.Reader(settings, ttl=0, encoder_for=encoder_for)
+    answer = subject.search(query_text(live), k=5)
+    assert answer.version == "v1" and indices_of(answer) == {settings.opensearch.index_name("v1")}
+    assert len(built) == 2
+    subject.search(query_text(live), k=5)
+    assert len(built) == 2, "kept while it works"
+
+    always = reader.Reader(settings, ttl=0, encoder_for=lambda pointer: built.append("x") or Unreached())
+    with pytest.raises(endpoints.NoProcess):
+        always.search(query_text(live))
+    assert built.count("x") == 2, "built again once, then the failure is said"
+
+
+def test_an_endpoint_client_is_built_again_after_a_cutover(live):
+    """Between two cutovers its slot may have been redeployed (a new process, a new port)."""
+    settings = live.settings
+    built: list[str] = []
+
+    def encoder_for(pointer):
+        built.append(pointer.endpoint)
+        return endpoints.endpoint_for(settings, settings.slots.slot_of(pointer.version))
+
+    subject = reader.Reader(settings, ttl=0, encoder_for=encoder_for)
+    subject.search(query_text(live))
+    subject.search(query_text(live))
+    write_pointer(live, switched_at="2999-01-01T00:00:00Z")  # cut over away and back: v1 again, switched since
+    assert subject.search(query_text(live)).version == "v1"
+    blue = endpoints.endpoint_name(settings, "blue")
+    assert built == [blue, blue]

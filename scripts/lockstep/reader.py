@@ -96,7 +96,7 @@ class Reader:
         self.pointer_reads = 0
         self._pointer: Pointer | None = None
         self._read_at: float | None = None
-        self._encoders: dict[str, Encoder] = {}
+        self._encoders: dict[str, tuple[str, Encoder]] = {}  # endpoint: (the cutover it was built after, client)
 
     def search(self, text: str, k: int = 10, source: bool | list[str] = False) -> Answer:
         """The k nearest documents to `text` in the live version's index."""
@@ -136,9 +136,7 @@ class Reader:
         return pointer
 
     def _answers(self, pointer: Pointer, texts: Sequence[str], k: int, source: bool | list[str]) -> list[Answer]:
-        encoder = self._encoder(pointer)
-        vectors = encoder.embed(list(texts))
-        served = encoder.served_artifact
+        vectors, served = self._encode(pointer, texts)
         if served is not None and served != pointer.artifact_sha256:
             raise StaleReading(
                 f"endpoint {pointer.endpoint} answered with artifact {served[:12]}…, but the live pointer "
@@ -176,10 +174,24 @@ class Reader:
             )
         return hits
 
+    def _encode(self, pointer: Pointer, texts: Sequence[str]) -> tuple[np.ndarray, str | None]:
+        """(vectors, the artifact that made them). An endpoint client is kept per endpoint until
+        the next cutover; one that cannot reach its endpoint (a local slot restarted on another
+        port since it was built) is built again, once, before the failure is said."""
+        encoder = self._encoder(pointer)
+        try:
+            return encoder.embed(list(texts)), encoder.served_artifact
+        except Unreachable:  # NotDeployed and NoProcess too
+            del self._encoders[pointer.endpoint]
+        encoder = self._encoder(pointer)
+        return encoder.embed(list(texts)), encoder.served_artifact
+
     def _encoder(self, pointer: Pointer) -> Encoder:
-        if pointer.endpoint not in self._encoders:
-            self._encoders[pointer.endpoint] = self.encoder_for(pointer)
-        return self._encoders[pointer.endpoint]
+        built_for, encoder = self._encoders.get(pointer.endpoint, (None, None))
+        if encoder is None or built_for != pointer.switched_at:  # a cutover since: the slot may be redeployed
+            encoder = self.encoder_for(pointer)
+            self._encoders[pointer.endpoint] = (pointer.switched_at, encoder)
+        return encoder
 
     def _stack_endpoint(self, pointer: Pointer) -> Encoder:
         for slot in endpoints.SLOTS:
