@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from lockstep import config, orchestrator, stackfile
-from lockstep.errors import UsageError
+from lockstep.errors import Unreachable, UsageError
 from lockstep.ops import check, clients, corpus_store, derived, endpoints, index, live_state
 from lockstep.plan import repair_rate_key
 from tests.conftest import lockstep as run_lockstep
@@ -167,6 +167,13 @@ def test_a_record_whose_document_left_the_index_is_deleted_not_recomputed(upgrad
     assert repaired == f"related: {SIZE} recomputed with v1, 1 deleted (document gone)"
     records = derived.read_records(config.load_stack(stack, stacks), related)
     assert "left-the-corpus" not in records and len(records) == SIZE
+
+
+def test_documents_the_index_could_not_answer_for_are_not_taken_for_gone(opensearch, unique):
+    """mget answers a shard (or the whole index) it cannot read with a per-document error, not
+    found=false: taken for "not in the index", the repair deleted their records."""
+    with pytest.raises(Unreachable, match=f"reading 2 documents of {unique}-gone failed .*no such index"):
+        derived.related(opensearch, f"{unique}-gone", ["a", "b"], 5)
 
 
 def test_a_v2_record_written_after_the_rollback_fails_the_check(upgraded, catalog):

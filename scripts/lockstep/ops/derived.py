@@ -38,6 +38,7 @@ from lockstep.config import Catalog, DerivedStore, StackSettings
 from lockstep.errors import Unreachable, UsageError
 from lockstep.ops import clients
 from lockstep.ops.corpus import Document
+from lockstep.ops.index import one_line
 from lockstep.ops.progress import batched, progress_bar
 from lockstep.state import StoreCounts
 
@@ -229,6 +230,13 @@ def related(client: OpenSearch, index_name: str, ids: Sequence[str], k: int) -> 
         docs = client.mget(
             index=index_name, body={"ids": list(batch)}, _source_includes=["embedding", "content_sha256"]
         )["docs"]
+        failed = [d["error"] for d in docs if "error" in d]  # a shard or the index could not answer
+        if failed:  # not "not found": the repair would delete their records as documents gone
+            reason = failed[0].get("reason", failed[0]) if isinstance(failed[0], dict) else failed[0]
+            raise Unreachable(
+                f"reading {len(failed)} documents of {index_name} failed ({one_line(reason)[:200]}); "
+                "run again when the cluster is back: the repair resumes"
+            )
         stored = [d for d in docs if d.get("found")]
         found.update({d["_id"]: None for d in docs if not d.get("found")})
         if not stored:
