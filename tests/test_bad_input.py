@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from ruamel.yaml import YAML
 
 from lockstep import cli, config, runtime, services
+from lockstep.errors import UsageError
 from lockstep.ops import clients, corpus
 from tests.conftest import lockstep
 from tests.faultproxy import FaultProxy, answer
@@ -498,3 +499,24 @@ def test_the_table_covers_every_kind_of_bad_input_the_issue_names():
     ]
     for kind in kinds:
         assert any(kind in case for case in TABLE), kind
+
+
+def test_an_iam_denial_of_dynamodb_or_ssm_is_one_line_naming_the_permission():
+    """DynamoDB, SSM and SageMaker say AccessDeniedException (S3 says AccessDenied): valid
+    credentials that lack a permission. It escaped as a ClientError traceback."""
+    denial = ClientError(
+        {
+            "Error": {
+                "Code": "AccessDeniedException",
+                "Message": "User: arn:aws:iam::123456789012:user/ci is not authorized to perform: "
+                "dynamodb:PutItem on resource: arn:aws:dynamodb:eu-west-1:123456789012:table/related",
+            }
+        },
+        "PutItem",
+    )
+    with pytest.raises(UsageError) as refused, clients.reaching("AWS", "DynamoDB"):
+        raise denial
+    line = str(refused.value)
+    assert "\n" not in line
+    assert line.startswith("AWS at DynamoDB refused our credentials (AccessDeniedException: User: arn:aws:iam::")
+    assert "not authorized to perform: dynamodb:PutItem" in line and "docs/iam.md" in line

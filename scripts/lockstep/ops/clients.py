@@ -55,6 +55,7 @@ CREDENTIAL_CODES = {
     "SignatureDoesNotMatch",
     "UnrecognizedClientException",
     "AccessDenied",
+    "AccessDeniedException",  # DynamoDB, SSM, SageMaker: the credentials lack a permission
     "ExpiredToken",
     "InvalidClientTokenId",
     "403",
@@ -449,9 +450,13 @@ def reaching(what: str, where: str):
             ) from None
         raise
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
+        error = exc.response.get("Error", {})
+        code, said = error.get("Code", ""), " ".join(str(error.get("Message") or "").split())[:300]
         if code in CREDENTIAL_CODES:
-            raise UsageError(f"{what} at {where} refused our credentials ({code}); check the AWS credentials") from None
+            raise UsageError(
+                f"{what} at {where} refused our credentials ({code}{': ' + said if said else ''}); "
+                "check the AWS credentials and their permissions (docs/iam.md)"
+            ) from None
         raise
     except NO_CREDENTIALS:
         raise missing_credentials(f"{what} at {where}") from None
