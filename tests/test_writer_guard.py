@@ -149,6 +149,23 @@ def test_a_live_version_worker_is_never_refused_even_with_a_cache_naming_another
     assert check.run(settings, catalog).passed
 
 
+def test_a_re_apply_restores_a_lost_fence_and_moves_none(stack, catalog):
+    """Nothing to cut over, yet one table has no fence (recreated, or the item deleted): every
+    guarded write to it was refused until the next cutover. The re-apply writes it, naming the
+    live version; the other table's fence is left as it is."""
+    stacks, name, apply = stack
+    settings = config.load_stack(name, stacks)
+    related = next(s for s in settings.derived if s.name == "related")
+    derived.dynamodb(settings).delete_item(TableName=related.table, Key={derived.KEY: {"S": derived.FENCE_KEY}})
+    assert fences(settings) == {"related": None, "audit": "v2"}
+    with pytest.raises(application.StaleWriter, match="no fence"):
+        application.Writer(settings, "related", "v2").put("doc-x", {"neighbours": [], "k": 0}, text="x")
+
+    assert apply("v2").passed
+    assert fences(settings) == {"related": "v2", "audit": "v2"}
+    assert application.Writer(settings, "related", "v2").put("doc-x", {"neighbours": [], "k": 0}, text="x") == "written"
+
+
 def test_the_fence_survives_a_re_apply_and_is_never_counted_as_a_record(stack, catalog):
     stacks, name, apply = stack
     settings = config.load_stack(name, stacks)

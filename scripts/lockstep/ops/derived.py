@@ -415,6 +415,25 @@ def write_fences(settings: StackSettings, version: str, switched_at: str) -> Non
                 continue
 
 
+def restore_missing_fences(settings: StackSettings, version: str, switched_at: str) -> list[str]:
+    """Write the fence of every derived table that has none (a store added, a table recreated, the
+    item deleted), naming the live `version`; the stores restored. Only the cutover moves a fence,
+    and only when something moves: without this, every guarded write to such a table is refused
+    until the next cutover. Conditional on no fence: a cutover's own write always wins."""
+    client, restored = dynamodb(settings), []
+    fence = {KEY: {"S": FENCE_KEY}, FENCE_ATTRIBUTE: {"S": version}, "switched_at": {"S": switched_at}}
+    with reaching_dynamodb(settings):
+        for store in settings.derived:
+            try:
+                client.put_item(
+                    TableName=store.table, Item=fence, ConditionExpression=f"attribute_not_exists({FENCE_ATTRIBUTE})"
+                )
+                restored.append(store.name)
+            except (client.exceptions.ConditionalCheckFailedException, client.exceptions.ResourceNotFoundException):
+                continue
+    return restored
+
+
 def read_fence(client, table: str) -> tuple[str, str] | None:
     """(live version, switched_at) from the table's fence item (a strongly consistent read)."""
     item = client.get_item(TableName=table, Key={KEY: {"S": FENCE_KEY}}, ConsistentRead=True).get("Item")

@@ -114,7 +114,7 @@ def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntr
     fails, the fences go back to whatever the pointer then names (or stay, failing closed).
 
     Idempotent: when the alias is already on the target only a stale pointer is rewritten (and
-    the fences are rewritten, so a re-apply restores a lost one).
+    the fences are rewritten; `lockstep apply` restores a lost one even when no cutover is planned).
     """
     alias = settings.opensearch.alias_name
     index = settings.opensearch.index_name(entry.version)
