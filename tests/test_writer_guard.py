@@ -149,6 +149,23 @@ def test_a_live_version_worker_is_never_refused_even_with_a_cache_naming_another
     assert check.run(settings, catalog).passed
 
 
+@pytest.mark.parametrize("stack", ["verify"], indirect=True)  # batches of 25: a later one is bad
+def test_a_bad_record_anywhere_in_a_write_is_refused_before_any_batch_is_written(stack):
+    stacks, name, _ = stack
+    settings = config.load_stack(name, stacks)
+    live = application.Writer(settings, "related", "v2")
+    before = records(settings, "related")
+    good = [application.Record(f"new-{i:02}", "ab" * 32, {"neighbours": [], "k": 0}) for i in range(30)]
+    for bad, refusal in (
+        (application.Record("new-28", "ab" * 32, {"score": 0.5}), "attribute 'score' cannot be stored in DynamoDB"),
+        (application.Record("new-00", "ab" * 32, {"k": 1}), "doc_id 'new-00' is given twice"),
+        (application.Record(derived.FENCE_KEY, "ab" * 32, {"k": 0}), "reserved for lockstep's fence item"),
+    ):
+        with pytest.raises(application.UsageError, match=refusal):
+            live.put_many([*good[:28], bad, good[29]])
+        assert records(settings, "related") == before, "nothing of the write was kept"
+
+
 def test_a_re_apply_restores_a_lost_fence_and_moves_none(stack, catalog):
     """Nothing to cut over, yet one table has no fence (recreated, or the item deleted): every
     guarded write to it was refused until the next cutover. The re-apply writes it, naming the

@@ -144,10 +144,9 @@ class Writer:
 
     def put_many(self, records: Iterable[Record]) -> WriteResult:
         """Write records in batches of `self.batch`, each guarded by the fence as one."""
-        result = WriteResult()
-        for batch in batched(list(records), self.batch):
-            if any(record.doc_id == store_ops.FENCE_KEY for record in batch):
-                raise UsageError(f"doc_id {store_ops.FENCE_KEY!r} is reserved for lockstep's fence item; rename it")
+        result, records = WriteResult(), list(records)
+        _refuse_bad_records(records)
+        for batch in batched(records, self.batch):
             quarantined_for = self._write(batch)
             if quarantined_for is None:
                 result.written += len(batch)
@@ -292,6 +291,25 @@ class Writer:
             item[store_ops.QUARANTINED] = {"S": stamp}
             item["quarantined_for"] = {"S": quarantined_for}
         return item
+
+
+def _refuse_bad_records(records: Sequence[Record]) -> None:
+    """Bad input is refused before the first batch is written: exit 2 says nothing changed."""
+    seen: set[str] = set()
+    for record in records:
+        if record.doc_id == store_ops.FENCE_KEY:
+            raise UsageError(f"doc_id {store_ops.FENCE_KEY!r} is reserved for lockstep's fence item; rename it")
+        if record.doc_id in seen:
+            raise UsageError(f"doc_id {record.doc_id!r} is given twice in one write; give each record once")
+        seen.add(record.doc_id)
+        for name, value in record.attributes.items():
+            try:
+                _SERIALIZE(value)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(
+                    f"record {record.doc_id!r}: attribute {name!r} cannot be stored in DynamoDB ({exc}); "
+                    "nothing of this write was kept"
+                ) from None
 
 
 def writer(stack: str, store: str, version: str, *, ttl: float = DEFAULT_TTL) -> Writer:
