@@ -12,6 +12,7 @@ import pytest
 from conftest import deploy
 
 from lockstep import reader
+from lockstep.errors import Unreachable
 from lockstep.ops import check, clients, endpoints, live_state
 
 SIZE = 40
@@ -218,3 +219,17 @@ def test_an_endpoint_client_is_built_again_after_a_cutover(live):
     assert subject.search(query_text(live)).version == "v1"
     blue = endpoints.endpoint_name(settings, "blue")
     assert built == [blue, blue]
+
+
+def test_an_answer_from_part_of_the_index_is_refused_not_returned(live, monkeypatch):
+    """A shard that could not answer (a node lost): the top k of the rest looks like an answer."""
+    subject = reader.Reader(live.settings, ttl=0)
+    real = subject.client.search
+
+    def partial(index, body, **kwargs):
+        answer = real(index=index, body=body, **kwargs)
+        return {**answer, "_shards": {"total": 3, "successful": 2, "skipped": 0, "failed": 1}}
+
+    monkeypatch.setattr(subject.client, "search", partial)
+    with pytest.raises(Unreachable, match="read 2 of 3 shards; no partial answer is returned"):
+        subject.search(query_text(live))

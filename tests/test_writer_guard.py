@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 
 from lockstep import config, orchestrator, stackfile
 from lockstep import derived as application
+from lockstep.errors import Unreachable
 from lockstep.ops import check, clients, derived, endpoints, index, live_state
 
 SIZE = 40
@@ -164,6 +165,36 @@ def test_a_bad_record_anywhere_in_a_write_is_refused_before_any_batch_is_written
         with pytest.raises(application.UsageError, match=refusal):
             live.put_many([*good[:28], bad, good[29]])
         assert records(settings, "related") == before, "nothing of the write was kept"
+
+
+def test_a_fence_write_failing_midway_puts_the_moved_fences_back(stack, catalog, monkeypatch):
+    """The cutover to v1 moves the first table's fence, then the second table's write fails:
+    nothing else moves, and the first fence goes back to the pointer's v2."""
+    stacks, name, _ = stack
+    settings = config.load_stack(name, stacks)
+    real, calls = derived.write_fences, []
+
+    def first_table_only(settings_, version, switched_at):
+        calls.append(version)
+        if len(calls) > 1:  # the put-back after the failure
+            return real(settings_, version, switched_at)
+        real(settings_.model_copy(update={"derived": settings_.derived[:1]}), version, switched_at)
+        raise Unreachable("DynamoDB at moto: the second fence write failed")
+
+    monkeypatch.setattr(derived, "write_fences", first_table_only)
+    alias = settings.opensearch.alias_name
+    with pytest.raises(Unreachable, match="second fence write"):
+        live_state.cutover(
+            clients.opensearch(),
+            clients.aws("ssm"),
+            settings,
+            catalog.get("v1"),
+            endpoints.endpoint_name(settings, "blue"),
+        )
+    assert calls == ["v1", "v2"]
+    assert fences(settings) == {"related": "v2", "audit": "v2"}
+    assert live_state.alias_targets(clients.opensearch(), alias) == [settings.opensearch.index_name("v2")]
+    assert live_state.read_pointer(clients.aws("ssm"), settings.pointer_name).version == "v2"
 
 
 def test_a_re_apply_restores_a_lost_fence_and_moves_none(stack, catalog):

@@ -159,12 +159,19 @@ class Reader:
         }
         try:
             with clients.reaching("OpenSearch", clients.opensearch_url(self.settings.opensearch)):
-                hits = self.client.search(index=pointer.index, body=body)["hits"]["hits"]
+                answer = self.client.search(index=pointer.index, body=body)
         except NotFoundError:
             raise StaleReading(
                 f"index {pointer.index}, named by the live pointer {self.settings.pointer_name} ({pointer.version}), "
                 f"does not exist; run `lockstep check --stack {self.settings.stack}`"
             ) from None
+        shards = answer.get("_shards", {})
+        if shards.get("failed") or shards.get("successful", 0) < shards.get("total", 0):
+            raise Unreachable(  # top k of part of the index is a wrong answer that looks right
+                f"a search of index {pointer.index} read {shards.get('successful')} of {shards.get('total')} shards; "
+                "no partial answer is returned: try again when the cluster is whole"
+            )
+        hits = answer["hits"]["hits"]
         foreign = sorted({hit["_index"] for hit in hits} - {pointer.index})
         if foreign:
             raise IntegrityError(
