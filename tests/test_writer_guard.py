@@ -197,6 +197,15 @@ def test_a_fence_write_failing_midway_puts_the_moved_fences_back(stack, catalog,
     assert live_state.read_pointer(clients.aws("ssm"), settings.pointer_name).version == "v2"
 
 
+def test_a_store_whose_table_does_not_exist_is_one_line(stack):
+    stacks, name, _ = stack
+    settings = config.load_stack(name, stacks)
+    moved = [s.model_copy(update={"table": f"{s.table}-nosuch"}) for s in settings.derived]
+    writer = application.Writer(settings.model_copy(update={"derived": tuple(moved)}), "related", "v2")
+    with pytest.raises(application.UsageError, match=f"table '{moved[0].table}' does not exist; nothing of this"):
+        writer.put("doc-x", {"k": 0}, text="x")
+
+
 def test_a_re_apply_restores_a_lost_fence_and_moves_none(stack, catalog):
     """Nothing to cut over, yet one table has no fence (recreated, or the item deleted): every
     guarded write to it was refused until the next cutover. The re-apply writes it, naming the

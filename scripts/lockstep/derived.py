@@ -41,7 +41,8 @@ closed); a table without a fence refuses every write. Throughput: bench/README.m
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -162,7 +163,7 @@ class Writer:
         if pointer is None:  # nothing deployed (or the pointer was removed): nothing is live
             raise self._refusal(None)
         live: Fence = (pointer.version, pointer.switched_at)
-        with store_ops.reaching_dynamodb(self.settings):
+        with store_ops.reaching_dynamodb(self.settings), self._table_exists():
             if pointer.version != self.version:  # bound to fail as a live write: ask the fence first
                 live = store_ops.read_fence(self.dynamodb, self.store.table)
             for _ in range(ATTEMPTS):
@@ -179,6 +180,17 @@ class Writer:
             f"derived store {self.store.name}: the fence in table {self.store.table!r} kept moving "
             f"({ATTEMPTS} guarded writes undone or refused); nothing of this batch was kept — retry"
         )
+
+    @contextmanager
+    def _table_exists(self) -> Iterator[None]:
+        try:
+            yield
+        except self.dynamodb.exceptions.ResourceNotFoundException:
+            raise UsageError(
+                f"derived store {self.store.name}: DynamoDB table {self.store.table!r} does not exist; nothing of "
+                "this write was kept — create it (`pulumi up`, or `lockstep apply` on an embedded stack) or fix "
+                "derived[].table"
+            ) from None
 
     def _decide(self, live: Fence) -> str | None:
         """None: write live; a version: write quarantined for it; else the refusal is raised."""
