@@ -176,6 +176,37 @@ def test_documents_the_index_could_not_answer_for_are_not_taken_for_gone(opensea
         derived.related(opensearch, f"{unique}-gone", ["a", "b"], 5)
 
 
+def test_neighbours_from_part_of_the_index_are_refused_not_written(opensearch, unique, monkeypatch):
+    """A shard that could not answer the k-NN query (a node lost mid-repair): the top k of the rest
+    would be written as the document's related list, wrong and looking right."""
+    index = f"{unique}-partial"
+    hnsw = {"name": "hnsw", "engine": "lucene", "space_type": "l2"}  # faiss's native library is not loaded here
+    mapping = {
+        "embedding": {"type": "knn_vector", "dimension": 2, "method": hnsw},
+        "content_sha256": {"type": "keyword"},
+    }
+    opensearch.indices.create(index=index, body={"settings": {"index.knn": True}, "mappings": {"properties": mapping}})
+    for n, vector in enumerate(([1.0, 0.0], [0.0, 1.0])):
+        opensearch.index(index=index, id=f"d{n}", body={"embedding": vector, "content_sha256": "0" * 64}, refresh=True)
+    whole = derived.related(opensearch, index, ["d0", "d1"], 1)
+    assert whole["d0"].neighbours == ("d1",)  # the same call answers when every shard does
+    real = opensearch.msearch
+
+    def partial(**kwargs):
+        answer = real(**kwargs)
+        return {
+            "responses": [{**r, "_shards": {"total": 2, "successful": 1, "failed": 1}} for r in answer["responses"]]
+        }
+
+    monkeypatch.setattr(opensearch, "msearch", partial)
+    try:
+        with pytest.raises(Unreachable, match=f"k-NN query for d0 on {index} read 1 of 2 shards; run again when"):
+            derived.related(opensearch, index, ["d0", "d1"], 1)
+    finally:
+        monkeypatch.undo()
+        opensearch.indices.delete(index=index)
+
+
 def test_a_v2_record_written_after_the_rollback_fails_the_check(upgraded, catalog):
     stacks, stack = upgraded(quarantine=False)
     stackfile.set_pin(stack, "v1", stacks)

@@ -39,7 +39,7 @@ from opensearchpy.exceptions import NotFoundError
 from lockstep import config
 from lockstep.config import StackSettings
 from lockstep.errors import IntegrityError, LockstepError, Unreachable
-from lockstep.ops import clients, endpoints, live_state
+from lockstep.ops import clients, cluster, endpoints, live_state
 from lockstep.ops.live_state import Pointer
 
 DEFAULT_TTL = 2.0
@@ -165,12 +165,11 @@ class Reader:
                 f"index {pointer.index}, named by the live pointer {self.settings.pointer_name} ({pointer.version}), "
                 f"does not exist; run `lockstep check --stack {self.settings.stack}`"
             ) from None
-        shards = answer.get("_shards", {})
-        if shards.get("failed") or shards.get("successful", 0) < shards.get("total", 0):
-            raise Unreachable(  # top k of part of the index is a wrong answer that looks right
-                f"a search of index {pointer.index} read {shards.get('successful')} of {shards.get('total')} shards; "
-                "no partial answer is returned: try again when the cluster is whole"
-            )
+        cluster.refuse_partial(
+            answer,
+            f"a search of index {pointer.index}",
+            "no partial answer is returned: try again when the cluster is whole",
+        )
         hits = answer["hits"]["hits"]
         foreign = sorted({hit["_index"] for hit in hits} - {pointer.index})
         if foreign:

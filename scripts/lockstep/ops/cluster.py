@@ -121,6 +121,14 @@ def read_copy(index: str, copy: ShardCopy, request):
     return body
 
 
+def refuse_partial(answer: dict, searched: str, remedy: str) -> None:
+    """A search answer read from part of the index (a shard failed, a node lost) is `Unreachable`:
+    the top k of part of an index is a wrong answer that looks right."""
+    shards = answer.get("_shards", {})
+    if shards.get("failed") or shards.get("successful", 0) < shards.get("total", 0):
+        raise Unreachable(f"{searched} read {shards.get('successful')} of {shards.get('total')} shards; {remedy}")
+
+
 def copy_count(client, index: str, copy: ShardCopy) -> int:
     """The documents one copy holds (its last refresh)."""
     body = read_copy(index, copy, lambda preference: client.count(index=index, params={"preference": preference}))

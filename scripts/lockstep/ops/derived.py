@@ -36,7 +36,7 @@ from opensearchpy.helpers import scan
 
 from lockstep.config import Catalog, DerivedStore, StackSettings
 from lockstep.errors import Unreachable, UsageError
-from lockstep.ops import clients
+from lockstep.ops import clients, cluster
 from lockstep.ops.corpus import Document
 from lockstep.ops.index import one_line
 from lockstep.ops.progress import batched, progress_bar
@@ -253,13 +253,11 @@ def related(client: OpenSearch, index_name: str, ids: Sequence[str], k: int) -> 
             ]
         answers = client.msearch(body=body, filter_path=ANSWER_FIELDS)["responses"]
         for doc, answer in zip(stored, answers, strict=True):
-            shards = answer.get("_shards", {})
-            if shards.get("failed") or shards.get("successful", 0) < shards.get("total", 0):
-                # Never neighbours from part of the index (a node lost mid-repair).
-                raise Unreachable(
-                    f"k-NN query for {doc['_id']} on {index_name} read {shards.get('successful')} of "
-                    f"{shards.get('total')} shards; run again when the cluster is back: the repair resumes"
-                )
+            cluster.refuse_partial(
+                answer,
+                f"k-NN query for {doc['_id']} on {index_name}",
+                "run again when the cluster is back: the repair resumes",
+            )
             if "error" in answer:
                 raise UsageError(f"k-NN query for {doc['_id']} on {index_name} failed: {answer['error']}")
             hits = answer.get("hits", {}).get("hits", [])
@@ -400,13 +398,16 @@ def read_records(settings: StackSettings, store: DerivedStore) -> dict[str, dict
 # ------------------------------------------------------------------------------------- fences
 
 
+def _fence(version: str, switched_at: str) -> dict:
+    return {KEY: {"S": FENCE_KEY}, FENCE_ATTRIBUTE: {"S": version}, "switched_at": {"S": switched_at}}
+
+
 def write_fences(settings: StackSettings, version: str, switched_at: str) -> None:
     """Every derived table's fence names `version` (the cutover calls this). A table that does not
     exist yet is skipped: until a cutover writes its fence, every guarded write to it is refused."""
     if not settings.derived:
         return
-    client = dynamodb(settings)
-    fence = {KEY: {"S": FENCE_KEY}, FENCE_ATTRIBUTE: {"S": version}, "switched_at": {"S": switched_at}}
+    client, fence = dynamodb(settings), _fence(version, switched_at)
     with reaching_dynamodb(settings):
         for store in settings.derived:
             try:
@@ -420,8 +421,7 @@ def restore_missing_fences(settings: StackSettings, version: str, switched_at: s
     item deleted), naming the live `version`; the stores restored. Only the cutover moves a fence,
     and only when something moves: without this, every guarded write to such a table is refused
     until the next cutover. Conditional on no fence: a cutover's own write always wins."""
-    client, restored = dynamodb(settings), []
-    fence = {KEY: {"S": FENCE_KEY}, FENCE_ATTRIBUTE: {"S": version}, "switched_at": {"S": switched_at}}
+    client, fence, restored = dynamodb(settings), _fence(version, switched_at), []
     with reaching_dynamodb(settings):
         for store in settings.derived:
             try:
