@@ -59,6 +59,32 @@ def test_upgrade_to_the_warm_standby_is_a_flip(make_settings, catalog):
     assert plan.docs_to_embed == 0 and plan.pointer_moves and plan.reversible
 
 
+def test_a_fence_not_naming_the_pin_plans_a_cutover_that_moves_nothing_else(make_settings, catalog):
+    """Alias and pointer on the pin, a derived table's fence missing or on another version: only a
+    cutover rewrites fences, so one is planned; the pointer does not move."""
+    store = {"name": "related", "kind": "related-documents", "table": "t-related"}
+    settings = make_settings(pin="v2", slots={"blue": "v1", "green": "v2"}, derived=[store])
+
+    def plan_with(fence: str | None):
+        observed = Observed(
+            indices=synced("v1", "v2"),
+            alias_targets=(settings.opensearch.index_name("v2"),),
+            pointer_version="v2",
+            slots_deployed={"blue": "v1", "green": "v2"},
+            corpus_size=200,
+            artifacts=ALL,
+            derived={"related": StoreCounts("related", "t-related", {"v2": 10}, fence=fence)},
+        )
+        return release_plan(catalog, settings, observed)
+
+    assert shape(plan_with("v2")) == [("check", "v2", None, 0)]
+    for fence in ("v1", None):
+        plan = plan_with(fence)
+        assert shape(plan) == [("cutover", "v2", "green", 0), ("check", "v2", None, 0)]
+        assert plan.steps[0].detail == "fences of related -> v2 (alias and pointer already on v2)"
+        assert not plan.pointer_moves
+
+
 def test_upgrade_to_a_new_version_provisions_it_in_the_standby_slot(make_settings, catalog):
     # `lockstep pin v3` from pin v1, slots {v1, v2}: v3 takes green, v2 leaves the config.
     settings = make_settings(pin="v3", slots={"blue": "v1", "green": "v3"})

@@ -206,20 +206,31 @@ def test_a_store_whose_table_does_not_exist_is_one_line(stack):
         writer.put("doc-x", {"k": 0}, text="x")
 
 
-def test_a_re_apply_restores_a_lost_fence_and_moves_none(stack, catalog):
-    """Nothing to cut over, yet one table has no fence (recreated, or the item deleted): every
-    guarded write to it was refused until the next cutover. The re-apply writes it, naming the
-    live version; the other table's fence is left as it is."""
+def test_a_lost_or_wrong_fence_fails_the_check_and_a_re_apply_rewrites_it_moving_nothing(stack, catalog):
+    """Alias and pointer on v2, yet one table has no fence (recreated, or the item deleted: every
+    guarded write to it refused) and the other's names v1 (v1's writers let in as live). The check
+    fails on both; the plan's cutover only rewrites fences; the re-apply leaves the pointer as it was."""
     stacks, name, apply = stack
     settings = config.load_stack(name, stacks)
-    related = next(s for s in settings.derived if s.name == "related")
-    derived.dynamodb(settings).delete_item(TableName=related.table, Key={derived.KEY: {"S": derived.FENCE_KEY}})
-    assert fences(settings) == {"related": None, "audit": "v2"}
+    related, audit = (next(s for s in settings.derived if s.name == n) for n in ("related", "audit"))
+    dynamodb = derived.dynamodb(settings)
+    dynamodb.delete_item(TableName=related.table, Key={derived.KEY: {"S": derived.FENCE_KEY}})
+    dynamodb.put_item(TableName=audit.table, Item=derived._fence("v1", "2000-01-01T00:00:00+00:00"))
     with pytest.raises(application.StaleWriter, match="no fence"):
         application.Writer(settings, "related", "v2").put("doc-x", {"neighbours": [], "k": 0}, text="x")
 
+    failed = {c.name: c.observed for c in check.run(settings, catalog).failures}
+    assert failed == {
+        "derived:related": "0 records of other versions; no fence",
+        "derived:audit": "0 records of other versions; fence names v1",
+    }
+    pointer = live_state.read_pointer(clients.aws("ssm"), settings.pointer_name)
+    (cutover,) = [s for s in orchestrator.plan_for(settings, catalog)[1].steps if s.kind == "cutover"]
+    assert cutover.detail == "fences of audit, related -> v2 (alias and pointer already on v2)"
+
     assert apply("v2").passed
     assert fences(settings) == {"related": "v2", "audit": "v2"}
+    assert live_state.read_pointer(clients.aws("ssm"), settings.pointer_name) == pointer
     assert application.Writer(settings, "related", "v2").put("doc-x", {"neighbours": [], "k": 0}, text="x") == "written"
 
 

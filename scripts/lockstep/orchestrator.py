@@ -403,8 +403,6 @@ def apply(
     with env.reach_aws():
         for bucket, lacking in drift.items():  # None: missing, created here (after the plan, like every write)
             artifacts.ensure_bucket(env.s3, bucket, drift=lacking)
-    if settings.derived and "cutover" not in {step.kind for step in planned.steps}:  # a cutover writes them
-        _restore_missing_fences(env, say)
     run = Run(settings, catalog, env, corpus, planned, ApplyResult(planned), progress, before_cutover)
     for step in planned.steps:
         started = time.monotonic()
@@ -418,18 +416,6 @@ def apply(
     if settings.auto_revert and failed is not None and not failed.passed:
         run.result.revert = auto_revert(env, catalog, corpus, failed)
     return run.result
-
-
-def _restore_missing_fences(env: Environment, say: Callable[[str], None]) -> None:
-    """Nothing moves in this apply, yet a derived table may have no fence (a store added, a table
-    recreated): it gets one naming the live pointer's version."""
-    with env.reach_aws():
-        pointer = live_state.read_pointer(env.ssm, env.settings.pointer_name)
-    if pointer is None:
-        return
-    restored = derived.restore_missing_fences(env.settings, pointer.version, pointer.switched_at)
-    if restored:
-        say(f"  {'fence':<15} {pointer.version:<4} {'':>7}  restored in {', '.join(restored)}")
 
 
 def _posture_drift(env: Environment, bucket: str) -> tuple[artifacts.PostureSetting, ...] | None:

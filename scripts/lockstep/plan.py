@@ -265,17 +265,16 @@ def release_plan(catalog: Catalog, settings: StackSettings, observed: Observed) 
             deploys += 1
 
     moves = observed.pointer_version != pin or list(observed.alias_targets) != [pin_index]
+    # A fence naming another version lets that version's writers in; none refuses every write.
+    fences_off = sorted(name for name, counts in observed.derived.items() if counts.fence != pin)
     if moves:
         _refuse_cutover_onto_missing_primaries(pin_index, observed.indices.get(pin))
+    if moves or fences_off:
         was = ", ".join(observed.alias_targets) or "no index"
-        steps.append(
-            Step(
-                "cutover",
-                pin,
-                slot=settings.live_slot,
-                detail=f"alias {search.alias_name}: {was} -> {pin_index}; pointer -> {pin}",
-            )
-        )
+        detail = f"alias {search.alias_name}: {was} -> {pin_index}; pointer -> {pin}"
+        if not moves:  # the cutover is idempotent: it rewrites every fence, nothing else moves
+            detail = f"fences of {', '.join(fences_off)} -> {pin} (alias and pointer already on {pin})"
+        steps.append(Step("cutover", pin, slot=settings.live_slot, detail=detail))
     derived = _derived_actions(settings, catalog, observed)
     repairs = [a for a in derived if a.records]
     if repairs:

@@ -19,6 +19,7 @@ class StoreCounts:
     table: str
     records_by_version: dict[str, int] = field(default_factory=dict)
     quarantined_by_version: dict[str, int] = field(default_factory=dict)
+    fence: str | None = None  # the version the table's fence names; None: no fence (or no table)
 
     def stale(self, pin: str) -> dict[str, int]:
         """Items another version wrote that are not quarantined: what a repair must handle."""

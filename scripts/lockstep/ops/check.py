@@ -377,24 +377,37 @@ def check_recall(r: Reading) -> Check:
 
 
 def check_derived(store: DerivedStore) -> Callable[[Reading, CheckRecord], Check]:
-    """No records of another version than the pin in `store`, except quarantined ones."""
+    """No records of another version than the pin in `store`, except quarantined ones; its fence
+    names the pin (another version's fence lets that version's writers in; none refuses all)."""
 
     def derived_check(r: Reading, record: CheckRecord) -> Check:
+        pin = r.settings.pin
         counts = derived.count_by_version(r.settings, r.catalog, store)
         record.derived[store.name] = counts.to_dict()
-        stale, kept = counts.stale(r.settings.pin), counts.quarantined(r.settings.pin)
+        stale, kept = counts.stale(pin), counts.quarantined(pin)
         observed = ", ".join(f"{n} records of {v}" for v, n in stale.items()) or "0 records of other versions"
         if kept:
             observed += "; quarantined (kept): " + ", ".join(f"{n} of {v}" for v, n in kept.items())
+        fix = f"run `lockstep apply --stack {r.settings.stack}`: it {store.repair}s them ({store.name}'s repair policy)"
+        if counts.fence != pin:
+            observed += f"; fence names {counts.fence}" if counts.fence else "; no fence"
+            fix = _rewrite_fences(r.settings) if not stale else f"{fix}, and its cutover rewrites the fence"
         return Check(
             f"derived:{store.name}",
-            not stale,
+            not stale and counts.fence == pin,
             observed,
-            f"0 records of other versions than {r.settings.pin} in {store.table}",
-            f"run `lockstep apply --stack {r.settings.stack}`: it {store.repair}s them ({store.name}'s repair policy)",
+            f"0 records of other versions than {pin} in {store.table}; fence names {pin}",
+            fix,
         )
 
     return derived_check
+
+
+def _rewrite_fences(settings: StackSettings) -> str:
+    """A cutover rewrites every fence; on a stack where nothing else moves, what runs one."""
+    if settings.embedded:
+        return f"run `lockstep apply --stack {settings.stack}`: its cutover rewrites the fence, nothing else moves"
+    return "run `pulumi up --replace <the stack's Cutover URN>`: the cutover rewrites every fence, nothing else moves"
 
 
 def check_standby(r: Reading) -> Check:

@@ -186,8 +186,9 @@ def _require_stamps(client, store: DerivedStore, catalog: Catalog) -> None:
 def count_by_version(
     settings: StackSettings, catalog: Catalog, store: DerivedStore, missing_ok: bool = False
 ) -> StoreCounts:
-    """Items per catalog version (GSI Select=COUNT queries) and their quarantined share.
-    `missing_ok`: a missing table counts as empty (an embedded stack's apply creates it)."""
+    """Items per catalog version (GSI Select=COUNT queries), their quarantined share, and the
+    version the fence names. `missing_ok`: a missing table counts as empty, with no fence (an
+    embedded stack's apply creates it)."""
     client = dynamodb(settings)
     counts = StoreCounts(store.name, store.table)
     with reaching_dynamodb(settings):
@@ -206,6 +207,8 @@ def count_by_version(
                 counts.records_by_version[version] = total
             if quarantined:
                 counts.quarantined_by_version[version] = quarantined
+        fence = read_fence(client, store.table)
+    counts.fence = fence[0] if fence else None
     return counts
 
 
@@ -414,24 +417,6 @@ def write_fences(settings: StackSettings, version: str, switched_at: str) -> Non
                 client.put_item(TableName=store.table, Item=fence)
             except client.exceptions.ResourceNotFoundException:
                 continue
-
-
-def restore_missing_fences(settings: StackSettings, version: str, switched_at: str) -> list[str]:
-    """Write the fence of every derived table that has none (a store added, a table recreated, the
-    item deleted), naming the live `version`; the stores restored. Only the cutover moves a fence,
-    and only when something moves: without this, every guarded write to such a table is refused
-    until the next cutover. Conditional on no fence: a cutover's own write always wins."""
-    client, fence, restored = dynamodb(settings), _fence(version, switched_at), []
-    with reaching_dynamodb(settings):
-        for store in settings.derived:
-            try:
-                client.put_item(
-                    TableName=store.table, Item=fence, ConditionExpression=f"attribute_not_exists({FENCE_ATTRIBUTE})"
-                )
-                restored.append(store.name)
-            except (client.exceptions.ConditionalCheckFailedException, client.exceptions.ResourceNotFoundException):
-                continue
-    return restored
 
 
 def read_fence(client, table: str) -> tuple[str, str] | None:
