@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from lockstep import config, orchestrator, stackfile
 from lockstep import derived as application
-from lockstep.errors import Unreachable
+from lockstep.errors import Unreachable, UsageError
 from lockstep.ops import check, clients, derived, endpoints, index, live_state
 
 SIZE = 40
@@ -287,6 +287,31 @@ def test_a_write_is_refused_when_the_pointer_cannot_be_read(stack, monkeypatch):
     with pytest.raises(application.UsageError, match="down"):
         related.put("doc-x", {"k": 0}, text="x")
     assert "doc-x" not in records(settings, "related")
+
+
+@pytest.mark.parametrize("stack", ["verify"], indirect=True)
+def test_verify_keeps_nothing_of_a_batch_whose_later_part_is_refused(stack, monkeypatch):
+    """`verify` sends a batch as BatchWriteItems of 25. One refused for good (throttled past the
+    retries) after others landed: those were never checked against the fence. None of the batch is
+    kept, the refusal is raised, and a record written before is left alone."""
+    stacks, name, _ = stack
+    settings = config.load_stack(name, stacks)
+    writer = application.Writer(settings, "related", "v2")
+    assert writer.put("doc-a", {"k": 0}, text="alpha") == "written"
+    real, sent = derived._batch_put, []
+
+    def second_part_refused(client, table, items):
+        sent.append(len(items))
+        if len(sent) == 2:
+            raise UsageError(f"DynamoDB table {table} kept refusing writes (throttled)")
+        real(client, table, items)
+
+    monkeypatch.setattr(derived, "_batch_put", second_part_refused)
+    batch = [application.Record(f"doc-{n:03}", "ab" * 32, {"k": 0}) for n in range(60)]
+    with pytest.raises(UsageError, match="kept refusing writes"):
+        writer.put_many(batch)
+    assert sent == [25, 25]
+    assert set(records(settings, "related")) == {"doc-a"}
 
 
 @pytest.mark.parametrize("stack", ["verify"], indirect=True)

@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from boto3.dynamodb.types import TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
 
 from lockstep import config
 from lockstep.config import DerivedStore, StackSettings
@@ -205,11 +206,18 @@ class Writer:
         fence before it moves the alias, so a batch written after the move is seen by this read: if
         the fence no longer backs the decision, exactly this batch (its stamp) is undone — deleted,
         or on a `quarantine` store marked quarantined as the transaction would have written it.
-        Returns (kept?, the version it is kept quarantined for or None, the fence as read).
+        Returns (kept?, the version it is kept quarantined for or None, the fence as read). A part
+        refused for good after others landed (throttled past the retries) undoes what landed, unread
+        by the fence, and raises: nothing of the batch is kept, as in a failed transaction.
         (Its one window, a writer dying between write and read: the module's docstring.)"""
         stamp = datetime.now(UTC).isoformat(timespec="microseconds")
-        for part in batched([self._item(r, stamp, quarantined_for) for r in batch], WRITE_BATCH):
-            store_ops._batch_put(self.dynamodb, self.store.table, list(part))
+        try:
+            for part in batched([self._item(r, stamp, quarantined_for) for r in batch], WRITE_BATCH):
+                store_ops._batch_put(self.dynamodb, self.store.table, list(part))
+        except Exception:  # a later part refused for good: the parts that landed were never fenced
+            with suppress(ClientError, BotoCoreError):
+                self._undo(batch, stamp, None)
+            raise
         live = store_ops.read_fence(self.dynamodb, self.store.table)
         if live is not None and (live[0] == self.version) == (quarantined_for is None):
             return True, quarantined_for, live  # the fence still backs the decision: kept
