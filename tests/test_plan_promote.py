@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 import json
+from dataclasses import replace
 
 import pytest
 
 from lockstep import config, orchestrator, report, stackfile
-from lockstep.ops import clients, endpoints, live_state
+from lockstep.ops import check, clients, endpoints, live_state
 from lockstep.plan import embed_rate_key
 from tests.conftest import lockstep, stack_values
 
@@ -132,6 +133,41 @@ def test_promote_refuses_a_record_older_than_the_last_cutover(deployed):
     target = target_stack(stacks, stack)
     result = lockstep("promote", "--from", stack, "--to", target)
     assert result.returncode == 1 and "older than its last cutover" in result.stderr
+
+
+def test_promote_refuses_evidence_it_cannot_tie_to_what_is_live_now(deployed, catalog):
+    """A passing record is evidence only about the bytes the catalog names (in the record and in the
+    pointer), and only if the check began after the last cutover: one that started before it may have
+    read the old version. A pointer with no switched_at cannot show that at all (exit 2)."""
+    stacks, stack = deployed
+    settings, ssm = config.load_stack(stack, stacks), clients.aws("ssm")
+    record, pointer = check.latest(settings), live_state.read_pointer(ssm, settings.pointer_name)
+    assert record is not None and pointer is not None
+    target = target_stack(stacks, stack)
+    path = stacks / f"Pulumi.{target}.yaml"
+    before, other = path.read_text(), "f" * 64
+
+    def refused(record: check.CheckRecord, pointer: live_state.Pointer) -> tuple[int, str]:
+        check.store(record, settings)
+        live_state.write_pointer(ssm, settings.pointer_name, pointer)
+        result = lockstep("promote", "--from", stack, "--to", target)
+        assert path.read_text() == before
+        return result.returncode, result.stderr
+
+    code, said = refused(replace(record, artifact_sha256=other), pointer)
+    assert code == 1 and "latest check is about v1 with artifact sha256 ffffffffffff…" in said
+    code, said = refused(record, replace(pointer, artifact_sha256=other))
+    assert code == 1 and "live pointer is about v1 with artifact sha256 ffffffffffff…" in said
+    code, said = refused(record, replace(pointer, switched_at=""))
+    assert code == 2 and "has no switched_at" in said
+    rewritten = live_state.cutover(clients.opensearch(), ssm, settings, catalog.get("v1"), pointer.endpoint)
+    assert rewritten.switched_at and live_state.read_pointer(ssm, settings.pointer_name) == rewritten  # the fix named
+    straddling = replace(record, started_at="2000-01-01T00:00:00Z", finished_at="2999-01-01T00:00:00Z")
+    code, said = refused(straddling, pointer)
+    assert code == 1 and "(started 2000-01-01T00:00:00Z) is older than its last cutover" in said
+
+    check.store(record, settings)  # the same evidence, tied to what is live: promoted
+    assert lockstep("promote", "--from", stack, "--to", target).returncode == 0
 
 
 def test_promote_with_fresh_evidence_edits_only_pin_and_slot_lines(deployed):

@@ -77,12 +77,25 @@ def passed_newest_first(settings: config.StackSettings) -> list[str]:
     return verified
 
 
+def _require_same_artifact(
+    source: str, version: str, catalogued: str, record: check.CheckRecord, pointer: live_state.Pointer
+) -> None:
+    """The evidence is about the bytes the catalog names now: a catalog entry whose sha256 changed
+    since (a rebuilt artifact) was never checked, wherever it was deployed."""
+    for what, sha256 in (("latest check", record.artifact_sha256), ("live pointer", pointer.artifact_sha256)):
+        if sha256 != catalogued:
+            raise PromotionRefused(
+                f"{source}'s {what} is about {version} with artifact sha256 {sha256[:12]}…, the catalog's {version} is "
+                f"{catalogued[:12]}…; deploy the catalog's {version} to {source} and run `lockstep check --stack {source}`"
+            )
+
+
 def promote(source: str, target: str, version: str | None = None, stacks_dir: Path = config.STACKS_DIR) -> Promotion:
     catalog = config.load_catalog(stacks_dir)
     origin = config.load_stack(source, stacks_dir, catalog)
     destination = config.load_stack(target, stacks_dir, catalog)
     version = version or origin.pin
-    catalog.get(version)
+    entry = catalog.get(version)
     if destination.promoted_from and destination.promoted_from != source:
         raise UsageError(
             f"{target} is promoted from {destination.promoted_from} (lockstep:promotedFrom), not {source}; use --from {destination.promoted_from}"
@@ -107,10 +120,16 @@ def promote(source: str, target: str, version: str | None = None, stacks_dir: Pa
     if pointer is None or pointer.version != version:
         live = pointer.version if pointer else "nothing"
         raise PromotionRefused(f"{source} serves {live}, not {version}; the evidence must be about what is live")
-    if record.finished_at < pointer.switched_at:
+    _require_same_artifact(source, version, entry.artifact_sha256, record, pointer)
+    if not pointer.switched_at:
+        raise UsageError(
+            f"{source}'s live pointer {origin.pointer_name} has no switched_at, so no check can be shown to be newer "
+            "than its last cutover; a cutover rewrites it (`pulumi up --replace` of the stack's Cutover resource)"
+        )
+    if record.started_at < pointer.switched_at:  # what it read may be from before the cutover
         raise PromotionRefused(
-            f"{source}'s check record ({record.finished_at}) is older than its last cutover ({pointer.switched_at}); "
-            f"run `lockstep check --stack {source}` again"
+            f"{source}'s check record (started {record.started_at}) is older than its last cutover "
+            f"({pointer.switched_at}); run `lockstep check --stack {source}` again"
         )
     change = stackfile.set_pin(target, version, stacks_dir)
     return Promotion(source, target, version, record, change)

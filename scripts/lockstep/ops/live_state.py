@@ -131,7 +131,8 @@ def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntr
             current = read_pointer(ssm, settings.pointer_name)
         except IntegrityError:  # malformed: rewriting it is the repair
             current = None
-        if current is not None and asdict(current) | {"switched_at": ""} == asdict(target) | {"switched_at": ""}:
+        same = current is not None and asdict(current) | {"switched_at": ""} == asdict(target) | {"switched_at": ""}
+        if current is not None and same and current.switched_at:  # one without a time is rewritten with one
             derived.write_fences(settings, current.version, current.switched_at)
             return current
         derived.write_fences(settings, target.version, target.switched_at)
