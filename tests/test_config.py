@@ -183,6 +183,14 @@ def test_validate_refuses_two_stacks_sharing_an_index_prefix_on_one_cluster(stac
     assert run_cli("validate", "--stack", "staging", stacks=stacks).returncode == 0  # alone, nothing to compare
 
 
+def test_validate_reads_a_stack_whose_name_has_a_dot(stacks):
+    """Pulumi stack names may hold dots: `Pulumi.local.eu.yaml` is stack `local.eu`, not `local` again."""
+    (stacks / "Pulumi.local.eu.yaml").write_text((stacks / "Pulumi.local.yaml").read_text())
+    edit(stacks / "Pulumi.local.eu.yaml", lambda d: d["config"].__setitem__("lockstep:pin", "nope"))
+    result = run_cli("validate", stacks=stacks)
+    assert result.returncode == 2 and "Pulumi.local.eu.yaml" in result.stderr, result.stdout + result.stderr
+
+
 def test_cli_reports_a_bad_catalog_field_in_one_line(stacks):
     edit(stacks / "catalog.yaml", lambda d: d["versions"]["v2"].__setitem__("dimension", 0))
     before = snapshot(stacks)

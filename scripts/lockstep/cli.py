@@ -61,7 +61,9 @@ def cli() -> None:
 def validate(ctx: click.Context, stacks: tuple[str, ...]) -> None:
     """Validate the catalog and stack files; report the first problem of each by field."""
     catalog = config.load_catalog(stacks_dir())
-    names = stacks or sorted(p.name.split(".")[1] for p in stacks_dir().glob("Pulumi.*.yaml"))
+    names = stacks or sorted(
+        p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in stacks_dir().glob("Pulumi.*.yaml")
+    )
     sharing: dict[tuple[str, str], str] = {}  # (cluster, indexPrefix) -> the first stack using it
     for name in names:
         settings = config.load_stack(name, stacks_dir(), catalog)
