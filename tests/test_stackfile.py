@@ -41,6 +41,7 @@ def test_pin_to_a_version_in_neither_slot_takes_the_non_live_slot(stacks):
     before = path.read_text()
     change = stackfile.set_pin("dev", "v3", stacks)
     assert (change.kind, change.slot, change.evicted) == ("deploy", "blue", "v1")
+    assert change.summary().endswith("; v1 left the blue slot (retain keeps its index)")  # dev retains v1
     assert sorted(changed_lines(before, path.read_text())) == sorted(
         ["-  lockstep:pin: v2", "+  lockstep:pin: v3", "-    blue: v1", "+    blue: v3"]
     )

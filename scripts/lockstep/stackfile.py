@@ -29,6 +29,7 @@ class PinChange:
     placed: bool  # VERSION was in neither slot and now fills the standby slot
     evicted: str | None  # the version that left that slot to make room, if any
     path: Path
+    retained: bool = False  # the evicted version is in retain: its index stays
 
     @property
     def kind(self) -> str:
@@ -41,7 +42,8 @@ class PinChange:
             return f"{self.stack}: pin is already {self.pin} ({self.slot} slot); nothing changed"
         line = f"{self.stack}: pin {self.previous_pin} → {self.pin} ({self.slot} slot, {self.kind})"
         if self.evicted:
-            line += f"; {self.evicted} left the {self.slot} slot (add it to retain to keep its index)"
+            keeps = "retain keeps its index" if self.retained else "add it to retain to keep its index"
+            line += f"; {self.evicted} left the {self.slot} slot ({keeps})"
         return line
 
 
@@ -70,7 +72,7 @@ def set_pin(stack: str, version: str, stacks_dir: Path = config.STACKS_DIR) -> P
     if placed:
         values.setdefault(f"{config.PROJECT}:slots", {})[slot] = version
     values[f"{config.PROJECT}:pin"] = version
-    change = PinChange(stack, current.pin, version, slot, placed, evicted, path)
+    change = PinChange(stack, current.pin, version, slot, placed, evicted, path, evicted in current.retain)
     if change.kind != "none":
         write_validated(path, document, stack, stacks_dir, catalog)
     return change
