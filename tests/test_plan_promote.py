@@ -162,11 +162,12 @@ def test_promote_refuses_evidence_it_cannot_tie_to_what_is_live_now(deployed, ca
     assert code == 2 and "has no switched_at" in said
     rewritten = live_state.cutover(clients.opensearch(), ssm, settings, catalog.get("v1"), pointer.endpoint)
     assert rewritten.switched_at and live_state.read_pointer(ssm, settings.pointer_name) == rewritten  # the fix named
-    straddling = replace(record, started_at="2000-01-01T00:00:00Z", finished_at="2999-01-01T00:00:00Z")
-    code, said = refused(straddling, pointer)
-    assert code == 1 and "(started 2000-01-01T00:00:00Z) is older than its last cutover" in said
+    straddling = replace(record, finished_at="2999-01-01T00:00:01Z")  # began before the cutover, ended after
+    code, said = refused(straddling, replace(pointer, switched_at="2999-01-01T00:00:00Z"))
+    assert code == 1 and f"(started {record.started_at}) is older than its last cutover (2999-01-01" in said
 
     check.store(record, settings)  # the same evidence, tied to what is live: promoted
+    live_state.write_pointer(ssm, settings.pointer_name, pointer)
     assert lockstep("promote", "--from", stack, "--to", target).returncode == 0
 
 

@@ -66,6 +66,29 @@ def test_verified_versions_are_every_pin_a_passing_record_names(servers, make_se
     assert promote.verified_versions(settings) == ["v1", "v3"]
 
 
+def test_a_check_that_began_earlier_and_finished_later_does_not_replace_the_latest(servers, make_settings):
+    """Two checks overlapping: the one that began later observed later, so it stays latest.json
+    (what promotion reads); the other is kept in the history."""
+    from lockstep.ops import artifacts, clients
+
+    settings = make_settings()
+    s3 = clients.aws("s3")
+    artifacts.ensure_bucket(s3, settings.artifacts.bucket)
+    alias = [check.Check("alias", True, "docs-x", "docs-x")]
+    later = check.CheckRecord(
+        settings.stack, "v2", "0" * 64, "2026-11-01T10:00:05Z", "2026-11-01T10:00:10Z", "t", alias
+    )
+    failing = [check.Check("alias", False, "docs-y", "docs-x")]
+    earlier = check.CheckRecord(
+        settings.stack, "v2", "0" * 64, "2026-11-01T10:00:00Z", "2026-11-01T10:00:20Z", "t", failing
+    )
+    check.store(later, settings)
+    kept = check.store(earlier, settings)
+    assert check.latest(settings) == later
+    stored = s3.get_object(Bucket=settings.artifacts.bucket, Key=kept)["Body"].read()
+    assert check.CheckRecord.parse(stored, kept) == earlier
+
+
 def test_a_record_a_newer_lockstep_wrote_is_read_and_one_that_is_no_record_is_one_line(servers, make_settings):
     """Stacks are checked and promoted by different lockstep versions (CI runners, a team's laptop):
     fields this one does not know are left out, not a TypeError; a record that is not one (not JSON,

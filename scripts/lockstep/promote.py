@@ -1,8 +1,9 @@
 """Promotion of a verified pin from one stack to the next (dev → staging → prod).
 
-The evidence is the source stack's latest check record: it must be for the version, it must
-have passed, and it must be newer than the source's last cutover (a record from before the
-pointer last moved proves nothing about what is live now).
+The evidence is the source stack's latest check record: it must be for the version and the
+artifact sha256 the catalog names (as the live pointer does), it must have passed, and it must
+have begun after the source's last cutover (a check that read anything before the pointer last
+moved proves nothing about what is live now).
 """
 
 from __future__ import annotations

@@ -666,14 +666,18 @@ def recall_by_set(live: reader.Reader, golden: list[dict], k: int) -> dict[str, 
 
 
 def store(record: CheckRecord, settings: StackSettings) -> str:
-    """Write the record under checks/<stack>/ (timestamped) and as latest.json; return its key."""
+    """Write the record under checks/<stack>/ (timestamped) and as latest.json — unless latest.json
+    holds a check that began after this one (two checks overlapping: the later observation stays
+    the latest, whichever finished last); return its key."""
     s3 = clients.aws_for(settings, "s3")
     body = json.dumps(record.to_dict(), indent=2).encode()
     stamp = record.finished_at.replace(":", "").replace("-", "")
     key = f"{RECORD_PREFIX}/{settings.stack}/{stamp}-{record.pin}.json"
     with clients.reaching_aws(settings, "S3"):
         try:
-            for name in (key, f"{RECORD_PREFIX}/{settings.stack}/latest.json"):
+            newer = _latest_or_none(settings)
+            keys = [key] if newer and newer.started_at > record.started_at else [key, _latest_key(settings)]
+            for name in keys:
                 s3.put_object(Bucket=settings.artifacts.bucket, Key=name, Body=body, ContentType="application/json")
         except s3.exceptions.NoSuchBucket:
             raise UsageError(
@@ -683,15 +687,25 @@ def store(record: CheckRecord, settings: StackSettings) -> str:
     return key
 
 
+def _latest_key(settings: StackSettings) -> str:
+    return f"{RECORD_PREFIX}/{settings.stack}/latest.json"
+
+
+def _latest_or_none(settings: StackSettings) -> CheckRecord | None:
+    """The latest record, or None when there is none or it is not one (a new record replaces it)."""
+    try:
+        return latest(settings)
+    except IntegrityError:
+        return None
+
+
 def latest(settings: StackSettings) -> CheckRecord | None:
     s3 = clients.aws_for(settings, "s3")
     with clients.reaching_aws(settings, "S3"):
         try:
-            body = s3.get_object(Bucket=settings.artifacts.bucket, Key=f"{RECORD_PREFIX}/{settings.stack}/latest.json")[
-                "Body"
-            ].read()
+            body = s3.get_object(Bucket=settings.artifacts.bucket, Key=_latest_key(settings))["Body"].read()
         except s3.exceptions.NoSuchKey:
             return None
         except s3.exceptions.NoSuchBucket:
             return None
-    return CheckRecord.parse(body, f"s3://{settings.artifacts.bucket}/{RECORD_PREFIX}/{settings.stack}/latest.json")
+    return CheckRecord.parse(body, f"s3://{settings.artifacts.bucket}/{_latest_key(settings)}")
