@@ -12,7 +12,7 @@ import pytest
 
 from lockstep.errors import UsageError
 from lockstep.models import hashgram
-from lockstep.ops import index
+from lockstep.ops import index, reembed
 from lockstep.ops.backfill import core
 from lockstep.ops.corpus import Document
 
@@ -175,3 +175,60 @@ def test_core_leaves_no_bulk_mode_and_no_synced_marker_when_the_engine_fails(mak
     index.set_bulk_mode(opensearch, name, True, settings)
     again = core.run(opensearch, settings, entry, ListEngine(_documents(60), embedder, opensearch), corpus_etag="e")
     assert again.embedded == 0 and not index.in_bulk_mode(opensearch, name)
+
+
+def test_a_catch_up_that_fails_midway_leaves_no_claim_of_the_corpus_it_matched(make_settings, opensearch, catalog):
+    """Synced with corpus e1, then a catch-up to e2 dies after rewriting some documents: the index
+    no longer matches e1, so e1's claim must go (a plan that sees e1 again would skip the scan)."""
+    settings = make_settings()
+    entry, name = catalog.get("v1"), settings.opensearch.index_name("v1")
+    embedder = hashgram.load_artifact(hashgram.build_artifact(hashgram.SPECS["v1"]))
+    documents = _documents(40)
+    core.run(opensearch, settings, entry, ListEngine(documents, embedder, opensearch), corpus_etag="e1")
+    assert index.read_meta(opensearch, name)["synced"]["corpus_etag"] == "e1"
+
+    edited = [Document(d.id, d.text + " (bad edit)") if d.id in ("d1", "d2") else d for d in documents]
+    with pytest.raises(RuntimeError, match="mid-load"):
+        core.run(opensearch, settings, entry, ListEngine(edited, embedder, opensearch, fail_after=1), corpus_etag="e2")
+    assert "synced" not in index.read_meta(opensearch, name)
+    redone = core.run(opensearch, settings, entry, ListEngine(documents, embedder, opensearch), corpus_etag="e1")
+    assert redone.embedded == 1  # the scan found the one rewritten document and put e1's text back
+
+
+def test_a_re_run_after_a_killed_load_sees_what_that_load_wrote(make_settings, opensearch, catalog):
+    """A killed load leaves refresh off: the documents it wrote are invisible to a scan until a
+    refresh. The re-run refreshes first, so one that has left the corpus since is deleted."""
+    settings = make_settings()
+    entry, name = catalog.get("v1"), settings.opensearch.index_name("v1")
+    embedder = hashgram.load_artifact(hashgram.build_artifact(hashgram.SPECS["v1"]))
+    documents = _documents(20)
+    core.run(opensearch, settings, entry, ListEngine(documents, embedder, opensearch))
+    index.set_bulk_mode(opensearch, name, True, settings)  # a load that was killed...
+    late = Document("late", "written by the killed load, then dropped from the corpus")
+    reembed.write(opensearch, reembed.index_actions([late], embedder, name, 50))  # ...wrote this, unrefreshed
+    done = core.run(opensearch, settings, entry, ListEngine(documents, embedder, opensearch))
+    assert done.deleted == 1 and opensearch.count(index=name)["count"] == 20
+
+
+def test_a_large_catch_up_of_an_index_serving_reads_keeps_its_replicas(make_settings, opensearch, catalog):
+    """More than half the corpus changed: a standby index is loaded in bulk mode (no replicas, no
+    refresh); an index an alias serves reads from keeps both — a node lost mid-load must not take it."""
+    settings = make_settings()
+    entry, name = catalog.get("v1"), settings.opensearch.index_name("v1")
+    embedder = hashgram.load_artifact(hashgram.build_artifact(hashgram.SPECS["v1"]))
+    documents = _documents(20)
+    core.run(opensearch, settings, entry, ListEngine(documents, embedder, opensearch))
+    opensearch.indices.put_alias(index=name, name=settings.opensearch.alias_name)
+    seen: list[bool] = []
+
+    class Watching(ListEngine):
+        def load(self, index_name: str, todo: list[str]) -> int:
+            seen.append(index.in_bulk_mode(self.client, index_name))
+            return super().load(index_name, todo)
+
+    rewritten = [Document(d.id, d.text + " (regenerated)") for d in documents]
+    assert core.run(opensearch, settings, entry, Watching(rewritten, embedder, opensearch)).embedded == 20
+    opensearch.indices.delete_alias(index=name, name=settings.opensearch.alias_name)
+    again = [Document(d.id, d.text + " (again)") for d in documents]
+    core.run(opensearch, settings, entry, Watching(again, embedder, opensearch))
+    assert seen == [False, True]

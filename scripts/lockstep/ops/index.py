@@ -218,6 +218,19 @@ def mark_synced(client: OpenSearch, index: str, corpus_etag: str, documents: int
     client.indices.put_mapping(index=index, body={"_meta": meta})
 
 
+def clear_synced(client: OpenSearch, index: str) -> None:
+    """Drop the `synced` claim before the index is written: a catch-up that fails midway must not
+    leave the old claim, or a plan that later sees that corpus again would skip the scan."""
+    meta = read_meta(client, index) or {}
+    if meta.pop("synced", None) is not None:
+        client.indices.put_mapping(index=index, body={"_meta": meta})
+
+
+def aliased(client: OpenSearch, index: str) -> bool:
+    """Does any alias name the index (it serves reads)?"""
+    return bool(client.indices.get_alias(index=index).get(index, {}).get("aliases"))
+
+
 def doc_stamps(client: OpenSearch, index: str) -> dict[str, tuple[str, str]]:
     """{document id: (content_sha256, model_version)} of every stored document, read from doc
     values: `_source` (which holds the vector) is never loaded, which keeps a catch-up scan cheap."""

@@ -74,24 +74,29 @@ def run(
     with clients.reaching("OpenSearch", clients.opensearch_url(settings.opensearch)):
         created = index.ensure_index(client, settings, entry)
         reembed.guard(client, name, engine.stamp)
+        if not created and index.in_bulk_mode(client, name):  # left so by a run that was killed
+            index.set_bulk_mode(client, name, False, settings)
         if created:
             plan = reembed.delta(documents, {})
+        elif known_delta is not None:
+            plan = known_delta
         else:
-            plan = (
-                known_delta if known_delta is not None else reembed.index_delta(client, name, entry.version, documents)
-            )
+            client.indices.refresh(index=name)  # the scan sees every write so far, a failed run's too
+            plan = reembed.index_delta(client, name, entry.version, documents)
         if full:
             plan = reembed.Delta(missing=[d.id for d in documents], deleted=plan.deleted)
         todo = plan.missing + plan.changed
-        full_load = bool(todo) and (created or len(todo) > len(documents) // 2)
-        left_in_bulk_mode = not created and index.in_bulk_mode(client, name)  # by a run that was killed
+        if not created and (todo or plan.deleted):  # a write that does not finish leaves no claim behind
+            index.clear_synced(client, name)
+        # Bulk mode drops the replicas: only for an index no alias serves reads from.
+        full_load = bool(todo) and (created or (len(todo) > len(documents) // 2 and not index.aliased(client, name)))
         if full_load:
             index.set_bulk_mode(client, name, True, settings)
         try:
             embedded = engine.load(name, todo) if todo else 0
             deleted = reembed.write(client, reembed.delete_actions(plan.deleted, name))
         finally:
-            if full_load or left_in_bulk_mode:
+            if full_load:
                 index.set_bulk_mode(client, name, False, settings)
         client.indices.refresh(index=name)
         if corpus_etag:
