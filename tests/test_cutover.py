@@ -8,6 +8,7 @@ import threading
 import boto3
 import pytest
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ReadTimeoutError
 from opensearchpy import helpers
 
 from lockstep.errors import IntegrityError, Unreachable, UsageError
@@ -175,6 +176,25 @@ def test_unreachable_ssm_puts_the_alias_back(opensearch, ssm, catalog, two_versi
     v1 = settings.opensearch.index_name("v1")
     assert targets == [v1] and flags[v1]["aliases"][settings.opensearch.alias_name]["is_write_index"] is True
     assert pointer.version == "v1" and pointer.index == v1
+
+
+def test_a_pointer_write_whose_answer_was_lost_but_landed_completes_the_cutover(
+    opensearch, ssm, catalog, two_versions, monkeypatch
+):
+    """SSM wrote the pointer, its answer was lost (a read timeout): putting the alias back would
+    leave alias and pointer apart. The pointer is read back; it landed, so the cutover is done."""
+    settings, _ = two_versions
+    live_state.cutover(opensearch, ssm, settings, catalog.get("v1"), endpoint(settings, "v1"))
+    real = live_state.write_pointer
+
+    def answer_lost(client, name, pointer):
+        real(client, name, pointer)
+        raise ReadTimeoutError(endpoint_url="https://ssm.example")
+
+    monkeypatch.setattr(live_state, "write_pointer", answer_lost)
+    done = live_state.cutover(opensearch, ssm, settings, catalog.get("v2"), endpoint(settings, "v2"))
+    targets, pointer, _ = live_now(opensearch, ssm, settings)
+    assert pointer == done and targets == [pointer.index] == [settings.opensearch.index_name("v2")]
 
 
 def test_rejected_pointer_name_puts_the_alias_back(opensearch, ssm, make_settings, catalog, unique, two_versions):

@@ -152,7 +152,8 @@ def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntr
         try:
             write_pointer(ssm, settings.pointer_name, target)
         except (ClientError, BotoCoreError) as exc:
-            _restore_alias(client, alias, index, before, settings.pointer_name, exc)
+            if not _landed(ssm, settings.pointer_name, target, exc):
+                _restore_alias(client, alias, index, before, settings.pointer_name, exc)
     except Exception:
         _fences_follow_pointer(ssm, settings)
         raise
@@ -234,6 +235,16 @@ def _update_aliases(client: OpenSearch, alias: str, actions: list[dict]) -> None
         ) from None
 
 
+def _landed(ssm, name: str, target: Pointer, exc: Exception) -> bool:
+    """A write whose answer was lost (a read timeout, the connection closed) may have landed:
+    read the pointer back. True only when it reads as `target`."""
+    if not isinstance(exc, BotoCoreError):
+        return False  # SSM answered: it refused the write
+    with suppress(ClientError, BotoCoreError, LockstepError):
+        return read_pointer(ssm, name) == target
+    return False
+
+
 def _restore_alias(
     client: OpenSearch, alias: str, index: str, before: dict[str, bool], pointer_name: str, cause: Exception
 ) -> None:
@@ -249,11 +260,13 @@ def _restore_alias(
             f"live pointer {pointer_name} could not be written ({why}) and restoring alias {alias} "
             f"to {was} failed too ({describe_error(exc)}); alias and pointer disagree: rerun `lockstep apply`"
         ) from None
-    message = (
-        f"live pointer {pointer_name} could not be written ({why}); alias {alias} was restored "
-        f"to {was}, nothing changed; fix SSM access and rerun"
-    )
-    raise (Unreachable if isinstance(cause, BotoCoreError) else UsageError)(message) from None
+    message = f"live pointer {pointer_name} could not be written ({why}); alias {alias} was restored to {was}"
+    if isinstance(cause, BotoCoreError):  # the write may have landed; reading it back failed too (_landed)
+        raise Unreachable(
+            f"{message}; the pointer could not be read back, so it may name the new version: rerun once SSM "
+            "answers (the cutover is idempotent)"
+        ) from None
+    raise UsageError(f"{message}, nothing changed; fix SSM access and rerun") from None
 
 
 # ------------------------------------------------------------------------------------- inventory
