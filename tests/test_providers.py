@@ -138,6 +138,26 @@ def test_index_delete_of_a_kept_index_fails_while_the_release_stands_and_keeps_i
     assert all(opensearch.indices.exists(index=id_) for id_, _ in made.values())
 
 
+def test_index_delete_on_a_live_stack_with_no_kept_record_is_refused(stack, catalog, opensearch, ssm):
+    """A stack `lockstep apply` made live, whose first `pulumi up` failed before its Cutover: the
+    pointer exists, no record says which indices the slots and retain keep. An index replace
+    (a mapping change) must not delete what may be the standby."""
+    handler = IndexHandler()
+    v2, outs = handler.create(URN, index_props(stack, catalog.get("v2")))
+    v1 = stack.opensearch.index_name("v1")
+    sha = catalog.get("v1").artifact_sha256
+    live_state.write_pointer(
+        ssm, stack.pointer_name, live_state.Pointer("v1", "somewhere", v1, sha, "2026-12-01T00:00:00Z")
+    )
+    with pytest.raises(
+        LockstepError, match=f"refusing to delete index {v2}: stack {stack.stack} is live .* no Cutover"
+    ):
+        handler.delete(URN, v2, outs)
+    assert opensearch.indices.exists(index=v2)
+    ssm.delete_parameter(Name=stack.pointer_name)
+    assert handler.delete(URN, v2, outs) is None  # no pointer: nothing is live, the index is the stack's to drop
+
+
 def test_an_index_adopted_by_its_replacement_is_left_to_it(stack, serving, catalog, opensearch):
     """`pulumi up --replace`: the replacement's create adopts the same physical index; the old
     resource's delete leaves it (kept or not), without failing."""

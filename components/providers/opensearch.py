@@ -196,8 +196,15 @@ class IndexHandler(Handler):
             if kept:
                 settings = settings.model_validate({**settings.model_dump(by_alias=True), **shapes_of_kept(kept)})
             pointer = live_state.read_pointer(ssm, settings.pointer_name)
-            by_version = kept is None or id_ in kept.get("indices", [id_])
-            reason = live_state.drop_named_index(client, settings, state["version"], id_, pointer, by_version)
+            if kept is None and pointer is not None:  # live, yet no Cutover recorded the slots and retain
+                reason: str | None = (
+                    f"stack {settings.stack} is live ({settings.pointer_name} names {pointer.version}) but no Cutover "
+                    f"has recorded what it keeps ({kept_parameter(settings.pointer_name)}), so a standby or retained "
+                    "index cannot be told apart"
+                )
+            else:
+                by_version = kept is None or id_ in kept.get("indices", [id_])
+                reason = live_state.drop_named_index(client, settings, state["version"], id_, pointer, by_version)
         if reason is None:
             return None
         if kept and kept.get("released"):
