@@ -38,9 +38,12 @@ HOURS = (2, 8)  # finish a projected backfill within these many hours
 CORPORA = (10_000_000, 100_000_000)
 
 
-def settings_for(name: str, docs: int, catalog: config.Catalog, prefix: str, **backfill) -> config.StackSettings:
+def settings_for(
+    name: str, docs: int, catalog: config.Catalog, prefix: str, stack: str | None = None, **backfill
+) -> config.StackSettings:
+    """The bench's settings; `stack` (default `name`) is the stack the indices it builds belong to."""
     return config.settings_from_config(
-        name,
+        stack or name,
         {
             "pin": VERSION,
             "slots": {"blue": VERSION},
@@ -88,11 +91,15 @@ def ray_rates(name: str, docs: int, catalog: config.Catalog, entry) -> dict[int,
     return out
 
 
+def rollback_stack(name: str) -> str:
+    return f"{name}-rb"
+
+
 def rollback(name: str, docs: int, catalog: config.Catalog, root: Path) -> dict:
     """A stack whose v4 index is the local backfill's: live on v2 (v4 the standby), then pinned back
     to v4 (and on, v2, v4, …: ROLLBACKS flips). Returns the median flip's apply time without its
     check step, what the flips embedded, and the recall after the last one."""
-    stack = f"{name}-rb"
+    stack = rollback_stack(name)
     stackfile.write_stack(
         root,
         stack,
@@ -153,7 +160,8 @@ def run(docs: int) -> dict:
     catalog = config.load_catalog()
     entry = catalog.get(VERSION)
     name = f"rmbench-{uuid.uuid4().hex[:8]}"
-    base = settings_for(name, docs, catalog, f"{name}-local", engine="local")
+    # The local backfill builds the v4 index the rollback below reattaches: stamped with that stack.
+    base = settings_for(name, docs, catalog, f"{name}-local", stack=rollback_stack(name), engine="local")
     s3 = clients.aws_for(base, "s3")
     artifacts.ensure_bucket(s3, base.artifacts.bucket)
     corpus_etag = corpus_store.ensure_corpus(s3, base).ref.etag
