@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from botocore.exceptions import BotoCoreError, ClientError
 from opensearchpy import OpenSearch
@@ -113,8 +113,8 @@ def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntr
     readers still see it live — refused writes, never wrong ones. If the swap or the pointer write
     fails, the fences go back to whatever the pointer then names (or stay, failing closed).
 
-    Idempotent: when the alias is already on the target only a stale pointer is rewritten (and
-    the fences are rewritten; `lockstep apply` restores a lost one even when no cutover is planned).
+    Idempotent: when the alias is already on the target only a stale pointer is rewritten, and
+    the fences are written again (a plan whose fences differ from the pin plans this cutover).
     """
     alias = settings.opensearch.alias_name
     index = settings.opensearch.index_name(entry.version)
@@ -131,8 +131,12 @@ def cutover(client: OpenSearch, ssm, settings: StackSettings, entry: CatalogEntr
             current = read_pointer(ssm, settings.pointer_name)
         except IntegrityError:  # malformed: rewriting it is the repair
             current = None
-        same = current is not None and asdict(current) | {"switched_at": ""} == asdict(target) | {"switched_at": ""}
-        if current is not None and same and current.switched_at:  # one without a time is rewritten with one
+        # A pointer without a switch time is rewritten with one (promote reads it).
+        if (
+            current is not None
+            and current.switched_at
+            and replace(current, switched_at="") == replace(target, switched_at="")
+        ):
             derived.write_fences(settings, current.version, current.switched_at)
             return current
         derived.write_fences(settings, target.version, target.switched_at)
