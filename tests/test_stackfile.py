@@ -70,3 +70,48 @@ def test_unknown_version_is_refused_and_nothing_changes(stacks):
     )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "v9" in result.stderr
     assert {p.name: p.read_bytes() for p in stacks.iterdir()} == before
+
+
+COMPACT = """\
+# dev, edited by hand and by `lockstep pin`
+---
+config:
+    aws:region: eu-west-1
+    lockstep:region: eu-west-1
+    lockstep:pin: v2  # what serves
+    lockstep:slots:
+        blue: v1
+        green: v2
+    lockstep:retain:
+    {dash}- v1
+    lockstep:artifacts:
+        bucket: acme-lockstep-dev-artifacts
+    lockstep:opensearch:
+        url: https://search-acme-dev-docs.eu-west-1.es.amazonaws.com
+        auth: sigv4
+        region: eu-west-1
+        indexPrefix: docs
+    lockstep:corpus:
+        bucket: acme-lockstep-dev-corpus
+    lockstep:endpoints:
+        backend: sagemaker
+        imageUri: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/lockstep-serve:0.1.0
+"""
+
+
+@pytest.mark.parametrize("dash", ["", "  "], ids=["dash-at-key-column", "dash-indented"])
+def test_a_pin_change_keeps_the_files_own_layout(stacks, dash):
+    """A team's stack file in its own style (an opening comment and `---`, four-space mappings, a
+    block sequence's `-` at its key's column or indented): the diff is the pin line, nothing else."""
+    path = stacks / "Pulumi.dev.yaml"
+    before = COMPACT.format(dash=dash)
+    path.write_text(before)
+    settings = config.load_stack("dev", stacks)
+    assert (settings.pin, settings.retain) == ("v2", ("v1",))
+
+    stackfile.set_pin("dev", "v1", stacks)
+
+    assert changed_lines(before, path.read_text()) == [
+        "-    lockstep:pin: v2  # what serves",
+        "+    lockstep:pin: v1  # what serves",
+    ]

@@ -1,4 +1,5 @@
-"""Edits of stacks/Pulumi.<stack>.yaml that keep comments and layout (ruamel round trip).
+"""Edits of stacks/Pulumi.<stack>.yaml that keep comments and layout (ruamel round trip, in the
+file's own indentation, its opening `---` kept).
 
 A change is validated as a whole (the same pydantic rules) before the file is replaced
 atomically, so a refused change leaves the file byte-for-byte as it was.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -47,12 +49,53 @@ class PinChange:
         return line
 
 
-def _yaml() -> YAML:
+_BLOCK_KEY = re.compile(r"^( *)[^\s#-].*:\s*(#.*)?$")  # `key:` with its value on the next lines
+_SEQUENCE_ITEM = re.compile(r"^( *)- ")
+
+
+def _yaml(text: str = "") -> YAML:
+    """A round trip that writes `text`'s own layout back (ruamel re-indents to one style): its
+    mapping indent and where a block sequence's `-` sits under its key (at the key's column or
+    indented), so a pin change is a one-line diff in the team's style. Defaults: this repository's."""
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
-    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.indent(**_indentation(text))
     return yaml
+
+
+def _indentation(text: str) -> dict[str, int]:
+    found = {"mapping": 2, "sequence": 4, "offset": 2}
+    parent: int | None = None  # the column of the `key:` just above, when it opens a block
+    seen: set[str] = set()
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        column = len(line) - len(line.lstrip(" "))
+        item = _SEQUENCE_ITEM.match(line)
+        if parent is not None and item and "sequence" not in seen:
+            offset = len(item.group(1)) - parent
+            if offset >= 0:
+                found.update(sequence=offset + 2, offset=offset)
+                seen.add("sequence")
+        elif parent is not None and not item and column > parent and "mapping" not in seen:
+            found["mapping"] = column - parent
+            seen.add("mapping")
+        parent = column if _BLOCK_KEY.match(line) else None
+    return found
+
+
+def _split_preamble(text: str) -> tuple[str, str]:
+    """(the comments and `---` that open the file, the rest): ruamel drops a `---` and the
+    comments above it, so they are kept as text and written back as they were."""
+    lines = text.splitlines(keepends=True)
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped == "---" or stripped.startswith("--- #"):
+            return "".join(lines[: number + 1]), "".join(lines[number + 1 :])
+        if stripped and not stripped.startswith("#"):
+            break
+    return "", text
 
 
 def set_pin(stack: str, version: str, stacks_dir: Path = config.STACKS_DIR) -> PinChange:
@@ -62,8 +105,9 @@ def set_pin(stack: str, version: str, stacks_dir: Path = config.STACKS_DIR) -> P
     path = config.stack_path(stack, stacks_dir)
     if version not in catalog:
         raise ConfigError(f"{path}: version {version!r} is not in the catalog; use one of {', '.join(catalog.names)}")
-    yaml = _yaml()
-    document = yaml.load(path.read_text(encoding="utf-8"))
+    preamble, body = _split_preamble(path.read_text(encoding="utf-8"))
+    yaml = _yaml(body)
+    document = yaml.load(body)
     values = document["config"]
     target = current.with_pin(version)
     slot = target.live_slot
@@ -74,15 +118,18 @@ def set_pin(stack: str, version: str, stacks_dir: Path = config.STACKS_DIR) -> P
     values[f"{config.PROJECT}:pin"] = version
     change = PinChange(stack, current.pin, version, slot, placed, evicted, path, evicted in current.retain)
     if change.kind != "none":
-        write_validated(path, document, stack, stacks_dir, catalog)
+        write_validated(path, preamble + _dumped(yaml, document), stack, stacks_dir, catalog)
     return change
 
 
-def write_validated(path: Path, document, stack: str, stacks_dir: Path, catalog: config.Catalog) -> None:
-    """Validate the edited document like `load_stack` would, then replace the file atomically."""
+def _dumped(yaml: YAML, document) -> str:
     buffer = io.StringIO()
-    _yaml().dump(document, buffer)
-    text = buffer.getvalue()
+    yaml.dump(document, buffer)
+    return buffer.getvalue()
+
+
+def write_validated(path: Path, text: str, stack: str, stacks_dir: Path, catalog: config.Catalog) -> None:
+    """Validate the edited file like `load_stack` would, then replace the file atomically."""
     with tempfile.TemporaryDirectory() as scratch:
         trial = Path(scratch)
         (trial / config.CATALOG_FILE).write_text((stacks_dir / config.CATALOG_FILE).read_text())
