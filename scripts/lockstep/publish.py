@@ -9,7 +9,6 @@ comment-preserving edit. Every check runs before the first write: bad input chan
 
 from __future__ import annotations
 
-import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from ruamel.yaml import YAML
 
-from lockstep import config, models
+from lockstep import config, models, stackfile
 from lockstep.config import Catalog, CatalogEntry, StackSettings
 from lockstep.errors import UsageError
 from lockstep.ops import artifacts, clients
@@ -87,20 +86,16 @@ def catalog_entry(catalog: Catalog, version: str, fields: dict) -> tuple[Catalog
 def catalog_with(stacks_dir: Path, version: str, fields: dict) -> str:
     """catalog.yaml's text with `version` added, comments kept, validated: nothing is written."""
     path = stacks_dir / config.CATALOG_FILE
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    document = yaml.load(path.read_text(encoding="utf-8"))
+    edit = stackfile.RoundTrip(path.read_text(encoding="utf-8"))
+    document = edit.document
     versions = document["versions"]
     if isinstance(versions, list):  # the list form: each entry names its version and model
         versions.append({"version": version, "model": document.get("model"), **fields})
     else:
         versions[version] = fields
-    buffer = io.StringIO()
-    yaml.dump(document, buffer)
-    config.validate_catalog(YAML(typ="safe").load(buffer.getvalue()), f"{path} with {version} added: ")
-    return buffer.getvalue()
+    text = edit.text()
+    config.validate_catalog(YAML(typ="safe").load(text), f"{path} with {version} added: ")
+    return text
 
 
 def write_catalog(stacks_dir: Path, text: str) -> None:

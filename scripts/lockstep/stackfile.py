@@ -85,6 +85,21 @@ def _indentation(text: str) -> dict[str, int]:
     return found
 
 
+class RoundTrip:
+    """A YAML file (a stack file, the catalog) loaded to be edited in place and written back with
+    its comments, quotes and layout."""
+
+    def __init__(self, text: str):
+        self.preamble, body = _split_preamble(text)
+        self.yaml = _yaml(body)
+        self.document = self.yaml.load(body)
+
+    def text(self) -> str:
+        buffer = io.StringIO()
+        self.yaml.dump(self.document, buffer)
+        return self.preamble + buffer.getvalue()
+
+
 def _split_preamble(text: str) -> tuple[str, str]:
     """(the comments and `---` that open the file, the rest): ruamel drops a `---` and the
     comments above it, so they are kept as text and written back as they were."""
@@ -105,9 +120,8 @@ def set_pin(stack: str, version: str, stacks_dir: Path = config.STACKS_DIR) -> P
     path = config.stack_path(stack, stacks_dir)
     if version not in catalog:
         raise ConfigError(f"{path}: version {version!r} is not in the catalog; use one of {', '.join(catalog.names)}")
-    preamble, body = _split_preamble(path.read_text(encoding="utf-8"))
-    yaml = _yaml(body)
-    document = yaml.load(body)
+    edit = RoundTrip(path.read_text(encoding="utf-8"))
+    document = edit.document
     values = document["config"]
     target = current.with_pin(version)
     slot = target.live_slot
@@ -118,14 +132,8 @@ def set_pin(stack: str, version: str, stacks_dir: Path = config.STACKS_DIR) -> P
     values[f"{config.PROJECT}:pin"] = version
     change = PinChange(stack, current.pin, version, slot, placed, evicted, path, evicted in current.retain)
     if change.kind != "none":
-        write_validated(path, preamble + _dumped(yaml, document), stack, stacks_dir, catalog)
+        write_validated(path, edit.text(), stack, stacks_dir, catalog)
     return change
-
-
-def _dumped(yaml: YAML, document) -> str:
-    buffer = io.StringIO()
-    yaml.dump(document, buffer)
-    return buffer.getvalue()
 
 
 def write_validated(path: Path, text: str, stack: str, stacks_dir: Path, catalog: config.Catalog) -> None:
