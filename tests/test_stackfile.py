@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lockstep import config, stackfile
+from lockstep import config, publish, stackfile
 from lockstep.errors import ConfigError
 
 
@@ -115,3 +115,19 @@ def test_a_pin_change_keeps_the_files_own_layout(stacks, dash):
         "-    lockstep:pin: v2  # what serves",
         "+    lockstep:pin: v1  # what serves",
     ]
+
+
+def test_publishing_a_version_keeps_the_catalogs_own_layout(stacks):
+    """The catalog in a team's style (an opening comment and `---`, four-space mappings): adding a
+    version adds its lines and changes none of the others."""
+    path = stacks / config.CATALOG_FILE
+    lines = path.read_text().splitlines()
+    before = "\n".join(["# our catalog", "---", *(line.replace("  ", "    ") for line in lines)]) + "\n"
+    path.write_text(before)
+    fields = {"family": "hashgram", "artifactSha256": "a" * 64, "dimension": 8, "spaceType": "l2"}
+
+    after = publish.catalog_with(stacks, "v9", fields)
+
+    added = changed_lines(before, after)
+    assert all(line.startswith("+") for line in added), added
+    assert added[0] == "+    v9:" and "+        dimension: 8" in added
