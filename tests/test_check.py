@@ -220,7 +220,10 @@ def test_pointer_on_another_version_fails_pointer(stack, ssm, catalog):
     try:
         completed = cli_check(stack)
         assert completed.returncode == 1, completed.stderr
-        assert cli_failures(completed) == {"pointer"}
+        # Readers follow the pointer: what they find is v2's recall, which is not the pin's to pass.
+        assert cli_failures(completed) == {"pointer", "recall"}
+        [recall] = [c for c in json.loads(completed.stdout)["checks"] if c["name"] == "recall"]
+        assert recall["observed"].startswith("readers answer from v2 (")
     finally:
         live_state.write_pointer(ssm, stack.settings.pointer_name, original)
 

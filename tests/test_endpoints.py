@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -195,6 +196,9 @@ def test_container_entrypoint_accepts_serve_and_reads_the_model_directory(tmp_pa
             retry=endpoints.RetryPolicy(attempts=40, initial_wait=0.1, max_wait=0.5),
         )
         assert client.describe()["artifact_sha256"] == entry.artifact_sha256
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": ["a"]}, timeout=10)
+        # What SageMaker hands the caller as CustomAttributes: the artifact that answered.
+        assert answer.headers[serve.CUSTOM_ATTRIBUTES_HEADER] == f"{serve.ARTIFACT_ATTRIBUTE}={entry.artifact_sha256}"
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -391,6 +395,55 @@ def test_sagemaker_describe_reads_version_and_sha_from_model_data_url(servers, m
 
     with pytest.raises(Unreachable, match=f"lockstep-{settings.stack}-blue does not exist"):
         endpoints.endpoint_for(settings, "blue", retry=FAST).describe()
+
+
+class Redeployed(BaseHTTPRequestHandler):
+    """A slot redeployed between two batches of one embed call: each answer names another artifact."""
+
+    answers = 0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).answers += 1
+        body = json.dumps([[1.0, 0.0]]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header(serve.SHA_HEADER, str(self.answers) * 64)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_embed_whose_batches_name_two_artifacts_is_mixed_not_the_last_one():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Redeployed)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        slot = endpoints.LocalEndpoint("redeployed", f"http://127.0.0.1:{httpd.server_address[1]}", max_batch=1)
+        assert slot.embed(["a"]).shape == (1, 2) and slot.served_artifact == "1" * 64
+        assert slot.embed(["b", "c"]).shape == (2, 2)  # two batches: artifacts 2… and 3…
+        assert slot.served_artifact == endpoints.MIXED
+    finally:
+        httpd.shutdown()
+
+
+def test_a_sagemaker_answer_names_its_artifact_in_custom_attributes(servers, unique):
+    """A lockstep image says which artifact answered in the one response header SageMaker passes
+    on (InvokeEndpoint's CustomAttributes); an image that says nothing leaves it unknown (None)."""
+    sha = "ab" * 32
+    result = {
+        "Body": "[[0.5, 0.5]]",
+        "ContentType": "application/json",
+        "InvokedProductionVariant": "green",
+        "CustomAttributes": f"trace=7; {serve.ARTIFACT_ATTRIBUTE}={sha}",
+    }
+    moto = os.environ["AWS_ENDPOINT_URL"]
+    requests.post(f"{moto}/moto-api/static/sagemaker/endpoint-results", json={"results": [result]}, timeout=10)
+    slot = endpoints.SageMakerEndpoint(f"{unique}-sm", "us-east-1", retry=FAST)
+    assert slot.embed(["a query"]).tolist() == [[0.5, 0.5]]
+    assert slot.served_artifact == sha
+    assert serve.artifact_in_attributes("custom_attributes") is None and serve.artifact_in_attributes(None) is None
 
 
 def test_sagemaker_endpoint_serving_two_artifacts_is_an_integrity_error(servers, unique, catalog):

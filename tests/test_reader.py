@@ -8,6 +8,8 @@ Real OpenSearch, moto's SSM and the stack's real endpoint processes; no timing a
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import deploy
 
@@ -121,7 +123,7 @@ def test_pointer_naming_an_alias_is_refused(live):
         reader.Reader(live.settings, ttl=0).search(query_text(live))
 
 
-@pytest.mark.parametrize("damage", ["missing", "malformed", "unreachable"])
+@pytest.mark.parametrize("damage", ["missing", "malformed", "null-index", "unreachable"])
 def test_unreadable_pointer_is_one_error_without_alias_fallback(live, monkeypatch, damage):
     settings, text = live.settings, query_text(live)
     ssm = clients.aws("ssm")
@@ -129,6 +131,10 @@ def test_unreadable_pointer_is_one_error_without_alias_fallback(live, monkeypatc
         ssm.delete_parameter(Name=settings.pointer_name)
     elif damage == "malformed":
         ssm.put_parameter(Name=settings.pointer_name, Value="{not json", Type="String", Overwrite=True)
+    elif damage == "null-index":  # names no index at all (not an index called "None")
+        pointer = json.loads(ssm.get_parameter(Name=settings.pointer_name)["Parameter"]["Value"])
+        value = json.dumps({**pointer, "index": None})
+        ssm.put_parameter(Name=settings.pointer_name, Value=value, Type="String", Overwrite=True)
     else:
         monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     subject = reader.Reader(settings, ttl=0)
@@ -232,4 +238,27 @@ def test_an_answer_from_part_of_the_index_is_refused_not_returned(live, monkeypa
 
     monkeypatch.setattr(subject.client, "search", partial)
     with pytest.raises(Unreachable, match="read 2 of 3 shards; no partial answer is returned"):
+        subject.search(query_text(live))
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ({"timed_out": True}, "timed out: it holds what the shards found in time"),  # search.default_search_timeout
+        ({"_shards": None}, "came back without its shard count"),
+    ],
+    ids=["timed-out", "no-shard-count"],
+)
+def test_an_answer_that_timed_out_or_cannot_say_it_is_whole_is_refused(live, monkeypatch, damage, said):
+    """Every shard answered, yet a shard that ran out of time returned only what it found by then
+    (`timed_out`, 0 failed); an answer without `_shards` cannot show it is whole."""
+    subject = reader.Reader(live.settings, ttl=0)
+    real = subject.client.search
+
+    def damaged(index, body, **kwargs):
+        answer = {**real(index=index, body=body, **kwargs), **damage}
+        return {key: value for key, value in answer.items() if value is not None}
+
+    monkeypatch.setattr(subject.client, "search", damaged)
+    with pytest.raises(Unreachable, match=said):
         subject.search(query_text(live))

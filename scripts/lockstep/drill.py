@@ -25,6 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from lockstep import config, models, orchestrator, reader, report, services, stackfile
+from lockstep.errors import IntegrityError
 from lockstep.models import builds
 from lockstep.ops import check, clients, corpus, corpus_store, derived, endpoints
 from lockstep.ops.check import CheckRecord  # by name: the method Drill.check shadows the module in the class body
@@ -233,7 +234,7 @@ class Drill:
         try:
             act.recall = check.recall_by_set(live, golden, settings.check.k)
             top = [hit["_id"] for hit in live.search(query["query"], k=3).hits]
-        except (RequestError, reader.PointerUnreadable, reader.StaleReading) as exc:
+        except (RequestError, reader.PointerUnreadable, reader.StaleReading, IntegrityError) as exc:
             refused = not isinstance(exc, RequestError)
             info = None if refused else getattr(exc, "info", None)
             reason = info.get("error", {}).get("reason", exc) if isinstance(info, dict) else exc

@@ -8,7 +8,8 @@ silently wrong. `Reader` takes everything from ONE read of the pointer instead:
 1. the pointer `{version, endpoint, index, artifact_sha256}` is read (through a cache of `ttl`
    seconds; 0 reads it for every query);
 2. the query is encoded by the pointer's endpoint; when the endpoint says which artifact answered
-   (a local slot's response header) it must be the pointer's;
+   (a local slot's response header; on SageMaker, the image's CustomAttributes) it must be the
+   pointer's, for every batch of the call;
 3. the pointer's index is searched by its own name, never through the alias;
 4. every hit's `_index` must be that index.
 
@@ -111,6 +112,11 @@ class Reader:
             self._read_at, self._encoders = None, {}  # what the cached pointer named is gone: read again, once
             return self._answers(self.pointer(), texts, k, source)
 
+    @property
+    def last_read(self) -> Pointer | None:
+        """The pointer the last answers came from (None before the first read)."""
+        return self._pointer
+
     def pointer(self) -> Pointer:
         """The live pointer, read at most once per `ttl` seconds; raises PointerUnreadable."""
         now = self.clock()
@@ -138,8 +144,9 @@ class Reader:
     def _answers(self, pointer: Pointer, texts: Sequence[str], k: int, source: bool | list[str]) -> list[Answer]:
         vectors, served = self._encode(pointer, texts)
         if served is not None and served != pointer.artifact_sha256:
+            what = "vectors of more than one artifact" if served == endpoints.MIXED else f"artifact {served[:12]}…"
             raise StaleReading(
-                f"endpoint {pointer.endpoint} answered with artifact {served[:12]}…, but the live pointer "
+                f"endpoint {pointer.endpoint} answered with {what}, but the live pointer "
                 f"{self.settings.pointer_name} names {pointer.version} (artifact {pointer.artifact_sha256[:12]}…): "
                 f"the endpoint and the pointer disagree; run `lockstep check --stack {self.settings.stack}`"
             )

@@ -28,10 +28,24 @@ from lockstep.ops import artifacts, clients
 
 SHA_HEADER = "X-Lockstep-Artifact-Sha256"
 VERSION_HEADER = "X-Lockstep-Model-Version"
+# SageMaker passes only this response header of a container on to the caller (InvokeEndpoint's
+# `CustomAttributes`): the artifact that answered travels in it, for `lockstep.reader` to verify.
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+ARTIFACT_ATTRIBUTE = "lockstep-artifact-sha256"
 DEFAULT_MAX_BATCH = 256
 # SageMaker real-time endpoints accept payloads up to 6 MB.
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+
+
+def artifact_in_attributes(attributes: str | None) -> str | None:
+    """The artifact sha256 in a SageMaker answer's `CustomAttributes` (`key=value` pairs separated
+    by `;`), None when the image does not say."""
+    for pair in (attributes or "").split(";"):
+        key, _, value = pair.strip().partition("=")
+        if key == ARTIFACT_ATTRIBUTE and value:
+            return value
+    return None
 
 
 class BadRequest(Exception):
@@ -161,6 +175,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header(SHA_HEADER, self.server.embedder.artifact_sha256)
+        self.send_header(CUSTOM_ATTRIBUTES_HEADER, f"{ARTIFACT_ATTRIBUTE}={self.server.embedder.artifact_sha256}")
         self.send_header(VERSION_HEADER, self.server.embedder.version)
         if self.close_connection:
             self.send_header("Connection", "close")

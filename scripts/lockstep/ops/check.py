@@ -357,10 +357,16 @@ def check_recall(r: Reading) -> Check:
     recalls: dict[str, float] = {}
     observed = "endpoint unreachable" if not r.described else f"alias {r.alias} points to no index"
     if golden and r.described and r.targets:
+        live = reader.Reader(settings, ttl=0)
         try:
-            recalls = recall_by_set(reader.Reader(settings, ttl=0), golden, settings.check.k)
+            recalls = recall_by_set(live, golden, settings.check.k)
             shown = sorted(recalls, key=lambda name: name == "easy")
             observed = f"recall@{settings.check.k} " + ", ".join(f"{name} {recalls[name]:.2f}" for name in shown)
+            read = live.last_read
+            if read is not None and (read.version, read.index) != (settings.pin, r.live_index):
+                # Readers answer from what the pointer names: that is not the pin's recall.
+                observed = f"readers answer from {read.version} ({read.index}), not the pin: {observed}"
+                recalls = {}
         except RequestError as exc:  # e.g. a query vector of another dimension than the index
             reason = exc.info.get("error", {}).get("reason", exc) if isinstance(exc.info, dict) else exc
             observed = f"queries fail: {index.one_line(reason)}"[:160]

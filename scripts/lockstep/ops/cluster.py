@@ -122,11 +122,18 @@ def read_copy(index: str, copy: ShardCopy, request):
 
 
 def refuse_partial(answer: dict, searched: str, remedy: str) -> None:
-    """A search answer read from part of the index (a shard failed, a node lost) is `Unreachable`:
-    the top k of part of an index is a wrong answer that looks right."""
-    shards = answer.get("_shards", {})
+    """A search answer read from part of the index (a shard failed, a node lost, a shard's search
+    timed out) is `Unreachable`: the top k of part of an index is a wrong answer that looks right.
+    An answer that is an error is the caller's to report."""
+    if "error" in answer:
+        return
+    shards = answer.get("_shards")
+    if shards is None:
+        raise Unreachable(f"{searched} came back without its shard count, so it may be partial; {remedy}")
     if shards.get("failed") or shards.get("successful", 0) < shards.get("total", 0):
         raise Unreachable(f"{searched} read {shards.get('successful')} of {shards.get('total')} shards; {remedy}")
+    if answer.get("timed_out"):
+        raise Unreachable(f"{searched} timed out: it holds what the shards found in time; {remedy}")
 
 
 def copy_count(client, index: str, copy: ShardCopy) -> int:

@@ -222,7 +222,12 @@ class Related:
     neighbours: tuple[str, ...]
 
 
-ANSWER_FIELDS = ["responses._shards", "responses.error", "responses.hits.hits._id"]  # all a k-NN answer needs
+ANSWER_FIELDS = [
+    "responses._shards",
+    "responses.timed_out",
+    "responses.error",
+    "responses.hits.hits._id",
+]  # all a k-NN answer needs
 
 
 def related(client: OpenSearch, index_name: str, ids: Sequence[str], k: int) -> dict[str, Related | None]:

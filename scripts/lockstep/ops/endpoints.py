@@ -26,10 +26,11 @@ from lockstep import runtime, services
 from lockstep.config import CatalogEntry, StackSettings
 from lockstep.errors import IntegrityError, LockstepError, Unreachable, UsageError
 from lockstep.ops import artifacts, clients
-from lockstep.serve import SHA_HEADER
+from lockstep.serve import SHA_HEADER, artifact_in_attributes
 
 SLOTS = ("blue", "green")
 START_TIMEOUT = 60.0
+MIXED = "mixed"  # `served_artifact` of an embed whose batches came from different artifacts
 RETRYABLE_AWS_CODES = {
     "ThrottlingException",
     "ServiceUnavailable",
@@ -92,8 +93,9 @@ class EndpointClient(ABC):
     url: str | None
     max_batch: int
     retry: RetryPolicy
-    # The artifact the last answer says it came from (a local slot's response header), else None:
-    # `lockstep.reader` refuses a query vector of another artifact than its pointer names.
+    # The artifact the last `embed` says its vectors came from (a local slot's response header, a
+    # SageMaker answer's CustomAttributes), else None: `lockstep.reader` refuses a query vector of
+    # another artifact than its pointer names. Batches that name different artifacts: MIXED.
     served_artifact: str | None = None
 
     @abstractmethod
@@ -109,9 +111,11 @@ class EndpointClient(ABC):
         texts = list(texts)
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        batches = [
-            self._retrying(self._invoke, texts[i : i + self.max_batch]) for i in range(0, len(texts), self.max_batch)
-        ]
+        batches, served = [], set()
+        for start in range(0, len(texts), self.max_batch):
+            batches.append(self._retrying(self._invoke, texts[start : start + self.max_batch]))
+            served.add(self.served_artifact)
+        self.served_artifact = served.pop() if len(served) == 1 else MIXED  # redeployed between two batches
         vectors = np.asarray([row for batch in batches for row in batch], dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise IntegrityError(f"endpoint {self.name} returned {vectors.shape} for {len(texts)} texts; redeploy it")
@@ -255,6 +259,7 @@ class SageMakerEndpoint(EndpointClient):
             Accept="application/json",
             Body=json.dumps({"inputs": texts}),
         )
+        self.served_artifact = artifact_in_attributes(response.get("CustomAttributes"))
         try:
             return json.loads(response["Body"].read())
         except ValueError:

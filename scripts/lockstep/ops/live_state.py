@@ -71,10 +71,14 @@ class Pointer:
     def from_json(cls, text: str) -> Pointer:
         try:
             data = json.loads(text)
-            return cls(
-                **{key: str(data[key]) for key in ("version", "endpoint", "index", "artifact_sha256")},
-                switched_at=str(data.get("switched_at", "")),
-            )
+            named = {key: data[key] for key in ("version", "endpoint", "index", "artifact_sha256")}
+            switched_at = data.get("switched_at") or ""
+            unnamed = [key for key, value in named.items() if not (isinstance(value, str) and value.strip())]
+            if unnamed:  # a null index is not an index named "None"
+                raise ValueError(f"{', '.join(unnamed)} must be a non-empty string")
+            if not isinstance(switched_at, str):
+                raise ValueError("switched_at must be a string")
+            return cls(**named, switched_at=switched_at)
         except (ValueError, TypeError, KeyError) as exc:
             raise IntegrityError(
                 f"live pointer is not lockstep's JSON ({type(exc).__name__}: {one_line(exc)}); "
