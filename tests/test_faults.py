@@ -174,8 +174,12 @@ def test_answer_lost_and_opensearch_gone_for_good_says_so_and_apply_converges(de
     opensearch_proxy.heal()
     checked = deployed.cli("check", "--stack", deployed.stack, "--json")
     assert checked.exit_code == 1
-    failed = {c["name"] for c in json.loads(checked.stdout)["checks"] if not c["passed"] and c["severity"] == "fail"}
-    assert failed == {"pointer"}
+    failures = {
+        c["name"]: c for c in json.loads(checked.stdout)["checks"] if not c["passed"] and c["severity"] == "fail"
+    }
+    # Readers follow the pointer, still on the old version: their recall is not the pin's.
+    assert set(failures) == {"pointer", "recall"}
+    assert failures["recall"]["observed"].startswith(f"readers answer from {old} (")
 
     again = deployed.apply()
     assert again.exit_code == 0, again.stdout + again.stderr
