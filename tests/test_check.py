@@ -277,10 +277,12 @@ def test_a_live_endpoint_that_could_not_be_read_is_exit_2_not_a_failed_check(sta
 
 def test_a_record_that_cannot_be_stored_is_one_line_naming_the_missing_bucket(stack, unique):
     """Every check ran (the artifact check reads the missing bucket as "missing"); the record has
-    nowhere to go: one line and exit 2, where it was a NoSuchBucket traceback."""
+    nowhere to go: one line naming the bucket, where it was a NoSuchBucket traceback. What was
+    observed is still said: the artifact failed, so the exit is 1 (inconsistent), not 2."""
     artifacts_ = stack.settings.artifacts.model_copy(update={"bucket": f"{unique}-gone"})
     outcome = check.evaluate(stack.settings.model_copy(update={"artifacts": artifacts_}), stack.catalog)
-    assert (outcome.exit_code, outcome.record) == (2, None)
+    assert outcome.exit_code == 1 and outcome.record is not None and outcome.key is None
+    assert "artifact" in {c.name for c in outcome.record.failures}
     assert outcome.reason.startswith(f"could not store the check record: artifact bucket {unique}-gone does not exist")
 
 
@@ -350,6 +352,84 @@ def test_corrupted_golden_set_fails_recall(stack, s3):
         assert float(by_name(record)["recall"].observed.split()[-1]) < 0.2
     finally:
         s3.put_object(Bucket=bucket, Key=key, Body=original)
+
+
+@pytest.mark.parametrize(
+    "golden",
+    [
+        b"",
+        b"[1, 2]\n",
+        b'{"query": "q"}\n',
+        b'{"query": "q", "expected": []}\n',
+        b'{"query": "q", "expected": ["a"], "set": "x"}\n',
+    ],
+)
+def test_a_golden_set_that_is_not_one_is_bad_input_and_nothing_is_stored(stack, s3, golden):
+    """An empty golden file, or a line that is not {query, expected}: one line naming the file,
+    exit 2 (it read as "alias points to no index", or a KeyError traceback)."""
+    bucket, key = stack.settings.corpus.bucket, stack.settings.corpus.golden_key
+    original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=golden)
+    try:
+        outcome = check.evaluate(stack.settings, stack.catalog)
+    finally:
+        s3.put_object(Bucket=bucket, Key=key, Body=original)
+    assert (outcome.exit_code, outcome.record) == (2, None)
+    assert key in outcome.reason and ("no golden queries" in outcome.reason or "is not {query" in outcome.reason)
+
+
+def test_a_pointer_ssm_does_not_serve_to_the_reader_is_could_not_check_not_a_failure(stack, monkeypatch):
+    """SSM stops answering between the pointer check and recall: recall was not observed, so the
+    check says it could not check (exit 2, nothing stored) — not a stored recall failure."""
+
+    def unanswered(self):
+        raise Unreachable("SSM at http://127.0.0.1 did not answer (timed out)")
+
+    monkeypatch.setattr(live_state.PointerCache, "live", unanswered)
+    outcome = check.evaluate(stack.settings, stack.catalog)
+    assert (outcome.exit_code, outcome.record) == (2, None)
+    assert outcome.reason.startswith("could not check recall:") and "did not answer" in outcome.reason
+
+
+@pytest.mark.parametrize("code", ["ThrottlingException", "SlowDown"])
+def test_aws_throttling_past_retries_is_could_not_check_not_a_traceback(stack, monkeypatch, code):
+    from botocore.exceptions import ClientError
+
+    def throttled(*args, **kwargs):
+        raise ClientError({"Error": {"Code": code, "Message": "Rate exceeded"}}, "GetObject")
+
+    monkeypatch.setattr(check.corpus_store, "read_golden", throttled)
+    outcome = check.evaluate(stack.settings, stack.catalog)
+    assert (outcome.exit_code, outcome.record) == (2, None)
+    assert outcome.reason.startswith("could not check recall: AWS did not answer") and code in outcome.reason
+
+
+def test_a_record_with_no_checks_or_an_unknown_failing_severity_does_not_pass():
+    """promote gates on `passed`: a record with no checks proves nothing, and a failed check whose
+    severity a newer lockstep introduced is a failure, not ignored."""
+    empty = check.CheckRecord.from_dict({"stack": "s", "pin": "v1", "artifact_sha256": "a", "started_at": "t"})
+    assert not empty.passed
+    failed = check.Check("new-kind", False, "broken", "whole", "fix it", severity="critical")
+    kept = check.Check("alias", True, "ok", "ok", "")
+    record = check.CheckRecord("s", "v1", "a", "t", checks=[kept, failed])
+    assert not record.passed and record.failures == [failed]
+    assert check.CheckRecord("s", "v1", "a", "t", checks=[kept]).passed
+
+
+def test_a_count_read_from_part_of_the_index_is_refused():
+    """A shard rejected the aggregation: OpenSearch answers 200 with `_shards.failed`; a version on
+    that shard would go uncounted, so foreign-versions would read 0."""
+
+    class Partial:
+        def search(self, index, body):
+            return {
+                "_shards": {"total": 2, "successful": 1, "failed": 1},
+                "hits": {"total": {"value": 5}},
+                "aggregations": {"versions": {"buckets": [{"key": "v1", "doc_count": 5}]}},
+            }
+
+    with pytest.raises(Unreachable, match="the model_version count of docs-v1 read 1 of 2 shards"):
+        live_state.count_by_model_version(Partial(), "docs-v1")
 
 
 def test_recall_below_a_raised_floor_fails_recall(stack):

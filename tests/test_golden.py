@@ -182,6 +182,7 @@ def test_a_golden_file_without_sets_is_checked_as_the_easy_set(deployed, catalog
         result = recall_check(check.run(deployed, with_floor(catalog, "v1", {"hard": 1.0}), seed=3))
         assert result.passed and result.expected == "easy ≥ 0.80"
         assert result.observed.startswith("recall@10 easy ")
+        assert result.observed.endswith("; not checked: hard (the golden set has no such queries)")
     finally:
         s3.put_object(Bucket=bucket, Key=key, Body=original)
     assert corpus_store.read_golden(s3, deployed) == [json.loads(line) for line in original.decode().splitlines()]

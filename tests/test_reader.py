@@ -13,8 +13,8 @@ import json
 import pytest
 from conftest import deploy
 
-from lockstep import reader
-from lockstep.errors import Unreachable
+from lockstep import config, derived, reader
+from lockstep.errors import Unreachable, UsageError
 from lockstep.ops import check, clients, endpoints, live_state
 
 SIZE = 40
@@ -113,7 +113,19 @@ def test_endpoint_serving_another_artifact_is_refused_after_one_reread(live, mon
     sent = searches(monkeypatch, subject.client)
     with pytest.raises(reader.StaleReading, match="answered with artifact"):
         subject.search(query_text(live))
-    assert subject.pointer_reads == 2 and sent == []
+    assert subject.cache.reads == 2 and sent == []
+
+
+@pytest.mark.parametrize("ttl", [-1, 61, float("nan"), "2", True])
+def test_a_ttl_outside_0_to_60_seconds_is_refused_by_reader_and_writer(live, ttl):
+    """A reader caching the pointer for an hour would answer from the version a rollback left for
+    an hour: the reader and the derived writer refuse such a ttl (one line naming the range)."""
+    store = config.DerivedStore(name="related", kind="related-documents", table="unused")
+    with_store = live.settings.model_copy(update={"derived": (store,)})
+    with pytest.raises(UsageError, match=r"ttl=.*seconds from 0 to 60"):
+        reader.Reader(live.settings, ttl=ttl)
+    with pytest.raises(UsageError, match=r"ttl=.*seconds from 0 to 60"):
+        derived.Writer(with_store, "related", "v1", ttl=ttl)
 
 
 def test_pointer_naming_an_alias_is_refused(live):
@@ -167,14 +179,14 @@ def test_cached_pointer_of_a_dropped_index_rereads_once(live):
     pointer again (once) and is answered by v1's index."""
     settings = live.settings
     clock = [0.0]
-    subject = reader.Reader(settings, ttl=3600, clock=lambda: clock[0])
+    subject = reader.Reader(settings, ttl=60, clock=lambda: clock[0])
     cut_over(live, "v2")
     assert subject.search(query_text(live)).version == "v2"
     cut_over(live, "v1")
     clients.opensearch().indices.delete(index=settings.opensearch.index_name("v2"))
     answer = subject.search(query_text(live))
     assert answer.version == "v1" and indices_of(answer) == {settings.opensearch.index_name("v1")}
-    assert subject.pointer_reads == 2
+    assert subject.cache.reads == 2
 
 
 class Unreached:

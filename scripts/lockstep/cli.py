@@ -118,13 +118,12 @@ def check_command(stack: str, as_json: bool) -> None:
     outcome = check.evaluate_live(settings, catalog)  # could not check: nothing stored, one line, exit 2
     if outcome.note:  # after autoRevert: what is live, and how to make it the stack file's pin
         click.echo(f"lockstep: {outcome.note}", err=as_json)
-    if outcome.record is None:
-        click.echo(f"lockstep: {outcome.reason}", err=True)
-        sys.exit(outcome.exit_code)
-    if as_json:
+    if outcome.record is not None and as_json:
         click.echo(json.dumps(outcome.record.to_dict(), indent=2))
-    else:
+    elif outcome.record is not None:
         report.print_check(outcome.record)
+    if outcome.reason:
+        click.echo(f"lockstep: {outcome.reason}", err=True)
     sys.exit(outcome.exit_code)
 
 

@@ -57,7 +57,6 @@ from lockstep.ops import derived as store_ops
 from lockstep.ops.corpus import Document, content_sha256
 from lockstep.ops.progress import batched
 
-DEFAULT_TTL = 2.0
 BATCH = 99  # TransactWriteItems takes 100 items: the fence's ConditionCheck and 99 records
 WRITE_BATCH = 25  # BatchWriteItem's limit (moto does not enforce it; DynamoDB does)
 VERIFY_BATCH = 200  # `verify`: 8 BatchWriteItems of 25 per fence read (and at most this many undone)
@@ -90,26 +89,6 @@ class WriteResult:
     quarantined: int = 0
 
 
-class PointerCache:
-    """The live pointer, read at most once per `ttl` seconds (`clock`: seconds, monotonic)."""
-
-    def __init__(self, settings: StackSettings, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.monotonic):
-        self.settings, self.ttl, self.clock = settings, ttl, clock
-        self.ssm = clients.aws_for(settings, "ssm")
-        self.reads = 0
-        self._pointer: live_state.Pointer | None = None
-        self._read_at: float | None = None
-
-    def live(self) -> live_state.Pointer | None:
-        now = self.clock()
-        if self._read_at is None or now - self._read_at >= self.ttl:
-            self._read_at = None  # a failed read leaves no answer behind: the next write asks again
-            with clients.reaching_aws(self.settings, "SSM"):
-                self._pointer = live_state.read_pointer(self.ssm, self.settings.pointer_name)
-            self._read_at, self.reads = now, self.reads + 1
-        return self._pointer
-
-
 class Writer:
     """Writes one store's records for one model version, guarded by the live pointer."""
 
@@ -119,7 +98,7 @@ class Writer:
         store: str,
         version: str,
         *,
-        ttl: float = DEFAULT_TTL,
+        ttl: float = live_state.DEFAULT_TTL,
         clock: Callable[[], float] = time.monotonic,
     ):
         found = [s for s in settings.derived if s.name == store]
@@ -127,7 +106,7 @@ class Writer:
             names = ", ".join(s.name for s in settings.derived) or "none"
             raise UsageError(f"stack {settings.stack} has no derived store {store!r} (its stores: {names})")
         self.settings, self.store, self.version = settings, found[0], version
-        self.pointer = PointerCache(settings, ttl, clock)
+        self.pointer = live_state.PointerCache(settings, ttl, clock)
         self.dynamodb = store_ops.dynamodb(settings)
         self.batch = BATCH if self.store.writer_guard == "transaction" else VERIFY_BATCH
 
@@ -332,7 +311,7 @@ def _refuse_bad_records(records: Sequence[Record]) -> None:
                 ) from None
 
 
-def writer(stack: str, store: str, version: str, *, ttl: float = DEFAULT_TTL) -> Writer:
+def writer(stack: str, store: str, version: str, *, ttl: float = live_state.DEFAULT_TTL) -> Writer:
     """A guarded writer for `store` of `stack` (the stack's settings handed to the process in
     LOCKSTEP_STACK_SETTINGS, else stacks/Pulumi.<stack>.yaml)."""
     handed_over = config.settings_from_environment(stack)
@@ -345,7 +324,7 @@ def write_related(
     version: str,
     documents: Sequence[Document | str] | None = None,
     progress: bool = False,
-    ttl: float = DEFAULT_TTL,
+    ttl: float = live_state.DEFAULT_TTL,
 ) -> WriteResult:
     """What the application does while `version` is live, through the guard: each document's
     related-documents list on `version`'s index, into every related-documents store."""

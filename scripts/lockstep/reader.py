@@ -43,11 +43,15 @@ from lockstep.errors import IntegrityError, LockstepError, Unreachable
 from lockstep.ops import clients, cluster, endpoints, live_state
 from lockstep.ops.live_state import Pointer
 
-DEFAULT_TTL = 2.0
-
 
 class PointerUnreadable(Unreachable):
-    """The live pointer is missing, malformed or cannot be fetched: the reader does not guess."""
+    """The live pointer is missing, malformed or cannot be fetched: the reader does not guess.
+    `fetched`: SSM answered (the pointer is missing or malformed, an observation), as against
+    SSM not answering (throttled, unreachable, credentials refused: nothing was observed)."""
+
+    def __init__(self, message: str, *, fetched: bool):
+        super().__init__(message)
+        self.fetched = fetched
 
 
 class StaleReading(LockstepError):
@@ -85,18 +89,16 @@ class Reader:
         self,
         settings: StackSettings,
         *,
-        ttl: float = DEFAULT_TTL,
+        ttl: float = live_state.DEFAULT_TTL,
         clock: Callable[[], float] = time.monotonic,
         encoder_for: Callable[[Pointer], Encoder] | None = None,
         between: Callable[[Pointer], None] | None = None,
     ):
-        self.settings, self.ttl, self.clock, self.between = settings, ttl, clock, between
+        self.settings, self.between = settings, between
         self.encoder_for = encoder_for or self._stack_endpoint
-        self.ssm = clients.aws_for(settings, "ssm")
+        self.cache = live_state.PointerCache(settings, ttl, clock)
         self.client = clients.opensearch(settings.opensearch)
-        self.pointer_reads = 0
-        self._pointer: Pointer | None = None
-        self._read_at: float | None = None
+        self._last_read: Pointer | None = None
         self._encoders: dict[str, tuple[str, Encoder]] = {}  # endpoint: (the cutover it was built after, client)
 
     def search(self, text: str, k: int = 10, source: bool | list[str] = False) -> Answer:
@@ -107,37 +109,37 @@ class Reader:
         """Each text's k nearest documents, all from one pointer: one encode call, one search each."""
         pointer = self.pointer()
         try:
-            return self._answers(pointer, texts, k, source)
-        except StaleReading:
-            self._read_at, self._encoders = None, {}  # what the cached pointer named is gone: read again, once
-            return self._answers(self.pointer(), texts, k, source)
+            answers = self._answers(pointer, texts, k, source)
+        except StaleReading:  # what the cached pointer named is gone: read again, once
+            self.cache.forget()
+            self._encoders = {}
+            pointer = self.pointer()
+            answers = self._answers(pointer, texts, k, source)
+        self._last_read = pointer
+        return answers
 
     @property
     def last_read(self) -> Pointer | None:
-        """The pointer the last answers came from (None before the first read)."""
-        return self._pointer
+        """The pointer the last answers came from (None before the first answer)."""
+        return self._last_read
 
     def pointer(self) -> Pointer:
         """The live pointer, read at most once per `ttl` seconds; raises PointerUnreadable."""
-        now = self.clock()
-        if self._pointer is None or self._read_at is None or now - self._read_at >= self.ttl:
-            self._pointer, self._read_at = None, None
-            self._pointer = self._read_pointer()
-            self._read_at, self.pointer_reads = now, self.pointer_reads + 1
-        return self._pointer
-
-    def _read_pointer(self) -> Pointer:
         name, stack = self.settings.pointer_name, self.settings.stack
         fallback = "the reader does not fall back to the alias"
         try:
-            with clients.reaching_aws(self.settings, "SSM"):
-                pointer = live_state.read_pointer(self.ssm, name)
+            pointer = self.cache.live()
         except (LockstepError, ClientError, BotoCoreError) as exc:
-            raise PointerUnreadable(f"live pointer {name} could not be read ({exc}); {fallback}") from None
+            fetched = isinstance(exc, LockstepError) and not isinstance(exc, Unreachable)  # its content is bad
+            raise PointerUnreadable(
+                f"live pointer {name} could not be read ({exc}); {fallback}", fetched=fetched
+            ) from None
         if pointer is None:
+            self.cache.forget()  # the first deploy is seen by the next query, not a ttl later
             raise PointerUnreadable(
                 f"live pointer {name} does not exist: nothing is live in stack {stack}; "
-                f"deploy first (`lockstep apply --stack {stack}`); {fallback}"
+                f"deploy first (`lockstep apply --stack {stack}`); {fallback}",
+                fetched=True,
             )
         return pointer
 
@@ -216,7 +218,7 @@ class Reader:
         )
 
 
-def reader(stack: str, *, ttl: float = DEFAULT_TTL) -> Reader:
+def reader(stack: str, *, ttl: float = live_state.DEFAULT_TTL) -> Reader:
     """A reader of `stack` (its settings handed to the process in LOCKSTEP_STACK_SETTINGS, else
     stacks/Pulumi.<stack>.yaml)."""
     handed_over = config.settings_from_environment(stack)

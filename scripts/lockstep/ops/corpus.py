@@ -183,4 +183,23 @@ def parse_golden(data: bytes, source: str) -> list[dict]:
         rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise UsageError(f"{source}: not JSONL of {{query, expected}}; regenerate it") from None
+    if not rows:
+        raise UsageError(f"{source}: no golden queries; write at least one {{query, expected}} line")
+    for number, row in enumerate(rows, 1):
+        if not _golden_row(row):
+            raise UsageError(
+                f"{source}: query {number} is not {{query: text, expected: [ids], set: {'|'.join(SETS)} (optional)}}; "
+                "fix or regenerate the golden set"
+            )
     return rows
+
+
+def _golden_row(row) -> bool:
+    return (
+        isinstance(row, dict)
+        and isinstance(row.get("query"), str)
+        and isinstance(row.get("expected"), list)
+        and bool(row["expected"])
+        and all(isinstance(i, str) for i in row["expected"])
+        and row.get("set", "easy") in SETS
+    )

@@ -23,7 +23,7 @@ from opensearchpy.exceptions import ConnectionError as OSConnectionError
 
 from lockstep.config import Catalog, CatalogEntry, StackSettings
 from lockstep.errors import GuardRefused, IntegrityError, LockstepError, Unreachable, UsageError
-from lockstep.ops import derived
+from lockstep.ops import clients, cluster, derived
 from lockstep.ops.index import built_for, describe_error, now, one_line, other_stack, read_metas, shared_prefix
 from lockstep.state import keep_reason
 
@@ -94,6 +94,41 @@ def read_pointer(ssm, name: str) -> Pointer | None:
             return None
         raise
     return Pointer.from_json(value)
+
+
+DEFAULT_TTL = 2.0  # seconds an application's reader or writer reuses the pointer it read
+MAX_TTL = 60.0  # a longer cache would keep readers on the version a rollback left for longer than a minute
+
+
+class PointerCache:
+    """The live pointer, read at most once per `ttl` seconds (`clock`: seconds, monotonic): the
+    one cache `lockstep.reader` and `lockstep.derived` read the pointer through."""
+
+    def __init__(self, settings: StackSettings, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.monotonic):
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 <= ttl <= MAX_TTL:
+            raise UsageError(
+                f"ttl={ttl!r}: the pointer cache takes seconds from 0 to {MAX_TTL:g} "
+                f"(default {DEFAULT_TTL:g}; 0 reads the pointer for every call)"
+            )
+        self.settings, self.ttl, self.clock = settings, ttl, clock
+        self.ssm = clients.aws_for(settings, "ssm")
+        self.reads = 0
+        self._pointer: Pointer | None = None
+        self._read_at: float | None = None
+
+    def live(self) -> Pointer | None:
+        """The cached pointer, or a fresh read once `ttl` has passed (None: no pointer exists)."""
+        now = self.clock()
+        if self._read_at is None or now - self._read_at >= self.ttl:
+            self._read_at = None  # a failed read leaves no answer behind: the next call asks again
+            with clients.reaching_aws(self.settings, "SSM"):
+                self._pointer = read_pointer(self.ssm, self.settings.pointer_name)
+            self._read_at, self.reads = now, self.reads + 1
+        return self._pointer
+
+    def forget(self) -> None:
+        """The next `live()` reads the pointer again, whatever the ttl."""
+        self._read_at = None
 
 
 def write_pointer(ssm, name: str, pointer: Pointer) -> None:
@@ -334,14 +369,17 @@ COUNT_BY_VERSION = {
 }
 
 
-def _counted(response: dict) -> tuple[int, dict[str, int]]:
+def _counted(response: dict, index: str) -> tuple[int, dict[str, int]]:
+    """(total, per version) of a count answer; one from part of the index (a shard failed) is
+    Unreachable: a version on the missing shard would go uncounted."""
+    cluster.refuse_partial(response, f"the model_version count of {index}", "count again when the cluster is whole")
     buckets = response["aggregations"]["versions"]["buckets"]
     return response["hits"]["total"]["value"], {b["key"]: b["doc_count"] for b in buckets}
 
 
 def count_by_model_version(client: OpenSearch, index: str) -> tuple[int, dict[str, int]]:
     """(total docs, {model_version: docs}) from one terms aggregation: no scan."""
-    return _counted(client.search(index=index, body=COUNT_BY_VERSION))
+    return _counted(client.search(index=index, body=COUNT_BY_VERSION), index)
 
 
 def counts_by_model_version(client: OpenSearch, indices: list[str]) -> list[tuple[int, dict[str, int]]]:
@@ -357,7 +395,7 @@ def counts_by_model_version(client: OpenSearch, indices: list[str]) -> list[tupl
             raise HTTP_EXCEPTIONS.get(status, TransportError)(
                 status, error.get("type", "error") if isinstance(error, dict) else str(error), {index: error}
             )
-    return [_counted(answer) for answer in answers]
+    return [_counted(answer, index) for index, answer in zip(indices, answers, strict=True)]
 
 
 def inventory(client: OpenSearch, ssm, settings: StackSettings, catalog: Catalog) -> Inventory:
