@@ -156,6 +156,34 @@ def test_tampered_object_is_refused_and_republish_repairs_it(s3, make_settings, 
     assert artifacts.artifact_status(s3, bucket, entry)["sha256_ok"]
 
 
+def test_a_checksumless_object_overwritten_between_head_and_read_names_the_version_it_hashed(
+    s3, make_settings, catalog, monkeypatch
+):
+    """An object uploaded without a checksum is verified by hashing its bytes. If the key is
+    overwritten between the HEAD and the read, the VersionId returned is that of the bytes hashed
+    (the read is pinned to the HEAD's ETag and looked at again), never the HEAD's of other bytes."""
+    settings = make_settings()
+    bucket, entry = settings.artifacts.bucket, catalog.get("v1")
+    artifacts.ensure_bucket(s3, bucket)
+    claim = {"sha256": entry.artifact_sha256}
+    tampered = s3.put_object(
+        Bucket=bucket, Key=entry.artifact_key, Body=model.build_artifact(model.SPECS["v2"]), Metadata=claim
+    )["VersionId"]
+    right: list[str] = []
+    head = s3.head_object
+
+    def head_then_overwrite(**kwargs):
+        headed = head(**kwargs)
+        if not right:  # the right bytes land right after the first HEAD saw the tampered ones
+            body = artifacts.verified_build(entry)
+            right.append(s3.put_object(Bucket=bucket, Key=entry.artifact_key, Body=body, Metadata=claim)["VersionId"])
+        return headed
+
+    monkeypatch.setattr(s3, "head_object", head_then_overwrite)
+    found = artifacts.published_version(s3, bucket, entry)
+    assert found == right[0] and found != tampered
+
+
 def test_a_model_is_loaded_once_per_object_version_never_from_memory_for_a_changed_object(s3, make_settings, catalog):
     settings = make_settings()
     bucket, entry = settings.artifacts.bucket, catalog.get("v1")

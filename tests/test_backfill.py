@@ -12,7 +12,7 @@ import pytest
 
 from lockstep.errors import UsageError
 from lockstep.models import hashgram
-from lockstep.ops import index, reembed
+from lockstep.ops import clients, index, live_state, reembed
 from lockstep.ops.backfill import core
 from lockstep.ops.corpus import Document
 
@@ -212,7 +212,8 @@ def test_a_re_run_after_a_killed_load_sees_what_that_load_wrote(make_settings, o
 
 def test_a_large_catch_up_of_an_index_serving_reads_keeps_its_replicas(make_settings, opensearch, catalog):
     """More than half the corpus changed: a standby index is loaded in bulk mode (no replicas, no
-    refresh); an index an alias serves reads from keeps both — a node lost mid-load must not take it."""
+    refresh); an index an alias or the live pointer names keeps both — readers search it, and a node
+    lost mid-load must not take it."""
     settings = make_settings()
     entry, name = catalog.get("v1"), settings.opensearch.index_name("v1")
     embedder = hashgram.load_artifact(hashgram.build_artifact(hashgram.SPECS["v1"]))
@@ -229,6 +230,12 @@ def test_a_large_catch_up_of_an_index_serving_reads_keeps_its_replicas(make_sett
     rewritten = [Document(d.id, d.text + " (regenerated)") for d in documents]
     assert core.run(opensearch, settings, entry, Watching(rewritten, embedder, opensearch)).embedded == 20
     opensearch.indices.delete_alias(index=name, name=settings.opensearch.alias_name)
+    # The alias moved on but the pointer could not follow: readers still search this index by name.
+    ssm = clients.aws_for(settings, "ssm")
+    live_state.write_pointer(ssm, settings.pointer_name, live_state.Pointer("v1", "blue", name, entry.artifact_sha256))
+    named = [Document(d.id, d.text + " (named)") for d in documents]
+    core.run(opensearch, settings, entry, Watching(named, embedder, opensearch))
+    ssm.delete_parameter(Name=settings.pointer_name)
     again = [Document(d.id, d.text + " (again)") for d in documents]
     core.run(opensearch, settings, entry, Watching(again, embedder, opensearch))
-    assert seen == [False, True]
+    assert seen == [False, False, True]

@@ -241,8 +241,13 @@ def published_version(s3, bucket: str, entry: CatalogEntry) -> str | None:
     checksum = head.get("ChecksumSHA256")
     if checksum is not None:
         same = checksum == _b64_sha256(entry.artifact_sha256)
-    else:  # uploaded without a checksum (not by us): only the bytes can tell
-        body = s3.get_object(Bucket=bucket, Key=entry.artifact_key)["Body"].read()
+    else:  # uploaded without a checksum (not by us): only the bytes can tell — those of the version headed
+        try:
+            body = s3.get_object(Bucket=bucket, Key=entry.artifact_key, IfMatch=head["ETag"])["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+                raise
+            return published_version(s3, bucket, entry)  # overwritten since the HEAD: look again
         same = models.sha256_of(body) == entry.artifact_sha256
     return head.get("VersionId", "null") if same else None
 

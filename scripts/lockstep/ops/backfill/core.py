@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from botocore.exceptions import BotoCoreError, ClientError
 from opensearchpy import OpenSearch
 
 from lockstep.config import CatalogEntry, StackSettings
-from lockstep.ops import clients, index, reembed
+from lockstep.errors import LockstepError
+from lockstep.ops import clients, index, live_state, reembed
 
 
 class Engine(Protocol):
@@ -88,8 +90,10 @@ def run(
         todo = plan.missing + plan.changed
         if not created and (todo or plan.deleted):  # a write that does not finish leaves no claim behind
             index.clear_synced(client, name)
-        # Bulk mode drops the replicas: only for an index no alias serves reads from.
-        full_load = bool(todo) and (created or (len(todo) > len(documents) // 2 and not index.aliased(client, name)))
+        # Bulk mode drops the replicas: only for an index nothing serves reads from.
+        full_load = bool(todo) and (
+            created or (len(todo) > len(documents) // 2 and not _serves_reads(client, settings, name))
+        )
         if full_load:
             index.set_bulk_mode(client, name, True, settings)
         try:
@@ -102,3 +106,18 @@ def run(
         if corpus_etag:
             index.mark_synced(client, name, corpus_etag, len(documents))
     return BackfillResult(entry.version, name, created, embedded, deleted, time.monotonic() - started, len(documents))
+
+
+def _serves_reads(client: OpenSearch, settings: StackSettings, name: str) -> bool:
+    """An alias names the index, or the live pointer does (`lockstep.reader` searches the pointer's
+    index by name, with or without an alias on it: after a cutover whose pointer could not follow,
+    the old index has no alias and still answers). A pointer that cannot be read counts as naming
+    it: bulk mode is only a speed-up, a partial index under readers is a wrong answer."""
+    if index.aliased(client, name):
+        return True
+    try:
+        with clients.reaching_aws(settings, "SSM"):
+            pointer = live_state.read_pointer(clients.aws_for(settings, "ssm"), settings.pointer_name)
+    except (LockstepError, ClientError, BotoCoreError):
+        return True
+    return pointer is not None and pointer.index == name
