@@ -311,6 +311,37 @@ def test_artifact_bytes_changed_in_s3_fail_artifact(stack, s3, catalog):
         artifacts.publish_artifact(s3, stack.settings, entry)
 
 
+@pytest.mark.parametrize(
+    "rule, threat",
+    [
+        ({"Filter": {"Prefix": ""}, "Expiration": {"Days": 30}}, "expires every object after 30 days"),
+        (
+            {"Filter": {"Prefix": "models/"}, "Transitions": [{"Days": 90, "StorageClass": "GLACIER"}]},
+            "archives models/ to GLACIER",
+        ),
+        ({"Filter": {"Prefix": "checks/"}, "Expiration": {"Days": 30}}, None),
+        ({"Filter": {"Prefix": "models/"}, "NoncurrentVersionExpiration": {"NoncurrentDays": 30}}, None),
+    ],
+    ids=["expires-all", "archives-models", "other-prefix", "noncurrent-only"],
+)
+def test_a_lifecycle_rule_that_would_expire_or_archive_artifacts_fails_artifact(stack, s3, rule, threat):
+    """The pin's artifact is there today, but a lifecycle rule (an org default, a hand-made cost
+    rule) would expire it or move it to an archive class: the rollback that needs it months later
+    would find nothing (or wait hours). The rule is reported, never changed."""
+    bucket = stack.settings.artifacts.bucket
+    configuration = {"Rules": [{"ID": "cost", "Status": "Enabled", **rule}]}
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=configuration)
+    try:
+        artifact = by_name(run_check(stack))["artifact"]
+    finally:
+        s3.delete_bucket_lifecycle(Bucket=bucket)
+    if threat is None:
+        assert artifact.passed, artifact.observed
+    else:
+        assert not artifact.passed and artifact.observed == f"sha256 ok; lifecycle rule cost {threat}"
+        assert artifact.fix.startswith(f"exclude models/ of bucket {bucket} from its lifecycle rules")
+
+
 def test_a_fifth_of_vectors_from_the_same_dimension_model_fail_only_probe_and_recall(stack, opensearch):
     """The silent case: v2 vectors (same dimension) under `model_version: v1`. Nothing counts them
     as foreign; only re-embedding through the live endpoint and the golden recall can tell."""

@@ -397,6 +397,40 @@ def verify_model(s3, bucket: str, entry: CatalogEntry) -> None:
     _TRUTHFUL.add(entry)
 
 
+ARTIFACT_PREFIX = "models/"
+ARCHIVED = frozenset({"GLACIER", "DEEP_ARCHIVE"})  # readable only after a restore: a rollback would wait hours
+
+
+def lifecycle_threats(s3, bucket: str, prefix: str = ARTIFACT_PREFIX) -> list[str]:
+    """The bucket's enabled lifecycle rules that would expire or archive objects under `prefix`,
+    one phrase each. Versioning keeps an expired object only as a noncurrent version, which other
+    rules delete: a retained rollback artifact would be gone (or hours away) when it is needed.
+    Read only: a team's rule is theirs to change. A rule filtered by tag or size may cover an
+    artifact, so it counts."""
+    with reaching("S3", s3_endpoint(s3)):
+        try:
+            rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+                return []
+            raise
+    threats = []
+    for rule in rules:
+        scope = rule.get("Filter", {})
+        start = rule.get("Prefix", scope.get("Prefix", scope.get("And", {}).get("Prefix", "")))
+        if rule.get("Status") != "Enabled" or not (prefix.startswith(start) or start.startswith(prefix)):
+            continue
+        name = f"lifecycle rule {rule.get('ID') or '(no ID)'}"
+        expiration = rule.get("Expiration", {})
+        if "Days" in expiration or "Date" in expiration:
+            when = f"after {expiration['Days']} days" if "Days" in expiration else f"on {expiration['Date']}"
+            threats.append(f"{name} expires {start or 'every object'} {when}")
+        archived = sorted({t["StorageClass"] for t in rule.get("Transitions", []) if t.get("StorageClass") in ARCHIVED})
+        if archived:
+            threats.append(f"{name} archives {start or 'every object'} to {'/'.join(archived)}")
+    return threats
+
+
 def artifact_status(s3, bucket: str, entry: CatalogEntry) -> dict:
     """For the consistency check: does the object exist, and do its bytes hash to the catalog's sha256?"""
     status = {

@@ -290,18 +290,25 @@ def check_pointer(r: Reading) -> Check:
 
 
 def check_artifact(r: Reading) -> Check:
-    """The artifact object exists and its bytes hash to the catalog's sha256."""
+    """The artifact object exists, its bytes hash to the catalog's sha256, and no lifecycle rule of
+    the bucket expires or archives artifacts (the one a later rollback needs would be gone)."""
+    bucket = r.settings.artifacts.bucket
     with r.aws("S3"):
-        status = artifacts.artifact_status(r.s3, r.settings.artifacts.bucket, r.entry)
+        status = artifacts.artifact_status(r.s3, bucket, r.entry)
+        threats = artifacts.lifecycle_threats(r.s3, bucket) if status.get("exists") else []
     observed = (
         "missing" if not status.get("exists") else ("sha256 ok" if status.get("sha256_ok") else "sha256 MISMATCH")
     )
+    fix = "restore the artifact object (the bucket is versioned) or publish it again"
+    if threats:
+        observed += "; " + "; ".join(threats)
+        fix = f"exclude {artifacts.ARTIFACT_PREFIX} of bucket {bucket} from its lifecycle rules: artifacts must outlive their pins"
     return Check(
         "artifact",
-        bool(status.get("exists") and status.get("sha256_ok")),
+        bool(status.get("exists") and status.get("sha256_ok")) and not threats,
         observed,
-        f"sha256 {r.entry.artifact_sha256[:12]}…",
-        "restore the artifact object (the bucket is versioned) or publish it again",
+        f"sha256 {r.entry.artifact_sha256[:12]}…, kept",
+        fix,
     )
 
 
