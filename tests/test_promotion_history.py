@@ -48,22 +48,26 @@ def test_a_refused_gate_registers_nothing_of_the_release():
     assert mocks.resources == {}
 
 
-def test_verified_versions_are_every_pin_a_passing_record_names(servers, make_settings):
+def test_verified_versions_are_every_pin_a_passing_record_of_the_catalogs_bytes_names(servers, make_settings, catalog):
     from lockstep.ops import artifacts, clients
 
     settings = make_settings()
     artifacts.ensure_bucket(clients.aws("s3"), settings.artifacts.bucket)
-    assert promote.verified_versions(settings) == []
+    assert promote.verified_versions(settings, catalog) == []
 
-    def record(pin: str, passed: bool, at: str) -> None:
+    def record(pin: str, passed: bool, at: str, sha: str | None = None) -> None:
         checks = [check.Check("alias", passed, "docs-x", "docs-x")]
-        check.store(check.CheckRecord(settings.stack, pin, "0" * 64, at, at, "test", checks), settings)
+        sha = sha or catalog.get(pin).artifact_sha256
+        check.store(check.CheckRecord(settings.stack, pin, sha, at, at, "test", checks), settings)
 
     record("v1", True, "2026-11-01T10:00:00Z")
     record("v2", False, "2026-11-02T10:00:00Z")
     record("v3", True, "2026-11-03T10:00:00Z")
     record("v3", False, "2026-11-04T10:00:00Z")  # a later failure does not unverify what passed
-    assert promote.verified_versions(settings) == ["v1", "v3"]
+    record("v4", True, "2026-11-05T10:00:00Z", sha="0" * 64)  # bytes the catalog no longer names for v4
+    assert promote.verified_versions(settings, catalog) == ["v1", "v3"]
+    # autoRevert's candidates: a pin whose newest record failed (v3) is not one.
+    assert promote.passed_newest_first(settings, catalog, newest_only=True) == ["v1"]
 
 
 def test_a_check_that_began_earlier_and_finished_later_does_not_replace_the_latest(servers, make_settings):
@@ -89,7 +93,7 @@ def test_a_check_that_began_earlier_and_finished_later_does_not_replace_the_late
     assert check.CheckRecord.parse(stored, kept) == earlier
 
 
-def test_a_record_a_newer_lockstep_wrote_is_read_and_one_that_is_no_record_is_one_line(servers, make_settings):
+def test_a_record_a_newer_lockstep_wrote_is_read_and_one_that_is_no_record_is_one_line(servers, make_settings, catalog):
     """Stacks are checked and promoted by different lockstep versions (CI runners, a team's laptop):
     fields this one does not know are left out, not a TypeError; a record that is not one (not JSON,
     fields missing) is one line naming it and the fix, not a traceback."""
@@ -102,15 +106,16 @@ def test_a_record_a_newer_lockstep_wrote_is_read_and_one_that_is_no_record_is_on
     s3 = clients.aws("s3")
     artifacts.ensure_bucket(s3, settings.artifacts.bucket)
     at = "2026-12-01T10:00:00Z"
-    newer = check.CheckRecord(settings.stack, "v2", "0" * 64, at, at, "9.9", [check.Check("alias", True, "a", "a")])
+    sha = catalog.get("v2").artifact_sha256
+    newer = check.CheckRecord(settings.stack, "v2", sha, at, at, "9.9", [check.Check("alias", True, "a", "a")])
     data = {**newer.to_dict(), "signed_by": "ci"}
     data["checks"][0]["took_ms"] = 12
     key = f"{check.RECORD_PREFIX}/{settings.stack}/20261201T100000Z-v2.json"
     for name in (key, f"{check.RECORD_PREFIX}/{settings.stack}/latest.json"):
         s3.put_object(Bucket=settings.artifacts.bucket, Key=name, Body=json.dumps(data).encode())
     assert check.latest(settings) == newer
-    assert promote.verified_versions(settings) == ["v2"]
+    assert promote.verified_versions(settings, catalog) == ["v2"]
 
     s3.put_object(Bucket=settings.artifacts.bucket, Key=key, Body=b"<html>not a record</html>")
     with pytest.raises(IntegrityError, match=rf"^check record s3://\S+/{key} is not one this lockstep can read"):
-        promote.verified_versions(settings)
+        promote.verified_versions(settings, catalog)

@@ -84,7 +84,7 @@ class CheckHandler(Handler):
     def create(self, urn: str, news: dict) -> tuple[str, dict]:
         settings, catalog = self.settings_of(news), catalog_of(news)
         outcome = check.evaluate(settings, catalog)  # stores the record (not when uncheckable)
-        verified = promote.verified_versions(settings) if outcome.exit_code == 0 else []
+        verified = promote.verified_versions(settings, catalog) if outcome.exit_code == 0 else []
         if outcome.record is None:
             raise CheckFailed(f"could not check stack {settings.stack} (exit {outcome.exit_code}): {outcome.reason}")
         record = outcome.record

@@ -608,11 +608,14 @@ class Revert:
 
 def revert_target(env: Environment, catalog: Catalog, corpus: Corpus, failed: check.CheckRecord) -> Revert:
     """autoRevert's decision, shared by `lockstep apply` and `lockstep up`: the last version whose
-    check passed, only when it is the warm standby (its slot serves it) and its index is synced
-    with the corpus (`to_version` set), else why not. Never reverts into an index that lags the corpus."""
+    newest check passed (on the catalog's bytes), only when it is the warm standby (its slot serves
+    it) and its index is synced with the corpus (`to_version` set), else why not. Never reverts into
+    an index that lags the corpus."""
     settings = env.settings
     revert = Revert(settings.stack, failed)
-    target = next((v for v in promote.passed_newest_first(settings) if v != failed.pin), None)
+    target = next(
+        (v for v in promote.passed_newest_first(settings, catalog, newest_only=True) if v != failed.pin), None
+    )
     if target is None or target != settings.standby:
         revert.why = f"the last version whose check passed ({target or 'none'}) is not the standby {settings.standby}"
         return revert

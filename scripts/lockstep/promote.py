@@ -48,19 +48,26 @@ class Promotion:
         )
 
 
-def verified_versions(settings: config.StackSettings) -> list[str]:
-    """Every version this stack ever proved consistent: the pins of its passing check records
-    (s3://<artifacts>/checks/<stack>/), so a stack promoted from it may stay on, or return to, a
-    version it has since moved past."""
-    return sorted(passed_newest_first(settings))
+def verified_versions(settings: config.StackSettings, catalog: config.Catalog) -> list[str]:
+    """Every version this stack ever proved consistent with the bytes the catalog names for it: the
+    pins of its passing check records (s3://<artifacts>/checks/<stack>/), so a stack promoted from
+    it may stay on, or return to, a version it has since moved past."""
+    return sorted(passed_newest_first(settings, catalog))
 
 
-def passed_newest_first(settings: config.StackSettings) -> list[str]:
-    """The pins of the stack's passing check records, the most recently verified first. Each pin's
-    records are read newest first until one passed."""
+def passed_newest_first(
+    settings: config.StackSettings, catalog: config.Catalog, *, newest_only: bool = False
+) -> list[str]:
+    """The pins of the stack's passing check records, the most recently verified first. A record
+    counts only for the artifact the catalog names for its pin now (a version whose sha256 was
+    edited since was never checked with those bytes). Each pin's records are read newest first
+    until one passed; with `newest_only` a pin's newest record decides alone (autoRevert does not
+    flip back to a version whose last check failed)."""
+    shas = {entry.version: entry.artifact_sha256 for entry in catalog.versions}
     s3 = clients.aws_for(settings, "s3")
     prefix = f"{check.RECORD_PREFIX}/{settings.stack}/"
     verified: list[str] = []
+    decided: set[str] = set()
     with clients.reaching_aws(settings, "S3"):
         try:
             pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.artifacts.bucket, Prefix=prefix)
@@ -69,12 +76,17 @@ def passed_newest_first(settings: config.StackSettings) -> list[str]:
             return []
         for key in reversed(keys):  # newest first (keys are timestamped)
             pin = key.removeprefix(prefix).removesuffix(".json").partition("-")[2]
-            if not pin or pin in verified:  # latest.json has no pin in its name
+            if not pin or pin in decided or pin not in shas:  # latest.json has no pin in its name
                 continue
             body = s3.get_object(Bucket=settings.artifacts.bucket, Key=key)["Body"].read()
             record = check.CheckRecord.parse(body, f"s3://{settings.artifacts.bucket}/{key}")
-            if record.passed and record.pin == pin:
+            if record.pin != pin:
+                continue
+            proved = record.passed and record.artifact_sha256 == shas[pin]
+            if proved:
                 verified.append(pin)
+            if proved or newest_only:
+                decided.add(pin)
     return verified
 
 
