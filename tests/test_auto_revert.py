@@ -60,7 +60,7 @@ def test_auto_revert_flips_back_after_a_contaminated_cutover(servers, scratch_st
     assert "the check of v2 failed (foreign-versions" in summary and "Flipped back to v1" in summary
     assert f"`lockstep pin --stack {stack} v1`" in summary and len(summary.splitlines()) <= 10
     # Both outcomes are recorded: the failed v2 check and the passing v1 check after the flip.
-    assert promote.passed_newest_first(settings) == ["v1"]
+    assert promote.passed_newest_first(settings, catalog, newest_only=True) == ["v1"]
     assert config.load_stack(stack, stacks).pin == "v2"  # the stack file is the team's to change
     assert "Both check records are stored" in summary
 
@@ -81,7 +81,7 @@ def test_auto_revert_flips_back_after_a_contaminated_cutover(servers, scratch_st
     endpoints.stop_local_slots(settings)
 
 
-def test_auto_revert_never_flips_into_a_version_that_is_not_the_standby(servers, scratch_stack, catalog):
+def test_auto_revert_never_flips_into_a_version_that_is_not_the_standby(servers, scratch_stack, catalog, monkeypatch):
     stacks, stack = scratch_stack(corpus={"size": SIZE}, slots={"blue": "v1", "green": None}, autoRevert=True)
     assert orchestrator.apply(
         config.load_stack(stack, stacks), catalog, progress=False, say=lambda _: None
@@ -102,4 +102,18 @@ def test_auto_revert_never_flips_into_a_version_that_is_not_the_standby(servers,
     assert up.revert_after_failed_check(settings, catalog, stack_file, since="9999-01-01T00:00:00Z") is None
     acted = up.revert_after_failed_check(settings, catalog, stack_file, since=result.record.started_at)
     assert acted is not None and acted.failed.pin == "v2" and acted.to_version is None
+
+    # The update back to v1 fails before its cutover (a slot not serving, a guard): v2 is still live,
+    # and the summary says "Not reverted", never "Flipped back to v1 … Live is v1".
+    def decided(env, catalog_, corpus, failed):
+        return orchestrator.Revert(stack, failed, "v1", "v1 passed")
+
+    def refused(*args, **kwargs):
+        raise up.EngineFailed("the standby slot is not serving")
+
+    monkeypatch.setattr(orchestrator, "revert_target", decided)
+    monkeypatch.setattr(up, "run", refused)
+    kept = up.revert_after_failed_check(settings, catalog, stack_file, since=result.record.started_at)
+    assert kept.to_version is None and kept.why == "the update back to v1 failed (the standby slot is not serving)"
+    assert "Flipped back" not in kept.summary() and "v2 is live and inconsistent" in kept.summary()
     endpoints.stop_local_slots(settings)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lockstep import engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +92,61 @@ def test_a_build_that_cannot_run_is_one_line_and_engine_raises_it(tmp_path):
     env = {**os.environ, "LOCKSTEP_ENGINE_CACHE": str(tmp_path), "LOCKSTEP_ENGINE_FAILED": "1"}
     raised = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
     assert raised.stdout == proc.stderr
+
+
+def test_a_backend_that_cannot_list_stacks_is_bad_input_before_anything_runs(tmp_path, monkeypatch):
+    """`lockstep up` with a wrong PULUMI_BACKEND_URL or no login: `pulumi stack ls` fails, and that is
+    one line naming it (exit 2), not a later `pulumi up` failure reported as a failed update."""
+    import yaml
+
+    from lockstep import config, up
+    from lockstep.errors import UsageError
+
+    fake = tmp_path / "pulumi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "error: PULUMI_ACCESS_TOKEN must be set for login during non-interactive CLI sessions" >&2\n'
+        "exit 255\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(up, "the_engine", lambda: engine.Engine(fake, fake, fake))
+    settings = config.load_stack("local")
+    stack_file = tmp_path / "Pulumi.local.yaml"
+    stack_file.write_text(yaml.safe_dump({"config": {"lockstep:pin": settings.pin}}))
+    with pytest.raises(UsageError) as refused:
+        up.run(settings, stack_file)
+    assert str(refused.value) == (
+        "pulumi stack ls failed (PULUMI_ACCESS_TOKEN must be set for login during non-interactive CLI sessions); "
+        "check PULUMI_BACKEND_URL or `pulumi login`"
+    )
+
+
+def test_the_passphrase_salt_moves_whole_into_a_stack_file_without_a_last_newline(tmp_path, monkeypatch):
+    """A stack file kept outside the repository (LOCKSTEP_STACKS_DIR) whose last line has no newline:
+    the salt `pulumi stack init` wrote goes in on its own line (it was glued to the last line), and
+    the file Pulumi wrote is removed only once the salt is in."""
+    import uuid
+
+    import yaml
+
+    from lockstep import up
+
+    stack = f"tsalt{uuid.uuid4().hex[:8]}"
+    stack_file = tmp_path / f"Pulumi.{stack}.yaml"
+    stack_file.write_text("config:\n  lockstep:pin: v1")
+    written = up.ROOT / "stacks" / stack_file.name
+
+    def stack_init(args, env, say):
+        written.write_text("encryptionsalt: v1:c2FsdA==:v1:abc\n")
+        return 0, "", None
+
+    monkeypatch.setattr(up, "pulumi", stack_init)
+    try:
+        up.create_stack(stack, stack_file, {}, lambda _: None)
+        assert yaml.safe_load(stack_file.read_text()) == {
+            "config": {"lockstep:pin": "v1"},
+            "encryptionsalt": "v1:c2FsdA==:v1:abc",
+        }
+        assert not written.exists()
+    finally:
+        written.unlink(missing_ok=True)

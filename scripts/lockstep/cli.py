@@ -381,9 +381,14 @@ def up_command(stack: str, preview: bool) -> None:
         steps = up.run(settings, stack_file, preview=preview, say=say)
     except up.EngineFailed as failed:
         auto_revert = settings.auto_revert and not preview
-        revert = (
-            up.revert_after_failed_check(settings, catalog, stack_file, say, since=started) if auto_revert else None
-        )
+        try:
+            revert = (
+                up.revert_after_failed_check(settings, catalog, stack_file, say, since=started) if auto_revert else None
+            )
+        except LockstepError as exc:  # the update's failure stays the news, and its exit
+            click.echo(f"lockstep: {failed}", err=True)
+            click.echo(f"lockstep: autoRevert did not run: {exc}", err=True)
+            sys.exit(1)
         if revert is None:
             raise
         click.echo(f"lockstep: {failed}", err=True)

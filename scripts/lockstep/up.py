@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -176,7 +177,10 @@ def run(settings: StackSettings, stack_file: Path, preview: bool = False, say: C
         capture_output=True,
         text=True,
     )
-    if listed.returncode == 0 and settings.stack not in {s["name"] for s in json.loads(listed.stdout or "[]")}:
+    if listed.returncode != 0:  # not logged in, a wrong PULUMI_BACKEND_URL: nothing ran
+        said = error_lines(listed.stderr)[0]
+        raise UsageError(f"pulumi stack ls failed ({said}); check PULUMI_BACKEND_URL or `pulumi login`")
+    if settings.stack not in {s["name"] for s in json.loads(listed.stdout or "[]")}:
         create_stack(settings.stack, stack_file, env, say)
     verb = ["preview", "--diff"] if preview else ["up", "--yes", "--skip-preview"]
     status, output, steps = pulumi([*verb, *stack, "--config-file", str(stack_file)], env, say)
@@ -198,10 +202,24 @@ def create_stack(stack: str, stack_file: Path, env: dict[str, str], say: Callabl
     if written.resolve() == stack_file.resolve() or not created_here or not written.exists():
         return
     salt = (yaml.safe_load(written.read_text()) or {}).get("encryptionsalt")
-    written.unlink()
-    if salt and "encryptionsalt" not in (yaml.safe_load(stack_file.read_text()) or {}):
-        with stack_file.open("a", encoding="utf-8") as handle:
-            handle.write(f"encryptionsalt: {salt}\n")
+    text = stack_file.read_text(encoding="utf-8")
+    if salt and "encryptionsalt" not in (yaml.safe_load(text) or {}):
+        ending = "" if not text or text.endswith("\n") else "\n"  # a last line without its newline stays whole
+        fd, partial = tempfile.mkstemp(dir=stack_file.parent, prefix=f".{stack_file.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{text}{ending}encryptionsalt: {salt}\n")
+        os.chmod(partial, stat.S_IMODE(stack_file.stat().st_mode))
+        os.replace(partial, stack_file)
+    written.unlink()  # only once the salt is in the stack file
+
+
+def _live_version(settings: StackSettings) -> str | None:
+    """The version the stack's live pointer names (what readers and the check see as live)."""
+    from lockstep.ops import clients, live_state
+
+    with clients.reaching_aws(settings, "SSM"):
+        pointer = live_state.read_pointer(clients.aws_for(settings, "ssm"), settings.pointer_name)
+    return pointer.version if pointer else None
 
 
 def copy_with_pin(stack_file: Path, directory: Path, pin: str) -> Path:
@@ -242,6 +260,9 @@ def revert_after_failed_check(
         try:
             run(back, copy, say=say)
         except EngineFailed as exc:
+            if _live_version(back) != back.pin:  # it failed before its cutover: nothing flipped back
+                revert.to_version, revert.why = None, f"the update back to {back.pin} failed ({exc})"
+                return revert
             revert.why += f"; the second update failed: {exc}"
     latest = check.latest(back)
     revert.record = latest if latest is not None and latest.pin == back.pin and latest.started_at >= since else None
