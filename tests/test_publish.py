@@ -177,3 +177,46 @@ def test_publishing_to_an_aws_stack_never_lands_in_the_embedded_moto(servers, sc
     assert os.environ["AWS_ENDPOINT_URL"] not in lines[0], lines
     assert objects(moto, bucket) == []
     assert (stacks / "catalog.yaml").read_text() == before
+
+
+def test_publishing_to_a_bucket_that_does_not_exist_is_one_line(servers, scratch_stack, team_model):
+    """An AWS stack before its first `pulumi up` (or a mistyped bucket): one line naming the bucket,
+    exit 2, the catalog unchanged (it was a NoSuchBucket traceback)."""
+    stacks, stack = scratch_stack(
+        endpoints={"backend": "sagemaker", "imageUri": IMAGE},
+        opensearch={"url": os.environ["OPENSEARCH_URL"]},
+    )
+    bucket = config.load_stack(stack, stacks).artifacts.bucket
+    before = (stacks / "catalog.yaml").read_text()
+    result = lockstep("publish", "--stack", stack, str(team_model), "team-1")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"lockstep: artifact bucket {bucket} does not exist; deploy the stack first (`pulumi up` creates it) "
+        "or fix lockstep:artifacts.bucket; nothing was uploaded"
+    ]
+    assert (stacks / "catalog.yaml").read_text() == before
+
+
+def test_a_catalog_changed_while_uploading_is_not_overwritten(servers, scratch_stack, team_model, monkeypatch):
+    """Two publishes at once: the catalog written by the other one while this one uploaded is kept
+    (this one says so and asks to run again), never replaced by a text made before it."""
+    from lockstep import publish
+    from lockstep.errors import UsageError
+    from lockstep.ops import artifacts
+
+    stacks, stack = scratch_stack()
+    catalog_file = stacks / "catalog.yaml"
+    upload = artifacts.upload_artifact
+
+    def upload_while_another_publish_writes(*args, **kwargs):
+        version = upload(*args, **kwargs)
+        catalog_file.write_text(catalog_file.read_text() + "# another publish was here\n")
+        return version
+
+    monkeypatch.setattr(artifacts, "upload_artifact", upload_while_another_publish_writes)
+    settings, catalog = config.load_stack(stack, stacks), config.load_catalog(stacks)
+    with pytest.raises(UsageError, match="changed while this publish uploaded"):
+        publish.publish(settings, catalog, stacks, team_model, "team-1", dimension=128)
+    assert catalog_file.read_text().endswith("# another publish was here\n")
+    assert "team-1" not in config.load_catalog(stacks).names

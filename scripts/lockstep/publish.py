@@ -9,6 +9,8 @@ comment-preserving edit. Every check runs before the first write: bad input chan
 
 from __future__ import annotations
 
+import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +100,20 @@ def catalog_with(stacks_dir: Path, version: str, fields: dict) -> str:
     return text
 
 
-def write_catalog(stacks_dir: Path, text: str) -> None:
+def write_catalog(stacks_dir: Path, text: str, read: str) -> None:
+    """Replace the catalog with `text` atomically (a temporary file of its own, the file's mode kept)
+    — unless it is no longer the `read` it was made from (another publish wrote meanwhile)."""
     path = stacks_dir / config.CATALOG_FILE
-    partial = path.with_suffix(".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    if path.read_text(encoding="utf-8") != read:
+        raise UsageError(
+            f"{path} changed while this publish uploaded (another publish?); the artifact is uploaded: "
+            "run the same `lockstep publish` again to add its entry"
+        )
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(partial, stat.S_IMODE(path.stat().st_mode))
+    os.replace(partial, path)
 
 
 def publish(
@@ -128,11 +139,12 @@ def publish(
     if description:
         fields["description"] = description
     entry, new = catalog_entry(catalog, version, dict(fields))
+    read = (stacks_dir / config.CATALOG_FILE).read_text(encoding="utf-8")
     catalog_text = catalog_with(stacks_dir, version, fields) if new else None  # before anything is uploaded
     s3 = clients.aws_for(settings, "s3")  # an AWS stack's bucket, never the embedded moto
     if settings.embedded:
         artifacts.ensure_bucket(s3, settings.artifacts.bucket)
     version_id = artifacts.upload_artifact(s3, settings.artifacts.bucket, entry, data)
     if catalog_text is not None:
-        write_catalog(stacks_dir, catalog_text)
+        write_catalog(stacks_dir, catalog_text, read)
     return Published(entry, version_id, new)

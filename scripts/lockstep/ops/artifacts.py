@@ -299,14 +299,22 @@ def upload_artifact(s3, bucket: str, entry: CatalogEntry, data: bytes) -> str:
         existing = published_version(s3, bucket, entry)
         if existing is not None:
             return existing
-        response = s3.put_object(
-            Bucket=bucket,
-            Key=entry.artifact_key,
-            Body=data,
-            ContentType="application/gzip",
-            Metadata={"sha256": actual, "model-version": entry.version},
-            ChecksumAlgorithm="SHA256",
-        )
+        try:
+            response = s3.put_object(
+                Bucket=bucket,
+                Key=entry.artifact_key,
+                Body=data,
+                ContentType="application/gzip",
+                Metadata={"sha256": actual, "model-version": entry.version},
+                ChecksumAlgorithm="SHA256",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                raise
+            raise UsageError(
+                f"artifact bucket {bucket} does not exist; deploy the stack first (`pulumi up` creates it) "
+                "or fix lockstep:artifacts.bucket; nothing was uploaded"
+            ) from None
     return response.get("VersionId", "null")
 
 
