@@ -95,6 +95,23 @@ def test_a_rotated_password_and_an_upgrade_that_adds_defaults_diff_no_resource()
     assert handler.diff(old_state, news).changes is False
 
 
+def test_an_aws_stacks_index_reads_aws_never_an_embedded_moto():
+    """The Index's delete guard reads the stack's pointer and kept slots through `settings_of`: on
+    an AWS stack that must be AWS's SSM, not a moto that happens to run on the deploying machine
+    (its empty pointer would let a retained index be dropped). The input is sent only when false,
+    and a state without it (an older lockstep's) gets it by a plain update, never a replace."""
+    settings, entry = settings_and_entry()
+    aws = settings.model_copy(update={"endpoints": settings.endpoints.model_copy(update={"backend": "sagemaker"})})
+    handler = IndexHandler()
+    embedded_inputs, aws_inputs = IndexArgs(settings, entry).inputs(), IndexArgs(aws, entry).inputs()
+    assert "embedded" not in embedded_inputs and aws_inputs["embedded"] is False
+    assert handler.settings_of(embedded_inputs).embedded is True
+    assert handler.settings_of(aws_inputs).embedded is False
+    older = {**embedded_inputs, STATE_VERSION_KEY: 1}
+    diff = handler.diff(older, aws_inputs)
+    assert diff.detailed == {"embedded": False} and diff.replaces == []
+
+
 def test_the_diff_names_each_changed_leaf_and_whether_it_replaces():
     settings, entry = settings_and_entry()
     state = {**IndexArgs(settings, entry).inputs(), STATE_VERSION_KEY: 1}

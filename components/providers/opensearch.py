@@ -124,6 +124,13 @@ class IndexHandler(Handler):
         "engine": Property("k-NN engine (lucene, faiss, nmslib)."),
         "docCount": Property("Documents in the index.", "integer", output_only=True),
         "meta": Property("The index mapping's _meta.", "any", output_only=True),
+        "embedded": Property(
+            "Whether the stack runs on the embedded servers (default). An AWS stack's index reads its pointer, "
+            "corpus and artifacts from AWS, never from an embedded moto that happens to run on the machine.",
+            "boolean",
+            optional=True,
+            default=True,
+        ),
     }
     REPLACE_ON = MAPPING_FIELDS
     ADOPTION = (
@@ -131,6 +138,15 @@ class IndexHandler(Handler):
         "already there is adopted as it is (caught up, not rebuilt)"
     )
     OBSERVED = frozenset({"docCount", "meta"})
+
+    def settings_of(self, props: dict) -> StackSettings:
+        """The stack's placement; `embedded: false` (an AWS stack) makes its AWS clients AWS's — the
+        delete guard then reads the stack's real pointer, not an embedded moto's empty one."""
+        settings = super().settings_of(props)
+        if props.get("embedded") is not False:
+            return settings
+        aws = settings.endpoints.model_copy(update={"backend": "sagemaker"})
+        return settings.model_copy(update={"endpoints": aws})
 
     def diff(self, olds: dict, news: dict) -> Diff:
         diff = super().diff(olds, news)

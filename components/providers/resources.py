@@ -91,6 +91,7 @@ class IndexArgs:
             **typed_inputs(IndexHandler, self.settings, entry),
             "index": search.index_name(entry.version),
             "engine": search.engine,
+            **({} if self.settings.embedded else {"embedded": False}),  # the default is not sent
         }
 
 
