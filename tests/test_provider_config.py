@@ -112,6 +112,21 @@ def test_an_aws_stacks_index_reads_aws_never_an_embedded_moto():
     assert diff.detailed == {"embedded": False} and diff.replaces == []
 
 
+def test_a_state_this_lockstep_refuses_is_one_line_not_a_traceback():
+    """Refresh, destroy and delete read a resource's recorded settings: a value an older lockstep
+    accepted and this one refuses is one line naming it (the engine showed a pydantic traceback)."""
+    from lockstep.errors import ConfigError
+
+    settings, entry = settings_and_entry()
+    state = IndexArgs(settings, entry).inputs()
+    state["opensearch"] = {**state.get("opensearch", {}), "shards": 0}
+    with pytest.raises(
+        ConfigError,
+        match=r"^lockstep:index:Index: its stack settings are not valid for this lockstep \(opensearch\.shards: ",
+    ):
+        IndexHandler().settings_of(state)
+
+
 def test_the_diff_names_each_changed_leaf_and_whether_it_replaces():
     settings, entry = settings_and_entry()
     state = {**IndexArgs(settings, entry).inputs(), STATE_VERSION_KEY: 1}
