@@ -127,6 +127,20 @@ def test_a_state_this_lockstep_refuses_is_one_line_not_a_traceback():
         IndexHandler().settings_of(state)
 
 
+def test_an_unknown_input_shows_the_replace_any_of_its_leaves_would_do():
+    """In a preview, `opensearch` may be unknown as a whole (its url an output of a domain being
+    replaced): the Index shows a replace (its mapping leaves replace), not an update that turns
+    into a delete-first replace at `up`; an unknown that nothing under replaces stays an update."""
+    from components.providers.base import UNKNOWN
+
+    settings, entry = settings_and_entry()
+    state = {**IndexArgs(settings, entry).inputs(), STATE_VERSION_KEY: 1}
+    handler = IndexHandler()
+    diff = handler.diff(state, {**state, "opensearch": {"url": UNKNOWN}})
+    assert diff.detailed == {"opensearch": True} and diff.replaces == ["opensearch"]
+    assert handler.diff(state, {**state, "backfill": UNKNOWN}).detailed == {"backfill": False}
+
+
 def test_the_diff_names_each_changed_leaf_and_whether_it_replaces():
     settings, entry = settings_and_entry()
     state = {**IndexArgs(settings, entry).inputs(), STATE_VERSION_KEY: 1}

@@ -210,19 +210,25 @@ class Handler:
         """Each changed input leaf, and whether it replaces; defaults and retired inputs are no change."""
         olds = self.migrate(olds)
         changed: list[str] = []
+        unknown: set[str] = set()
         for name in self.input_names():
             old, new = olds.get(name), news.get(name)
             if has_unknown(new):
                 changed.append(name)
+                unknown.add(name)
             else:
                 changed += shapes.changed_paths(self._normalized(name, old), self._normalized(name, new), name)
-        detailed = {path: self.replaces(path) for path in changed}
+        detailed = {path: self.replaces(path, unknown=path in unknown) for path in changed}
         tops = list(dict.fromkeys(path.split(".")[0].split("[")[0] for path in changed))
         replaces = list(dict.fromkeys(p.split(".")[0].split("[")[0] for p, r in detailed.items() if r))
         return Diff(bool(changed), replaces, tops, detailed=detailed)
 
-    def replaces(self, path: str) -> bool:
-        return any(path == key or path.startswith(f"{key}.") or path.startswith(f"{key}[") for key in self.REPLACE_ON)
+    def replaces(self, path: str, unknown: bool = False) -> bool:
+        """Whether a change at `path` replaces the resource. A value not known until the update (a
+        preview's output of a resource being replaced) replaces when any leaf under it would: the
+        preview shows the replace the update may do, never an update that turns into one."""
+        under = any(path == key or path.startswith(f"{key}.") or path.startswith(f"{key}[") for key in self.REPLACE_ON)
+        return under or (unknown and any(key.startswith(f"{path}.") for key in self.REPLACE_ON))
 
     # ------------------------------------------------------------------------------ operations
 
