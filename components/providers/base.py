@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from components.providers import shapes
 from lockstep.config import Catalog, CatalogEntry, DerivedStore, StackSettings, describe_validation_error
-from lockstep.errors import ConfigError, Unreachable
+from lockstep.errors import Unreachable
 from lockstep.ops import clients
 
 # What an older lockstep kept in a resource's inputs and this one no longer takes: the password,
@@ -181,13 +181,7 @@ class Handler:
         configured = clients.current()
         values.update({"region": configured.region, "awsProfile": configured.profile})
         values = {key: value for key, value in values.items() if value is not None}
-        try:
-            return StackSettings.model_validate(shapes.known_fields(StackSettings, values))
-        except ValidationError as exc:  # e.g. a state an older lockstep accepted and this one refuses
-            raise ConfigError(
-                f"{self.TOKEN}: its stack settings are not valid for this lockstep ({describe_validation_error(exc)}); "
-                "set a valid value in the stack's config and run `pulumi up`"
-            ) from None
+        return StackSettings.model_validate(shapes.known_fields(StackSettings, values))
 
     # -------------------------------------------------------------------------------- diff
 

@@ -30,6 +30,7 @@ from pulumi.provider.experimental.server import ProviderServicer
 from pulumi.provider.provider import Provider as ComponentBase
 from pulumi.provider.server import ProviderServicer as ComponentServicer
 from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc, provider_pb2, provider_pb2_grpc
+from pydantic import ValidationError
 
 from components.providers.base import UNKNOWN, Handler
 from components.providers.check import CheckHandler
@@ -43,7 +44,7 @@ from components.providers.embedded import (
 )
 from components.providers.opensearch import CutoverHandler, IndexHandler
 from components.providers.shapes import object_types
-from lockstep.config import Catalog, DerivedStore
+from lockstep.config import Catalog, DerivedStore, describe_validation_error
 from lockstep.errors import LockstepError
 from lockstep.ops import clients
 
@@ -257,6 +258,11 @@ class LockstepProvider(api.Provider):
             return await asyncio.to_thread(call, *args)
         except LockstepError as exc:
             raise RuntimeError(f"{MESSAGE_PREFIX}{exc}") from None
+        except ValidationError as exc:  # recorded settings an older lockstep accepted and this one refuses
+            raise RuntimeError(
+                f"{MESSAGE_PREFIX}the resource's recorded settings are not valid for this lockstep "
+                f"({describe_validation_error(exc)}); set a valid value in the stack's config and run `pulumi up`"
+            ) from None
 
     def warn(self, urn: str, message: str) -> None:
         """A warning the engine shows with the resource (what a delete kept, and why)."""

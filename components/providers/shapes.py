@@ -129,14 +129,28 @@ def normalized(annotation: Any, value: Any) -> Any:
     """A value as its model reads it, every default filled in; a value the model refuses as it is
     (check() names it)."""
     plain = _without_none(annotation)
-    try:
-        if _is_model(plain) and isinstance(value, dict):
+    if _is_model(plain) and isinstance(value, dict):
+        try:
             return plain.model_validate(known_fields(plain, value)).model_dump(by_alias=True, mode="json")
-        if typing.get_origin(plain) in (tuple, list) and isinstance(value, list):
-            return [normalized(_args(plain)[0], item) for item in value]
-    except ValueError:
-        return value
+        except ValueError:
+            return with_defaults(plain, value)
+    if typing.get_origin(plain) in (tuple, list) and isinstance(value, list):
+        return [normalized(_args(plain)[0], item) for item in value]
     return value
+
+
+def with_defaults(model: type[BaseModel], value: dict) -> dict:
+    """`value` with every field it lacks set to its default (nested models alike), not validated:
+    a value the model refuses now (an older lockstep's state) then differs from one it accepts
+    only where it really does, never in every default the older input left out."""
+    filled = dict(known_fields(model, value))
+    for name, field in model.model_fields.items():
+        key, annotation = field.alias or name, _without_none(field.annotation)
+        if key not in filled and not field.is_required():
+            filled[key] = dump_default(field)
+        elif key in filled and _is_model(annotation) and isinstance(filled[key], dict):
+            filled[key] = normalized(annotation, filled[key])
+    return filled
 
 
 def dump_default(field: FieldInfo) -> Any:
