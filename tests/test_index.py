@@ -94,6 +94,23 @@ def test_index_built_by_another_artifact_is_refused_by_key(opensearch, make_sett
     assert ix.read_meta(opensearch, settings.opensearch.index_name("v1"))["artifact_sha256"] == "0" * 64
 
 
+def test_a_cluster_at_its_shard_limit_is_named_not_blamed_on_the_prefix(opensearch, make_settings, catalog, cleanup):
+    """OpenSearch refuses a new index when the cluster is at its shard limit (a 400
+    validation_exception): the line says so and how to make room, not "fix opensearch.indexPrefix"."""
+    settings = make_settings(opensearch={"shards": 2})  # 2 shards: more than the limit, whatever else is open
+    limit = {"transient": {"cluster.max_shards_per_node": 1}}
+    opensearch.cluster.put_settings(body=limit)
+    try:
+        with pytest.raises(UsageError) as refused:
+            ix.ensure_index(opensearch, settings, catalog.get("v1"))
+    finally:
+        opensearch.cluster.put_settings(body={"transient": {"cluster.max_shards_per_node": None}})
+    message = str(refused.value)
+    assert "validation_exception" in message and "the cluster refused a new index" in message
+    assert "indexPrefix" not in message and "\n" not in message
+    assert ix.read_meta(opensearch, settings.opensearch.index_name("v1")) is None
+
+
 def test_strict_mapping_rejects_fields_outside_the_contract(opensearch, make_settings, catalog, cleanup):
     settings = make_settings()
     ix.ensure_index(opensearch, settings, catalog.get("v1"))

@@ -160,6 +160,14 @@ def built_for(
         )
 
 
+# What to do when OpenSearch refuses a new index, by its error type (else: the name or the mapping).
+CREATE_FIXES = {
+    "invalid_index_name_exception": "fix opensearch.indexPrefix",
+    "validation_exception": "the cluster refused a new index (e.g. its shard limit, cluster.max_shards_per_node): "
+    "free room by dropping unused indices or raise the limit, then run again",
+}
+
+
 def ensure_index(client: OpenSearch, settings: StackSettings, entry: CatalogEntry) -> bool:
     """Create the version's index; True if created, False if the right one already exists."""
     index = settings.opensearch.index_name(entry.version)
@@ -169,9 +177,9 @@ def ensure_index(client: OpenSearch, settings: StackSettings, entry: CatalogEntr
             return True
         except RequestError as exc:
             if exc.error != "resource_already_exists_exception":  # a racing creator is checked below
+                fix = CREATE_FIXES.get(exc.error, "fix opensearch.indexPrefix or the catalog entry")
                 raise UsageError(
-                    f"index {_short(index)}: OpenSearch rejected it ({describe_error(exc, index)}); "
-                    "fix opensearch.indexPrefix or the catalog entry"
+                    f"index {_short(index)}: OpenSearch rejected it ({describe_error(exc, index)}); {fix}"
                 ) from None
     verify_meta(client, settings, entry, corpus_moved_ok=True)  # the catch-up that follows brings it in line
     return False
