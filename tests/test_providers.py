@@ -263,6 +263,20 @@ def test_the_check_fails_on_an_inconsistent_system_naming_the_failed_checks(stac
     assert "alias" in message and "pointer" in message and "\n" not in message
 
 
+def test_a_passing_check_whose_record_could_not_be_stored_fails_as_could_not_check(stack, catalog, monkeypatch):
+    """The check passed, but its record could not be stored (exit 2): promotion could not read it,
+    so the deploy fails as "could not check", never as "inconsistent … failed checks" with none."""
+    passed = check.CheckRecord(stack.stack, "v1", "0" * 64, "t", "t", "test", [check.Check("alias", True, "a", "a")])
+    unstored = check.Outcome(passed, 2, "could not store the check record: S3 at http://127.0.0.1 is unreachable")
+    monkeypatch.setattr(check, "evaluate", lambda settings, catalog, **kwargs: unstored)
+    props = resolved(CheckArgs(stack, catalog, ["v1"]).inputs())
+    with pytest.raises(CheckFailed) as failed:
+        CheckHandler().create(URN, props)
+    assert str(failed.value) == (
+        f"could not check stack {stack.stack} (exit 2): could not store the check record: S3 at http://127.0.0.1 is unreachable"
+    )
+
+
 def test_the_checks_read_reports_drift_and_stores_no_record(stack, catalog):
     """A refresh only reads: the Check's read re-runs the check on what is live, shows the failure
     as its state, and leaves the record `lockstep promote` reads alone (a read-only principal can

@@ -85,7 +85,7 @@ class CheckHandler(Handler):
         settings, catalog = self.settings_of(news), catalog_of(news)
         outcome = check.evaluate(settings, catalog)  # stores the record (not when uncheckable)
         verified = promote.verified_versions(settings, catalog) if outcome.exit_code == 0 else []
-        if outcome.record is None:
+        if outcome.record is None or outcome.exit_code == 2:  # 2 with a record: it passed, and was not stored
             raise CheckFailed(f"could not check stack {settings.stack} (exit {outcome.exit_code}): {outcome.reason}")
         record = outcome.record
         failed = [c.name for c in record.failures]
