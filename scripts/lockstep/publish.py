@@ -9,8 +9,6 @@ comment-preserving edit. Every check runs before the first write: bad input chan
 
 from __future__ import annotations
 
-import os
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,11 +107,7 @@ def write_catalog(stacks_dir: Path, text: str, read: str) -> None:
             f"{path} changed while this publish uploaded (another publish?); the artifact is uploaded: "
             "run the same `lockstep publish` again to add its entry"
         )
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(partial, stat.S_IMODE(path.stat().st_mode))
-    os.replace(partial, path)
+    stackfile.replace_text(path, text)
 
 
 def publish(

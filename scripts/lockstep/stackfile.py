@@ -148,6 +148,12 @@ def write_validated(path: Path, text: str, stack: str, stacks_dir: Path, catalog
             raise ConfigError(
                 f"{path}: the change would make the stack invalid: {str(exc).split(': ', 1)[-1]}"
             ) from None
+    replace_text(path, text)
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Replace an existing file's text atomically (a temporary file of its own beside it, then a
+    rename), keeping the file's mode: a reader sees the old text or the new, never half."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from lockstep import config, engine, runtime
+from lockstep import config, engine, runtime, stackfile
 from lockstep.config import Catalog, StackSettings
 from lockstep.errors import LockstepError, UsageError
 from lockstep.ops.clients import PASSWORD_VARIABLE
@@ -205,11 +204,7 @@ def create_stack(stack: str, stack_file: Path, env: dict[str, str], say: Callabl
     text = stack_file.read_text(encoding="utf-8")
     if salt and "encryptionsalt" not in (yaml.safe_load(text) or {}):
         ending = "" if not text or text.endswith("\n") else "\n"  # a last line without its newline stays whole
-        fd, partial = tempfile.mkstemp(dir=stack_file.parent, prefix=f".{stack_file.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(f"{text}{ending}encryptionsalt: {salt}\n")
-        os.chmod(partial, stat.S_IMODE(stack_file.stat().st_mode))
-        os.replace(partial, stack_file)
+        stackfile.replace_text(stack_file, f"{text}{ending}encryptionsalt: {salt}\n")
     written.unlink()  # only once the salt is in the stack file
 
 
